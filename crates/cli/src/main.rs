@@ -1,0 +1,197 @@
+//! `quiver`: the command line of the Quiver feature store.
+//!
+//! `quiver validate` checks a feature repository without reading data rows;
+//! `quiver join` builds a point-in-time correct training set from a spine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use quiver_core::Repo;
+use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
+
+#[derive(Parser)]
+#[command(
+    name = "quiver",
+    version,
+    about = "Quiver feature store: point-in-time correct training sets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check quiver.yaml and every source's columns, without reading data rows.
+    Validate {
+        /// The feature repository folder (or its quiver.yaml).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Build a training set: the spine plus the requested features, point-in-time correct.
+    Join {
+        /// The spine (label rows): Parquet or CSV, by extension.
+        #[arg(long)]
+        spine: PathBuf,
+        /// Feature references, `view:feature`, comma separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "service",
+            required_unless_present = "service"
+        )]
+        features: Vec<String>,
+        /// A feature service of quiver.yaml.
+        #[arg(long)]
+        service: Option<String>,
+        /// The spine's time column (default `event_timestamp`, else its only timestamp column).
+        #[arg(long)]
+        spine_timestamp: Option<String>,
+        /// Name every feature column `view__feature`.
+        #[arg(long)]
+        full_names: bool,
+        /// Output file: Parquet or CSV, by extension. Replaced only when the join succeeds.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Print the plan: pruning applied and the physical plan of each view.
+        #[arg(long)]
+        explain: bool,
+        /// Partitions to split the join into by entity key (default: the number of cores).
+        #[arg(long)]
+        partitions: Option<usize>,
+        /// Memory pool limit, e.g. 512MB or 2GB (default: unbounded).
+        #[arg(long, value_parser = parse_bytes)]
+        memory_limit: Option<usize>,
+    },
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected e.g. 512MB, 2GB, 1000000"))?;
+    let m = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "K" | "KIB" => 1024.0,
+        "MB" | "M" | "MIB" => 1024.0 * 1024.0,
+        "GB" | "G" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("bad size {s:?}: unit must be B, KB, MB or GB")),
+    };
+    Ok((n * m) as usize)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Validate { repo } => {
+            let repo = Repo::load(&repo)?;
+            let (views, sources) = (repo.views.len(), repo.sources.len());
+            let name = repo.project.clone();
+            Engine::new(repo, EngineOptions::default())?.check().await?;
+            println!("{name}: ok ({views} feature views, {sources} sources)");
+            Ok(())
+        }
+        Command::Join {
+            spine,
+            features,
+            service,
+            spine_timestamp,
+            full_names,
+            out,
+            repo,
+            explain,
+            partitions,
+            memory_limit,
+        } => {
+            let started = Instant::now();
+            let repo = Repo::load(&repo)?;
+            let refs = match &service {
+                Some(s) => repo.service(s)?,
+                None => repo.resolve_refs(&features)?,
+            };
+            if out.is_dir() {
+                bail!(
+                    "--out {} is a folder; give a .parquet or .csv file",
+                    out.display()
+                );
+            }
+            let mut opts = EngineOptions::default();
+            if let Some(p) = partitions {
+                opts.target_partitions = p;
+            }
+            opts.memory_limit = memory_limit;
+            let engine = Engine::new(repo, opts)?;
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar.set_message(format!(
+                "joining {} feature(s) onto {}",
+                refs.len(),
+                spine.display()
+            ));
+            let req = JoinRequest {
+                features: refs,
+                spine_timestamp,
+                full_names,
+            };
+            let result = engine.join_file(&spine, &req).await;
+            let output = match result {
+                Ok(o) => o,
+                Err(e) => {
+                    bar.finish_and_clear();
+                    return Err(e.into());
+                }
+            };
+            bar.set_message(format!("writing {}", out.display()));
+            let written = source::write_table(&out, &output.batch);
+            bar.finish_and_clear();
+            written.with_context(|| format!("writing {}", out.display()))?;
+            if explain {
+                for line in &output.explain {
+                    println!("{line}");
+                }
+            }
+            println!(
+                "{} rows, {} columns -> {} in {:.2} s",
+                output.batch.num_rows(),
+                output.batch.num_columns(),
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}

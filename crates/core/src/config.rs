@@ -1,0 +1,695 @@
+//! The feature repository file, `quiver.yaml` (DESIGN §2).
+//!
+//! Loading happens in two steps: the YAML is read into [`file`] structs that reject unknown
+//! fields (so a typo never passes silently), then every field is checked and resolved into a
+//! [`Repo`]. Every mistake names the file and the field's path, e.g.
+//! `feature_views.user_purchases.features[2].window`, and says what would be valid — before
+//! any data is read. Checks that need a source's schema live with the engine that reads it.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+use crate::semantics::{Agg, Closed, Window};
+use crate::{Duration, Error, Result};
+
+/// The raw shape of `quiver.yaml`: field names are the contract.
+pub mod file {
+    use indexmap::IndexMap;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RepoFile {
+        pub project: String,
+        pub offline_store: Option<String>,
+        pub online_store: Option<String>,
+        pub registry: Option<String>,
+        #[serde(default)]
+        pub entities: IndexMap<String, EntityDef>,
+        #[serde(default)]
+        pub sources: IndexMap<String, SourceDef>,
+        #[serde(default)]
+        pub feature_views: IndexMap<String, ViewDef>,
+        #[serde(default)]
+        pub feature_services: IndexMap<String, Vec<String>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EntityDef {
+        pub join_keys: Vec<String>,
+        pub description: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SourceDef {
+        pub path: Option<String>,
+        pub timestamp: String,
+        pub created_timestamp: Option<String>,
+        #[serde(default)]
+        pub filter_created: bool,
+        pub description: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ViewDef {
+        pub entity: String,
+        pub source: String,
+        pub ttl: Option<String>,
+        pub features: Vec<FeatureDef>,
+        pub description: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FeatureDef {
+        pub name: String,
+        pub agg: Option<String>,
+        pub column: Option<String>,
+        pub window: Option<String>,
+        pub offset: Option<String>,
+        pub closed: Option<String>,
+        pub filter: Option<String>,
+        pub description: Option<String>,
+    }
+}
+
+/// A validated feature repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    /// The folder holding `quiver.yaml`; relative paths are resolved against it.
+    pub dir: PathBuf,
+    /// The repository file, as given (used in messages).
+    pub file: PathBuf,
+    pub project: String,
+    pub offline_store: PathBuf,
+    pub online_store: PathBuf,
+    pub registry: PathBuf,
+    pub entities: IndexMap<String, Vec<String>>,
+    pub sources: IndexMap<String, Source>,
+    pub views: IndexMap<String, FeatureView>,
+    pub services: IndexMap<String, Vec<FeatureRef>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub name: String,
+    /// Resolved against the repo folder; `None` = the table Quiver manages for this source.
+    pub path: Option<PathBuf>,
+    pub timestamp: String,
+    pub created_timestamp: Option<String>,
+    pub filter_created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FeatureView {
+    pub name: String,
+    pub entity: String,
+    pub join_keys: Vec<String>,
+    pub source: String,
+    pub ttl: Option<Duration>,
+    pub features: Vec<Feature>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Feature {
+    pub name: String,
+    pub kind: FeatureKind,
+    /// The source column, or `*` for `count` of rows.
+    pub column: String,
+    /// SQL boolean expression over source columns selecting the events an aggregate sees.
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeatureKind {
+    Aggregate {
+        agg: Agg,
+        window: Window,
+    },
+    /// The column's value in the latest event within the view's ttl.
+    Latest,
+}
+
+/// `view:feature`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeatureRef {
+    pub view: String,
+    pub feature: String,
+}
+
+impl std::fmt::Display for FeatureRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.view, self.feature)
+    }
+}
+
+impl Repo {
+    /// Load `quiver.yaml` from a folder or a file path.
+    pub fn load(path: impl AsRef<Path>) -> Result<Repo> {
+        let path = path.as_ref();
+        let file = if path.is_dir() {
+            path.join("quiver.yaml")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Repo::parse(&text, &file)
+    }
+
+    /// Parse and validate the text of a repository file located at `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Repo> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: file::RepoFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            Error::config(
+                file,
+                if path == "." {
+                    "(top level)".to_string()
+                } else {
+                    path
+                },
+                inner,
+            )
+        })?;
+        let dir = file
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        resolve(raw, file, dir)
+    }
+
+    /// Resolve `view:feature` references (DESIGN §1), naming the first one that does not exist.
+    pub fn resolve_refs<S: AsRef<str>>(&self, refs: &[S]) -> Result<Vec<FeatureRef>> {
+        let mut out: Vec<FeatureRef> = Vec::new();
+        for r in refs {
+            let r = r.as_ref().trim();
+            let fr = self.resolve_ref(r)?;
+            if out.contains(&fr) {
+                return Err(Error::Request(format!("feature `{r}` is requested twice")));
+            }
+            out.push(fr);
+        }
+        if out.is_empty() {
+            return Err(Error::Request("no features requested".into()));
+        }
+        Ok(out)
+    }
+
+    fn resolve_ref(&self, r: &str) -> Result<FeatureRef> {
+        let Some((view, feature)) = r.split_once(':') else {
+            return Err(Error::Request(format!(
+                "feature reference `{r}` must be written view:feature"
+            )));
+        };
+        let v = self.views.get(view).ok_or_else(|| {
+            Error::Request(format!(
+                "unknown feature view `{view}` in `{r}`; views: {}",
+                join_names(self.views.keys())
+            ))
+        })?;
+        if !v.features.iter().any(|f| f.name == feature) {
+            return Err(Error::Request(format!(
+                "feature view `{view}` has no feature `{feature}`; it has: {}",
+                join_names(v.features.iter().map(|f| &f.name))
+            )));
+        }
+        Ok(FeatureRef {
+            view: view.into(),
+            feature: feature.into(),
+        })
+    }
+
+    /// The features of a feature service.
+    pub fn service(&self, name: &str) -> Result<Vec<FeatureRef>> {
+        self.services.get(name).cloned().ok_or_else(|| {
+            Error::Request(format!(
+                "unknown feature service `{name}`; services: {}",
+                join_names(self.services.keys())
+            ))
+        })
+    }
+
+    pub fn feature(&self, r: &FeatureRef) -> Option<(&FeatureView, &Feature)> {
+        let v = self.views.get(&r.view)?;
+        Some((v, v.features.iter().find(|f| f.name == r.feature)?))
+    }
+
+    /// The error for a field of this repository's file, for checks made by other crates
+    /// (for example against a source's schema).
+    pub fn field_error(&self, path: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::config(&self.file, path, message)
+    }
+}
+
+fn join_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(|s| s.as_str()).collect();
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn resolve(raw: file::RepoFile, file: &Path, dir: PathBuf) -> Result<Repo> {
+    let err = |path: String, msg: String| Error::config(file, path, msg);
+    if raw.project.trim().is_empty() {
+        return Err(err("project".into(), "must not be empty".into()));
+    }
+    let mut entities = IndexMap::new();
+    for (name, e) in &raw.entities {
+        let p = format!("entities.{name}.join_keys");
+        if e.join_keys.is_empty() {
+            return Err(err(p, "needs at least one key column".into()));
+        }
+        for (i, k) in e.join_keys.iter().enumerate() {
+            if e.join_keys[..i].contains(k) {
+                return Err(err(
+                    format!("{p}[{i}]"),
+                    format!("key `{k}` is listed twice"),
+                ));
+            }
+        }
+        entities.insert(name.clone(), e.join_keys.clone());
+    }
+    let mut sources = IndexMap::new();
+    for (name, s) in &raw.sources {
+        if s.filter_created && s.created_timestamp.is_none() {
+            return Err(err(
+                format!("sources.{name}.filter_created"),
+                "needs `created_timestamp` to be set on the source".into(),
+            ));
+        }
+        if s.timestamp.trim().is_empty() {
+            return Err(err(
+                format!("sources.{name}.timestamp"),
+                "must name a column".into(),
+            ));
+        }
+        sources.insert(
+            name.clone(),
+            Source {
+                name: name.clone(),
+                path: s.path.as_ref().map(|p| dir.join(p)),
+                timestamp: s.timestamp.clone(),
+                created_timestamp: s.created_timestamp.clone(),
+                filter_created: s.filter_created,
+            },
+        );
+    }
+    let mut views = IndexMap::new();
+    for (vname, v) in &raw.feature_views {
+        let vp = format!("feature_views.{vname}");
+        let join_keys = entities.get(&v.entity).cloned().ok_or_else(|| {
+            err(
+                format!("{vp}.entity"),
+                format!(
+                    "unknown entity `{}`; entities: {}",
+                    v.entity,
+                    join_names(entities.keys())
+                ),
+            )
+        })?;
+        if !sources.contains_key(&v.source) {
+            return Err(err(
+                format!("{vp}.source"),
+                format!(
+                    "unknown source `{}`; sources: {}",
+                    v.source,
+                    join_names(sources.keys())
+                ),
+            ));
+        }
+        let ttl = parse_duration(&v.ttl, || format!("{vp}.ttl"), file)?;
+        if v.features.is_empty() {
+            return Err(err(
+                format!("{vp}.features"),
+                "needs at least one feature".into(),
+            ));
+        }
+        let mut features: Vec<Feature> = Vec::new();
+        for (i, f) in v.features.iter().enumerate() {
+            let fp = format!("{vp}.features[{i}]");
+            features.push(resolve_feature(f, &fp, file)?);
+            if features[..i].iter().any(|g| g.name == f.name) {
+                return Err(err(
+                    format!("{fp}.name"),
+                    format!("feature `{}` is defined twice in view `{vname}`", f.name),
+                ));
+            }
+        }
+        views.insert(
+            vname.clone(),
+            FeatureView {
+                name: vname.clone(),
+                entity: v.entity.clone(),
+                join_keys,
+                source: v.source.clone(),
+                ttl,
+                features,
+            },
+        );
+    }
+    let mut repo = Repo {
+        offline_store: dir.join(raw.offline_store.as_deref().unwrap_or(".quiver/offline")),
+        online_store: dir.join(raw.online_store.as_deref().unwrap_or(".quiver/online")),
+        registry: dir.join(raw.registry.as_deref().unwrap_or(".quiver/registry")),
+        dir,
+        file: file.to_path_buf(),
+        project: raw.project.clone(),
+        entities,
+        sources,
+        views,
+        services: IndexMap::new(),
+    };
+    for (sname, refs) in &raw.feature_services {
+        let mut out = Vec::new();
+        for (i, r) in refs.iter().enumerate() {
+            let fr = repo
+                .resolve_ref(r)
+                .map_err(|e| err(format!("feature_services.{sname}[{i}]"), e.to_string()))?;
+            if out.contains(&fr) {
+                return Err(err(
+                    format!("feature_services.{sname}[{i}]"),
+                    format!("`{r}` is listed twice"),
+                ));
+            }
+            out.push(fr);
+        }
+        if out.is_empty() {
+            return Err(err(
+                format!("feature_services.{sname}"),
+                "lists no features".into(),
+            ));
+        }
+        repo.services.insert(sname.clone(), out);
+    }
+    Ok(repo)
+}
+
+fn parse_duration(
+    text: &Option<String>,
+    path: impl Fn() -> String,
+    file: &Path,
+) -> Result<Option<Duration>> {
+    text.as_ref()
+        .map(|t| Duration::parse(t).map_err(|m| Error::config(file, path(), m)))
+        .transpose()
+}
+
+fn resolve_feature(f: &file::FeatureDef, fp: &str, file: &Path) -> Result<Feature> {
+    let err = |field: &str, msg: String| Error::config(file, format!("{fp}.{field}"), msg);
+    if f.name.trim().is_empty() {
+        return Err(err("name", "must not be empty".into()));
+    }
+    if f.name.contains(':') || f.name.contains("__") {
+        return Err(err(
+            "name",
+            format!("`{}`: a feature name may not contain `:` or `__`", f.name),
+        ));
+    }
+    let column = f.column.clone().unwrap_or_else(|| f.name.clone());
+    let Some(agg_text) = &f.agg else {
+        for (field, set) in [
+            ("window", f.window.is_some()),
+            ("offset", f.offset.is_some()),
+            ("closed", f.closed.is_some()),
+            ("filter", f.filter.is_some()),
+        ] {
+            if set {
+                return Err(err(
+                    field,
+                    format!(
+                        "a latest-value feature (no `agg`) takes no `{field}`; use `agg: last` for the latest non-null value in a window"
+                    ),
+                ));
+            }
+        }
+        if column == "*" {
+            return Err(err("column", "`*` is only valid with `agg: count`".into()));
+        }
+        return Ok(Feature {
+            name: f.name.clone(),
+            kind: FeatureKind::Latest,
+            column,
+            filter: None,
+        });
+    };
+    let agg = Agg::parse(agg_text).ok_or_else(|| {
+        err(
+            "agg",
+            format!("unknown aggregate `{agg_text}`; valid: {}", Agg::NAMES),
+        )
+    })?;
+    if column == "*" && agg != Agg::Count {
+        return Err(err(
+            "column",
+            format!("`*` is only valid with `agg: count`, not `{agg}`"),
+        ));
+    }
+    let length = parse_duration(&f.window, || format!("{fp}.window"), file)?;
+    if length == Some(Duration::ZERO) {
+        return Err(err(
+            "window",
+            "must be longer than 0; omit it for a lifetime window".into(),
+        ));
+    }
+    let offset = parse_duration(&f.offset, || format!("{fp}.offset"), file)?.unwrap_or_default();
+    let closed = match &f.closed {
+        None => Closed::Right,
+        Some(c) => Closed::parse(c).ok_or_else(|| {
+            err(
+                "closed",
+                format!("unknown closure `{c}`; valid: {}", Closed::NAMES),
+            )
+        })?,
+    };
+    if let Some(filter) = &f.filter
+        && filter.trim().is_empty()
+    {
+        return Err(err(
+            "filter",
+            "must be a SQL boolean expression, not empty".into(),
+        ));
+    }
+    Ok(Feature {
+        name: f.name.clone(),
+        kind: FeatureKind::Aggregate {
+            agg,
+            window: Window {
+                length,
+                offset,
+                closed,
+            },
+        },
+        column,
+        filter: f.filter.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+project: retail
+entities:
+  user: { join_keys: [user_id] }
+sources:
+  purchases: { path: data/purchases.parquet, timestamp: purchase_date, created_timestamp: ingested_at }
+  profiles: { path: data/profiles/, timestamp: updated_at }
+feature_views:
+  user_purchases:
+    entity: user
+    source: purchases
+    features:
+      - { name: amt_30d, agg: sum, column: purchase_amt, window: 30d }
+      - { name: amt_lifetime, agg: sum, column: purchase_amt }
+      - { name: clothing_7d, agg: count, column: "*", window: 7d, filter: "category = 'clothing'" }
+      - { name: max_1h_ago, agg: max, column: purchase_amt, window: 1d, offset: 1h, closed: both }
+  user_profile:
+    entity: user
+    source: profiles
+    ttl: 365d
+    features:
+      - { name: age }
+      - { name: home_country, column: country }
+feature_services:
+  churn_v1: [user_purchases:amt_30d, user_profile:age]
+"#;
+
+    fn parse(text: &str) -> Result<Repo> {
+        Repo::parse(text, Path::new("repo/quiver.yaml"))
+    }
+
+    fn error_of(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from}");
+        parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let r = parse(GOOD).unwrap();
+        assert_eq!(r.dir, Path::new("repo"));
+        let v = &r.views["user_purchases"];
+        assert_eq!(v.join_keys, ["user_id"]);
+        assert_eq!(
+            v.features[3].kind,
+            FeatureKind::Aggregate {
+                agg: Agg::Max,
+                window: Window {
+                    length: Some(Duration::parse("1d").unwrap()),
+                    offset: Duration::parse("1h").unwrap(),
+                    closed: Closed::Both
+                }
+            }
+        );
+        assert_eq!(r.views["user_profile"].features[1].column, "country");
+        assert_eq!(
+            r.views["user_profile"].ttl,
+            Some(Duration::parse("365d").unwrap())
+        );
+        assert_eq!(r.services["churn_v1"].len(), 2);
+        assert_eq!(
+            r.sources["profiles"].path,
+            Some(PathBuf::from("repo/data/profiles/"))
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_field_path() {
+        let e = error_of("window: 7d", "window: 7x");
+        assert!(e.starts_with("repo/quiver.yaml: feature_views.user_purchases.features[2].window: bad duration \"7x\""), "{e}");
+        assert!(e.contains("us, ms, s, m, h, d, w"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let e = error_of("window: 30d", "windw: 30d");
+        assert!(
+            e.contains("feature_views.user_purchases.features[0]"),
+            "{e}"
+        );
+        assert!(e.contains("unknown field `windw`"), "{e}");
+        assert!(e.contains("window"), "{e}");
+    }
+
+    #[test]
+    fn unknown_references() {
+        let e = error_of("source: purchases", "source: purchase");
+        assert!(e.contains("feature_views.user_purchases.source: unknown source `purchase`; sources: purchases, profiles"), "{e}");
+        let e = error_of(
+            "entity: user\n    source: profiles",
+            "entity: usr\n    source: profiles",
+        );
+        assert!(
+            e.contains("feature_views.user_profile.entity: unknown entity `usr`"),
+            "{e}"
+        );
+        let e = error_of("user_profile:age]", "user_profile:agee]");
+        assert!(
+            e.contains(
+                "feature_services.churn_v1[1]: feature view `user_profile` has no feature `agee`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_agg_and_closed() {
+        let e = error_of(
+            "agg: sum, column: purchase_amt, window: 30d",
+            "agg: total, column: purchase_amt, window: 30d",
+        );
+        assert!(
+            e.contains("features[0].agg: unknown aggregate `total`; valid: count, sum"),
+            "{e}"
+        );
+        let e = error_of("closed: both", "closed: open");
+        assert!(
+            e.contains(
+                "features[3].closed: unknown closure `open`; valid: right, left, both, neither"
+            ),
+            "{e}"
+        );
+        let e = error_of(
+            "agg: sum, column: purchase_amt }",
+            "agg: sum, column: \"*\" }",
+        );
+        assert!(
+            e.contains("features[1].column: `*` is only valid with `agg: count`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_feature_names() {
+        let e = error_of("name: amt_lifetime", "name: amt_30d");
+        assert!(
+            e.contains("features[1].name: feature `amt_30d` is defined twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn latest_value_rejects_window() {
+        let e = error_of("{ name: age }", "{ name: age, window: 1d }");
+        assert!(
+            e.contains("user_profile.features[0].window: a latest-value feature"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_required_field() {
+        let e = error_of("timestamp: updated_at", "stamp: updated_at");
+        assert!(e.contains("sources.profiles"), "{e}");
+    }
+
+    #[test]
+    fn filter_created_needs_created_timestamp() {
+        let e = error_of(
+            "timestamp: updated_at",
+            "timestamp: updated_at, filter_created: true",
+        );
+        assert!(
+            e.contains("sources.profiles.filter_created: needs `created_timestamp`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refs_resolve_and_fail_clearly() {
+        let r = parse(GOOD).unwrap();
+        assert_eq!(
+            r.resolve_refs(&["user_profile:age"]).unwrap()[0].feature,
+            "age"
+        );
+        let e = r.resolve_refs(&["nope:age"]).unwrap_err().to_string();
+        assert!(e.contains("unknown feature view `nope`"), "{e}");
+        let e = r
+            .resolve_refs(&["user_profile:age", "user_profile:age"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("requested twice"), "{e}");
+        let e = r.service("churn").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown feature service `churn`; services: churn_v1"),
+            "{e}"
+        );
+    }
+}

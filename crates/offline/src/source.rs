@@ -1,0 +1,277 @@
+//! Reading sources and tables: Parquet files, folders or globs of Parquet files, CSV files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::SessionContext;
+use quiver_core::Source;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Parquet,
+    Csv,
+}
+
+impl Format {
+    /// By extension: `.csv` (any case) is CSV, everything else Parquet.
+    pub fn of(path: &Path) -> Format {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+        {
+            Some(e) if e == "csv" => Format::Csv,
+            _ => Format::Parquet,
+        }
+    }
+}
+
+/// The files a path names: a file, a folder (its Parquet or CSV files, recursively), or a
+/// glob. Sorted, so that "source order" (DESIGN §3 ties) is the order of the file names.
+pub fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let text = path.to_string_lossy();
+    let mut files = if text.contains(['*', '?', '[']) {
+        glob_files(path)?
+    } else if path.is_dir() {
+        let mut out = Vec::new();
+        walk(path, &mut out).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        out
+    } else if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        return Err(Error::Source(format!(
+            "{}: no such file or folder",
+            path.display()
+        )));
+    };
+    files.retain(|f| {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        !name.starts_with('.') && !name.starts_with('_')
+    });
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Source(format!(
+            "{}: no Parquet or CSV files found",
+            path.display()
+        )));
+    }
+    let fmt = Format::of(&files[0]);
+    if let Some(other) = files.iter().find(|f| Format::of(f) != fmt) {
+        return Err(Error::Source(format!(
+            "{}: mixes CSV and Parquet files ({} and {})",
+            path.display(),
+            files[0].display(),
+            other.display()
+        )));
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if matches!(
+            p.extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase())
+                .as_deref(),
+            Some("parquet" | "csv" | "pq")
+        ) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// A minimal glob: `*` and `?` within the last path component(s), matched segment by segment.
+fn glob_files(pattern: &Path) -> Result<Vec<PathBuf>> {
+    let mut base = PathBuf::new();
+    let mut rest = Vec::new();
+    for c in pattern.components() {
+        let s = c.as_os_str().to_string_lossy().to_string();
+        if rest.is_empty() && !s.contains(['*', '?', '[']) {
+            base.push(c);
+        } else {
+            rest.push(s);
+        }
+    }
+    let mut current = vec![base];
+    for (i, seg) in rest.iter().enumerate() {
+        let last = i + 1 == rest.len();
+        let mut next = Vec::new();
+        for dir in &current {
+            let Ok(rd) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if wildcard(seg, &name) && (last || entry.path().is_dir()) {
+                    next.push(dir.join(&name));
+                }
+            }
+        }
+        current = next;
+    }
+    Ok(current.into_iter().filter(|p| p.is_file()).collect())
+}
+
+fn wildcard(pat: &str, s: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pat.as_bytes(), s.as_bytes())
+}
+
+/// A DataFusion table over files; `what` names it in messages.
+pub async fn file_table(
+    ctx: &SessionContext,
+    path: &Path,
+    what: &str,
+) -> Result<Arc<dyn TableProvider>> {
+    let files = list_files(path).map_err(|e| Error::Source(format!("{what}: {e}")))?;
+    let fmt = Format::of(&files[0]);
+    let urls = files
+        .iter()
+        .map(|f| {
+            let abs = std::path::absolute(f).map_err(|source| Error::Io {
+                path: f.clone(),
+                source,
+            })?;
+            ListingTableUrl::parse(abs.to_string_lossy()).map_err(Error::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = match fmt {
+        Format::Parquet => {
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("")
+        }
+        Format::Csv => ListingOptions::new(Arc::new(CsvFormat::default().with_has_header(true)))
+            .with_file_extension(""),
+    };
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await
+        .map_err(|e| {
+            Error::Source(format!(
+                "{what}: cannot read {}: {}",
+                path.display(),
+                Error::from(e)
+            ))
+        })?;
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// The provider of a source defined in `quiver.yaml`.
+pub async fn source_table(ctx: &SessionContext, source: &Source) -> Result<Arc<dyn TableProvider>> {
+    let path = source.path.as_ref().ok_or_else(|| {
+        Error::Source(format!(
+            "source `{}` has no `path`, and managed tables are not available in this build",
+            source.name
+        ))
+    })?;
+    file_table(ctx, path, &format!("source `{}`", source.name)).await
+}
+
+/// Read a whole table (spine) in file order.
+pub async fn read_table(
+    ctx: &SessionContext,
+    path: &Path,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let table = file_table(ctx, path, "spine").await?;
+    let schema = table.schema();
+    let df = ctx.read_table(table)?;
+    // Partitions are contiguous slices of the files in order; keep that order.
+    let parts = df.collect_partitioned().await.map_err(|e| {
+        Error::Spine(format!(
+            "cannot read {}: {}",
+            path.display(),
+            Error::from(e)
+        ))
+    })?;
+    Ok((schema, parts.into_iter().flatten().collect()))
+}
+
+/// Write a table as Parquet or CSV (by extension) through a temporary file in the same
+/// folder, renamed into place only when complete, so a failed join never replaces the output.
+pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        match Format::of(path) {
+            Format::Parquet => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY)
+                    .build();
+                let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))
+                    .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
+                let step = 1 << 16;
+                let mut off = 0;
+                while off < batch.num_rows() {
+                    let len = step.min(batch.num_rows() - off);
+                    w.write(&batch.slice(off, len))
+                        .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
+                    off += len;
+                }
+                w.close()
+                    .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
+            }
+            Format::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(file);
+                w.write(batch)?;
+            }
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard("*.parquet", "a.parquet"));
+        assert!(wildcard("part-?.csv", "part-1.csv"));
+        assert!(!wildcard("*.parquet", "a.csv"));
+    }
+}

@@ -1,0 +1,803 @@
+//! The per-partition point-in-time sweep (DESIGN §4).
+//!
+//! One partition's spine rows and events are grouped by entity key with a counting sort on
+//! dense key ids, events ordered inside each key by (event time, created time, source order)
+//! — skipped where the source is already in that order — and then every window of every
+//! requested feature is answered from the same sorted arrays: moving pointers give each spine
+//! row its window as a range of sorted positions; prefix sums (double-double for floats, i128
+//! for integers) answer count/sum/mean/var/stddev, positions of valid values answer first/last,
+//! a monotonic deque answers min/max and a sliding multiset answers count_distinct. Window
+//! ranges only move forward over the whole partition, because keys occupy consecutive blocks,
+//! so each structure is swept once.
+//!
+//! Window edges come from `quiver_core::semantics`; nothing here decides what is in a window.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array, UInt64Array,
+    make_comparator,
+};
+use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
+use arrow::compute::{SortOptions, cast, take};
+use arrow::datatypes::DataType;
+use arrow::row::{RowConverter, SortField};
+use quiver_core::Duration;
+use quiver_core::semantics::{Agg, Lower, Upper, Window, latest_edges};
+
+use crate::dd::Dd;
+use crate::{Error, Result};
+
+const NULL_ID: u32 = u32::MAX;
+
+/// What a feature computes, resolved against the event columns of its view.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct FeatureSpec {
+    /// Output column name.
+    pub name: String,
+    /// `view:feature`, for messages.
+    pub label: String,
+    pub kind: Kind,
+    /// Index into the value columns; `None` for `count` of `*`.
+    pub column: Option<usize>,
+    /// Index into the filter columns.
+    pub filter: Option<usize>,
+    pub output_type: DataType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub enum Kind {
+    Agg(Agg, Window),
+    Latest,
+}
+
+/// The spine rows of one partition. `t` is microseconds; keys are already normalized.
+pub struct SpineSide {
+    pub rid: UInt64Array,
+    pub keys: Vec<ArrayRef>,
+    pub t: Int64Array,
+}
+
+/// The events of one partition, in arrival order; `seq` is the source order.
+pub struct EventSide {
+    pub keys: Vec<ArrayRef>,
+    pub t: Int64Array,
+    pub created: Option<Int64Array>,
+    pub seq: UInt64Array,
+    pub values: Vec<ArrayRef>,
+    pub filters: Vec<BooleanArray>,
+}
+
+/// Compute every feature for every spine row of the partition. Returns the spine row ids
+/// and one array per feature, row-aligned with them.
+pub fn sweep(
+    features: &[FeatureSpec],
+    ttl: Option<Duration>,
+    filter_created: bool,
+    spine: &SpineSide,
+    ev: &EventSide,
+) -> Result<(ArrayRef, Vec<ArrayRef>)> {
+    let s = Sorted::new(spine, ev)?;
+    let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
+    let mut ranges: HashMap<Window, (Vec<u32>, Vec<u32>)> = HashMap::new();
+    let mut latest: Option<(Vec<u32>, Vec<u32>)> = None;
+    let mut masks: HashMap<(Option<usize>, Option<usize>), Mask> = HashMap::new();
+    let mut out = Vec::with_capacity(features.len());
+    for f in features {
+        let (lo, hi) = match f.kind {
+            Kind::Agg(_, w) => &*ranges.entry(w).or_insert_with(|| s.ranges(|t| w.edges(t))),
+            Kind::Latest => &*latest.get_or_insert_with(|| s.ranges(|t| latest_edges(ttl, t))),
+        };
+        let col = f.column.map(|c| &ev.values[c]);
+        let array = if filter_created {
+            s.direct(f, col, ev, lo, hi, spine)?
+        } else {
+            let mask = masks
+                .entry((f.column, f.filter))
+                .or_insert_with(|| s.mask(col, f.filter.map(|i| &ev.filters[i])));
+            s.fast(f, col, mask, lo, hi, spine)?
+        };
+        out.push(array);
+    }
+    Ok((rid, out))
+}
+
+/// Valid positions (value non-null and filter true) in sorted event order.
+struct Mask {
+    /// `cnt[p]` = number of valid positions before `p`.
+    cnt: Vec<u32>,
+    /// The valid positions, ascending.
+    vpos: Vec<u32>,
+}
+
+struct Sorted {
+    /// Event indices in (key, time, created, seq) order.
+    order: Vec<u32>,
+    /// Event times in that order.
+    ts: Vec<i64>,
+    /// Created times in that order (null = earliest), when the source has them.
+    created: Option<Vec<i64>>,
+    /// `eblock[k]..eblock[k+1]` are the sorted positions of key `k`.
+    eblock: Vec<u32>,
+    /// Spine indices: valid rows in (key, time) order, then rows with a null key or time.
+    srows: Vec<u32>,
+    n_valid: usize,
+    /// `sblock[k]..sblock[k+1]` are the positions in `srows` of key `k`.
+    sblock: Vec<u32>,
+    /// Spine times in `srows` order (valid rows only).
+    st: Vec<i64>,
+}
+
+impl Sorted {
+    fn new(spine: &SpineSide, ev: &EventSide) -> Result<Sorted> {
+        let (sid, eid, nkeys) = key_ids(&spine.keys, &ev.keys)?;
+        let t = ev.t.values();
+        let ev_ok = |i: usize| eid[i] != NULL_ID && ev.t.is_valid(i);
+        let (eblock, mut order) = group_by_key(&eid, nkeys, ev_ok);
+        let created: Option<Vec<i64>> = ev.created.as_ref().map(|c| {
+            (0..c.len())
+                .map(|i| if c.is_valid(i) { c.value(i) } else { i64::MIN })
+                .collect()
+        });
+        let seq = ev.seq.values();
+        let zero: Vec<i64> = Vec::new();
+        let cr = created.as_ref().unwrap_or(&zero);
+        let has_created = created.is_some();
+        for k in 0..nkeys {
+            let b = &mut order[eblock[k] as usize..eblock[k + 1] as usize];
+            let key = |i: &u32| {
+                let i = *i as usize;
+                (t[i], if has_created { cr[i] } else { 0 }, seq[i])
+            };
+            // Sources stored sorted by (key, time) skip the sort: checking is one pass.
+            if !b.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+                b.sort_unstable_by_key(key);
+            }
+        }
+        let ts: Vec<i64> = order.iter().map(|&i| t[i as usize]).collect();
+        let created = created.map(|c| order.iter().map(|&i| c[i as usize]).collect());
+
+        let stv = spine.t.values();
+        let sp_ok = |i: usize| sid[i] != NULL_ID && spine.t.is_valid(i);
+        let (sblock, mut srows) = group_by_key(&sid, nkeys, sp_ok);
+        for k in 0..nkeys {
+            srows[sblock[k] as usize..sblock[k + 1] as usize]
+                .sort_unstable_by_key(|&i| stv[i as usize]);
+        }
+        let n_valid = srows.len();
+        let st = srows.iter().map(|&i| stv[i as usize]).collect();
+        srows.extend((0..sid.len() as u32).filter(|&i| !sp_ok(i as usize)));
+        Ok(Sorted {
+            order,
+            ts,
+            created,
+            eblock,
+            srows,
+            n_valid,
+            sblock,
+            st,
+        })
+    }
+
+    /// For each valid spine row (in `srows` order) the range `lo..hi` of sorted event
+    /// positions inside its window.
+    fn ranges(&self, edges: impl Fn(i64) -> (Lower, Upper)) -> (Vec<u32>, Vec<u32>) {
+        let mut los = Vec::with_capacity(self.n_valid);
+        let mut his = Vec::with_capacity(self.n_valid);
+        let nkeys = self.sblock.len() - 1;
+        for k in 0..nkeys {
+            let (bs, be) = (self.eblock[k] as usize, self.eblock[k + 1] as usize);
+            let (mut lo, mut hi) = (bs, bs);
+            for r in self.sblock[k] as usize..self.sblock[k + 1] as usize {
+                let (l, u) = edges(self.st[r]);
+                while hi < be && u.admits(self.ts[hi]) {
+                    hi += 1;
+                }
+                while lo < hi && !l.admits(self.ts[lo]) {
+                    lo += 1;
+                }
+                los.push(lo as u32);
+                his.push(hi as u32);
+            }
+        }
+        (los, his)
+    }
+
+    fn mask(&self, col: Option<&ArrayRef>, filter: Option<&BooleanArray>) -> Mask {
+        let mut cnt = Vec::with_capacity(self.order.len() + 1);
+        let mut vpos = Vec::new();
+        cnt.push(0u32);
+        let col_nulls = col.and_then(|c| c.logical_nulls());
+        for (p, &i) in self.order.iter().enumerate() {
+            let i = i as usize;
+            let ok = col_nulls.as_ref().is_none_or(|n| n.is_valid(i))
+                && filter.is_none_or(|f| f.is_valid(i) && f.value(i));
+            if ok {
+                vpos.push(p as u32);
+            }
+            cnt.push(vpos.len() as u32);
+        }
+        Mask { cnt, vpos }
+    }
+
+    fn rid(&self, spine: &SpineSide, r: usize) -> u64 {
+        spine.rid.value(self.srows[r] as usize)
+    }
+
+    /// Features over contiguous ranges, for sources without `filter_created`.
+    fn fast(
+        &self,
+        f: &FeatureSpec,
+        col: Option<&ArrayRef>,
+        m: &Mask,
+        lo: &[u32],
+        hi: &[u32],
+        spine: &SpineSide,
+    ) -> Result<ArrayRef> {
+        let n = self.srows.len();
+        // valid positions of a window, as indices into m.vpos
+        let vr = |r: usize| {
+            (
+                m.cnt[lo[r] as usize] as usize,
+                m.cnt[hi[r] as usize] as usize,
+            )
+        };
+        let agg = match f.kind {
+            Kind::Latest => {
+                let idx = (0..n).map(|r| {
+                    (r < self.n_valid && lo[r] < hi[r]).then(|| self.order[hi[r] as usize - 1])
+                });
+                return take_values(col, idx);
+            }
+            Kind::Agg(agg, _) => agg,
+        };
+        let valid_rows = 0..self.n_valid;
+        Ok(match agg {
+            Agg::Count => {
+                let mut v: Vec<i64> = valid_rows
+                    .map(|r| (m.cnt[hi[r] as usize] - m.cnt[lo[r] as usize]) as i64)
+                    .collect();
+                v.resize(n, 0);
+                Arc::new(Int64Array::from(v))
+            }
+            Agg::First | Agg::Last => {
+                let idx = (0..n).map(|r| {
+                    if r >= self.n_valid {
+                        return None;
+                    }
+                    let (a, b) = vr(r);
+                    (a < b).then(|| {
+                        let j = if agg == Agg::First { a } else { b - 1 };
+                        self.order[m.vpos[j] as usize]
+                    })
+                });
+                take_values(col, idx)?
+            }
+            Agg::Min | Agg::Max => {
+                let col = col.ok_or_else(|| internal("min/max without a column"))?;
+                let better = Better::new(col, agg == Agg::Max)?;
+                let mut dq: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
+                let mut next = 0usize; // next index into vpos to push
+                let mut idx: Vec<Option<u32>> = Vec::with_capacity(n);
+                for r in 0..self.n_valid {
+                    let (a, b) = vr(r);
+                    while next < b {
+                        let e = self.order[m.vpos[next] as usize];
+                        while let Some(&back) = dq.back() {
+                            if better.is(self.order[m.vpos[back as usize] as usize], e) {
+                                break;
+                            }
+                            dq.pop_back();
+                        }
+                        dq.push_back(next as u32);
+                        next += 1;
+                    }
+                    while dq.front().is_some_and(|&j| (j as usize) < a) {
+                        dq.pop_front();
+                    }
+                    idx.push(
+                        dq.front()
+                            .filter(|_| a < b)
+                            .map(|&j| self.order[m.vpos[j as usize] as usize]),
+                    );
+                }
+                idx.resize(n, None);
+                take_values(Some(col), idx.into_iter())?
+            }
+            Agg::CountDistinct => {
+                let col = col.ok_or_else(|| internal("count_distinct without a column"))?;
+                let ids = value_ids(col)?;
+                let mut counts = vec![0u32; ids.1];
+                let (mut a0, mut b0, mut distinct) = (0usize, 0usize, 0i64);
+                let mut v = Vec::with_capacity(n);
+                for r in 0..self.n_valid {
+                    let (a, b) = vr(r);
+                    while b0 < b {
+                        let id = ids.0[self.order[m.vpos[b0] as usize] as usize] as usize;
+                        counts[id] += 1;
+                        distinct += (counts[id] == 1) as i64;
+                        b0 += 1;
+                    }
+                    while a0 < a {
+                        let id = ids.0[self.order[m.vpos[a0] as usize] as usize] as usize;
+                        counts[id] -= 1;
+                        distinct -= (counts[id] == 0) as i64;
+                        a0 += 1;
+                    }
+                    v.push(distinct);
+                }
+                v.resize(n, 0);
+                Arc::new(Int64Array::from(v))
+            }
+            Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
+                let col = col.ok_or_else(|| internal("numeric aggregate without a column"))?;
+                self.numeric(f, agg, col, m, lo, hi, spine)?
+            }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn numeric(
+        &self,
+        f: &FeatureSpec,
+        agg: Agg,
+        col: &ArrayRef,
+        m: &Mask,
+        lo: &[u32],
+        hi: &[u32],
+        spine: &SpineSide,
+    ) -> Result<ArrayRef> {
+        let n = self.srows.len();
+        let count = |r: usize| (m.cnt[hi[r] as usize] - m.cnt[lo[r] as usize]) as i64;
+        if agg == Agg::Sum && col.data_type().is_integer() {
+            let x = as_i64(col, &f.label)?;
+            let mut p = Vec::with_capacity(self.order.len() + 1);
+            let mut acc = 0i128;
+            p.push(acc);
+            let mut j = 0;
+            for pos in 0..self.order.len() {
+                if j < m.vpos.len() && m.vpos[j] as usize == pos {
+                    acc += x.value(self.order[pos] as usize) as i128;
+                    j += 1;
+                }
+                p.push(acc);
+            }
+            let mut out: Vec<Option<i64>> = Vec::with_capacity(n);
+            for r in 0..self.n_valid {
+                if count(r) == 0 {
+                    out.push(None);
+                    continue;
+                }
+                let s = p[hi[r] as usize] - p[lo[r] as usize];
+                let s = i64::try_from(s).map_err(|_| Error::SumOverflow {
+                    feature: f.label.clone(),
+                    row: self.rid(spine, r),
+                })?;
+                out.push(Some(s));
+            }
+            out.resize(n, None);
+            return Ok(Arc::new(Int64Array::from(out)));
+        }
+        let x = as_f64(col)?;
+        let xv = x.values();
+        let moments = matches!(agg, Agg::Var | Agg::Stddev);
+        // Shift each key's values by its first valid value: variance does not change, and the
+        // sums of squares stay small enough to subtract without cancellation.
+        let mut shift = vec![0.0f64; self.order.len()];
+        if moments {
+            for k in 0..self.eblock.len() - 1 {
+                let (bs, be) = (self.eblock[k] as usize, self.eblock[k + 1] as usize);
+                let c0 = m.cnt[bs] as usize;
+                let c = if c0 < m.vpos.len() && (m.vpos[c0] as usize) < be {
+                    xv[self.order[m.vpos[c0] as usize] as usize]
+                } else {
+                    0.0
+                };
+                shift[bs..be].fill(c);
+            }
+        }
+        // Infinities and NaN are counted apart: they would turn every later prefix into NaN.
+        let mut p1 = Vec::with_capacity(self.order.len() + 1);
+        let mut p2 = Vec::with_capacity(if moments { self.order.len() + 1 } else { 0 });
+        let mut special: Option<Vec<[u32; 3]>> = None;
+        let (mut s1, mut s2, mut sp) = (Dd::ZERO, Dd::ZERO, [0u32; 3]);
+        p1.push(s1);
+        if moments {
+            p2.push(s2);
+        }
+        let mut j = 0;
+        for pos in 0..self.order.len() {
+            if j < m.vpos.len() && m.vpos[j] as usize == pos {
+                j += 1;
+                let v = xv[self.order[pos] as usize];
+                if v.is_finite() {
+                    let y = v - shift[pos];
+                    s1 = s1.add_f64(y);
+                    if moments {
+                        s2 = s2.add(Dd::square(y));
+                    }
+                } else {
+                    let sv = special.get_or_insert_with(|| vec![[0; 3]; pos + 1]);
+                    sv.resize(pos + 1, sp);
+                    sp[if v.is_nan() {
+                        0
+                    } else if v > 0.0 {
+                        1
+                    } else {
+                        2
+                    }] += 1;
+                }
+            }
+            p1.push(s1);
+            if moments {
+                p2.push(s2);
+            }
+            if let Some(sv) = special.as_mut() {
+                sv.push(sp);
+            }
+        }
+        let mut out: Vec<Option<f64>> = Vec::with_capacity(n);
+        for r in 0..self.n_valid {
+            let c = count(r);
+            let (l, h) = (lo[r] as usize, hi[r] as usize);
+            let min_n = if moments { 2 } else { 1 };
+            if c < min_n {
+                out.push(None);
+                continue;
+            }
+            if let Some(sv) = &special {
+                let d = |k: usize| sv[h][k] - sv[l][k];
+                let (nan, pinf, ninf) = (d(0), d(1), d(2));
+                if nan > 0 || pinf > 0 || ninf > 0 {
+                    out.push(Some(if nan > 0 || (pinf > 0 && ninf > 0) || moments {
+                        f64::NAN
+                    } else if pinf > 0 {
+                        f64::INFINITY
+                    } else {
+                        f64::NEG_INFINITY
+                    }));
+                    continue;
+                }
+            }
+            let sum = p1[h].sub(p1[l]);
+            out.push(Some(match agg {
+                Agg::Sum => sum.to_f64(),
+                Agg::Mean => sum.div_f64(c as f64).to_f64(),
+                _ => {
+                    let sq = p2[h].sub(p2[l]);
+                    let var = sq
+                        .sub(sum.mul(sum).div_f64(c as f64))
+                        .div_f64((c - 1) as f64)
+                        .to_f64()
+                        .max(0.0);
+                    if agg == Agg::Var { var } else { var.sqrt() }
+                }
+            }));
+        }
+        out.resize(n, None);
+        Ok(Arc::new(Float64Array::from(out)))
+    }
+
+    /// Features of a `filter_created` source: an event is visible to a spine row only if it
+    /// was also created at or before the row's time, so windows are no longer contiguous
+    /// ranges and each row's window is walked directly.
+    fn direct(
+        &self,
+        f: &FeatureSpec,
+        col: Option<&ArrayRef>,
+        ev: &EventSide,
+        lo: &[u32],
+        hi: &[u32],
+        spine: &SpineSide,
+    ) -> Result<ArrayRef> {
+        let n = self.srows.len();
+        let created = self
+            .created
+            .as_ref()
+            .ok_or_else(|| internal("filter_created without created times"))?;
+        let col_nulls = col.and_then(|c| c.logical_nulls());
+        let filter = f.filter.map(|i| &ev.filters[i]);
+        let visible = |r: usize, p: usize| created[p] <= self.st[r];
+        let valid = |p: usize| {
+            let i = self.order[p] as usize;
+            col_nulls.as_ref().is_none_or(|nl| nl.is_valid(i))
+                && filter.is_none_or(|fl| fl.is_valid(i) && fl.value(i))
+        };
+        let agg = match f.kind {
+            Kind::Latest => {
+                let idx = (0..n).map(|r| {
+                    if r >= self.n_valid {
+                        return None;
+                    }
+                    (lo[r] as usize..hi[r] as usize)
+                        .rev()
+                        .find(|&p| visible(r, p))
+                        .map(|p| self.order[p])
+                });
+                return take_values(col, idx);
+            }
+            Kind::Agg(agg, _) => agg,
+        };
+        let mut pos: Vec<usize> = Vec::new();
+        let mut ints: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut floats: Vec<Option<f64>> = Vec::with_capacity(n);
+        let mut idx: Vec<Option<u32>> = Vec::with_capacity(n);
+        let xi = match (agg, col) {
+            (Agg::Sum, Some(c)) if c.data_type().is_integer() => Some(as_i64(c, &f.label)?),
+            _ => None,
+        };
+        let xf = match (agg, col) {
+            (Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev, Some(c)) if xi.is_none() => {
+                Some(as_f64(c)?)
+            }
+            _ => None,
+        };
+        let better = match (agg, col) {
+            (Agg::Min | Agg::Max, Some(c)) => Some(Better::new(c, agg == Agg::Max)?),
+            _ => None,
+        };
+        let ids = match (agg, col) {
+            (Agg::CountDistinct, Some(c)) => Some(value_ids(c)?),
+            _ => None,
+        };
+        for r in 0..self.n_valid {
+            pos.clear();
+            pos.extend((lo[r] as usize..hi[r] as usize).filter(|&p| visible(r, p) && valid(p)));
+            let ev_idx = pos.iter().map(|&p| self.order[p] as usize);
+            match agg {
+                Agg::Count => ints.push(Some(pos.len() as i64)),
+                Agg::CountDistinct => {
+                    let ids = ids.as_ref().ok_or_else(|| internal("ids"))?;
+                    let mut seen: Vec<u32> = ev_idx.map(|i| ids.0[i]).collect();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    ints.push(Some(seen.len() as i64));
+                }
+                Agg::First => idx.push(pos.first().map(|&p| self.order[p])),
+                Agg::Last => idx.push(pos.last().map(|&p| self.order[p])),
+                Agg::Min | Agg::Max => {
+                    let b = better.as_ref().ok_or_else(|| internal("cmp"))?;
+                    let mut best: Option<u32> = None;
+                    for i in ev_idx {
+                        if best.is_none_or(|bi| !b.is(bi, i as u32)) {
+                            best = Some(i as u32);
+                        }
+                    }
+                    idx.push(best);
+                }
+                Agg::Sum if xi.is_some() => {
+                    let x = xi.as_ref().ok_or_else(|| internal("ints"))?;
+                    if pos.is_empty() {
+                        ints.push(None);
+                        continue;
+                    }
+                    let s: i128 = ev_idx.map(|i| x.value(i) as i128).sum();
+                    ints.push(Some(i64::try_from(s).map_err(|_| Error::SumOverflow {
+                        feature: f.label.clone(),
+                        row: self.rid(spine, r),
+                    })?));
+                }
+                Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
+                    let x = xf.as_ref().ok_or_else(|| internal("floats"))?;
+                    let vals: Vec<f64> = ev_idx.map(|i| x.value(i)).collect();
+                    floats.push(direct_moment(agg, &vals));
+                }
+            }
+        }
+        Ok(match agg {
+            Agg::Count | Agg::CountDistinct => {
+                ints.resize(n, Some(0));
+                Arc::new(Int64Array::from(ints))
+            }
+            Agg::Sum if xi.is_some() => {
+                ints.resize(n, None);
+                Arc::new(Int64Array::from(ints))
+            }
+            Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
+                floats.resize(n, None);
+                Arc::new(Float64Array::from(floats))
+            }
+            Agg::Min | Agg::Max | Agg::First | Agg::Last => {
+                idx.resize(n, None);
+                take_values(col, idx.into_iter())?
+            }
+        })
+    }
+}
+
+fn direct_moment(agg: Agg, v: &[f64]) -> Option<f64> {
+    let n = v.len();
+    match agg {
+        _ if n == 0 => None,
+        Agg::Sum => Some(v.iter().fold(Dd::ZERO, |s, &x| s.add_f64(x)).to_f64()),
+        Agg::Mean => Some(
+            v.iter()
+                .fold(Dd::ZERO, |s, &x| s.add_f64(x))
+                .div_f64(n as f64)
+                .to_f64(),
+        ),
+        _ if n < 2 => None,
+        _ => {
+            let mean = v.iter().sum::<f64>() / n as f64;
+            let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
+            Some(if agg == Agg::Var { var } else { var.sqrt() })
+        }
+    }
+}
+
+fn internal(what: &str) -> Error {
+    Error::Internal(what.to_string())
+}
+
+/// Gather values by event index (`None` = null) keeping the column's type.
+fn take_values(col: Option<&ArrayRef>, idx: impl Iterator<Item = Option<u32>>) -> Result<ArrayRef> {
+    let col = col.ok_or_else(|| internal("value feature without a column"))?;
+    let idx: UInt32Array = idx.collect();
+    Ok(take(col.as_ref(), &idx, None)?)
+}
+
+fn as_i64(col: &ArrayRef, label: &str) -> Result<Int64Array> {
+    let opts = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let a = cast_with_options(col, &DataType::Int64, &opts).map_err(|e| {
+        Error::Source(format!(
+            "feature `{label}`: column values do not fit in Int64: {e}"
+        ))
+    })?;
+    a.as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| internal("i64 cast"))
+}
+
+fn as_f64(col: &ArrayRef) -> Result<Float64Array> {
+    let a = cast(col, &DataType::Float64)?;
+    a.as_any()
+        .downcast_ref::<Float64Array>()
+        .cloned()
+        .ok_or_else(|| internal("f64 cast"))
+}
+
+/// "Strictly better than" for min/max, specialized for the common column types.
+enum Better {
+    I64(Int64Array, bool),
+    F64(Float64Array, bool),
+    Str(StringArray, bool),
+    Dyn(arrow::array::DynComparator, bool),
+}
+
+impl Better {
+    fn new(col: &ArrayRef, max: bool) -> Result<Better> {
+        Ok(match col.data_type() {
+            DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => {
+                Better::I64(as_i64(col, "")?, max)
+            }
+            DataType::Float64 | DataType::Float32 => Better::F64(as_f64(col)?, max),
+            DataType::Utf8 => Better::Str(
+                col.as_any()
+                    .downcast_ref::<StringArray>()
+                    .cloned()
+                    .ok_or_else(|| internal("str"))?,
+                max,
+            ),
+            _ => Better::Dyn(
+                make_comparator(col.as_ref(), col.as_ref(), SortOptions::default())?,
+                max,
+            ),
+        })
+    }
+
+    /// Whether event `a`'s value beats event `b`'s (ties do not).
+    #[inline]
+    fn is(&self, a: u32, b: u32) -> bool {
+        use std::cmp::Ordering;
+        let (a, b) = (a as usize, b as usize);
+        let (ord, max) = match self {
+            Better::I64(v, m) => (v.value(a).cmp(&v.value(b)), *m),
+            Better::F64(v, m) => (v.value(a).total_cmp(&v.value(b)), *m),
+            Better::Str(v, m) => (v.value(a).cmp(v.value(b)), *m),
+            Better::Dyn(c, m) => (c(a, b), *m),
+        };
+        if max {
+            ord == Ordering::Greater
+        } else {
+            ord == Ordering::Less
+        }
+    }
+}
+
+/// Dense ids of a column's values (equal values, equal ids) and how many there are.
+fn value_ids(col: &ArrayRef) -> Result<(Vec<u32>, usize)> {
+    let conv = RowConverter::new(vec![SortField::new(col.data_type().clone())])?;
+    let rows = conv.convert_columns(std::slice::from_ref(col))?;
+    let mut map: HashMap<&[u8], u32, ahash::RandomState> = HashMap::default();
+    let ids = (0..rows.num_rows())
+        .map(|i| {
+            let next = map.len() as u32;
+            *map.entry(rows.row(i).data()).or_insert(next)
+        })
+        .collect();
+    Ok((ids, map.len()))
+}
+
+/// Dense key ids shared by the spine and the events of a partition; `NULL_ID` where any key
+/// column is null.
+fn key_ids(spine: &[ArrayRef], ev: &[ArrayRef]) -> Result<(Vec<u32>, Vec<u32>, usize)> {
+    if spine.len() == 1
+        && let (Some(s), Some(e)) = (
+            spine[0].as_any().downcast_ref::<Int64Array>(),
+            ev[0].as_any().downcast_ref::<Int64Array>(),
+        )
+    {
+        let mut map: HashMap<i64, u32, ahash::RandomState> = HashMap::default();
+        let mut id = |a: &Int64Array| -> Vec<u32> {
+            let vals = a.values();
+            (0..a.len())
+                .map(|i| {
+                    if a.is_null(i) {
+                        return NULL_ID;
+                    }
+                    let next = map.len() as u32;
+                    *map.entry(vals[i]).or_insert(next)
+                })
+                .collect()
+        };
+        let e = id(e);
+        let s = id(s);
+        return Ok((s, e, map.len()));
+    }
+    let fields = spine
+        .iter()
+        .map(|a| SortField::new(a.data_type().clone()))
+        .collect();
+    let conv = RowConverter::new(fields)?;
+    let srows = conv.convert_columns(spine)?;
+    let erows = conv.convert_columns(ev)?;
+    let mut map: HashMap<&[u8], u32, ahash::RandomState> = HashMap::default();
+    let e = assign_ids(&mut map, &erows, ev);
+    let s = assign_ids(&mut map, &srows, spine);
+    let n = map.len();
+    Ok((s, e, n))
+}
+
+fn assign_ids<'a>(
+    map: &mut HashMap<&'a [u8], u32, ahash::RandomState>,
+    rows: &'a arrow::row::Rows,
+    cols: &[ArrayRef],
+) -> Vec<u32> {
+    (0..rows.num_rows())
+        .map(|i| {
+            if cols.iter().any(|c| c.is_null(i)) {
+                return NULL_ID;
+            }
+            let next = map.len() as u32;
+            *map.entry(rows.row(i).data()).or_insert(next)
+        })
+        .collect()
+}
+
+/// Counting sort of the rows that pass `ok` by key id: `(block starts, row indices)`, rows
+/// of one key in their original order.
+fn group_by_key(ids: &[u32], nkeys: usize, ok: impl Fn(usize) -> bool) -> (Vec<u32>, Vec<u32>) {
+    let mut block = vec![0u32; nkeys + 1];
+    for (i, &id) in ids.iter().enumerate() {
+        if ok(i) {
+            block[id as usize + 1] += 1;
+        }
+    }
+    for k in 0..nkeys {
+        block[k + 1] += block[k];
+    }
+    let mut fill = block.clone();
+    let mut rows = vec![0u32; block[nkeys] as usize];
+    for (i, &id) in ids.iter().enumerate() {
+        if ok(i) {
+            rows[fill[id as usize] as usize] = i as u32;
+            fill[id as usize] += 1;
+        }
+    }
+    (block, rows)
+}

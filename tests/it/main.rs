@@ -1,0 +1,6 @@
+//! Integration tests of the offline engine, one binary for all areas.
+
+mod common;
+mod differential;
+mod errors;
+mod semantics;
