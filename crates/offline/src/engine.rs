@@ -87,6 +87,8 @@ pub struct JoinOutput {
     pub batch: RecordBatch,
     /// Human-readable plan: per view, the pruning applied and the physical plan.
     pub explain: Vec<String>,
+    /// Partitions that did not fit the memory pool and were swept from disk in buckets.
+    pub spilled_partitions: usize,
 }
 
 pub struct Engine {
@@ -367,9 +369,11 @@ impl Engine {
             .fold((i64::MAX, i64::MIN), |(a, b), x| (a.min(x), b.max(x)));
         let mut columns: Vec<Option<ArrayRef>> = vec![None; req.features.len()];
         let mut explain = Vec::new();
+        let mut spilled_partitions = 0;
         for (p, idx) in parts {
-            let (cols, lines) = self.join_view(&p, &spine, &t, (tmin, tmax)).await?;
+            let (cols, lines, spills) = self.join_view(&p, &spine, &t, (tmin, tmax)).await?;
             explain.extend(lines);
+            spilled_partitions += spills;
             for (c, i) in cols.into_iter().zip(idx) {
                 columns[i] = Some(c);
             }
@@ -383,7 +387,11 @@ impl Engine {
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
         debug_assert_eq!(batch.num_rows(), n);
-        Ok(JoinOutput { batch, explain })
+        Ok(JoinOutput {
+            batch,
+            explain,
+            spilled_partitions,
+        })
     }
 
     async fn join_view(
@@ -392,7 +400,7 @@ impl Engine {
         spine: &RecordBatch,
         t: &Int64Array,
         (tmin, tmax): (i64, i64),
-    ) -> Result<(Vec<ArrayRef>, Vec<String>)> {
+    ) -> Result<(Vec<ArrayRef>, Vec<String>, usize)> {
         let n = spine.num_rows();
         let sschema = spine.schema();
         let tschema = p.table.schema();
@@ -514,7 +522,11 @@ impl Engine {
                 .lines()
                 .map(|l| format!("    {l}")),
         );
-        let parts = collect_partitioned(phys, self.ctx.task_ctx()).await?;
+        let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
+        let spills = phys.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
+        if spills > 0 {
+            explain.push(format!("  {spills} partition(s) exceeded the memory pool and were swept from disk in buckets"));
+        }
         let batches: Vec<RecordBatch> = parts
             .into_iter()
             .flatten()
@@ -550,7 +562,7 @@ impl Engine {
             };
             cols.push(take(all.as_ref(), &pos, None)?);
         }
-        Ok((cols, explain))
+        Ok((cols, explain, spills))
     }
 }
 

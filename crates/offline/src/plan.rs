@@ -40,7 +40,17 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use futures::StreamExt;
+use std::io::Seek;
+
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::hash_utils::create_hashes_with_hasher;
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use futures::{StreamExt, TryStreamExt};
 use quiver_core::Duration;
 
 use crate::Error;
@@ -241,6 +251,7 @@ pub struct PitJoinExec {
     events: Arc<dyn ExecutionPlan>,
     spec: Arc<ViewSpec>,
     cache: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl PitJoinExec {
@@ -262,6 +273,7 @@ impl PitJoinExec {
             events,
             spec,
             cache,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
@@ -340,6 +352,10 @@ impl ExecutionPlan for PitJoinExec {
         )
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -347,38 +363,161 @@ impl ExecutionPlan for PitJoinExec {
     ) -> DFResult<SendableRecordBatchStream> {
         let spine = self.spine.execute(partition, context.clone())?;
         let events = self.events.execute(partition, context.clone())?;
+        let spills = MetricBuilder::new(&self.metrics).spill_count(partition);
         let spec = self.spec.clone();
         let schema = self.schema();
         let reservation = MemoryConsumer::new(format!("PitJoinExec[{partition}]"))
             .register(context.memory_pool());
         let out_schema = schema.clone();
         let fut = async move {
-            let spine = collect_reserved(spine, &reservation).await?;
-            let events = collect_reserved(events, &reservation).await?;
-            let batch = run_partition(&spec, &out_schema, spine, events)?;
+            let batches = run(&spec, &out_schema, spine, events, &reservation, &spills).await;
             reservation.free();
-            Ok(batch)
+            batches.map(|b| futures::stream::iter(b.into_iter().map(Ok)))
         };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
-            futures::stream::once(fut),
-        )))
+        let stream = futures::stream::once(fut).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
 
-/// Collect a partition's input, accounting it to the memory pool; `None` when it is empty.
-async fn collect_reserved(
-    mut stream: SendableRecordBatchStream,
+/// What the sweep needs beside the input arrays, per event: order, sorted times, key ids,
+/// prefix counts and sums. Reserved up front so that the pool bounds the whole operator.
+const SWEEP_BYTES_PER_EVENT: usize = 48;
+/// Sub-partitions a partition is split into when it does not fit the memory pool.
+const SPILL_BUCKETS: usize = 32;
+
+/// Collect a partition and sweep it. When the memory pool refuses the events, switch to
+/// spilling: route every event by a hash of its key (a different hash from DataFusion's
+/// partitioning) into one of [`SPILL_BUCKETS`] files, split the spine the same way, and sweep
+/// the buckets one at a time, so memory is bounded by a bucket, not by the partition.
+async fn run(
+    spec: &ViewSpec,
+    schema: &SchemaRef,
+    mut spine: SendableRecordBatchStream,
+    mut events: SendableRecordBatchStream,
     reservation: &MemoryReservation,
-) -> DFResult<RecordBatch> {
-    let schema = stream.schema();
-    let mut batches = Vec::new();
-    while let Some(b) = stream.next().await {
+    spills: &Count,
+) -> DFResult<Vec<RecordBatch>> {
+    let spine_schema = spine.schema();
+    let mut spine_batches = Vec::new();
+    while let Some(b) = spine.next().await {
         let b = b?;
         reservation.try_grow(b.get_array_memory_size())?;
-        batches.push(b);
+        spine_batches.push(b);
     }
-    Ok(concat_batches(&schema, &batches)?)
+    let spine = concat_batches(&spine_schema, &spine_batches)?;
+    drop(spine_batches);
+    let ev_schema = events.schema();
+    let mut buffered = Vec::new();
+    let mut held = 0usize;
+    let mut spill: Option<Spill> = None;
+    while let Some(b) = events.next().await {
+        let b = b?;
+        if let Some(sp) = spill.as_mut() {
+            sp.write(&b)?;
+            continue;
+        }
+        let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
+        if reservation.try_grow(need).is_ok() {
+            held += need;
+            buffered.push(b);
+        } else {
+            let mut sp = Spill::try_new(ev_schema.clone(), spec.key_count)?;
+            for bb in buffered.drain(..) {
+                sp.write(&bb)?;
+            }
+            sp.write(&b)?;
+            reservation.shrink(held);
+            held = 0;
+            spills.add(1);
+            spill = Some(sp);
+        }
+    }
+    let Some(sp) = spill else {
+        let events = concat_batches(&ev_schema, &buffered)?;
+        drop(buffered);
+        return Ok(vec![run_partition(spec, schema, spine, events)?]);
+    };
+    let spine_parts = split_by_key(&spine, 1, spec.key_count)?;
+    drop(spine);
+    let mut out = Vec::new();
+    for (k, events) in sp.finish()?.into_iter().enumerate() {
+        let need = events.get_array_memory_size() + events.num_rows() * SWEEP_BYTES_PER_EVENT;
+        reservation.try_grow(need)?;
+        out.push(run_partition(spec, schema, spine_parts[k].clone(), events)?);
+        reservation.shrink(need);
+    }
+    Ok(out)
+}
+
+/// The bucket of each row: a hash of the key columns `offset..offset + n`.
+fn buckets(batch: &RecordBatch, offset: usize, n: usize) -> DFResult<Vec<Vec<u32>>> {
+    let mut hashes = vec![0u64; batch.num_rows()];
+    let seeds = ahash::RandomState::with_seeds(0x51ed, 0x9e37, 0x79b9, 0x7f4a);
+    create_hashes_with_hasher(&batch.columns()[offset..offset + n], &seeds, &mut hashes)?;
+    let mut idx = vec![Vec::new(); SPILL_BUCKETS];
+    for (i, h) in hashes.iter().enumerate() {
+        idx[(h % SPILL_BUCKETS as u64) as usize].push(i as u32);
+    }
+    Ok(idx)
+}
+
+fn split_by_key(batch: &RecordBatch, offset: usize, n: usize) -> DFResult<Vec<RecordBatch>> {
+    buckets(batch, offset, n)?
+        .into_iter()
+        .map(|idx| Ok(take_record_batch(batch, &UInt32Array::from(idx))?))
+        .collect()
+}
+
+/// Events of one partition spilled to disk in Arrow IPC, one anonymous temp file per bucket.
+struct Spill {
+    key_count: usize,
+    schema: SchemaRef,
+    writers: Vec<StreamWriter<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl Spill {
+    fn try_new(schema: SchemaRef, key_count: usize) -> DFResult<Self> {
+        let writers = (0..SPILL_BUCKETS)
+            .map(|_| {
+                let f = tempfile::tempfile().map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok(StreamWriter::try_new(std::io::BufWriter::new(f), &schema)?)
+            })
+            .collect::<DFResult<Vec<_>>>()?;
+        Ok(Self {
+            key_count,
+            schema,
+            writers,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> DFResult<()> {
+        for (k, idx) in buckets(batch, 0, self.key_count)?.into_iter().enumerate() {
+            if !idx.is_empty() {
+                self.writers[k].write(&take_record_batch(batch, &UInt32Array::from(idx))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the buckets back, each as one batch, in source order within the bucket.
+    fn finish(self) -> DFResult<Vec<RecordBatch>> {
+        let schema = self.schema;
+        self.writers
+            .into_iter()
+            .map(|mut w| {
+                w.finish()?;
+                let mut f = w
+                    .into_inner()?
+                    .into_inner()
+                    .map_err(|e| DataFusionError::External(Box::new(e.into_error())))?;
+                f.seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let reader = StreamReader::try_new(std::io::BufReader::new(f), None)?;
+                let batches = reader.collect::<Result<Vec<_>, _>>()?;
+                Ok(concat_batches(&schema, &batches)?)
+            })
+            .collect()
+    }
 }
 
 fn run_partition(

@@ -83,19 +83,43 @@ pub fn sweep(
     let mut ranges: HashMap<Window, (Vec<u32>, Vec<u32>)> = HashMap::new();
     let mut latest: Option<(Vec<u32>, Vec<u32>)> = None;
     let mut masks: HashMap<(Option<usize>, Option<usize>), Mask> = HashMap::new();
+    // Columns and filters are gathered into sorted order once, so that every structure below
+    // reads them sequentially and results are positions in that order.
+    let order = UInt32Array::from(s.order.clone());
+    let mut cols: HashMap<usize, ArrayRef> = HashMap::new();
+    let mut filters: HashMap<usize, BooleanArray> = HashMap::new();
+    for f in features {
+        if let Some(c) = f.column
+            && !cols.contains_key(&c)
+        {
+            cols.insert(c, take(ev.values[c].as_ref(), &order, None)?);
+        }
+        if let Some(i) = f.filter
+            && !filters.contains_key(&i)
+        {
+            let sorted = take(&ev.filters[i], &order, None)?;
+            let sorted = sorted
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .cloned()
+                .ok_or_else(|| internal("filter"))?;
+            filters.insert(i, sorted);
+        }
+    }
     let mut out = Vec::with_capacity(features.len());
     for f in features {
         let (lo, hi) = match f.kind {
             Kind::Agg(_, w) => &*ranges.entry(w).or_insert_with(|| s.ranges(|t| w.edges(t))),
             Kind::Latest => &*latest.get_or_insert_with(|| s.ranges(|t| latest_edges(ttl, t))),
         };
-        let col = f.column.map(|c| &ev.values[c]);
+        let col = f.column.map(|c| &cols[&c]);
+        let filter = f.filter.map(|i| &filters[&i]);
         let array = if filter_created {
-            s.direct(f, col, ev, lo, hi, spine)?
+            s.direct(f, col, filter, lo, hi, spine)?
         } else {
             let mask = masks
                 .entry((f.column, f.filter))
-                .or_insert_with(|| s.mask(col, f.filter.map(|i| &ev.filters[i])));
+                .or_insert_with(|| s.mask(col, filter));
             s.fast(f, col, mask, lo, hi, spine)?
         };
         out.push(array);
@@ -141,22 +165,32 @@ impl Sorted {
                 .collect()
         });
         let seq = ev.seq.values();
-        let zero: Vec<i64> = Vec::new();
-        let cr = created.as_ref().unwrap_or(&zero);
-        let has_created = created.is_some();
+        let cr = created.as_deref();
+        // Each key's events are gathered into a contiguous scratch of sort keys, so the sort
+        // compares cached values instead of chasing indices into the whole partition.
+        let mut ts = vec![0i64; order.len()];
+        let mut created_sorted = cr.map(|_| vec![0i64; order.len()]);
+        let mut scratch: Vec<(i64, i64, u64, u32)> = Vec::new();
         for k in 0..nkeys {
-            let b = &mut order[eblock[k] as usize..eblock[k + 1] as usize];
-            let key = |i: &u32| {
-                let i = *i as usize;
-                (t[i], if has_created { cr[i] } else { 0 }, seq[i])
-            };
+            let (bs, be) = (eblock[k] as usize, eblock[k + 1] as usize);
+            scratch.clear();
+            scratch.extend(order[bs..be].iter().map(|&i| {
+                let iu = i as usize;
+                (t[iu], cr.map_or(0, |c| c[iu]), seq[iu], i)
+            }));
             // Sources stored sorted by (key, time) skip the sort: checking is one pass.
-            if !b.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
-                b.sort_unstable_by_key(key);
+            if !scratch.windows(2).all(|w| w[0] <= w[1]) {
+                scratch.sort_unstable();
+            }
+            for (j, &(et, ct, _, i)) in scratch.iter().enumerate() {
+                order[bs + j] = i;
+                ts[bs + j] = et;
+                if let Some(cs) = created_sorted.as_mut() {
+                    cs[bs + j] = ct;
+                }
             }
         }
-        let ts: Vec<i64> = order.iter().map(|&i| t[i as usize]).collect();
-        let created = created.map(|c| order.iter().map(|&i| c[i as usize]).collect());
+        let created = created_sorted;
 
         let stv = spine.t.values();
         let sp_ok = |i: usize| sid[i] != NULL_ID && spine.t.is_valid(i);
@@ -209,10 +243,9 @@ impl Sorted {
         let mut vpos = Vec::new();
         cnt.push(0u32);
         let col_nulls = col.and_then(|c| c.logical_nulls());
-        for (p, &i) in self.order.iter().enumerate() {
-            let i = i as usize;
-            let ok = col_nulls.as_ref().is_none_or(|n| n.is_valid(i))
-                && filter.is_none_or(|f| f.is_valid(i) && f.value(i));
+        for p in 0..self.order.len() {
+            let ok = col_nulls.as_ref().is_none_or(|n| n.is_valid(p))
+                && filter.is_none_or(|f| f.is_valid(p) && f.value(p));
             if ok {
                 vpos.push(p as u32);
             }
@@ -245,9 +278,7 @@ impl Sorted {
         };
         let agg = match f.kind {
             Kind::Latest => {
-                let idx = (0..n).map(|r| {
-                    (r < self.n_valid && lo[r] < hi[r]).then(|| self.order[hi[r] as usize - 1])
-                });
+                let idx = (0..n).map(|r| (r < self.n_valid && lo[r] < hi[r]).then(|| hi[r] - 1));
                 return take_values(col, idx);
             }
             Kind::Agg(agg, _) => agg,
@@ -269,7 +300,7 @@ impl Sorted {
                     let (a, b) = vr(r);
                     (a < b).then(|| {
                         let j = if agg == Agg::First { a } else { b - 1 };
-                        self.order[m.vpos[j] as usize]
+                        m.vpos[j]
                     })
                 });
                 take_values(col, idx)?
@@ -283,9 +314,9 @@ impl Sorted {
                 for r in 0..self.n_valid {
                     let (a, b) = vr(r);
                     while next < b {
-                        let e = self.order[m.vpos[next] as usize];
+                        let e = m.vpos[next];
                         while let Some(&back) = dq.back() {
-                            if better.is(self.order[m.vpos[back as usize] as usize], e) {
+                            if better.is(m.vpos[back as usize], e) {
                                 break;
                             }
                             dq.pop_back();
@@ -296,11 +327,7 @@ impl Sorted {
                     while dq.front().is_some_and(|&j| (j as usize) < a) {
                         dq.pop_front();
                     }
-                    idx.push(
-                        dq.front()
-                            .filter(|_| a < b)
-                            .map(|&j| self.order[m.vpos[j as usize] as usize]),
-                    );
+                    idx.push(dq.front().filter(|_| a < b).map(|&j| m.vpos[j as usize]));
                 }
                 idx.resize(n, None);
                 take_values(Some(col), idx.into_iter())?
@@ -314,13 +341,13 @@ impl Sorted {
                 for r in 0..self.n_valid {
                     let (a, b) = vr(r);
                     while b0 < b {
-                        let id = ids.0[self.order[m.vpos[b0] as usize] as usize] as usize;
+                        let id = ids.0[m.vpos[b0] as usize] as usize;
                         counts[id] += 1;
                         distinct += (counts[id] == 1) as i64;
                         b0 += 1;
                     }
                     while a0 < a {
-                        let id = ids.0[self.order[m.vpos[a0] as usize] as usize] as usize;
+                        let id = ids.0[m.vpos[a0] as usize] as usize;
                         counts[id] -= 1;
                         distinct -= (counts[id] == 0) as i64;
                         a0 += 1;
@@ -358,7 +385,7 @@ impl Sorted {
             let mut j = 0;
             for pos in 0..self.order.len() {
                 if j < m.vpos.len() && m.vpos[j] as usize == pos {
-                    acc += x.value(self.order[pos] as usize) as i128;
+                    acc += x.value(pos) as i128;
                     j += 1;
                 }
                 p.push(acc);
@@ -390,7 +417,7 @@ impl Sorted {
                 let (bs, be) = (self.eblock[k] as usize, self.eblock[k + 1] as usize);
                 let c0 = m.cnt[bs] as usize;
                 let c = if c0 < m.vpos.len() && (m.vpos[c0] as usize) < be {
-                    xv[self.order[m.vpos[c0] as usize] as usize]
+                    xv[m.vpos[c0] as usize]
                 } else {
                     0.0
                 };
@@ -410,7 +437,7 @@ impl Sorted {
         for pos in 0..self.order.len() {
             if j < m.vpos.len() && m.vpos[j] as usize == pos {
                 j += 1;
-                let v = xv[self.order[pos] as usize];
+                let v = xv[pos];
                 if v.is_finite() {
                     let y = v - shift[pos];
                     s1 = s1.add_f64(y);
@@ -486,7 +513,7 @@ impl Sorted {
         &self,
         f: &FeatureSpec,
         col: Option<&ArrayRef>,
-        ev: &EventSide,
+        filter: Option<&BooleanArray>,
         lo: &[u32],
         hi: &[u32],
         spine: &SpineSide,
@@ -497,12 +524,10 @@ impl Sorted {
             .as_ref()
             .ok_or_else(|| internal("filter_created without created times"))?;
         let col_nulls = col.and_then(|c| c.logical_nulls());
-        let filter = f.filter.map(|i| &ev.filters[i]);
         let visible = |r: usize, p: usize| created[p] <= self.st[r];
         let valid = |p: usize| {
-            let i = self.order[p] as usize;
-            col_nulls.as_ref().is_none_or(|nl| nl.is_valid(i))
-                && filter.is_none_or(|fl| fl.is_valid(i) && fl.value(i))
+            col_nulls.as_ref().is_none_or(|nl| nl.is_valid(p))
+                && filter.is_none_or(|fl| fl.is_valid(p) && fl.value(p))
         };
         let agg = match f.kind {
             Kind::Latest => {
@@ -513,7 +538,7 @@ impl Sorted {
                     (lo[r] as usize..hi[r] as usize)
                         .rev()
                         .find(|&p| visible(r, p))
-                        .map(|p| self.order[p])
+                        .map(|p| p as u32)
                 });
                 return take_values(col, idx);
             }
@@ -544,7 +569,7 @@ impl Sorted {
         for r in 0..self.n_valid {
             pos.clear();
             pos.extend((lo[r] as usize..hi[r] as usize).filter(|&p| visible(r, p) && valid(p)));
-            let ev_idx = pos.iter().map(|&p| self.order[p] as usize);
+            let ev_idx = pos.iter().copied();
             match agg {
                 Agg::Count => ints.push(Some(pos.len() as i64)),
                 Agg::CountDistinct => {
@@ -554,8 +579,8 @@ impl Sorted {
                     seen.dedup();
                     ints.push(Some(seen.len() as i64));
                 }
-                Agg::First => idx.push(pos.first().map(|&p| self.order[p])),
-                Agg::Last => idx.push(pos.last().map(|&p| self.order[p])),
+                Agg::First => idx.push(pos.first().map(|&p| p as u32)),
+                Agg::Last => idx.push(pos.last().map(|&p| p as u32)),
                 Agg::Min | Agg::Max => {
                     let b = better.as_ref().ok_or_else(|| internal("cmp"))?;
                     let mut best: Option<u32> = None;
