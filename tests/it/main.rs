@@ -5,3 +5,4 @@ mod differential;
 mod errors;
 mod memory;
 mod semantics;
+mod sources;

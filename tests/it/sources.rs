@@ -1,0 +1,103 @@
+//! Sources read from files: a glob of Parquet files, a folder, a CSV file; ties across files
+//! break in source order (file name, then row).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use datafusion::parquet::arrow::ArrowWriter;
+use quiver_core::Repo;
+use quiver_offline::{Engine, EngineOptions, JoinRequest};
+
+use crate::common::*;
+
+fn write_parquet(path: &std::path::Path, b: &RecordBatch) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+    w.write(b).unwrap();
+    w.close().unwrap();
+}
+
+fn events(v: Vec<i64>) -> RecordBatch {
+    let n = v.len();
+    batch(vec![
+        ("uid", Arc::new(Int64Array::from(vec![1; n])) as ArrayRef),
+        ("t", ts(vec![Some(H); n])),
+        ("v", Arc::new(Int64Array::from(v))),
+    ])
+}
+
+async fn latest(
+    dir: &std::path::Path,
+    path: &str,
+    partitions: usize,
+) -> (Vec<Option<i64>>, Vec<Option<i64>>) {
+    let yaml = format!(
+        "project: files\nentities:\n  u: {{ join_keys: [uid] }}\nsources:\n  ev: {{ path: \"{path}\", timestamp: t }}\nfeature_views:\n  v:\n    entity: u\n    source: ev\n    features:\n      - {{ name: v }}\n      - {{ name: first_v, agg: first, column: v }}\n      - {{ name: n, agg: count, column: \"*\" }}\n"
+    );
+    std::fs::write(dir.join("quiver.yaml"), yaml).unwrap();
+    let repo = Repo::load(dir).unwrap();
+    let features = repo.resolve_refs(&["v:v", "v:first_v", "v:n"]).unwrap();
+    let opts = EngineOptions {
+        target_partitions: partitions,
+        batch_size: 2,
+        memory_limit: None,
+    };
+    let e = Engine::new(repo, opts).unwrap();
+    let spine = batch(vec![
+        ("uid", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+        ("event_timestamp", ts(vec![Some(2 * H)])),
+    ]);
+    let out = e
+        .join(
+            spine.schema(),
+            vec![spine],
+            &JoinRequest {
+                features,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .batch;
+    (
+        i64s(&out, "v")
+            .into_iter()
+            .chain(i64s(&out, "first_v"))
+            .collect(),
+        i64s(&out, "n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glob_folder_and_csv_sources_keep_source_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("parts")).unwrap();
+    // every event ties on (key, time): the last row of the last file is the latest
+    write_parquet(&dir.path().join("parts/b.parquet"), &events(vec![3, 4]));
+    write_parquet(&dir.path().join("parts/a.parquet"), &events(vec![1, 2]));
+    write_parquet(&dir.path().join("parts/c.parquet"), &events(vec![5, 6, 7]));
+    for partitions in 1..=3 {
+        let (v, n) = latest(dir.path(), "parts/*.parquet", partitions).await;
+        assert_eq!(v, [Some(7), Some(1)], "glob, {partitions} partitions");
+        assert_eq!(n, [Some(7)]);
+        let (v, _) = latest(dir.path(), "parts/", partitions).await;
+        assert_eq!(v, [Some(7), Some(1)], "folder, {partitions} partitions");
+    }
+    std::fs::write(dir.path().join("ev.csv"), "uid,t,v\n1,1970-01-01T01:00:00Z,10\n1,1970-01-01T01:00:00Z,11\n1,1970-01-01T03:00:00Z,12\n").unwrap();
+    let (v, n) = latest(dir.path(), "ev.csv", 2).await;
+    assert_eq!(v, [Some(11), Some(10)]);
+    assert_eq!(n, [Some(2)]);
+}
+
+#[tokio::test]
+async fn missing_source_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "project: x\nentities:\n  u: { join_keys: [uid] }\nsources:\n  ev: { path: nothere.parquet, timestamp: t }\nfeature_views:\n  v: { entity: u, source: ev, features: [ { name: v } ] }\n";
+    std::fs::write(dir.path().join("quiver.yaml"), yaml).unwrap();
+    let e = Engine::new(Repo::load(dir.path()).unwrap(), EngineOptions::default()).unwrap();
+    let err = e.check().await.unwrap_err().to_string();
+    assert!(
+        err.contains("source `ev`: ") && err.contains("nothere.parquet: no such file or folder"),
+        "{err}"
+    );
+}
