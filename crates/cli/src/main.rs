@@ -13,6 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quiver_core::Repo;
 use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
 
+mod alloc;
+
+#[global_allocator]
+static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "quiver",
@@ -176,7 +181,11 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             };
             bar.set_message(format!("writing {}", out.display()));
+            let write_started = Instant::now();
             let written = source::write_table(&out, &output.batch);
+            if std::env::var_os("QUIVER_PROFILE").is_some() {
+                eprintln!("cli: join {:?}, write {:?}", write_started - started, write_started.elapsed());
+            }
             bar.finish_and_clear();
             written.with_context(|| format!("writing {}", out.display()))?;
             if explain {

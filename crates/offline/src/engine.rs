@@ -522,7 +522,13 @@ impl Engine {
                 .lines()
                 .map(|l| format!("    {l}")),
         );
+        if std::env::var_os("QUIVER_PROFILE").is_some() {
+            eprintln!("engine: executing view at {:?}", std::time::SystemTime::now());
+        }
         let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
+        if std::env::var_os("QUIVER_PROFILE").is_some() {
+            eprintln!("engine: view done at {:?}", std::time::SystemTime::now());
+        }
         let spills = phys.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
         if spills > 0 {
             explain.push(format!("  {spills} partition(s) exceeded the memory pool and were swept from disk in buckets"));

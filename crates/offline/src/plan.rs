@@ -432,6 +432,9 @@ async fn run(
             spill = Some(sp);
         }
     }
+    if std::env::var_os("QUIVER_PROFILE").is_some() {
+        eprintln!("pit: inputs collected at {:?}", std::time::SystemTime::now());
+    }
     let Some(sp) = spill else {
         let events = concat_batches(&ev_schema, &buffered)?;
         drop(buffered);

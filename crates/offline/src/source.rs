@@ -233,9 +233,16 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(io)?;
         match Format::of(path) {
             Format::Parquet => {
-                let props = parquet::file::properties::WriterProperties::builder()
-                    .set_compression(parquet::basic::Compression::SNAPPY)
-                    .build();
+                let mut props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY);
+                // Feature values are mostly distinct floats: dictionaries cost time and save nothing.
+                for f in batch.schema().fields() {
+                    if f.data_type().is_floating() {
+                        let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+                        props = props.set_column_dictionary_enabled(col, false);
+                    }
+                }
+                let props = props.build();
                 let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))
                     .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
                 let step = 1 << 16;

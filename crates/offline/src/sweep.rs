@@ -78,11 +78,18 @@ pub fn sweep(
     spine: &SpineSide,
     ev: &EventSide,
 ) -> Result<(ArrayRef, Vec<ArrayRef>)> {
+    let prof = std::env::var_os("QUIVER_PROFILE").is_some();
+    let t0 = std::time::Instant::now();
     let s = Sorted::new(spine, ev)?;
+    if prof {
+        eprintln!("sweep: sorted {} events, {} spine rows in {:?}", s.order.len(), s.srows.len(), t0.elapsed());
+    }
     let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
     let mut ranges: HashMap<Window, (Vec<u32>, Vec<u32>)> = HashMap::new();
     let mut latest: Option<(Vec<u32>, Vec<u32>)> = None;
     let mut masks: HashMap<(Option<usize>, Option<usize>), Mask> = HashMap::new();
+    let mut prefixes: HashMap<(Option<usize>, Option<usize>, PrefixKind), Prefix> = HashMap::new();
+    let mut scratch = Scratch::default();
     // Columns and filters are gathered into sorted order once, so that every structure below
     // reads them sequentially and results are positions in that order.
     let order = UInt32Array::from(s.order.clone());
@@ -117,14 +124,54 @@ pub fn sweep(
         let array = if filter_created {
             s.direct(f, col, filter, lo, hi, spine)?
         } else {
-            let mask = masks
+            let mask = &*masks
                 .entry((f.column, f.filter))
                 .or_insert_with(|| s.mask(col, filter));
-            s.fast(f, col, mask, lo, hi, spine)?
+            // Prefix sums are shared by every window and aggregate over the same column and mask.
+            let kind = match (f.kind, col) {
+                (Kind::Agg(Agg::Sum, _), Some(c)) if c.data_type().is_integer() => Some(PrefixKind::Int),
+                (Kind::Agg(Agg::Sum | Agg::Mean, _), Some(_)) => Some(PrefixKind::Float),
+                (Kind::Agg(Agg::Var | Agg::Stddev, _), Some(_)) => Some(PrefixKind::Moments),
+                _ => None,
+            };
+            let prefix = match (kind, col) {
+                (Some(kind), Some(c)) => {
+                    let key = (f.column, f.filter, kind);
+                    if !prefixes.contains_key(&key) {
+                        prefixes.insert(key, s.prefix(c, mask, &f.label, kind)?);
+                    }
+                    prefixes.get(&key)
+                }
+                _ => None,
+            };
+            s.fast(f, col, mask, prefix, &mut scratch, lo, hi, spine)?
         };
         out.push(array);
+        if prof {
+            eprintln!("sweep: feature {} done at {:?}", f.name, t0.elapsed());
+        }
     }
     Ok((rid, out))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PrefixKind {
+    Int,
+    Float,
+    Moments,
+}
+
+/// Buffers shared by the min/max features of a partition: the order-preserving keys of each
+/// (column, mask) and the suffix-extreme buffer, so that each window reuses them.
+#[derive(Default)]
+struct Scratch {
+    keys: HashMap<(Option<usize>, Option<usize>), Vec<i64>>,
+    sfx: Vec<i64>,
+}
+
+enum Prefix {
+    Int(Vec<i128>),
+    Float { p1: Vec<Dd>, p2: Vec<Dd>, special: Option<Vec<[u32; 3]>> },
 }
 
 /// Valid positions (value non-null and filter true) in sorted event order.
@@ -259,11 +306,14 @@ impl Sorted {
     }
 
     /// Features over contiguous ranges, for sources without `filter_created`.
+    #[allow(clippy::too_many_arguments)]
     fn fast(
         &self,
         f: &FeatureSpec,
         col: Option<&ArrayRef>,
         m: &Mask,
+        prefix: Option<&Prefix>,
+        scratch: &mut Scratch,
         lo: &[u32],
         hi: &[u32],
         spine: &SpineSide,
@@ -307,30 +357,39 @@ impl Sorted {
             }
             Agg::Min | Agg::Max => {
                 let col = col.ok_or_else(|| internal("min/max without a column"))?;
-                let better = Better::new(col, agg == Agg::Max)?;
-                let mut dq: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
-                let mut next = 0usize; // next index into vpos to push
-                let mut idx: Vec<Option<u32>> = Vec::with_capacity(n);
-                for r in 0..self.n_valid {
-                    let (a, b) = vr(r);
-                    while next < b {
-                        let e = m.vpos[next];
-                        while let Some(&back) = dq.back() {
-                            if better.is(m.vpos[back as usize], e) {
-                                break;
-                            }
-                            dq.pop_back();
-                        }
-                        dq.push_back(next as u32);
-                        next += 1;
+                let max = agg == Agg::Max;
+                let ranges = (0..self.n_valid).map(vr);
+                match Better::new(col, max)? {
+                    // Numbers: a branch-free sliding extreme over order-preserving i64 keys.
+                    Better::F64(v, _) => {
+                        let v = v.values();
+                        let keys = scratch
+                            .keys
+                            .entry((f.column, f.filter))
+                            .or_insert_with(|| m.vpos.iter().map(|&p| f64_key(v[p as usize])).collect());
+                        let mut out: Vec<Option<f64>> = sliding_extreme(ranges, keys, &mut scratch.sfx, max)
+                            .into_iter()
+                            .map(|k| k.map(key_f64))
+                            .collect();
+                        out.resize(n, None);
+                        cast(&(Arc::new(Float64Array::from(out)) as ArrayRef), col.data_type())?
                     }
-                    while dq.front().is_some_and(|&j| (j as usize) < a) {
-                        dq.pop_front();
+                    Better::I64(v, _) => {
+                        let v = v.values();
+                        let keys = scratch
+                            .keys
+                            .entry((f.column, f.filter))
+                            .or_insert_with(|| m.vpos.iter().map(|&p| v[p as usize]).collect());
+                        let mut out = sliding_extreme(ranges, keys, &mut scratch.sfx, max);
+                        out.resize(n, None);
+                        cast(&(Arc::new(Int64Array::from(out)) as ArrayRef), col.data_type())?
                     }
-                    idx.push(dq.front().filter(|_| a < b).map(|&j| m.vpos[j as usize]));
+                    other => {
+                        let mut idx = sliding_best(ranges, &m.vpos, |p| p as u32, |a, b| other.is(a, b));
+                        idx.resize(n, None);
+                        take_values(Some(col), idx.into_iter())?
+                    }
                 }
-                idx.resize(n, None);
-                take_values(Some(col), idx.into_iter())?
             }
             Agg::CountDistinct => {
                 let col = col.ok_or_else(|| internal("count_distinct without a column"))?;
@@ -358,60 +417,37 @@ impl Sorted {
                 Arc::new(Int64Array::from(v))
             }
             Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
-                let col = col.ok_or_else(|| internal("numeric aggregate without a column"))?;
-                self.numeric(f, agg, col, m, lo, hi, spine)?
+                let prefix = prefix.ok_or_else(|| internal("numeric aggregate without prefix sums"))?;
+                self.numeric(f, agg, prefix, m, lo, hi, spine)?
             }
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn numeric(
-        &self,
-        f: &FeatureSpec,
-        agg: Agg,
-        col: &ArrayRef,
-        m: &Mask,
-        lo: &[u32],
-        hi: &[u32],
-        spine: &SpineSide,
-    ) -> Result<ArrayRef> {
-        let n = self.srows.len();
-        let count = |r: usize| (m.cnt[hi[r] as usize] - m.cnt[lo[r] as usize]) as i64;
-        if agg == Agg::Sum && col.data_type().is_integer() {
-            let x = as_i64(col, &f.label)?;
-            let mut p = Vec::with_capacity(self.order.len() + 1);
+    /// Prefix sums of a numeric column over a mask's valid positions: i128 for integer sums,
+    /// double-double for the rest, with the first and second moments for var/stddev.
+    fn prefix(&self, col: &ArrayRef, m: &Mask, label: &str, kind: PrefixKind) -> Result<Prefix> {
+        let len = self.order.len();
+        if kind == PrefixKind::Int {
+            let x = as_i64(col, label)?;
+            let mut p = Vec::with_capacity(len + 1);
             let mut acc = 0i128;
             p.push(acc);
             let mut j = 0;
-            for pos in 0..self.order.len() {
+            for pos in 0..len {
                 if j < m.vpos.len() && m.vpos[j] as usize == pos {
                     acc += x.value(pos) as i128;
                     j += 1;
                 }
                 p.push(acc);
             }
-            let mut out: Vec<Option<i64>> = Vec::with_capacity(n);
-            for r in 0..self.n_valid {
-                if count(r) == 0 {
-                    out.push(None);
-                    continue;
-                }
-                let s = p[hi[r] as usize] - p[lo[r] as usize];
-                let s = i64::try_from(s).map_err(|_| Error::SumOverflow {
-                    feature: f.label.clone(),
-                    row: self.rid(spine, r),
-                })?;
-                out.push(Some(s));
-            }
-            out.resize(n, None);
-            return Ok(Arc::new(Int64Array::from(out)));
+            return Ok(Prefix::Int(p));
         }
         let x = as_f64(col)?;
         let xv = x.values();
-        let moments = matches!(agg, Agg::Var | Agg::Stddev);
+        let moments = kind == PrefixKind::Moments;
         // Shift each key's values by its first valid value: variance does not change, and the
         // sums of squares stay small enough to subtract without cancellation.
-        let mut shift = vec![0.0f64; self.order.len()];
+        let mut shift = vec![0.0f64; if moments { len } else { 0 }];
         if moments {
             for k in 0..self.eblock.len() - 1 {
                 let (bs, be) = (self.eblock[k] as usize, self.eblock[k + 1] as usize);
@@ -425,8 +461,8 @@ impl Sorted {
             }
         }
         // Infinities and NaN are counted apart: they would turn every later prefix into NaN.
-        let mut p1 = Vec::with_capacity(self.order.len() + 1);
-        let mut p2 = Vec::with_capacity(if moments { self.order.len() + 1 } else { 0 });
+        let mut p1 = Vec::with_capacity(len + 1);
+        let mut p2 = Vec::with_capacity(if moments { len + 1 } else { 0 });
         let mut special: Option<Vec<[u32; 3]>> = None;
         let (mut s1, mut s2, mut sp) = (Dd::ZERO, Dd::ZERO, [0u32; 3]);
         p1.push(s1);
@@ -434,12 +470,12 @@ impl Sorted {
             p2.push(s2);
         }
         let mut j = 0;
-        for pos in 0..self.order.len() {
+        for pos in 0..len {
             if j < m.vpos.len() && m.vpos[j] as usize == pos {
                 j += 1;
                 let v = xv[pos];
                 if v.is_finite() {
-                    let y = v - shift[pos];
+                    let y = if moments { v - shift[pos] } else { v };
                     s1 = s1.add_f64(y);
                     if moments {
                         s2 = s2.add(Dd::square(y));
@@ -464,6 +500,43 @@ impl Sorted {
                 sv.push(sp);
             }
         }
+        Ok(Prefix::Float { p1, p2, special })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn numeric(
+        &self,
+        f: &FeatureSpec,
+        agg: Agg,
+        prefix: &Prefix,
+        m: &Mask,
+        lo: &[u32],
+        hi: &[u32],
+        spine: &SpineSide,
+    ) -> Result<ArrayRef> {
+        let n = self.srows.len();
+        let count = |r: usize| (m.cnt[hi[r] as usize] - m.cnt[lo[r] as usize]) as i64;
+        let (p1, p2, special) = match prefix {
+            Prefix::Int(p) => {
+                let mut out: Vec<Option<i64>> = Vec::with_capacity(n);
+                for r in 0..self.n_valid {
+                    if count(r) == 0 {
+                        out.push(None);
+                        continue;
+                    }
+                    let s = p[hi[r] as usize] - p[lo[r] as usize];
+                    let s = i64::try_from(s).map_err(|_| Error::SumOverflow {
+                        feature: f.label.clone(),
+                        row: self.rid(spine, r),
+                    })?;
+                    out.push(Some(s));
+                }
+                out.resize(n, None);
+                return Ok(Arc::new(Int64Array::from(out)));
+            }
+            Prefix::Float { p1, p2, special } => (p1, p2, special),
+        };
+        let moments = matches!(agg, Agg::Var | Agg::Stddev);
         let mut out: Vec<Option<f64>> = Vec::with_capacity(n);
         for r in 0..self.n_valid {
             let c = count(r);
@@ -473,7 +546,7 @@ impl Sorted {
                 out.push(None);
                 continue;
             }
-            if let Some(sv) = &special {
+            if let Some(sv) = special {
                 let d = |k: usize| sv[h][k] - sv[l][k];
                 let (nan, pinf, ninf) = (d(0), d(1), d(2));
                 if nan > 0 || pinf > 0 || ninf > 0 {
@@ -629,6 +702,104 @@ impl Sorted {
             }
         })
     }
+}
+
+/// Sliding-window extreme with a monotonic deque: for each window (as a range of indices
+/// into `vpos`, both ends non-decreasing), the position of the best value, or `None` when the
+/// window is empty. The deque keeps values beside positions so comparisons read no arrays.
+fn sliding_best<T: Copy>(
+    ranges: impl Iterator<Item = (usize, usize)>,
+    vpos: &[u32],
+    value: impl Fn(usize) -> T,
+    better: impl Fn(T, T) -> bool,
+) -> Vec<Option<u32>> {
+    // A queue in a Vec: `head` is the front; popped fronts are dropped in bulk when they
+    // dominate, so pushes and pops are plain Vec operations without wrap-around.
+    let mut q: Vec<(T, u32)> = Vec::new();
+    let mut head = 0usize;
+    let mut next = 0usize;
+    let mut out = Vec::with_capacity(ranges.size_hint().0);
+    for (a, b) in ranges {
+        while next < b {
+            let x = value(vpos[next] as usize);
+            while q.len() > head && !better(q[q.len() - 1].0, x) {
+                q.pop();
+            }
+            q.push((x, next as u32));
+            next += 1;
+        }
+        while head < q.len() && (q[head].1 as usize) < a {
+            head += 1;
+        }
+        if head > 1024 && head * 2 > q.len() {
+            q.drain(..head);
+            head = 0;
+        }
+        out.push((a < b && head < q.len()).then(|| vpos[q[head].1 as usize]));
+    }
+    out
+}
+
+/// An i64 whose order is the IEEE total order of the f64 (and back: the map is its own inverse).
+#[inline]
+fn f64_key(x: f64) -> i64 {
+    let bits = x.to_bits() as i64;
+    bits ^ ((((bits >> 63) as u64) >> 1) as i64)
+}
+
+/// Sliding min or max of `keys` over windows given as index ranges `a..b` with both ends
+/// non-decreasing. A two-stack queue: the back is a running extreme, the front holds suffix
+/// extremes rebuilt (once per element at most) when the window start passes it. No
+/// data-dependent branches, so it runs at memory speed on random data.
+fn sliding_extreme(
+    ranges: impl Iterator<Item = (usize, usize)>,
+    keys: &[i64],
+    sfx: &mut Vec<i64>,
+    max: bool,
+) -> Vec<Option<i64>> {
+    // Every entry of `sfx` is written by a rebuild before it is read: no need to clear it.
+    if sfx.len() < keys.len() {
+        sfx.resize(keys.len(), 0);
+    }
+    if max {
+        sliding_extreme_by(ranges, keys, sfx, i64::MIN, i64::max)
+    } else {
+        sliding_extreme_by(ranges, keys, sfx, i64::MAX, i64::min)
+    }
+}
+
+#[inline(always)]
+fn sliding_extreme_by(
+    ranges: impl Iterator<Item = (usize, usize)>,
+    keys: &[i64],
+    sfx: &mut [i64],
+    identity: i64,
+    ext: impl Fn(i64, i64) -> i64,
+) -> Vec<Option<i64>> {
+    let (mut mid, mut next, mut back) = (0usize, 0usize, identity);
+    let mut out = Vec::with_capacity(ranges.size_hint().0);
+    for (a, b) in ranges {
+        for &k in &keys[next.min(b)..b] {
+            back = ext(back, k);
+        }
+        next = next.max(b);
+        if a >= mid {
+            let mut acc = identity;
+            for j in (a..next).rev() {
+                acc = ext(acc, keys[j]);
+                sfx[j] = acc;
+            }
+            mid = next;
+            back = identity;
+        }
+        out.push((a < b).then(|| ext(sfx[a], back)));
+    }
+    out
+}
+
+#[inline]
+fn key_f64(k: i64) -> f64 {
+    f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
 }
 
 fn direct_moment(agg: Agg, v: &[f64]) -> Option<f64> {

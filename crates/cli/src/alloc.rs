@@ -1,0 +1,54 @@
+//! The system allocator, asking the kernel for transparent huge pages on large blocks.
+//!
+//! A join allocates a few hundred MB of arrays per partition. With 4 KiB pages every first
+//! touch is a page fault that zeroes a page; on the machines Quiver is measured on, those
+//! faults were a third of a join's CPU time. Where THP is in `madvise` mode (the common
+//! default), `MADV_HUGEPAGE` on blocks of 4 MiB and more makes them fault 2 MiB at a time.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+pub struct HugePageAlloc;
+
+const LARGE: usize = 4 << 20;
+
+fn advise(ptr: *mut u8, size: usize) {
+    if size < LARGE || ptr.is_null() {
+        return;
+    }
+    let page = 4096usize;
+    let start = (ptr as usize).div_ceil(page) * page;
+    let end = (ptr as usize + size) / page * page;
+    if end > start {
+        // SAFETY: [start, end) lies inside the block just allocated; madvise only changes
+        // how the kernel backs those pages and never their contents. Failure is harmless.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+// SAFETY: every call forwards to `System` with the same arguments; `advise` does not touch
+// the memory's contents.
+unsafe impl GlobalAlloc for HugePageAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        advise(p, layout.size());
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        advise(p, layout.size());
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        advise(p, new_size);
+        p
+    }
+}
