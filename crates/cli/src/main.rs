@@ -184,7 +184,11 @@ async fn run(cli: Cli) -> Result<()> {
             let write_started = Instant::now();
             let written = source::write_table(&out, &output.batch);
             if std::env::var_os("QUIVER_PROFILE").is_some() {
-                eprintln!("cli: join {:?}, write {:?}", write_started - started, write_started.elapsed());
+                eprintln!(
+                    "cli: join {:?}, write {:?}",
+                    write_started - started,
+                    write_started.elapsed()
+                );
             }
             bar.finish_and_clear();
             written.with_context(|| format!("writing {}", out.display()))?;

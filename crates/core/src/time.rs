@@ -56,9 +56,10 @@ pub fn to_micros(array: &dyn Array, column: &str, first_row: usize) -> Result<In
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
             map::<TimestampMillisecondType>(array, |v| v.saturating_mul(1_000))
         }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            map::<TimestampMicrosecondType>(array, |v| v)
-        }
+        // Already microseconds: reinterpret the buffer, no copy.
+        DataType::Timestamp(TimeUnit::Microsecond, _) => array
+            .as_primitive::<TimestampMicrosecondType>()
+            .reinterpret_cast::<arrow_array::types::Int64Type>(),
         // Floor, not truncation: 1 ns before the epoch is in the microsecond before it.
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             map::<TimestampNanosecondType>(array, |v| v.div_euclid(1_000))

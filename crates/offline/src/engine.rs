@@ -6,10 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, UInt32Array, UInt64Array,
-};
-use datafusion::arrow::compute::{cast, concat, concat_batches, take};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{cast, concat_batches, interleave};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, DFSchema, ScalarValue};
@@ -58,6 +56,12 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
         // order that breaks ties; hash repartitioning keeps each input's order.
         .with_round_robin_repartition(false);
     config.options_mut().execution.parquet.pushdown_filters = false;
+    // Source order (the last tie-break) is read off each scan partition's file group;
+    // work stealing would let a partition read a sibling's files and scramble it.
+    config
+        .options_mut()
+        .execution
+        .enable_file_stream_work_stealing = false;
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = opts.memory_limit {
         runtime = runtime.with_memory_limit(limit, 1.0);
@@ -316,6 +320,9 @@ impl Engine {
                 "no features requested".into(),
             )));
         }
+        if std::env::var_os("QUIVER_PROFILE").is_some() {
+            eprintln!("engine: join start at {:?}", std::time::SystemTime::now());
+        }
         let spine = concat_batches(&schema, &batches)?;
         drop(batches);
         let n = spine.num_rows();
@@ -523,7 +530,10 @@ impl Engine {
                 .map(|l| format!("    {l}")),
         );
         if std::env::var_os("QUIVER_PROFILE").is_some() {
-            eprintln!("engine: executing view at {:?}", std::time::SystemTime::now());
+            eprintln!(
+                "engine: executing view at {:?}",
+                std::time::SystemTime::now()
+            );
         }
         let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
         if std::env::var_os("QUIVER_PROFILE").is_some() {
@@ -538,35 +548,34 @@ impl Engine {
             .flatten()
             .filter(|b| b.num_rows() > 0)
             .collect();
-        // Put each row back at its spine position.
-        let mut pos = vec![u32::MAX; n];
-        let mut at = 0u32;
-        for b in &batches {
+        // Put each row back at its spine position: one gather per feature, straight from the
+        // partitions' batches.
+        let mut pos = vec![(usize::MAX, 0usize); n];
+        let mut seen = 0usize;
+        for (bi, b) in batches.iter().enumerate() {
             let rid = b
                 .column(0)
                 .as_any()
                 .downcast_ref::<UInt64Array>()
                 .ok_or_else(|| Error::Internal("rid".into()))?;
-            for r in rid.values() {
-                pos[*r as usize] = at;
-                at += 1;
+            for (row, r) in rid.values().iter().enumerate() {
+                pos[*r as usize] = (bi, row);
+                seen += 1;
             }
         }
-        if pos.contains(&u32::MAX) || at as usize != n {
+        if seen != n || pos.iter().any(|p| p.0 == usize::MAX) {
             return Err(Error::Internal(format!(
-                "join returned {at} rows for {n} spine rows"
+                "join returned {seen} rows for {n} spine rows"
             )));
         }
-        let pos = UInt32Array::from(pos);
         let mut cols = Vec::new();
         for (j, f) in p.features.iter().enumerate() {
             let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(j + 1).as_ref()).collect();
-            let all = if parts.is_empty() {
+            cols.push(if parts.is_empty() {
                 datafusion::arrow::array::new_empty_array(&f.output_type)
             } else {
-                concat(&parts)?
-            };
-            cols.push(take(all.as_ref(), &pos, None)?);
+                interleave(&parts, &pos)?
+            });
         }
         Ok((cols, explain, spills))
     }

@@ -433,11 +433,22 @@ async fn run(
         }
     }
     if std::env::var_os("QUIVER_PROFILE").is_some() {
-        eprintln!("pit: inputs collected at {:?}", std::time::SystemTime::now());
+        eprintln!(
+            "pit: inputs collected at {:?}",
+            std::time::SystemTime::now()
+        );
     }
     let Some(sp) = spill else {
+        let t0 = std::time::Instant::now();
         let events = concat_batches(&ev_schema, &buffered)?;
         drop(buffered);
+        if std::env::var_os("QUIVER_PROFILE").is_some() {
+            eprintln!(
+                "pit: concat {} rows in {:?}",
+                events.num_rows(),
+                t0.elapsed()
+            );
+        }
         return Ok(vec![run_partition(spec, schema, spine, events)?]);
     };
     let spine_parts = split_by_key(&spine, 1, spec.key_count)?;

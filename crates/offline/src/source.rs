@@ -232,30 +232,8 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
     let result = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(io)?;
         match Format::of(path) {
-            Format::Parquet => {
-                let mut props = parquet::file::properties::WriterProperties::builder()
-                    .set_compression(parquet::basic::Compression::SNAPPY);
-                // Feature values are mostly distinct floats: dictionaries cost time and save nothing.
-                for f in batch.schema().fields() {
-                    if f.data_type().is_floating() {
-                        let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
-                        props = props.set_column_dictionary_enabled(col, false);
-                    }
-                }
-                let props = props.build();
-                let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))
-                    .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
-                let step = 1 << 16;
-                let mut off = 0;
-                while off < batch.num_rows() {
-                    let len = step.min(batch.num_rows() - off);
-                    w.write(&batch.slice(off, len))
-                        .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
-                    off += len;
-                }
-                w.close()
-                    .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
-            }
+            Format::Parquet => write_parquet(file, batch)
+                .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?,
             Format::Csv => {
                 let mut w = arrow::csv::WriterBuilder::new()
                     .with_header(true)
@@ -269,6 +247,95 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Parquet with the columns of each row group encoded in parallel, one thread per core: a
+/// training set is wide (a column per feature) and encoding is most of the time it takes to write.
+fn write_parquet(file: std::fs::File, batch: &RecordBatch) -> parquet::errors::Result<()> {
+    use parquet::arrow::ArrowSchemaConverter;
+    use parquet::arrow::arrow_writer::{
+        ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves,
+    };
+    use parquet::file::writer::SerializedFileWriter;
+
+    let schema = batch.schema();
+    let mut props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY);
+    // Feature values are mostly distinct floats: dictionaries and compression cost time and
+    // save little.
+    for f in schema.fields() {
+        if f.data_type().is_floating() {
+            let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+            props = props
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_compression(col, parquet::basic::Compression::UNCOMPRESSED);
+        }
+    }
+    let props = Arc::new(props.build());
+    let parquet_schema = ArrowSchemaConverter::new()
+        .with_coerce_types(props.coerce_types())
+        .convert(&schema)?;
+    let mut writer = SerializedFileWriter::new(
+        std::io::BufWriter::new(file),
+        parquet_schema.root_schema_ptr(),
+        props.clone(),
+    )?;
+    let factory = ArrowRowGroupWriterFactory::new(&writer, schema.clone());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let rows = 1 << 20;
+    let mut off = 0;
+    let mut rg = 0;
+    while off < batch.num_rows() || (rg == 0 && batch.num_rows() == 0) {
+        let len = rows.min(batch.num_rows() - off);
+        let part = batch.slice(off, len);
+        let mut leaves = Vec::new();
+        for (field, col) in schema.fields().iter().zip(part.columns()) {
+            leaves.extend(compute_leaves(field, col)?);
+        }
+        let writers = factory.create_column_writers(rg)?;
+        let mut jobs: Vec<Vec<(usize, _, _)>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, (w, leaf)) in writers.into_iter().zip(leaves).enumerate() {
+            jobs[i % threads].push((i, w, leaf));
+        }
+        let mut chunks: Vec<(usize, ArrowColumnChunk)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .into_iter()
+                .map(|job| {
+                    scope.spawn(move || {
+                        job.into_iter()
+                            .map(|(i, mut w, leaf)| {
+                                w.write(&leaf)?;
+                                Ok((i, w.close()?))
+                            })
+                            .collect::<parquet::errors::Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                let done = h.join().map_err(|_| {
+                    parquet::errors::ParquetError::General("a column encoder panicked".into())
+                })??;
+                all.extend(done);
+            }
+            Ok::<_, parquet::errors::ParquetError>(all)
+        })?;
+        chunks.sort_by_key(|(i, _)| *i);
+        let mut rgw = writer.next_row_group()?;
+        for (_, chunk) in chunks {
+            chunk.append_to_row_group(&mut rgw)?;
+        }
+        rgw.close()?;
+        off += len;
+        rg += 1;
+        if batch.num_rows() == 0 {
+            break;
+        }
+    }
+    writer.close()?;
+    Ok(())
 }
 
 #[cfg(test)]

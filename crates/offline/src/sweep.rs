@@ -82,7 +82,12 @@ pub fn sweep(
     let t0 = std::time::Instant::now();
     let s = Sorted::new(spine, ev)?;
     if prof {
-        eprintln!("sweep: sorted {} events, {} spine rows in {:?}", s.order.len(), s.srows.len(), t0.elapsed());
+        eprintln!(
+            "sweep: sorted {} events, {} spine rows in {:?}",
+            s.order.len(),
+            s.srows.len(),
+            t0.elapsed()
+        );
     }
     let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
     let mut ranges: HashMap<Window, (Vec<u32>, Vec<u32>)> = HashMap::new();
@@ -129,7 +134,9 @@ pub fn sweep(
                 .or_insert_with(|| s.mask(col, filter));
             // Prefix sums are shared by every window and aggregate over the same column and mask.
             let kind = match (f.kind, col) {
-                (Kind::Agg(Agg::Sum, _), Some(c)) if c.data_type().is_integer() => Some(PrefixKind::Int),
+                (Kind::Agg(Agg::Sum, _), Some(c)) if c.data_type().is_integer() => {
+                    Some(PrefixKind::Int)
+                }
                 (Kind::Agg(Agg::Sum | Agg::Mean, _), Some(_)) => Some(PrefixKind::Float),
                 (Kind::Agg(Agg::Var | Agg::Stddev, _), Some(_)) => Some(PrefixKind::Moments),
                 _ => None,
@@ -137,8 +144,8 @@ pub fn sweep(
             let prefix = match (kind, col) {
                 (Some(kind), Some(c)) => {
                     let key = (f.column, f.filter, kind);
-                    if !prefixes.contains_key(&key) {
-                        prefixes.insert(key, s.prefix(c, mask, &f.label, kind)?);
+                    if let std::collections::hash_map::Entry::Vacant(e) = prefixes.entry(key) {
+                        e.insert(s.prefix(c, mask, &f.label, kind)?);
                     }
                     prefixes.get(&key)
                 }
@@ -161,17 +168,19 @@ enum PrefixKind {
     Moments,
 }
 
-/// Buffers shared by the min/max features of a partition: the order-preserving keys of each
-/// (column, mask) and the suffix-extreme buffer, so that each window reuses them.
+/// Buffers reused by every min/max feature of a partition.
 #[derive(Default)]
 struct Scratch {
-    keys: HashMap<(Option<usize>, Option<usize>), Vec<i64>>,
     sfx: Vec<i64>,
 }
 
 enum Prefix {
     Int(Vec<i128>),
-    Float { p1: Vec<Dd>, p2: Vec<Dd>, special: Option<Vec<[u32; 3]>> },
+    Float {
+        p1: Vec<Dd>,
+        p2: Vec<Dd>,
+        special: Option<Vec<[u32; 3]>>,
+    },
 }
 
 /// Valid positions (value non-null and filter true) in sorted event order.
@@ -202,7 +211,12 @@ struct Sorted {
 
 impl Sorted {
     fn new(spine: &SpineSide, ev: &EventSide) -> Result<Sorted> {
+        let t0 = std::time::Instant::now();
+        let prof = std::env::var_os("QUIVER_PROFILE").is_some();
         let (sid, eid, nkeys) = key_ids(&spine.keys, &ev.keys)?;
+        if prof {
+            eprintln!("sorted: key ids {:?}", t0.elapsed());
+        }
         let t = ev.t.values();
         let ev_ok = |i: usize| eid[i] != NULL_ID && ev.t.is_valid(i);
         let (eblock, mut order) = group_by_key(&eid, nkeys, ev_ok);
@@ -238,6 +252,9 @@ impl Sorted {
             }
         }
         let created = created_sorted;
+        if prof {
+            eprintln!("sorted: events sorted {:?}", t0.elapsed());
+        }
 
         let stv = spine.t.values();
         let sp_ok = |i: usize| sid[i] != NULL_ID && spine.t.is_valid(i);
@@ -363,29 +380,31 @@ impl Sorted {
                     // Numbers: a branch-free sliding extreme over order-preserving i64 keys.
                     Better::F64(v, _) => {
                         let v = v.values();
-                        let keys = scratch
-                            .keys
-                            .entry((f.column, f.filter))
-                            .or_insert_with(|| m.vpos.iter().map(|&p| f64_key(v[p as usize])).collect());
-                        let mut out: Vec<Option<f64>> = sliding_extreme(ranges, keys, &mut scratch.sfx, max)
-                            .into_iter()
-                            .map(|k| k.map(key_f64))
-                            .collect();
+                        let key = |j: usize| f64_key(v[m.vpos[j] as usize]);
+                        let mut out: Vec<Option<f64>> =
+                            sliding_extreme(ranges, key, &mut scratch.sfx, max)
+                                .into_iter()
+                                .map(|k| k.map(key_f64))
+                                .collect();
                         out.resize(n, None);
-                        cast(&(Arc::new(Float64Array::from(out)) as ArrayRef), col.data_type())?
+                        cast(
+                            &(Arc::new(Float64Array::from(out)) as ArrayRef),
+                            col.data_type(),
+                        )?
                     }
                     Better::I64(v, _) => {
                         let v = v.values();
-                        let keys = scratch
-                            .keys
-                            .entry((f.column, f.filter))
-                            .or_insert_with(|| m.vpos.iter().map(|&p| v[p as usize]).collect());
-                        let mut out = sliding_extreme(ranges, keys, &mut scratch.sfx, max);
+                        let key = |j: usize| v[m.vpos[j] as usize];
+                        let mut out = sliding_extreme(ranges, key, &mut scratch.sfx, max);
                         out.resize(n, None);
-                        cast(&(Arc::new(Int64Array::from(out)) as ArrayRef), col.data_type())?
+                        cast(
+                            &(Arc::new(Int64Array::from(out)) as ArrayRef),
+                            col.data_type(),
+                        )?
                     }
                     other => {
-                        let mut idx = sliding_best(ranges, &m.vpos, |p| p as u32, |a, b| other.is(a, b));
+                        let mut idx =
+                            sliding_best(ranges, &m.vpos, |p| p as u32, |a, b| other.is(a, b));
                         idx.resize(n, None);
                         take_values(Some(col), idx.into_iter())?
                     }
@@ -417,7 +436,8 @@ impl Sorted {
                 Arc::new(Int64Array::from(v))
             }
             Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
-                let prefix = prefix.ok_or_else(|| internal("numeric aggregate without prefix sums"))?;
+                let prefix =
+                    prefix.ok_or_else(|| internal("numeric aggregate without prefix sums"))?;
                 self.numeric(f, agg, prefix, m, lo, hi, spine)?
             }
         })
@@ -753,46 +773,48 @@ fn f64_key(x: f64) -> i64 {
 /// data-dependent branches, so it runs at memory speed on random data.
 fn sliding_extreme(
     ranges: impl Iterator<Item = (usize, usize)>,
-    keys: &[i64],
+    key: impl Fn(usize) -> i64,
     sfx: &mut Vec<i64>,
     max: bool,
 ) -> Vec<Option<i64>> {
-    // Every entry of `sfx` is written by a rebuild before it is read: no need to clear it.
-    if sfx.len() < keys.len() {
-        sfx.resize(keys.len(), 0);
-    }
     if max {
-        sliding_extreme_by(ranges, keys, sfx, i64::MIN, i64::max)
+        sliding_extreme_by(ranges, key, sfx, i64::MIN, i64::max)
     } else {
-        sliding_extreme_by(ranges, keys, sfx, i64::MAX, i64::min)
+        sliding_extreme_by(ranges, key, sfx, i64::MAX, i64::min)
     }
 }
 
+/// `sfx[j - base]` holds the extreme of `key(j)..key(mid)` for the front `base..mid`; it only
+/// ever spans one window, so it stays small and is reused across windows and features.
 #[inline(always)]
 fn sliding_extreme_by(
     ranges: impl Iterator<Item = (usize, usize)>,
-    keys: &[i64],
-    sfx: &mut [i64],
+    key: impl Fn(usize) -> i64,
+    sfx: &mut Vec<i64>,
     identity: i64,
     ext: impl Fn(i64, i64) -> i64,
 ) -> Vec<Option<i64>> {
-    let (mut mid, mut next, mut back) = (0usize, 0usize, identity);
+    let (mut base, mut mid, mut next, mut back) = (0usize, 0usize, 0usize, identity);
     let mut out = Vec::with_capacity(ranges.size_hint().0);
     for (a, b) in ranges {
-        for &k in &keys[next.min(b)..b] {
-            back = ext(back, k);
+        while next < b {
+            back = ext(back, key(next));
+            next += 1;
         }
-        next = next.max(b);
         if a >= mid {
+            base = a;
+            if sfx.len() < next - a {
+                sfx.resize(next - a, identity);
+            }
             let mut acc = identity;
             for j in (a..next).rev() {
-                acc = ext(acc, keys[j]);
-                sfx[j] = acc;
+                acc = ext(acc, key(j));
+                sfx[j - a] = acc;
             }
             mid = next;
             back = identity;
         }
-        out.push((a < b).then(|| ext(sfx[a], back)));
+        out.push((a < b).then(|| ext(sfx[a - base], back)));
     }
     out
 }
