@@ -17,15 +17,9 @@ cp "$bench/quiver.yaml" "$dir/"
 q="$here/target/release/quiver"
 rss() { grep "Maximum resident" "$1" | awk '{print $6/1024 " MB"}'; }
 secs() { grep "Elapsed (wall" "$1" | awk '{print $8}'; }
-echo "== floor: read the needed columns and sort events by (user, time)"
-"$P" - "$dir" <<'PY'
-import sys, time, numpy as np, pyarrow.parquet as pq
-t = time.time(); tb = pq.read_table(sys.argv[1] + "/events.parquet", columns=["user_id", "event_ts", "amount"])
-r = time.time() - t
-k = tb["user_id"].to_numpy(); ts = tb["event_ts"].cast("int64").to_numpy()
-t = time.time(); o = np.lexsort((ts, k)); s = time.time() - t
-print(f"floor: read {r:.2f} s + sort {s:.2f} s = {r + s:.2f} s (pyarrow read, numpy lexsort)")
-PY
+echo "== Quiver's own stage timings (the floor: read + repartition, then the per-key sort)"
+QUIVER_PROFILE=1 "$q" join --repo "$dir" --spine "$dir/labels.parquet" --spine-timestamp ts --service w1 \
+  --out "$dir/quiver.parquet" 2>&1 | grep -vE "feature"
 /usr/bin/time -v "$q" join --repo "$dir" --spine "$dir/labels.parquet" --spine-timestamp ts --service w1 \
   --out "$dir/quiver.parquet" 2> "$dir/quiver.time"
 echo "quiver: $(secs "$dir/quiver.time") wall, peak $(rss "$dir/quiver.time")"

@@ -183,13 +183,10 @@ async fn run(cli: Cli) -> Result<()> {
             bar.set_message(format!("writing {}", out.display()));
             let write_started = Instant::now();
             let written = source::write_table(&out, &output.batch);
-            if std::env::var_os("QUIVER_PROFILE").is_some() {
-                eprintln!(
-                    "cli: join {:?}, write {:?}",
-                    write_started - started,
-                    write_started.elapsed()
-                );
-            }
+            quiver_offline::profile::stage(format_args!(
+                "written in {:.3} s",
+                write_started.elapsed().as_secs_f64()
+            ));
             bar.finish_and_clear();
             written.with_context(|| format!("writing {}", out.display()))?;
             if explain {

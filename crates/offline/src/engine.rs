@@ -320,9 +320,10 @@ impl Engine {
                 "no features requested".into(),
             )));
         }
-        if std::env::var_os("QUIVER_PROFILE").is_some() {
-            eprintln!("engine: join start at {:?}", std::time::SystemTime::now());
-        }
+        crate::profile::stage(format_args!(
+            "join: {} spine rows read",
+            batches.iter().map(|b| b.num_rows()).sum::<usize>()
+        ));
         let spine = concat_batches(&schema, &batches)?;
         drop(batches);
         let n = spine.num_rows();
@@ -529,16 +530,9 @@ impl Engine {
                 .lines()
                 .map(|l| format!("    {l}")),
         );
-        if std::env::var_os("QUIVER_PROFILE").is_some() {
-            eprintln!(
-                "engine: executing view at {:?}",
-                std::time::SystemTime::now()
-            );
-        }
+        crate::profile::stage(format_args!("view {}: planned", view.name));
         let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
-        if std::env::var_os("QUIVER_PROFILE").is_some() {
-            eprintln!("engine: view done at {:?}", std::time::SystemTime::now());
-        }
+        crate::profile::stage(format_args!("view {}: joined", view.name));
         let spills = phys.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
         if spills > 0 {
             explain.push(format!("  {spills} partition(s) exceeded the memory pool and were swept from disk in buckets"));

@@ -24,6 +24,7 @@ mod dd;
 mod engine;
 mod error;
 pub mod plan;
+pub mod profile;
 pub mod source;
 pub mod sweep;
 

@@ -367,6 +367,7 @@ impl ExecutionPlan for PitJoinExec {
         let spec = self.spec.clone();
         let schema = self.schema();
         let reservation = MemoryConsumer::new(format!("PitJoinExec[{partition}]"))
+            .with_can_spill(true)
             .register(context.memory_pool());
         let out_schema = schema.clone();
         let fut = async move {
@@ -383,7 +384,7 @@ impl ExecutionPlan for PitJoinExec {
 /// prefix counts and sums. Reserved up front so that the pool bounds the whole operator.
 const SWEEP_BYTES_PER_EVENT: usize = 48;
 /// Sub-partitions a partition is split into when it does not fit the memory pool.
-const SPILL_BUCKETS: usize = 32;
+const SPILL_BUCKETS: usize = 128;
 
 /// Collect a partition and sweep it. When the memory pool refuses the events, switch to
 /// spilling: route every event by a hash of its key (a different hash from DataFusion's
@@ -432,23 +433,15 @@ async fn run(
             spill = Some(sp);
         }
     }
-    if std::env::var_os("QUIVER_PROFILE").is_some() {
-        eprintln!(
-            "pit: inputs collected at {:?}",
-            std::time::SystemTime::now()
-        );
-    }
+    crate::profile::stage(format_args!("{}: partition inputs collected", spec.view));
     let Some(sp) = spill else {
-        let t0 = std::time::Instant::now();
         let events = concat_batches(&ev_schema, &buffered)?;
         drop(buffered);
-        if std::env::var_os("QUIVER_PROFILE").is_some() {
-            eprintln!(
-                "pit: concat {} rows in {:?}",
-                events.num_rows(),
-                t0.elapsed()
-            );
-        }
+        crate::profile::stage(format_args!(
+            "{}: {} events concatenated",
+            spec.view,
+            events.num_rows()
+        ));
         return Ok(vec![run_partition(spec, schema, spine, events)?]);
     };
     let spine_parts = split_by_key(&spine, 1, spec.key_count)?;

@@ -78,17 +78,7 @@ pub fn sweep(
     spine: &SpineSide,
     ev: &EventSide,
 ) -> Result<(ArrayRef, Vec<ArrayRef>)> {
-    let prof = std::env::var_os("QUIVER_PROFILE").is_some();
-    let t0 = std::time::Instant::now();
     let s = Sorted::new(spine, ev)?;
-    if prof {
-        eprintln!(
-            "sweep: sorted {} events, {} spine rows in {:?}",
-            s.order.len(),
-            s.srows.len(),
-            t0.elapsed()
-        );
-    }
     let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
     let mut ranges: HashMap<Window, (Vec<u32>, Vec<u32>)> = HashMap::new();
     let mut latest: Option<(Vec<u32>, Vec<u32>)> = None;
@@ -154,9 +144,7 @@ pub fn sweep(
             s.fast(f, col, mask, prefix, &mut scratch, lo, hi, spine)?
         };
         out.push(array);
-        if prof {
-            eprintln!("sweep: feature {} done at {:?}", f.name, t0.elapsed());
-        }
+        crate::profile::stage(format_args!("sweep: feature {}", f.name));
     }
     Ok((rid, out))
 }
@@ -211,12 +199,8 @@ struct Sorted {
 
 impl Sorted {
     fn new(spine: &SpineSide, ev: &EventSide) -> Result<Sorted> {
-        let t0 = std::time::Instant::now();
-        let prof = std::env::var_os("QUIVER_PROFILE").is_some();
         let (sid, eid, nkeys) = key_ids(&spine.keys, &ev.keys)?;
-        if prof {
-            eprintln!("sorted: key ids {:?}", t0.elapsed());
-        }
+        crate::profile::stage(format_args!("sweep: key ids"));
         let t = ev.t.values();
         let ev_ok = |i: usize| eid[i] != NULL_ID && ev.t.is_valid(i);
         let (eblock, mut order) = group_by_key(&eid, nkeys, ev_ok);
@@ -252,9 +236,7 @@ impl Sorted {
             }
         }
         let created = created_sorted;
-        if prof {
-            eprintln!("sorted: events sorted {:?}", t0.elapsed());
-        }
+        crate::profile::stage(format_args!("sweep: events grouped and sorted by key"));
 
         let stv = spine.t.values();
         let sp_ok = |i: usize| sid[i] != NULL_ID && spine.t.is_valid(i);
