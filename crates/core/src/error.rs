@@ -36,6 +36,9 @@ pub enum Error {
         "column `{column}` is {data_type}; a time column must be a timestamp, a date, or RFC 3339 strings"
     )]
     NotATimeColumn { column: String, data_type: String },
+    /// A store (online or registry) failed; the message says which and why.
+    #[error("{0}")]
+    Store(String),
     /// A request names something the repository does not have, or asks for something impossible.
     #[error("{0}")]
     Request(String),

@@ -19,6 +19,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod semantics;
+pub mod store;
 pub mod time;
 
 pub use config::{Feature, FeatureKind, FeatureRef, FeatureView, Repo, Source};
