@@ -101,3 +101,25 @@ async fn missing_source_files_are_named() {
         "{err}"
     );
 }
+
+/// Regression: the parallel Parquet writer dropped the Arrow schema (a spine column's time
+/// zone came back as UTC) and strings were read back as views.
+#[tokio::test]
+async fn parquet_round_trip_keeps_spine_column_types() {
+    use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+    let dir = tempfile::tempdir().unwrap();
+    let spine = batch(vec![
+        ("uid", Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef),
+        (
+            "event_timestamp",
+            Arc::new(TimestampMicrosecondArray::from(vec![Some(H), None]).with_timezone("Europe/Berlin")),
+        ),
+    ]);
+    let path = dir.path().join("spine.parquet");
+    quiver_offline::source::write_table(&path, &spine).unwrap();
+    let ctx = quiver_offline::session(&EngineOptions::default()).unwrap();
+    let (schema, batches) = quiver_offline::source::read_table(&ctx, &path).await.unwrap();
+    assert_eq!(schema, spine.schema());
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0], spine);
+}

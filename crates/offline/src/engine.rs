@@ -56,6 +56,13 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
         // order that breaks ties; hash repartitioning keeps each input's order.
         .with_round_robin_repartition(false);
     config.options_mut().execution.parquet.pushdown_filters = false;
+    // Read strings as the files declare them (Utf8), not as views, so spine columns come out
+    // of a join with the types they went in with.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     // Source order (the last tie-break) is read off each scan partition's file group;
     // work stealing would let a partition read a sibling's files and scramble it.
     config

@@ -166,9 +166,10 @@ pub async fn file_table(
         })
         .collect::<Result<Vec<_>>>()?;
     let options = match fmt {
-        Format::Parquet => {
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("")
-        }
+        Format::Parquet => ListingOptions::new(Arc::new(
+            ParquetFormat::default().with_force_view_types(false),
+        ))
+        .with_file_extension(""),
         Format::Csv => ListingOptions::new(Arc::new(CsvFormat::default().with_has_header(true)))
             .with_file_extension(""),
     };
@@ -271,7 +272,10 @@ fn write_parquet(file: std::fs::File, batch: &RecordBatch) -> parquet::errors::R
                 .set_column_compression(col, parquet::basic::Compression::UNCOMPRESSED);
         }
     }
-    let props = Arc::new(props.build());
+    let mut props = props.build();
+    // Keep the Arrow schema (time zones, exact types) so the spine columns read back unchanged.
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema, &mut props);
+    let props = Arc::new(props);
     let parquet_schema = ArrowSchemaConverter::new()
         .with_coerce_types(props.coerce_types())
         .convert(&schema)?;
