@@ -4,5 +4,6 @@ mod common;
 mod differential;
 mod errors;
 mod memory;
+mod online;
 mod semantics;
 mod sources;

@@ -109,16 +109,23 @@ async fn parquet_round_trip_keeps_spine_column_types() {
     use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
     let dir = tempfile::tempdir().unwrap();
     let spine = batch(vec![
-        ("uid", Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef),
+        (
+            "uid",
+            Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef,
+        ),
         (
             "event_timestamp",
-            Arc::new(TimestampMicrosecondArray::from(vec![Some(H), None]).with_timezone("Europe/Berlin")),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![Some(H), None]).with_timezone("Europe/Berlin"),
+            ),
         ),
     ]);
     let path = dir.path().join("spine.parquet");
     quiver_offline::source::write_table(&path, &spine).unwrap();
     let ctx = quiver_offline::session(&EngineOptions::default()).unwrap();
-    let (schema, batches) = quiver_offline::source::read_table(&ctx, &path).await.unwrap();
+    let (schema, batches) = quiver_offline::source::read_table(&ctx, &path)
+        .await
+        .unwrap();
     assert_eq!(schema, spine.schema());
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0], spine);

@@ -37,6 +37,38 @@ enum Command {
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
+    /// Compute feature views as of a time and write them to the online store.
+    Materialize {
+        /// Feature views to materialize (default: all).
+        views: Vec<String>,
+        /// The time to materialize as of (RFC 3339); default: now.
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Look features up in the online store.
+    Get {
+        /// An entity as key=value (comma-separated for composite keys); repeat for more.
+        #[arg(long = "entity", required = true)]
+        entities: Vec<String>,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "service",
+            required_unless_present = "service"
+        )]
+        features: Vec<String>,
+        #[arg(long)]
+        service: Option<String>,
+        /// Look up as of this time (RFC 3339; default now): ttl is checked against it.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
     /// Build a training set: the spine plus the requested features, point-in-time correct.
     Join {
         /// The spine (label rows): Parquet or CSV, by extension.
@@ -95,6 +127,93 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     Ok((n * m) as usize)
 }
 
+fn instant_arg(text: Option<&str>, flag: &str) -> Result<i64> {
+    match text {
+        None => Ok(chrono_now()),
+        Some(t) => quiver_core::time::parse_instant(t).ok_or_else(|| {
+            anyhow::anyhow!("{flag} {t:?}: expected an RFC 3339 time, e.g. 2024-02-09T00:00:00Z")
+        }),
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn print_values(
+    refs: &[quiver_core::FeatureRef],
+    entities: &[String],
+    values: &[Vec<quiver_cli::online::Value>],
+    json: bool,
+) {
+    use quiver_core::store::json_string;
+    if json {
+        let rows: Vec<String> = entities
+            .iter()
+            .zip(values)
+            .map(|(e, vals)| {
+                let feats: Vec<String> = refs
+                    .iter()
+                    .zip(vals)
+                    .map(|(r, v)| {
+                        format!(
+                            "{}: {{\"value\": {}, \"status\": \"{}\", \"event_time\": {}}}",
+                            json_string(&r.to_string()),
+                            v.value.to_json(),
+                            v.status.name(),
+                            v.event_time
+                                .map(|t| json_string(&quiver_core::time::format_instant(t)))
+                                .unwrap_or_else(|| "null".into())
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{{\"entity\": {}, \"features\": {{{}}}}}",
+                    json_string(e),
+                    feats.join(", ")
+                )
+            })
+            .collect();
+        println!("[{}]", rows.join(",\n "));
+        return;
+    }
+    let mut table: Vec<Vec<String>> = vec![
+        std::iter::once("entity".to_string())
+            .chain(refs.iter().map(|r| r.to_string()))
+            .collect(),
+    ];
+    for (e, vals) in entities.iter().zip(values) {
+        let mut row = vec![e.clone()];
+        for v in vals {
+            row.push(match v.status {
+                quiver_cli::online::Status::Present => v.value.to_string(),
+                s => s.name().to_string(),
+            });
+        }
+        table.push(row);
+    }
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -124,6 +243,57 @@ async fn run(cli: Cli) -> Result<()> {
             let name = repo.project.clone();
             Engine::new(repo, EngineOptions::default())?.check().await?;
             println!("{name}: ok ({views} feature views, {sources} sources)");
+            Ok(())
+        }
+        Command::Materialize { views, end, repo } => {
+            let repo = Repo::load(&repo)?;
+            let end = instant_arg(end.as_deref(), "--end")?;
+            let store = quiver_online::SledStore::open(&repo.online_store)?;
+            let bar = ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            let done = quiver_cli::online::materialize(
+                &repo,
+                &store,
+                &views,
+                end,
+                EngineOptions::default(),
+                |v, n| bar.set_message(format!("{v}: {n} rows")),
+            )
+            .await;
+            bar.finish_and_clear();
+            for m in done? {
+                println!(
+                    "{}: {} entity rows as of {} in {:.2} s ({:.0} rows/s)",
+                    m.view,
+                    m.rows,
+                    quiver_core::time::format_instant(end),
+                    m.seconds,
+                    m.rows as f64 / m.seconds.max(1e-9)
+                );
+            }
+            Ok(())
+        }
+        Command::Get {
+            entities,
+            features,
+            service,
+            at,
+            json,
+            repo,
+        } => {
+            let repo = Repo::load(&repo)?;
+            let refs = match &service {
+                Some(s) => repo.service(s)?,
+                None => repo.resolve_refs(&features)?,
+            };
+            let at = instant_arg(at.as_deref(), "--at")?;
+            let ents = entities
+                .iter()
+                .map(|e| quiver_cli::online::parse_entity(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let store = quiver_online::SledStore::open(&repo.online_store)?;
+            let values = quiver_cli::online::get(&repo, &store, &refs, &ents, at)?;
+            print_values(&refs, &entities, &values, json);
             Ok(())
         }
         Command::Join {

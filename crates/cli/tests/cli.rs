@@ -165,3 +165,83 @@ fn missing_spine_is_one_clear_error() {
         stderr(&o)
     );
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == ".quiver" {
+            continue;
+        }
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn materialize_then_get_serves_the_join_values() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("sample-data"), dir.path());
+    let repo = dir.path().to_str().unwrap();
+    let o = quiver(&[
+        "materialize",
+        "--repo",
+        repo,
+        "--end",
+        "2024-02-09T00:00:00Z",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("user_purchases: 3 entity rows as of 2024-02-09T00:00:00Z"),
+        "{out}"
+    );
+    let o = quiver(&[
+        "get",
+        "--repo",
+        repo,
+        "--features",
+        "user_purchases:amt_30d,user_profile:age",
+        "--entity",
+        "user_id=2",
+        "--entity",
+        "user_id=1",
+        "--entity",
+        "user_id=7",
+        "--at",
+        "2024-02-09T00:00:00Z",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["entity", "user_purchases:amt_30d", "user_profile:age"]
+    );
+    // user 2's profile is from 2022: older than the view's 365d ttl
+    assert_eq!(rows[1], ["user_id=2", "50", "EXPIRED"]);
+    assert_eq!(rows[2], ["user_id=1", "700", "35"]);
+    assert_eq!(rows[3], ["user_id=7", "NOT_FOUND", "NOT_FOUND"]);
+    let o = quiver(&[
+        "get",
+        "--repo",
+        repo,
+        "--features",
+        "user_profile:age",
+        "--entity",
+        "uid=1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("has no `user_id`, a join key of `user`"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -115,3 +115,366 @@ mod tests {
         assert_eq!(decode_entity_key(&[TAG_STR, 0, 0, 0, 5, b'a']), None);
     }
 }
+
+/// A feature value as the online path stores and serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    /// An instant in microseconds since the epoch, UTC.
+    Time(i64),
+}
+
+/// The stored value of one (feature view, entity): the view's features as of `as_of`, in the
+/// view's definition order, and the event time of the entity's latest event at or before
+/// `as_of` (latest-value features are served with their ttl checked against it at read time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    pub as_of: i64,
+    pub event_time: Option<i64>,
+    pub values: Vec<Scalar>,
+}
+
+/// Format version of [`FeatureRow`] bytes.
+pub const ROW_FORMAT: u8 = 1;
+
+impl FeatureRow {
+    /// `[format][as_of i64][has event_time u8][event_time i64]?[n u32]` then per value a tag
+    /// byte and its bytes (little-endian numbers, u32 length + UTF-8 for strings).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.values.len() * 9);
+        out.push(ROW_FORMAT);
+        out.extend_from_slice(&self.as_of.to_le_bytes());
+        match self.event_time {
+            Some(t) => {
+                out.push(1);
+                out.extend_from_slice(&t.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
+        for v in &self.values {
+            match v {
+                Scalar::Null => out.push(0),
+                Scalar::Bool(b) => out.extend_from_slice(&[1, *b as u8]),
+                Scalar::Int(i) => {
+                    out.push(2);
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+                Scalar::Float(f) => {
+                    out.push(3);
+                    out.extend_from_slice(&f.to_le_bytes());
+                }
+                Scalar::Str(s) => {
+                    out.push(4);
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                Scalar::Time(t) => {
+                    out.push(5);
+                    out.extend_from_slice(&t.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// Decode [`FeatureRow::encode`]'s bytes; an error names what is wrong with them.
+    pub fn decode(bytes: &[u8]) -> Result<FeatureRow> {
+        let bad = |what: &str| crate::Error::Store(format!("stored feature row: {what}"));
+        let mut r = Reader(bytes);
+        let format = r.u8().ok_or_else(|| bad("empty"))?;
+        if format != ROW_FORMAT {
+            return Err(bad(&format!(
+                "format version {format} is not supported (this build reads {ROW_FORMAT})"
+            )));
+        }
+        let as_of = r.i64().ok_or_else(|| bad("truncated"))?;
+        let event_time = match r.u8().ok_or_else(|| bad("truncated"))? {
+            0 => None,
+            _ => Some(r.i64().ok_or_else(|| bad("truncated"))?),
+        };
+        let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+        let mut values = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let v = match r.u8().ok_or_else(|| bad("truncated"))? {
+                0 => Scalar::Null,
+                1 => Scalar::Bool(r.u8().ok_or_else(|| bad("truncated"))? != 0),
+                2 => Scalar::Int(r.i64().ok_or_else(|| bad("truncated"))?),
+                3 => Scalar::Float(f64::from_bits(
+                    r.i64().ok_or_else(|| bad("truncated"))? as u64
+                )),
+                4 => {
+                    let len = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+                    let s = r.take(len).ok_or_else(|| bad("truncated"))?;
+                    Scalar::Str(String::from_utf8(s.to_vec()).map_err(|_| bad("invalid UTF-8"))?)
+                }
+                5 => Scalar::Time(r.i64().ok_or_else(|| bad("truncated"))?),
+                t => return Err(bad(&format!("unknown value tag {t}"))),
+            };
+            values.push(v);
+        }
+        Ok(FeatureRow {
+            as_of,
+            event_time,
+            values,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod row_tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_and_reject_garbage() {
+        let row = FeatureRow {
+            as_of: 42,
+            event_time: Some(-7),
+            values: vec![
+                Scalar::Null,
+                Scalar::Bool(true),
+                Scalar::Int(i64::MIN),
+                Scalar::Float(0.1),
+                Scalar::Str("é".into()),
+                Scalar::Time(5),
+            ],
+        };
+        assert_eq!(FeatureRow::decode(&row.encode()).unwrap(), row);
+        let none = FeatureRow {
+            as_of: 1,
+            event_time: None,
+            values: vec![],
+        };
+        assert_eq!(FeatureRow::decode(&none.encode()).unwrap(), none);
+        let mut bytes = row.encode();
+        bytes.truncate(bytes.len() - 3);
+        assert!(
+            FeatureRow::decode(&bytes)
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
+        let e = FeatureRow::decode(&[9]).unwrap_err().to_string();
+        assert!(e.contains("format version 9 is not supported"), "{e}");
+    }
+}
+
+impl Scalar {
+    /// One column's values as scalars: booleans, integers, floats, strings, and times (as
+    /// UTC microseconds); any other type cannot be served online and is an error naming it.
+    pub fn column(array: &dyn arrow_array::Array, name: &str) -> Result<Vec<Scalar>> {
+        use arrow_array::cast::AsArray;
+        use arrow_schema::DataType;
+        let n = array.len();
+        let valid = |i: usize| array.is_valid(i);
+        Ok(match array.data_type() {
+            DataType::Null => vec![Scalar::Null; n],
+            DataType::Boolean => {
+                let a = array.as_boolean();
+                (0..n)
+                    .map(|i| {
+                        if valid(i) {
+                            Scalar::Bool(a.value(i))
+                        } else {
+                            Scalar::Null
+                        }
+                    })
+                    .collect()
+            }
+            dt if dt.is_integer() => {
+                let opts = arrow_cast_free_i64(array, name)?;
+                opts.into_iter()
+                    .map(|v| v.map_or(Scalar::Null, Scalar::Int))
+                    .collect()
+            }
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                let f = floats(array);
+                f.into_iter()
+                    .map(|v| v.map_or(Scalar::Null, Scalar::Float))
+                    .collect()
+            }
+            DataType::Utf8 => strings(array.as_string::<i32>().iter()),
+            DataType::LargeUtf8 => strings(array.as_string::<i64>().iter()),
+            DataType::Utf8View => strings(array.as_string_view().iter()),
+            dt if crate::time::is_typed_time(dt) => crate::time::to_micros(array, name, 0)?
+                .iter()
+                .map(|v| v.map_or(Scalar::Null, Scalar::Time))
+                .collect(),
+            other => {
+                return Err(crate::Error::Request(format!(
+                    "column `{name}` is {other}; the online store serves booleans, numbers, strings and times"
+                )));
+            }
+        })
+    }
+
+    /// JSON text of the value (for `--json` output).
+    pub fn to_json(&self) -> String {
+        match self {
+            Scalar::Null => "null".into(),
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) if f.is_finite() => format!("{f:?}"),
+            Scalar::Float(f) => format!("\"{f}\""),
+            Scalar::Str(s) => json_string(s),
+            Scalar::Time(t) => json_string(&crate::time::format_instant(*t)),
+        }
+    }
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Null => write!(f, "null"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Str(s) => write!(f, "{s}"),
+            Scalar::Time(t) => write!(f, "{}", crate::time::format_instant(*t)),
+        }
+    }
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn strings<'a>(it: impl Iterator<Item = Option<&'a str>>) -> Vec<Scalar> {
+    it.map(|v| v.map_or(Scalar::Null, |s| Scalar::Str(s.to_string())))
+        .collect()
+}
+
+fn floats(array: &dyn arrow_array::Array) -> Vec<Option<f64>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float16Type, Float32Type, Float64Type};
+    use arrow_schema::DataType;
+    match array.data_type() {
+        DataType::Float16 => array
+            .as_primitive::<Float16Type>()
+            .iter()
+            .map(|v| v.map(f64::from))
+            .collect(),
+        DataType::Float32 => array
+            .as_primitive::<Float32Type>()
+            .iter()
+            .map(|v| v.map(f64::from))
+            .collect(),
+        _ => array.as_primitive::<Float64Type>().iter().collect(),
+    }
+}
+
+fn arrow_cast_free_i64(array: &dyn arrow_array::Array, name: &str) -> Result<Vec<Option<i64>>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use arrow_schema::DataType;
+    macro_rules! conv {
+        ($t:ty) => {
+            array
+                .as_primitive::<$t>()
+                .iter()
+                .map(|v| v.map(|x| x as i64))
+                .collect()
+        };
+    }
+    Ok(match array.data_type() {
+        DataType::Int8 => conv!(Int8Type),
+        DataType::Int16 => conv!(Int16Type),
+        DataType::Int32 => conv!(Int32Type),
+        DataType::Int64 => conv!(Int64Type),
+        DataType::UInt8 => conv!(UInt8Type),
+        DataType::UInt16 => conv!(UInt16Type),
+        DataType::UInt32 => conv!(UInt32Type),
+        DataType::UInt64 => array
+            .as_primitive::<UInt64Type>()
+            .iter()
+            .map(|v| {
+                v.map(|x| {
+                    i64::try_from(x).map_err(|_| {
+                        crate::Error::Request(format!(
+                            "column `{name}`: UInt64 value {x} does not fit in Int64"
+                        ))
+                    })
+                })
+                .transpose()
+            })
+            .collect::<Result<_>>()?,
+        other => {
+            return Err(crate::Error::Request(format!(
+                "column `{name}` is {other}, not an integer"
+            )));
+        }
+    })
+}
+
+/// The entity keys of a batch's key columns, row by row (`None` where a key is null).
+pub fn entity_keys(
+    columns: &[&dyn arrow_array::Array],
+    names: &[String],
+) -> Result<Vec<Option<Vec<KeyValue>>>> {
+    let n = columns.first().map_or(0, |c| c.len());
+    let mut per_col = Vec::new();
+    for (c, name) in columns.iter().zip(names) {
+        per_col.push(Scalar::column(*c, name)?);
+    }
+    (0..n)
+        .map(|i| {
+            per_col
+                .iter()
+                .zip(names)
+                .map(|(col, name)| match &col[i] {
+                    Scalar::Null => Ok(None),
+                    Scalar::Int(v) => Ok(Some(KeyValue::Int(*v))),
+                    Scalar::Str(s) => Ok(Some(KeyValue::Str(s.clone()))),
+                    other => Err(crate::Error::Request(format!(
+                        "key column `{name}` holds {other:?}; online keys must be integers or strings"
+                    ))),
+                })
+                .collect::<Result<Option<Vec<_>>>>()
+        })
+        .collect()
+}

@@ -308,6 +308,32 @@ impl Engine {
         })
     }
 
+    /// The distinct entity keys of a view's source with an event at or before `end`
+    /// (microseconds), as the source's key columns: the entities `materialize` writes.
+    pub async fn entities(&self, view: &str, end: i64) -> Result<RecordBatch> {
+        let v = self.repo.views.get(view).ok_or_else(|| {
+            Error::Core(quiver_core::Error::Request(format!(
+                "unknown feature view `{view}`"
+            )))
+        })?;
+        let src = &self.repo.sources[&v.source];
+        let table = self.table(src).await?;
+        let time_type = table
+            .schema()
+            .field_with_name(&src.timestamp)?
+            .data_type()
+            .clone();
+        let mut df = self.ctx.read_table(table)?;
+        if is_typed_time(&time_type) {
+            df = df.filter(column(&src.timestamp).lt_eq(time_literal(&time_type, end)))?;
+        }
+        let keys: Vec<Expr> = v.join_keys.iter().map(|k| column(k)).collect();
+        let df = df.select(keys)?.distinct()?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(concat_batches(&schema, &batches)?)
+    }
+
     /// Read a spine file (Parquet or CSV) and join.
     pub async fn join_file(&self, spine: &Path, req: &JoinRequest) -> Result<JoinOutput> {
         let (schema, batches) = source::read_table(&self.ctx, spine).await?;

@@ -1,0 +1,315 @@
+//! `materialize` (offline engine → online store) and `get` (online lookups).
+//!
+//! A view is materialized by computing, through the offline join, every feature of the view for
+//! every entity of its source as of the end time, plus the time of the entity's latest event.
+//! The online path therefore returns exactly what `quiver join` returns for a spine row
+//! (entity, end). Latest-value features are stored without their ttl and the ttl is applied at
+//! lookup time, so a value that ages past it reads as EXPIRED; window aggregates are served as
+//! of the materialization time until the view is materialized again (docs/adr/0003).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use quiver_core::store::{
+    FeatureRow, KeyValue, OnlineStore, Scalar, encode_entity_key, entity_keys,
+};
+use quiver_core::{Feature, FeatureKind, FeatureRef, Repo, Result as CoreResult};
+use quiver_offline::{Engine, EngineOptions, JoinRequest};
+
+/// The hidden feature that carries the latest event time of each entity.
+const EVENT_TIME: &str = "__event_time";
+const AS_OF: &str = "__as_of";
+const CHUNK: usize = 20_000;
+
+/// Rows written for one view.
+#[derive(Debug, Clone)]
+pub struct Materialized {
+    pub view: String,
+    pub rows: usize,
+    pub seconds: f64,
+}
+
+fn err(msg: String) -> quiver_offline::Error {
+    quiver_offline::Error::Core(quiver_core::Error::Request(msg))
+}
+
+/// Compute every feature of `views` (all views when empty) as of `end` and write them to the
+/// online store, moving each view's watermark to `end`.
+pub async fn materialize(
+    repo: &Repo,
+    store: &dyn OnlineStore,
+    views: &[String],
+    end: i64,
+    opts: EngineOptions,
+    mut progress: impl FnMut(&str, usize),
+) -> quiver_offline::Result<Vec<Materialized>> {
+    let names: Vec<String> = if views.is_empty() {
+        repo.views.keys().cloned().collect()
+    } else {
+        views.to_vec()
+    };
+    for v in &names {
+        if !repo.views.contains_key(v) {
+            let known: Vec<&str> = repo.views.keys().map(|s| s.as_str()).collect();
+            return Err(err(format!(
+                "unknown feature view `{v}`; views: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    // The ttl is applied when values are read, so store the latest event whatever its age,
+    // and the latest event time with it.
+    let mut inner = repo.clone();
+    for v in inner.views.values_mut() {
+        v.ttl = None;
+        let ts = repo.sources[&v.source].timestamp.clone();
+        v.features.push(Feature {
+            name: EVENT_TIME.into(),
+            kind: FeatureKind::Latest,
+            column: ts,
+            filter: None,
+        });
+    }
+    let engine = Engine::new(inner, opts)?;
+    let mut done = Vec::new();
+    for view in names {
+        let started = Instant::now();
+        let def = &engine.repo().views[&view];
+        let entities = engine.entities(&view, end).await?;
+        let n = entities.num_rows();
+        let mut cols = entities.columns().to_vec();
+        let mut fields: Vec<_> = entities
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        cols.push(Arc::new(
+            datafusion::arrow::array::TimestampMicrosecondArray::from(vec![end; n])
+                .with_timezone("UTC"),
+        ));
+        fields.push(datafusion::arrow::datatypes::Field::new(
+            AS_OF,
+            datafusion::arrow::datatypes::DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
+            false,
+        ));
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        let spine = datafusion::arrow::array::RecordBatch::try_new(schema.clone(), cols)?;
+        let features: Vec<FeatureRef> = def
+            .features
+            .iter()
+            .map(|f| FeatureRef {
+                view: view.clone(),
+                feature: f.name.clone(),
+            })
+            .collect();
+        let req = JoinRequest {
+            features,
+            spine_timestamp: Some(AS_OF.into()),
+            full_names: true,
+        };
+        let out = engine.join(schema, vec![spine], &req).await?.batch;
+        let k = def.join_keys.len();
+        let key_cols: Vec<&dyn datafusion::arrow::array::Array> =
+            (0..k).map(|i| out.column(i).as_ref()).collect();
+        let keys = entity_keys(&key_cols, &def.join_keys)?;
+        let first = k + 1;
+        let mut values: Vec<Vec<Scalar>> = Vec::new();
+        for (j, f) in def.features.iter().enumerate() {
+            values.push(Scalar::column(out.column(first + j).as_ref(), &f.name)?);
+        }
+        let times = values.pop().unwrap_or_default();
+        let mut rows = Vec::with_capacity(CHUNK.min(n));
+        let mut written = 0;
+        for (i, key) in keys.into_iter().enumerate() {
+            let Some(key) = key else { continue };
+            let event_time = match &times[i] {
+                Scalar::Time(t) => Some(*t),
+                _ => None,
+            };
+            let row = FeatureRow {
+                as_of: end,
+                event_time,
+                values: values.iter().map(|c| c[i].clone()).collect(),
+            };
+            rows.push((encode_entity_key(&key), row.encode()));
+            if rows.len() == CHUNK {
+                store.write(&view, &rows, None)?;
+                written += rows.len();
+                rows.clear();
+                progress(&view, written);
+            }
+        }
+        written += rows.len();
+        store.write(&view, &rows, Some(end))?;
+        progress(&view, written);
+        done.push(Materialized {
+            view,
+            rows: written,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(done)
+}
+
+/// Per-value status of an online lookup, as Feast reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Present,
+    NotFound,
+    /// A latest-value feature whose latest event is older than the view's ttl at lookup time.
+    Expired,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Present => "PRESENT",
+            Status::NotFound => "NOT_FOUND",
+            Status::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// One feature of one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Value {
+    pub value: Scalar,
+    pub status: Status,
+    /// The latest event time of the entity in the view, when there is one.
+    pub event_time: Option<i64>,
+    /// When the view was materialized for this entity.
+    pub as_of: Option<i64>,
+}
+
+/// An entity given as `key=value` pairs; integers parse as integers, anything else is a string.
+pub fn parse_entity(text: &str) -> CoreResult<Vec<(String, KeyValue)>> {
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                quiver_core::Error::Request(format!(
+                    "--entity {text:?}: write key=value[,key=value]"
+                ))
+            })?;
+            let v = v.trim();
+            let kv = v
+                .parse::<i64>()
+                .map(KeyValue::Int)
+                .unwrap_or_else(|_| KeyValue::Str(v.to_string()));
+            Ok((k.trim().to_string(), kv))
+        })
+        .collect()
+}
+
+/// Look features up for entities at time `at` (microseconds): one point read per (view,
+/// entity). Returns, per entity, one value per requested feature in request order.
+pub fn get(
+    repo: &Repo,
+    store: &dyn OnlineStore,
+    refs: &[FeatureRef],
+    entities: &[Vec<(String, KeyValue)>],
+    at: i64,
+) -> CoreResult<Vec<Vec<Value>>> {
+    let mut out = vec![Vec::with_capacity(refs.len()); entities.len()];
+    let mut views: Vec<&str> = Vec::new();
+    for r in refs {
+        if !views.contains(&r.view.as_str()) {
+            views.push(&r.view);
+        }
+    }
+    let mut rows: std::collections::HashMap<&str, Vec<Option<FeatureRow>>> = Default::default();
+    for view in views {
+        let def = repo
+            .views
+            .get(view)
+            .ok_or_else(|| quiver_core::Error::Request(format!("unknown feature view `{view}`")))?;
+        let keys = entities
+            .iter()
+            .map(|e| {
+                let vals = def
+                    .join_keys
+                    .iter()
+                    .map(|k| {
+                        e.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).ok_or_else(|| {
+                            quiver_core::Error::Request(format!(
+                                "entity {} has no `{k}`, a join key of `{}` (needed by view `{view}`)",
+                                e.iter().map(|(n, v)| format!("{n}={v:?}")).collect::<Vec<_>>().join(","),
+                                def.entity
+                            ))
+                        })
+                    })
+                    .collect::<CoreResult<Vec<_>>>()?;
+                Ok(encode_entity_key(&vals))
+            })
+            .collect::<CoreResult<Vec<_>>>()?;
+        let got = store.get_many(view, &keys)?;
+        let decoded = got
+            .into_iter()
+            .map(|b| b.map(|b| FeatureRow::decode(&b)).transpose())
+            .collect::<CoreResult<Vec<_>>>()?;
+        rows.insert(view, decoded);
+    }
+    for r in refs {
+        let (def, feature) = repo
+            .feature(r)
+            .ok_or_else(|| quiver_core::Error::Request(format!("unknown feature `{r}`")))?;
+        let idx = def
+            .features
+            .iter()
+            .position(|f| f.name == feature.name)
+            .unwrap_or(0);
+        for (e, row) in rows[r.view.as_str()].iter().enumerate() {
+            let v = match row {
+                // An entity without events has empty windows: counts are 0, as offline.
+                None => {
+                    let value = match feature.kind {
+                        FeatureKind::Aggregate { agg, .. } if agg.empty_is_zero() => Scalar::Int(0),
+                        _ => Scalar::Null,
+                    };
+                    Value {
+                        value,
+                        status: Status::NotFound,
+                        event_time: None,
+                        as_of: None,
+                    }
+                }
+                Some(row) => {
+                    let value = row.values.get(idx).cloned().ok_or_else(|| {
+                        quiver_core::Error::Request(format!(
+                            "the stored values of view `{}` predate its current definition; run `quiver materialize {}`",
+                            r.view, r.view
+                        ))
+                    })?;
+                    let status = match feature.kind {
+                        FeatureKind::Aggregate { .. } => Status::Present,
+                        FeatureKind::Latest => match (row.event_time, def.ttl) {
+                            // nothing yet, or only events after the lookup time
+                            (None, _) => Status::NotFound,
+                            (Some(t), _) if t > at => Status::NotFound,
+                            (Some(t), Some(ttl)) if t < at.saturating_sub(ttl.micros()) => {
+                                Status::Expired
+                            }
+                            _ => Status::Present,
+                        },
+                    };
+                    let value = if status == Status::Present {
+                        value
+                    } else {
+                        Scalar::Null
+                    };
+                    Value {
+                        value,
+                        status,
+                        event_time: row.event_time,
+                        as_of: Some(row.as_of),
+                    }
+                }
+            };
+            out[e].push(v);
+        }
+    }
+    Ok(out)
+}
