@@ -47,8 +47,18 @@ enum Command {
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
-    /// Look features up in the online store.
+    /// Serve online lookups over gRPC (quiver.v1.OnlineService, health, reflection).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:6566")]
+        addr: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Look features up in the online store, or through a server with --addr.
     Get {
+        /// A running `quiver serve` to ask instead of opening the store (host:port).
+        #[arg(long)]
+        addr: Option<String>,
         /// An entity as key=value (comma-separated for composite keys); repeat for more.
         #[arg(long = "entity", required = true)]
         entities: Vec<String>,
@@ -136,6 +146,28 @@ fn instant_arg(text: Option<&str>, flag: &str) -> Result<i64> {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM, for a graceful shutdown.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -146,7 +178,7 @@ fn chrono_now() -> i64 {
 fn print_values(
     refs: &[quiver_core::FeatureRef],
     entities: &[String],
-    values: &[Vec<quiver_cli::online::Value>],
+    values: &[Vec<quiver_server::online::Value>],
     json: bool,
 ) {
     use quiver_core::store::json_string;
@@ -189,7 +221,7 @@ fn print_values(
         let mut row = vec![e.clone()];
         for v in vals {
             row.push(match v.status {
-                quiver_cli::online::Status::Present => v.value.to_string(),
+                quiver_server::online::Status::Present => v.value.to_string(),
                 s => s.name().to_string(),
             });
         }
@@ -251,7 +283,7 @@ async fn run(cli: Cli) -> Result<()> {
             let store = quiver_online::SledStore::open(&repo.online_store)?;
             let bar = ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));
-            let done = quiver_cli::online::materialize(
+            let done = quiver_server::online::materialize(
                 &repo,
                 &store,
                 &views,
@@ -273,7 +305,23 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Serve { addr, repo } => {
+            let repo = Repo::load(&repo)?;
+            let store = std::sync::Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            eprintln!(
+                "quiver: serving {} on {}",
+                repo.project,
+                listener.local_addr()?
+            );
+            quiver_server::grpc::serve(repo, store, listener, shutdown_signal()).await?;
+            eprintln!("quiver: stopped");
+            Ok(())
+        }
         Command::Get {
+            addr: Some(addr),
             entities,
             features,
             service,
@@ -289,10 +337,33 @@ async fn run(cli: Cli) -> Result<()> {
             let at = instant_arg(at.as_deref(), "--at")?;
             let ents = entities
                 .iter()
-                .map(|e| quiver_cli::online::parse_entity(e))
+                .map(|e| quiver_server::online::parse_entity(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let values = quiver_server::grpc::remote_get(&addr, &refs, &ents, at).await?;
+            print_values(&refs, &entities, &values, json);
+            Ok(())
+        }
+        Command::Get {
+            addr: None,
+            entities,
+            features,
+            service,
+            at,
+            json,
+            repo,
+        } => {
+            let repo = Repo::load(&repo)?;
+            let refs = match &service {
+                Some(s) => repo.service(s)?,
+                None => repo.resolve_refs(&features)?,
+            };
+            let at = instant_arg(at.as_deref(), "--at")?;
+            let ents = entities
+                .iter()
+                .map(|e| quiver_server::online::parse_entity(e))
                 .collect::<Result<Vec<_>, _>>()?;
             let store = quiver_online::SledStore::open(&repo.online_store)?;
-            let values = quiver_cli::online::get(&repo, &store, &refs, &ents, at)?;
+            let values = quiver_server::online::get(&repo, &store, &refs, &ents, at)?;
             print_values(&refs, &entities, &values, json);
             Ok(())
         }

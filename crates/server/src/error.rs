@@ -1,0 +1,37 @@
+//! The one error type of `quiver-server`, and its mapping to gRPC status codes — the only
+//! place where that mapping is made.
+
+/// Result alias with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request names a feature, view or service the repository does not have.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A store or engine failed; details go to the server log, not to the client.
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotFound(m) => tonic::Status::not_found(m),
+            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            Error::Internal(m) => {
+                eprintln!("quiver serve: internal error: {m}");
+                tonic::Status::internal("internal error; see the server log")
+            }
+            Error::Transport(t) => {
+                eprintln!("quiver serve: transport error: {t}");
+                tonic::Status::unavailable("transport error")
+            }
+        }
+    }
+}

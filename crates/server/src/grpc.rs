@@ -1,0 +1,285 @@
+//! The gRPC server: `quiver.v1.OnlineService`, gRPC health and server reflection.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_core::store::{KeyValue, OnlineStore, Scalar};
+use quiver_core::{FeatureRef, Repo};
+use tonic::{Request, Response, Status};
+
+use crate::online::{self, Status as ValueStatus};
+use crate::proto::online_service_server::{OnlineService, OnlineServiceServer};
+use crate::proto::{self, get_online_features_request::Kind, value::Val};
+use crate::{Error, Result};
+
+/// Largest request accepted (4 MiB): a lookup is a few hundred entities, not a bulk load.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// `OnlineService` over a repository and an online store.
+pub struct Online {
+    repo: Arc<Repo>,
+    store: Arc<dyn OnlineStore>,
+}
+
+impl Online {
+    pub fn new(repo: Repo, store: Arc<dyn OnlineStore>) -> Self {
+        Online {
+            repo: Arc::new(repo),
+            store,
+        }
+    }
+
+    fn lookup(
+        &self,
+        req: proto::GetOnlineFeaturesRequest,
+    ) -> Result<proto::GetOnlineFeaturesResponse> {
+        let refs: Vec<FeatureRef> = match req.kind {
+            Some(Kind::FeatureService(name)) => self
+                .repo
+                .service(&name)
+                .map_err(|e| Error::NotFound(e.to_string()))?,
+            Some(Kind::Features(list)) => {
+                if list.val.iter().any(|r| !r.contains(':')) {
+                    let bad = list
+                        .val
+                        .iter()
+                        .find(|r| !r.contains(':'))
+                        .cloned()
+                        .unwrap_or_default();
+                    return Err(Error::InvalidArgument(format!(
+                        "features: `{bad}` must be written view:feature"
+                    )));
+                }
+                self.repo
+                    .resolve_refs(&list.val)
+                    .map_err(|e| Error::NotFound(e.to_string()))?
+            }
+            None => {
+                return Err(Error::InvalidArgument(
+                    "kind: give `features` or `feature_service`".into(),
+                ));
+            }
+        };
+        let entities = entity_rows(&req.entities)?;
+        let at = req.at_micros.unwrap_or_else(now_micros);
+        let values = online::get(&self.repo, self.store.as_ref(), &refs, &entities, at).map_err(
+            |e| match e {
+                quiver_core::Error::Request(m) => Error::InvalidArgument(format!("entities: {m}")),
+                other => Error::Internal(other.to_string()),
+            },
+        )?;
+        let pairs: Vec<(&str, &str)> = refs
+            .iter()
+            .map(|r| (r.view.as_str(), r.feature.as_str()))
+            .collect();
+        let names = if req.full_feature_names {
+            pairs.iter().map(|(v, f)| format!("{v}__{f}")).collect()
+        } else {
+            quiver_core::semantics::output_names(&pairs, false, &[])
+        };
+        let results = (0..refs.len())
+            .map(|j| proto::FeatureVector {
+                values: values.iter().map(|row| to_value(&row[j].value)).collect(),
+                statuses: values
+                    .iter()
+                    .map(|row| status(row[j].status) as i32)
+                    .collect(),
+                event_timestamps_micros: values
+                    .iter()
+                    .map(|row| row[j].event_time.unwrap_or(0))
+                    .collect(),
+            })
+            .collect();
+        Ok(proto::GetOnlineFeaturesResponse {
+            metadata: Some(proto::GetOnlineFeaturesResponseMetadata {
+                feature_names: Some(proto::FeatureNames { val: names }),
+            }),
+            results,
+        })
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn status(s: ValueStatus) -> proto::FieldStatus {
+    match s {
+        ValueStatus::Present => proto::FieldStatus::Present,
+        ValueStatus::NotFound => proto::FieldStatus::NotFound,
+        ValueStatus::Expired => proto::FieldStatus::Expired,
+    }
+}
+
+fn to_value(s: &Scalar) -> proto::Value {
+    let val = match s {
+        Scalar::Null => None,
+        Scalar::Bool(b) => Some(Val::BoolVal(*b)),
+        Scalar::Int(i) => Some(Val::Int64Val(*i)),
+        Scalar::Float(f) => Some(Val::DoubleVal(*f)),
+        Scalar::Str(s) => Some(Val::StringVal(s.clone())),
+        Scalar::Time(t) => Some(Val::UnixTimestampMicrosVal(*t)),
+    };
+    proto::Value { val }
+}
+
+/// Entity rows from columns (join key -> values), checking that every column has a value per row.
+fn entity_rows(
+    columns: &std::collections::HashMap<String, proto::RepeatedValue>,
+) -> Result<Vec<Vec<(String, KeyValue)>>> {
+    let mut names: Vec<&String> = columns.keys().collect();
+    names.sort();
+    let Some(first) = names.first().copied() else {
+        return Err(Error::InvalidArgument(
+            "entities: give at least one join key column".into(),
+        ));
+    };
+    let n = columns[first].val.len();
+    let mut rows = vec![Vec::with_capacity(names.len()); n];
+    for name in &names {
+        let col = &columns[*name].val;
+        if col.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "entities: column `{name}` has {} values, `{first}` has {n}",
+                col.len()
+            )));
+        }
+        for (i, v) in col.iter().enumerate() {
+            let kv = match &v.val {
+                Some(Val::Int64Val(x)) => KeyValue::Int(*x),
+                Some(Val::StringVal(s)) => KeyValue::Str(s.clone()),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "entities.{name}[{i}]: a join key value must be int64_val or string_val"
+                    )));
+                }
+            };
+            rows[i].push(((*name).clone(), kv));
+        }
+    }
+    Ok(rows)
+}
+
+#[tonic::async_trait]
+impl OnlineService for Online {
+    async fn get_online_features(
+        &self,
+        request: Request<proto::GetOnlineFeaturesRequest>,
+    ) -> Result<Response<proto::GetOnlineFeaturesResponse>, Status> {
+        Ok(Response::new(self.lookup(request.into_inner())?))
+    }
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain in-flight requests.
+pub async fn serve(
+    repo: Repo,
+    store: Arc<dyn OnlineStore>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<OnlineServiceServer<Online>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let online = OnlineServiceServer::new(Online::new(repo, store))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    tonic::transport::Server::builder()
+        // Caps a request's time when the client sets no deadline; client deadlines
+        // (grpc-timeout) are honoured as well.
+        .timeout(Duration::from_secs(30))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(online)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ask a running server (`host:port`) for features; the same values `online::get` returns.
+pub async fn remote_get(
+    addr: &str,
+    refs: &[FeatureRef],
+    entities: &[Vec<(String, KeyValue)>],
+    at: i64,
+) -> Result<Vec<Vec<online::Value>>> {
+    use crate::proto::online_service_client::OnlineServiceClient;
+    let url = if addr.starts_with("http") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut client = OnlineServiceClient::connect(url).await?;
+    let mut columns: std::collections::HashMap<String, proto::RepeatedValue> = Default::default();
+    for row in entities {
+        for (k, v) in row {
+            let val = match v {
+                KeyValue::Int(i) => Val::Int64Val(*i),
+                KeyValue::Str(s) => Val::StringVal(s.clone()),
+            };
+            columns
+                .entry(k.clone())
+                .or_default()
+                .val
+                .push(proto::Value { val: Some(val) });
+        }
+    }
+    let req = proto::GetOnlineFeaturesRequest {
+        kind: Some(Kind::Features(proto::FeatureList {
+            val: refs.iter().map(|r| r.to_string()).collect(),
+        })),
+        entities: columns,
+        full_feature_names: false,
+        at_micros: Some(at),
+    };
+    let resp = client
+        .get_online_features(req)
+        .await
+        .map_err(|s| Error::InvalidArgument(format!("{}: {}", s.code(), s.message())))?
+        .into_inner();
+    let mut out = vec![Vec::with_capacity(refs.len()); entities.len()];
+    for fv in resp.results {
+        for (e, slot) in out.iter_mut().enumerate() {
+            let value = match fv.values.get(e).and_then(|v| v.val.clone()) {
+                None => Scalar::Null,
+                Some(Val::Int64Val(i)) => Scalar::Int(i),
+                Some(Val::DoubleVal(f)) => Scalar::Float(f),
+                Some(Val::StringVal(s)) => Scalar::Str(s),
+                Some(Val::BoolVal(b)) => Scalar::Bool(b),
+                Some(Val::UnixTimestampMicrosVal(t)) => Scalar::Time(t),
+            };
+            let status = match fv
+                .statuses
+                .get(e)
+                .copied()
+                .and_then(|s| proto::FieldStatus::try_from(s).ok())
+            {
+                Some(proto::FieldStatus::Present) => ValueStatus::Present,
+                Some(proto::FieldStatus::Expired) => ValueStatus::Expired,
+                _ => ValueStatus::NotFound,
+            };
+            let event_time = fv
+                .event_timestamps_micros
+                .get(e)
+                .copied()
+                .filter(|t| *t != 0);
+            slot.push(online::Value {
+                value,
+                status,
+                event_time,
+                as_of: None,
+            });
+        }
+    }
+    Ok(out)
+}
