@@ -137,6 +137,14 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     Ok((n * m) as usize)
 }
 
+/// The features a command asks for: a feature service, or a list of `view:feature`.
+fn requested(repo: &Repo, service: Option<&str>, features: &[String]) -> Result<Vec<quiver_core::FeatureRef>> {
+    Ok(match service {
+        Some(s) => repo.service(s)?,
+        None => repo.resolve_refs(features)?,
+    })
+}
+
 fn instant_arg(text: Option<&str>, flag: &str) -> Result<i64> {
     match text {
         None => Ok(chrono_now()),
@@ -321,7 +329,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Get {
-            addr: Some(addr),
+            addr,
             entities,
             features,
             service,
@@ -330,40 +338,19 @@ async fn run(cli: Cli) -> Result<()> {
             repo,
         } => {
             let repo = Repo::load(&repo)?;
-            let refs = match &service {
-                Some(s) => repo.service(s)?,
-                None => repo.resolve_refs(&features)?,
-            };
+            let refs = requested(&repo, service.as_deref(), &features)?;
             let at = instant_arg(at.as_deref(), "--at")?;
             let ents = entities
                 .iter()
                 .map(|e| quiver_server::online::parse_entity(e))
                 .collect::<Result<Vec<_>, _>>()?;
-            let values = quiver_server::grpc::remote_get(&addr, &refs, &ents, at).await?;
-            print_values(&refs, &entities, &values, json);
-            Ok(())
-        }
-        Command::Get {
-            addr: None,
-            entities,
-            features,
-            service,
-            at,
-            json,
-            repo,
-        } => {
-            let repo = Repo::load(&repo)?;
-            let refs = match &service {
-                Some(s) => repo.service(s)?,
-                None => repo.resolve_refs(&features)?,
+            let values = match addr {
+                Some(addr) => quiver_server::grpc::remote_get(&addr, &refs, &ents, at).await?,
+                None => {
+                    let store = quiver_online::SledStore::open(&repo.online_store)?;
+                    quiver_server::online::get(&repo, &store, &refs, &ents, at)?
+                }
             };
-            let at = instant_arg(at.as_deref(), "--at")?;
-            let ents = entities
-                .iter()
-                .map(|e| quiver_server::online::parse_entity(e))
-                .collect::<Result<Vec<_>, _>>()?;
-            let store = quiver_online::SledStore::open(&repo.online_store)?;
-            let values = quiver_server::online::get(&repo, &store, &refs, &ents, at)?;
             print_values(&refs, &entities, &values, json);
             Ok(())
         }
@@ -381,10 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let started = Instant::now();
             let repo = Repo::load(&repo)?;
-            let refs = match &service {
-                Some(s) => repo.service(s)?,
-                None => repo.resolve_refs(&features)?,
-            };
+            let refs = requested(&repo, service.as_deref(), &features)?;
             if out.is_dir() {
                 bail!(
                     "--out {} is a folder; give a .parquet or .csv file",

@@ -171,14 +171,7 @@ impl Engine {
         let src = &self.repo.sources[&view.source];
         let table = self.table(src).await?;
         let schema = table.schema();
-        let have = || {
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let have = || column_names(&schema);
         let vp = format!("feature_views.{}", view.name);
         for k in &view.join_keys {
             if schema.field_with_name(k).is_err() {
@@ -608,17 +601,15 @@ impl Engine {
     }
 }
 
+/// A schema's column names, for messages.
+fn column_names(schema: &Schema) -> String {
+    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
 /// The spine's time column: the one asked for, else `event_timestamp`, else the only
 /// timestamp or date column.
 pub fn spine_time_column(schema: &Schema, asked: Option<&str>) -> Result<String> {
-    let names = || {
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = || column_names(schema);
     if let Some(a) = asked {
         return match schema.field_with_name(a) {
             Ok(f) if is_time_type(f.data_type()) => Ok(a.to_string()),
