@@ -138,7 +138,11 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 /// The features a command asks for: a feature service, or a list of `view:feature`.
-fn requested(repo: &Repo, service: Option<&str>, features: &[String]) -> Result<Vec<quiver_core::FeatureRef>> {
+fn requested(
+    repo: &Repo,
+    service: Option<&str>,
+    features: &[String],
+) -> Result<Vec<quiver_core::FeatureRef>> {
     Ok(match service {
         Some(s) => repo.service(s)?,
         None => repo.resolve_refs(features)?,

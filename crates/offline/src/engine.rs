@@ -603,7 +603,12 @@ impl Engine {
 
 /// A schema's column names, for messages.
 fn column_names(schema: &Schema) -> String {
-    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The spine's time column: the one asked for, else `event_timestamp`, else the only

@@ -199,7 +199,8 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(online)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small responses must not wait for Nagle's algorithm (a 40 ms delayed-ACK stall).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;

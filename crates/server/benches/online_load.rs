@@ -1,0 +1,210 @@
+//! Online serving load test: materialize N entities × 20 latest-value features, serve them
+//! with `quiver_server::grpc::serve` on 127.0.0.1, and drive it with a bounded tonic load
+//! generator. Reports materialize rows/s and, for 1 and 100 entities per request at 1 and 16
+//! concurrent clients, p50/p99 latency and requests/s.
+//!
+//! `cargo bench -p quiver-server --bench online_load [-- ENTITIES]` (default 1 000 000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{Field, Schema};
+use parquet::arrow::ArrowWriter;
+use quiver_core::Repo;
+use quiver_offline::EngineOptions;
+use quiver_server::proto::online_service_client::OnlineServiceClient;
+use quiver_server::proto::{
+    FeatureList, GetOnlineFeaturesRequest, RepeatedValue, Value, get_online_features_request::Kind,
+    value::Val,
+};
+
+const FEATURES: usize = 20;
+const T: i64 = 1_735_689_600_000_000; // 2025-01-01
+
+fn write_source(dir: &std::path::Path, n: usize) {
+    let mut fields = vec![
+        Field::new(
+            "user_id",
+            datafusion::arrow::datatypes::DataType::Int64,
+            false,
+        ),
+        Field::new(
+            "ts",
+            datafusion::arrow::datatypes::DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
+            false,
+        ),
+    ];
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..n as i64)),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                (0..n as i64).map(|i| T - 1_000_000 * (i % 86_400)),
+            )
+            .with_timezone("UTC"),
+        ),
+    ];
+    for f in 0..FEATURES {
+        fields.push(Field::new(
+            format!("f{f}"),
+            datafusion::arrow::datatypes::DataType::Float64,
+            true,
+        ));
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| (i * (f + 1)) as f64 * 0.5),
+        )));
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let file = std::fs::File::create(dir.join("users.parquet")).unwrap();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let mut yaml = String::from(
+        "project: load\nentities:\n  user: { join_keys: [user_id] }\nsources:\n  users: { path: users.parquet, timestamp: ts }\nfeature_views:\n  profile:\n    entity: user\n    source: users\n    ttl: 30d\n    features:\n",
+    );
+    for f in 0..FEATURES {
+        yaml += &format!("      - {{ name: f{f} }}\n");
+    }
+    std::fs::write(dir.join("quiver.yaml"), yaml).unwrap();
+}
+
+fn request(ids: &[i64]) -> GetOnlineFeaturesRequest {
+    let features = (0..FEATURES).map(|f| format!("profile:f{f}")).collect();
+    let col = RepeatedValue {
+        val: ids
+            .iter()
+            .map(|i| Value {
+                val: Some(Val::Int64Val(*i)),
+            })
+            .collect(),
+    };
+    GetOnlineFeaturesRequest {
+        kind: Some(Kind::Features(FeatureList { val: features })),
+        entities: [("user_id".to_string(), col)].into_iter().collect(),
+        full_feature_names: false,
+        at_micros: Some(T),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    write_source(dir.path(), n);
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let done = server_rt
+        .block_on(quiver_server::online::materialize(
+            &repo,
+            store.as_ref(),
+            &[],
+            T,
+            EngineOptions::default(),
+            |_, _| {},
+        ))
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "materialize: {} entity rows x {FEATURES} features in {secs:.2} s = {:.0} rows/s",
+        done[0].rows,
+        done[0].rows as f64 / secs
+    );
+
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = server_rt.spawn(quiver_server::grpc::serve(repo, store, listener, async {
+        let _ = stopped.await;
+    }));
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("| entities/request | clients | requests | p50 ms | p99 ms | requests/s |");
+    println!("|---|---|---|---|---|---|");
+    for per_request in [1usize, 100] {
+        for clients in [1usize, 16] {
+            // Bounded: a fixed number of requests per client, and a time cap.
+            let per_client = if per_request == 1 {
+                4000 / clients.max(1) * 2
+            } else {
+                800 / clients.max(1) * 2
+            };
+            let url = format!("http://{addr}");
+            let (lat, wall) = client_rt.block_on(async move {
+                let mut tasks = Vec::new();
+                let t0 = Instant::now();
+                for c in 0..clients {
+                    let url = url.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut client = OnlineServiceClient::connect(url).await.unwrap();
+                        let mut lat = Vec::with_capacity(per_client);
+                        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ c as u64;
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        for _ in 0..per_client {
+                            let ids: Vec<i64> = (0..per_request)
+                                .map(|_| {
+                                    x ^= x << 13;
+                                    x ^= x >> 7;
+                                    x ^= x << 17;
+                                    (x % n as u64) as i64
+                                })
+                                .collect();
+                            let t = Instant::now();
+                            let resp = client
+                                .get_online_features(request(&ids))
+                                .await
+                                .unwrap()
+                                .into_inner();
+                            lat.push(t.elapsed());
+                            assert_eq!(resp.results.len(), FEATURES);
+                            if Instant::now() > deadline {
+                                break;
+                            }
+                        }
+                        lat
+                    }));
+                }
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.extend(t.await.unwrap());
+                }
+                (all, t0.elapsed())
+            });
+            let mut lat = lat;
+            lat.sort();
+            println!(
+                "| {per_request} | {clients} | {} | {:.3} | {:.3} | {:.0} |",
+                lat.len(),
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99),
+                lat.len() as f64 / wall.as_secs_f64()
+            );
+        }
+    }
+    let _ = stop.send(());
+    server_rt.block_on(server).unwrap().unwrap();
+}
