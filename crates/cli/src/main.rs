@@ -29,6 +29,31 @@ struct Cli {
     command: Command,
 }
 
+/// Which features a command asks for.
+#[derive(clap::Args)]
+struct Select {
+    /// Feature references, `view:feature`, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "service",
+        required_unless_present = "service"
+    )]
+    features: Vec<String>,
+    /// A feature service of quiver.yaml.
+    #[arg(long)]
+    service: Option<String>,
+}
+
+impl Select {
+    fn resolve(&self, repo: &Repo) -> Result<Vec<quiver_core::FeatureRef>> {
+        Ok(match &self.service {
+            Some(s) => repo.service(s)?,
+            None => repo.resolve_refs(&self.features)?,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check quiver.yaml and every source's columns, without reading data rows.
@@ -62,15 +87,8 @@ enum Command {
         /// An entity as key=value (comma-separated for composite keys); repeat for more.
         #[arg(long = "entity", required = true)]
         entities: Vec<String>,
-        #[arg(
-            long,
-            value_delimiter = ',',
-            conflicts_with = "service",
-            required_unless_present = "service"
-        )]
-        features: Vec<String>,
-        #[arg(long)]
-        service: Option<String>,
+        #[command(flatten)]
+        select: Select,
         /// Look up as of this time (RFC 3339; default now): ttl is checked against it.
         #[arg(long)]
         at: Option<String>,
@@ -84,17 +102,8 @@ enum Command {
         /// The spine (label rows): Parquet or CSV, by extension.
         #[arg(long)]
         spine: PathBuf,
-        /// Feature references, `view:feature`, comma separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            conflicts_with = "service",
-            required_unless_present = "service"
-        )]
-        features: Vec<String>,
-        /// A feature service of quiver.yaml.
-        #[arg(long)]
-        service: Option<String>,
+        #[command(flatten)]
+        select: Select,
         /// The spine's time column (default `event_timestamp`, else its only timestamp column).
         #[arg(long)]
         spine_timestamp: Option<String>,
@@ -135,18 +144,6 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
         _ => return Err(format!("bad size {s:?}: unit must be B, KB, MB or GB")),
     };
     Ok((n * m) as usize)
-}
-
-/// The features a command asks for: a feature service, or a list of `view:feature`.
-fn requested(
-    repo: &Repo,
-    service: Option<&str>,
-    features: &[String],
-) -> Result<Vec<quiver_core::FeatureRef>> {
-    Ok(match service {
-        Some(s) => repo.service(s)?,
-        None => repo.resolve_refs(features)?,
-    })
 }
 
 fn instant_arg(text: Option<&str>, flag: &str) -> Result<i64> {
@@ -335,14 +332,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get {
             addr,
             entities,
-            features,
-            service,
+            select,
             at,
             json,
             repo,
         } => {
             let repo = Repo::load(&repo)?;
-            let refs = requested(&repo, service.as_deref(), &features)?;
+            let refs = select.resolve(&repo)?;
             let at = instant_arg(at.as_deref(), "--at")?;
             let ents = entities
                 .iter()
@@ -360,8 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Join {
             spine,
-            features,
-            service,
+            select,
             spine_timestamp,
             full_names,
             out,
@@ -372,7 +367,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let started = Instant::now();
             let repo = Repo::load(&repo)?;
-            let refs = requested(&repo, service.as_deref(), &features)?;
+            let refs = select.resolve(&repo)?;
             if out.is_dir() {
                 bail!(
                     "--out {} is a folder; give a .parquet or .csv file",
