@@ -76,6 +76,10 @@ pub async fn materialize(
         let started = Instant::now();
         let def = &engine.repo().views[&view];
         let entities = engine.entities(&view, end).await?;
+        quiver_offline::profile::stage(format_args!(
+            "materialize {view}: {} entities",
+            entities.num_rows()
+        ));
         let n = entities.num_rows();
         let mut cols = entities.columns().to_vec();
         let mut fields: Vec<_> = entities
@@ -112,6 +116,7 @@ pub async fn materialize(
             full_names: true,
         };
         let out = engine.join(schema, vec![spine], &req).await?.batch;
+        quiver_offline::profile::stage(format_args!("materialize {view}: features computed"));
         let k = def.join_keys.len();
         let key_cols: Vec<&dyn datafusion::arrow::array::Array> =
             (0..k).map(|i| out.column(i).as_ref()).collect();
@@ -122,6 +127,7 @@ pub async fn materialize(
             values.push(Scalar::column(out.column(first + j).as_ref(), &f.name)?);
         }
         let times = values.pop().unwrap_or_default();
+        quiver_offline::profile::stage(format_args!("materialize {view}: values converted"));
         let mut rows = Vec::with_capacity(CHUNK.min(n));
         let mut written = 0;
         for (i, key) in keys.into_iter().enumerate() {
@@ -146,6 +152,7 @@ pub async fn materialize(
         written += rows.len();
         store.write(&view, &rows, Some(end))?;
         progress(&view, written);
+        quiver_offline::profile::stage(format_args!("materialize {view}: {written} rows written"));
         done.push(Materialized {
             view,
             rows: written,
