@@ -148,7 +148,7 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 
 fn instant_arg(text: Option<&str>, flag: &str) -> Result<i64> {
     match text {
-        None => Ok(chrono_now()),
+        None => Ok(quiver_server::grpc::now_micros()),
         Some(t) => quiver_core::time::parse_instant(t).ok_or_else(|| {
             anyhow::anyhow!("{flag} {t:?}: expected an RFC 3339 time, e.g. 2024-02-09T00:00:00Z")
         }),
@@ -175,13 +175,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 fn print_values(

@@ -100,7 +100,8 @@ impl Online {
     }
 }
 
-fn now_micros() -> i64 {
+/// The current time in microseconds since the epoch, UTC: the default lookup time.
+pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
