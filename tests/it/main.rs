@@ -7,3 +7,4 @@ mod memory;
 mod online;
 mod semantics;
 mod sources;
+mod versions;

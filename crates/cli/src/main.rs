@@ -14,6 +14,8 @@ use quiver_core::Repo;
 use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
 
 mod alloc;
+mod table;
+mod versions;
 
 #[global_allocator]
 static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
@@ -22,7 +24,7 @@ static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
 #[command(
     name = "quiver",
     version,
-    about = "Quiver feature store: point-in-time correct training sets"
+    about = "Quiver feature store: point-in-time correct training sets, online serving, versioned datasets"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -99,9 +101,10 @@ enum Command {
     },
     /// Build a training set: the spine plus the requested features, point-in-time correct.
     Join {
-        /// The spine (label rows): Parquet or CSV, by extension.
+        /// The spine (label rows): a Parquet or CSV file (by extension), or a recorded
+        /// dataset NAME[@VERSION].
         #[arg(long)]
-        spine: PathBuf,
+        spine: String,
         #[command(flatten)]
         select: Select,
         /// The spine's time column (default `event_timestamp`, else its only timestamp column).
@@ -111,8 +114,17 @@ enum Command {
         #[arg(long)]
         full_names: bool,
         /// Output file: Parquet or CSV, by extension. Replaced only when the join succeeds.
+        #[arg(long, required_unless_present = "register")]
+        out: Option<PathBuf>,
+        /// Store the training set as the next version of this dataset, with its lineage.
         #[arg(long)]
-        out: PathBuf,
+        register: Option<String>,
+        /// Read a source at a recorded version, SOURCE@VERSION (repeat for more).
+        #[arg(long = "source-version", value_name = "SOURCE@VERSION")]
+        pins: Vec<String>,
+        /// Time travel: read every source as it was at this instant (RFC 3339).
+        #[arg(long)]
+        as_of: Option<String>,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
         /// Print the plan: pruning applied and the physical plan of each view.
@@ -124,6 +136,56 @@ enum Command {
         /// Memory pool limit, e.g. 512MB or 2GB (default: unbounded).
         #[arg(long, value_parser = parse_bytes)]
         memory_limit: Option<usize>,
+    },
+    /// Append Parquet or CSV files to the managed table of a source (a new version).
+    Ingest {
+        source: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Record the feature views of quiver.yaml in the registry: changed definitions become new
+    /// versions.
+    Apply {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Versioned datasets: sources, spines and training sets.
+    Datasets {
+        #[command(subcommand)]
+        command: versions::Datasets,
+        #[arg(long, default_value = ".", global = true)]
+        repo: PathBuf,
+    },
+    /// Recorded feature-view versions.
+    #[command(name = "feature-views")]
+    FeatureViews {
+        #[command(subcommand)]
+        command: versions::FeatureViews,
+        #[arg(long, default_value = ".", global = true)]
+        repo: PathBuf,
+    },
+    /// What a dataset or feature-view version was made from, and what was made from it.
+    Lineage {
+        /// NAME@VERSION (NAME = the latest version).
+        artifact: String,
+        #[arg(long, conflicts_with = "downstream")]
+        upstream: bool,
+        #[arg(long)]
+        downstream: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Rebuild a dataset version from its lineage and compare content hashes (exit 1 when
+    /// they differ).
+    Reproduce {
+        /// NAME@VERSION (NAME = the latest version).
+        dataset: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
     },
 }
 
@@ -229,23 +291,7 @@ fn print_values(
         }
         table.push(row);
     }
-    let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in table {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+    table::print_table(table);
 }
 
 fn main() -> ExitCode {
@@ -261,7 +307,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -269,8 +315,31 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Ingest {
+            source,
+            files,
+            repo,
+        } => versions::ingest(&source, &files, &repo).await?,
+        Command::Apply { repo } => versions::apply(&repo)?,
+        Command::Datasets { command, repo } => versions::datasets(command, &repo).await?,
+        Command::FeatureViews { command, repo } => versions::feature_views(command, &repo)?,
+        Command::Lineage {
+            artifact,
+            upstream,
+            downstream,
+            json,
+            repo,
+        } => versions::lineage(&artifact, upstream, downstream, json, &repo).await?,
+        Command::Reproduce { dataset, repo } => return versions::reproduce(&dataset, &repo).await,
+        other => run_engine(other).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_engine(command: Command) -> Result<()> {
+    match command {
         Command::Validate { repo } => {
             let repo = Repo::load(&repo)?;
             let (views, sources) = (repo.views.len(), repo.sources.len());
@@ -353,6 +422,9 @@ async fn run(cli: Cli) -> Result<()> {
             spine_timestamp,
             full_names,
             out,
+            register,
+            pins,
+            as_of,
             repo,
             explain,
             partitions,
@@ -361,7 +433,9 @@ async fn run(cli: Cli) -> Result<()> {
             let started = Instant::now();
             let repo = Repo::load(&repo)?;
             let refs = select.resolve(&repo)?;
-            if out.is_dir() {
+            if let Some(out) = &out
+                && out.is_dir()
+            {
                 bail!(
                     "--out {} is a folder; give a .parquet or .csv file",
                     out.display()
@@ -372,53 +446,179 @@ async fn run(cli: Cli) -> Result<()> {
                 opts.target_partitions = p;
             }
             opts.memory_limit = memory_limit;
-            let engine = Engine::new(repo, opts)?;
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {elapsed} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.enable_steady_tick(Duration::from_millis(120));
-            bar.set_message(format!(
-                "joining {} feature(s) onto {}",
-                refs.len(),
-                spine.display()
-            ));
-            let req = JoinRequest {
-                features: refs,
-                spine_timestamp,
-                full_names,
+            bar.set_message(format!("joining {} feature(s) onto {spine}", refs.len()));
+            // A spine that is not a file name is a recorded dataset.
+            let versioned = register.is_some()
+                || !pins.is_empty()
+                || as_of.is_some()
+                || !looks_like_path(&spine);
+            let result = if versioned {
+                versioned_join(
+                    repo,
+                    opts,
+                    &spine,
+                    refs,
+                    spine_timestamp,
+                    full_names,
+                    &pins,
+                    as_of.as_deref(),
+                    register.as_deref(),
+                )
+                .await
+            } else {
+                let engine = Engine::new(repo, opts)?;
+                let req = JoinRequest {
+                    features: refs,
+                    spine_timestamp,
+                    full_names,
+                };
+                engine
+                    .join_file(std::path::Path::new(&spine), &req)
+                    .await
+                    .map(|o| (o.batch, o.explain, None))
+                    .map_err(anyhow::Error::from)
             };
-            let result = engine.join_file(&spine, &req).await;
-            let output = match result {
+            let (batch, plan, registered) = match result {
                 Ok(o) => o,
                 Err(e) => {
                     bar.finish_and_clear();
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
-            bar.set_message(format!("writing {}", out.display()));
-            let write_started = Instant::now();
-            let written = source::write_table(&out, &output.batch);
-            quiver_offline::profile::stage(format_args!(
-                "written in {:.3} s",
-                write_started.elapsed().as_secs_f64()
-            ));
+            if let Some(out) = &out {
+                bar.set_message(format!("writing {}", out.display()));
+                let write_started = Instant::now();
+                let written = source::write_table(out, &batch);
+                quiver_offline::profile::stage(format_args!(
+                    "written in {:.3} s",
+                    write_started.elapsed().as_secs_f64()
+                ));
+                bar.finish_and_clear();
+                written.with_context(|| format!("writing {}", out.display()))?;
+            }
             bar.finish_and_clear();
-            written.with_context(|| format!("writing {}", out.display()))?;
             if explain {
-                for line in &output.explain {
+                for line in &plan {
                     println!("{line}");
                 }
             }
+            let target = match (&out, &registered) {
+                (Some(o), Some(r)) => format!("{} and {r}", o.display()),
+                (Some(o), None) => o.display().to_string(),
+                (None, Some(r)) => r.clone(),
+                (None, None) => "nowhere".into(),
+            };
             println!(
-                "{} rows, {} columns -> {} in {:.2} s",
-                output.batch.num_rows(),
-                output.batch.num_columns(),
-                out.display(),
+                "{} rows, {} columns -> {target} in {:.2} s",
+                batch.num_rows(),
+                batch.num_columns(),
                 started.elapsed().as_secs_f64()
             );
             Ok(())
         }
+        Command::Ingest { .. }
+        | Command::Apply { .. }
+        | Command::Datasets { .. }
+        | Command::FeatureViews { .. }
+        | Command::Lineage { .. }
+        | Command::Reproduce { .. } => unreachable!("handled in run"),
     }
+}
+
+/// Whether a `--spine` argument names a file or folder (else it is a dataset NAME[@VER]).
+fn looks_like_path(s: &str) -> bool {
+    let p = std::path::Path::new(s);
+    p.exists()
+        || s.contains(['/', '\\'])
+        || matches!(
+            p.extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase())
+                .as_deref(),
+            Some("csv" | "parquet" | "pq")
+        )
+}
+
+/// A join against recorded source versions (pinned, as of a time, or the latest), optionally
+/// registered as a training-set version with its lineage.
+#[allow(clippy::too_many_arguments)]
+async fn versioned_join(
+    repo: Repo,
+    opts: EngineOptions,
+    spine: &str,
+    refs: Vec<quiver_core::FeatureRef>,
+    spine_timestamp: Option<String>,
+    full_names: bool,
+    pins: &[String],
+    as_of: Option<&str>,
+    register: Option<&str>,
+) -> Result<(
+    datafusion::arrow::array::RecordBatch,
+    Vec<String>,
+    Option<String>,
+)> {
+    let cat = quiver_server::catalog::Catalog::open(repo, opts)?;
+    let mut p = quiver_server::catalog::Pins::default();
+    for pin in pins {
+        let (name, v) = quiver_registry::parse_ref(pin)?;
+        let Some(v) = v else {
+            bail!("--source-version {pin:?}: write SOURCE@VERSION");
+        };
+        p.versions.insert(name, v);
+    }
+    if let Some(t) = as_of {
+        p.as_of = Some(instant_arg(Some(t), "--as-of")?);
+    }
+    let spine_v = match register {
+        // A registered training set needs its spine recorded.
+        Some(_) => Some(cat.spine_version(spine).await?),
+        None if !looks_like_path(spine) => Some(cat.spine_version(spine).await?),
+        None => None,
+    };
+    let spine_table = match &spine_v {
+        Some(v) => cat.read(v).await?,
+        None => {
+            let ctx = quiver_offline::session(&EngineOptions::default())?;
+            let (schema, batches) = source::read_table(&ctx, std::path::Path::new(spine)).await?;
+            quiver_server::catalog::Table { schema, batches }
+        }
+    };
+    let (batch, mut record) = cat
+        .join(&spine_table, &refs, spine_timestamp, full_names, &p)
+        .await?;
+    let plan = vec![format!(
+        "sources: {}",
+        record
+            .sources
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    let registered = match (register, spine_v) {
+        (Some(name), Some(sv)) => {
+            record.spine = sv.reference();
+            let t = quiver_server::catalog::Table {
+                schema: batch.schema(),
+                batches: vec![batch.clone()],
+            };
+            let v = cat
+                .write_dataset(
+                    name,
+                    quiver_registry::DatasetKind::Training,
+                    &t,
+                    quiver_registry::Operation::Join(record),
+                )
+                .await?;
+            Some(format!("{} (hash {})", v.reference(), v.hash))
+        }
+        _ => None,
+    };
+    Ok((batch, plan, registered))
 }

@@ -94,7 +94,7 @@ pub struct Repo {
     pub services: IndexMap<String, Vec<FeatureRef>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub name: String,
     /// Resolved against the repo folder; `None` = the table Quiver manages for this source.
@@ -104,7 +104,7 @@ pub struct Source {
     pub filter_created: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FeatureView {
     pub name: String,
     pub entity: String,
@@ -114,7 +114,7 @@ pub struct FeatureView {
     pub features: Vec<Feature>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Feature {
     pub name: String,
     pub kind: FeatureKind,
@@ -124,7 +124,8 @@ pub struct Feature {
     pub filter: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FeatureKind {
     Aggregate {
         agg: Agg,
@@ -135,7 +136,9 @@ pub enum FeatureKind {
 }
 
 /// `view:feature`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FeatureRef {
     pub view: String,
     pub feature: String,

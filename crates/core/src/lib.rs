@@ -18,6 +18,7 @@
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod hash;
 pub mod semantics;
 pub mod store;
 pub mod time;

@@ -3,6 +3,7 @@
 //! The offline sweep, the online read path and the tests' SQL reference all take their window
 //! edges, aggregate result types, key matching and output names from here.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 use arrow_schema::DataType;
@@ -10,7 +11,10 @@ use arrow_schema::DataType;
 use crate::Duration;
 
 /// Which ends of a window are included.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Closed {
     /// (s, e] — the default.
     #[default]
@@ -109,7 +113,7 @@ impl Upper {
 }
 
 /// The time window of a window-aggregate feature.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Window {
     /// `None` is a lifetime window.
     pub length: Option<Duration>,
@@ -182,7 +186,8 @@ pub fn latest_edges(ttl: Option<Duration>, t: i64) -> (Lower, Upper) {
 }
 
 /// An aggregate function of a window-aggregate feature.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Agg {
     Count,
     Sum,

@@ -148,13 +148,23 @@ impl Engine {
     async fn table(&self, s: &Source) -> Result<Arc<dyn TableProvider>> {
         match self.tables.get(&s.name) {
             Some(t) => Ok(t.clone()),
-            None => source::source_table(&self.ctx, s).await,
+            None => source::source_table(&self.ctx, &self.repo.offline_store, s).await,
         }
     }
 
     /// Check every feature view against its source's schema (reads file footers, no rows).
     pub async fn check(&self) -> Result<()> {
-        for view in self.repo.views.values() {
+        self.check_views(|_| true).await
+    }
+
+    /// Check the feature views that read one source (e.g. against rows about to be ingested,
+    /// given with [`Engine::with_source_table`]).
+    pub async fn check_source(&self, source: &str) -> Result<()> {
+        self.check_views(|v| v.source == source).await
+    }
+
+    async fn check_views(&self, keep: impl Fn(&FeatureView) -> bool) -> Result<()> {
+        for view in self.repo.views.values().filter(|v| keep(v)) {
             let feats: Vec<(usize, &Feature)> = view.features.iter().enumerate().collect();
             let names: Vec<String> = view.features.iter().map(|f| f.name.clone()).collect();
             self.view_parts(view, &feats, &names).await?;

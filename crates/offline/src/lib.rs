@@ -21,6 +21,7 @@
 //! ```
 
 mod dd;
+pub mod delta;
 mod engine;
 mod error;
 pub mod plan;

@@ -1,4 +1,5 @@
-//! Reading sources and tables: Parquet files, folders or globs of Parquet files, CSV files.
+//! Reading sources and tables: Parquet files, folders or globs of Parquet files, CSV files,
+//! Delta tables (a source's managed table, or a folder with a `_delta_log`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,14 +148,39 @@ fn wildcard(pat: &str, s: &str) -> bool {
     go(pat.as_bytes(), s.as_bytes())
 }
 
-/// A DataFusion table over files; `what` names it in messages.
+/// A DataFusion table over the files a path names (a Delta table folder reads its latest
+/// version); `what` names it in messages.
 pub async fn file_table(
     ctx: &SessionContext,
     path: &Path,
     what: &str,
 ) -> Result<Arc<dyn TableProvider>> {
+    if crate::delta::is_delta_table(path) {
+        let snap = crate::delta::snapshot(path, None).await?;
+        return files_table(ctx, &snap.files, Some(snap.schema), path, what).await;
+    }
     let files = list_files(path).map_err(|e| Error::Source(format!("{what}: {e}")))?;
-    let fmt = Format::of(&files[0]);
+    files_table(ctx, &files, None, path, what).await
+}
+
+/// A DataFusion table over a list of files in source order. `schema` is used when there are
+/// no files (an empty table version) and otherwise inferred; `path` and `what` name the table
+/// in messages.
+pub async fn files_table(
+    ctx: &SessionContext,
+    files: &[PathBuf],
+    schema: Option<SchemaRef>,
+    path: &Path,
+    what: &str,
+) -> Result<Arc<dyn TableProvider>> {
+    let Some(first) = files.first() else {
+        let schema =
+            schema.ok_or_else(|| Error::Source(format!("{what}: {}: no files", path.display())))?;
+        return Ok(Arc::new(datafusion::datasource::empty::EmptyTable::new(
+            schema,
+        )));
+    };
+    let fmt = Format::of(first);
     let urls = files
         .iter()
         .map(|f| {
@@ -187,15 +213,34 @@ pub async fn file_table(
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
-/// The provider of a source defined in `quiver.yaml`.
-pub async fn source_table(ctx: &SessionContext, source: &Source) -> Result<Arc<dyn TableProvider>> {
-    let path = source.path.as_ref().ok_or_else(|| {
-        Error::Source(format!(
-            "source `{}` has no `path`, and managed tables are not available in this build",
-            source.name
-        ))
-    })?;
-    file_table(ctx, path, &format!("source `{}`", source.name)).await
+/// Where a source's rows are: its `path`, or the table Quiver manages for it in the offline
+/// store (`OFFLINE_STORE/sources/NAME`, a Delta table).
+pub fn source_location(offline_store: &Path, source: &Source) -> PathBuf {
+    match &source.path {
+        Some(p) => p.clone(),
+        None => managed_source_path(offline_store, &source.name),
+    }
+}
+
+/// The managed table of a source.
+pub fn managed_source_path(offline_store: &Path, name: &str) -> PathBuf {
+    offline_store.join("sources").join(name)
+}
+
+/// The provider of a source defined in `quiver.yaml`, at its latest version.
+pub async fn source_table(
+    ctx: &SessionContext,
+    offline_store: &Path,
+    source: &Source,
+) -> Result<Arc<dyn TableProvider>> {
+    let path = source_location(offline_store, source);
+    if source.path.is_none() && !crate::delta::is_delta_table(&path) {
+        return Err(Error::Source(format!(
+            "source `{}` has no `path` and its managed table is empty; add data with `quiver ingest {} FILE…`",
+            source.name, source.name
+        )));
+    }
+    file_table(ctx, &path, &format!("source `{}`", source.name)).await
 }
 
 /// Read a whole table (spine) in file order.
@@ -204,6 +249,15 @@ pub async fn read_table(
     path: &Path,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let table = file_table(ctx, path, "spine").await?;
+    collect_table(ctx, table, path).await
+}
+
+/// Read every row of a provider, in file order.
+pub async fn collect_table(
+    ctx: &SessionContext,
+    table: Arc<dyn TableProvider>,
+    path: &Path,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = table.schema();
     let df = ctx.read_table(table)?;
     // Partitions are contiguous slices of the files in order; keep that order.

@@ -17,6 +17,12 @@ pub enum Error {
     Internal(String),
     #[error("{0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Offline(#[from] quiver_offline::Error),
+    #[error(transparent)]
+    Registry(#[from] quiver_registry::Error),
+    #[error(transparent)]
+    Core(#[from] quiver_core::Error),
 }
 
 impl From<Error> for tonic::Status {
@@ -28,6 +34,23 @@ impl From<Error> for tonic::Status {
                 eprintln!("quiver serve: internal error: {m}");
                 tonic::Status::internal("internal error; see the server log")
             }
+            Error::Registry(r) => match r {
+                quiver_registry::Error::UnknownDataset { .. }
+                | quiver_registry::Error::UnknownVersion { .. }
+                | quiver_registry::Error::UnknownView { .. }
+                | quiver_registry::Error::UnknownViewVersion { .. } => {
+                    tonic::Status::not_found(r.to_string())
+                }
+                quiver_registry::Error::BadRef { .. } => {
+                    tonic::Status::invalid_argument(r.to_string())
+                }
+                other => tonic::Status::from(Error::Internal(other.to_string())),
+            },
+            Error::Core(
+                c @ (quiver_core::Error::Request(_) | quiver_core::Error::Config { .. }),
+            ) => tonic::Status::invalid_argument(c.to_string()),
+            Error::Core(c) => tonic::Status::from(Error::Internal(c.to_string())),
+            Error::Offline(o) => tonic::Status::from(Error::Internal(o.to_string())),
             Error::Transport(t) => {
                 eprintln!("quiver serve: transport error: {t}");
                 tonic::Status::unavailable("transport error")

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod catalog;
 mod error;
 pub mod grpc;
 pub mod online;

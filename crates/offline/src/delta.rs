@@ -1,0 +1,263 @@
+//! Managed tables: Delta Lake tables (DESIGN §5) through the `deltalake` crate.
+//!
+//! A managed table is a Delta table folder; every ingest or overwrite is one Delta commit, so a
+//! version is (table, Delta version) and time travel reads the files of an earlier snapshot.
+//! Readers do not use Delta's own scan: they take the snapshot's file list and read it through
+//! the same Parquet path as any other source ([`crate::source::files_table`]), so pruning, the
+//! point-in-time operator and source order are the same whatever stores the rows. Source order
+//! across files is commit order (file modification time, then path), stable for a version.
+//!
+//! Writes check the incoming schema against the table's first: a missing, extra or retyped
+//! column is refused naming it, before any file is written. Concurrent writers are left to
+//! Delta's optimistic commit protocol (appends do not conflict and are retried onto the next
+//! version); creating a table that another writer created first is retried as an append.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use deltalake::DeltaTable;
+use deltalake::errors::DeltaTableError;
+use deltalake::protocol::SaveMode;
+use quiver_core::hash::type_class;
+
+use crate::{Error, Result};
+
+/// Whether a folder is a Delta table.
+pub fn is_delta_table(path: &Path) -> bool {
+    path.join("_delta_log").is_dir()
+}
+
+fn url(path: &Path) -> Result<url::Url> {
+    let abs = std::path::absolute(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    url::Url::from_directory_path(&abs)
+        .map_err(|_| Error::Source(format!("{}: not a usable table path", path.display())))
+}
+
+fn delta_err(path: &Path, e: DeltaTableError) -> Error {
+    // Kernel errors carry a backtrace in their text; the first lines say what went wrong.
+    let text = e.to_string();
+    let text = text.split("\n   0: ").next().unwrap_or(&text).trim_end();
+    Error::Source(format!("table {}: {text}", path.display()))
+}
+
+/// The type Delta stores for an Arrow type, of the same logical class (so content hashes
+/// do not change): timestamps in µs (UTC, or naive), unsigned integers widened, string and
+/// binary views and large types as plain ones, dictionaries decoded.
+fn delta_type(dt: &DataType) -> DataType {
+    match dt {
+        DataType::Timestamp(_, Some(_)) => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        }
+        DataType::Timestamp(_, None) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        DataType::UInt8 => DataType::Int16,
+        DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        DataType::Date64 => DataType::Date32,
+        DataType::Float16 => DataType::Float32,
+        DataType::Dictionary(_, v) => delta_type(v),
+        other => other.clone(),
+    }
+}
+
+/// A batch with every column in the type Delta stores ([`delta_type`]); a value that does
+/// not fit (an unsigned integer above Int64) is an error naming the column.
+pub fn to_delta_types(batch: &RecordBatch, what: &str) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    if schema
+        .fields()
+        .iter()
+        .all(|f| delta_type(f.data_type()) == *f.data_type())
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    let strict = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        let to = delta_type(f.data_type());
+        cols.push(if to == *f.data_type() {
+            c.clone()
+        } else {
+            cast_with_options(c, &to, &strict)
+                .map_err(|e| Error::Source(format!("{what}: column `{}`: {e}", f.name())))?
+        });
+        fields.push(f.as_ref().clone().with_data_type(to));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        cols,
+    )?)
+}
+
+/// One version of a table: its number and its data files in source order.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The Delta version (from 0).
+    pub version: u64,
+    pub files: Vec<PathBuf>,
+    pub schema: SchemaRef,
+    /// Commit time of this version, microseconds.
+    pub committed_micros: Option<i64>,
+}
+
+async fn open(path: &Path, version: Option<u64>) -> Result<DeltaTable> {
+    if !is_delta_table(path) {
+        return Err(Error::Source(format!(
+            "{}: no Delta table here (no _delta_log folder)",
+            path.display()
+        )));
+    }
+    let u = url(path)?;
+    let t = match version {
+        None => deltalake::open_table(u).await,
+        Some(v) => deltalake::open_table_with_version(u, v).await,
+    };
+    t.map_err(|e| delta_err(path, e))
+}
+
+/// The latest version of a table, or `None` when there is no table yet.
+pub async fn latest_version(path: &Path) -> Result<Option<u64>> {
+    if !is_delta_table(path) {
+        return Ok(None);
+    }
+    Ok(Some(snapshot(path, None).await?.version))
+}
+
+/// The files and schema of a version (`None` = latest).
+pub async fn snapshot(path: &Path, version: Option<u64>) -> Result<Snapshot> {
+    let table = open(path, version).await?;
+    let state = table.snapshot().map_err(|e| delta_err(path, e))?;
+    let v = state.version();
+    let mut files: Vec<(i64, String)> = state
+        .log_data()
+        .iter()
+        .map(|f| (f.modification_time(), f.path().into_owned()))
+        .collect();
+    files.sort();
+    Ok(Snapshot {
+        version: v,
+        files: files.into_iter().map(|(_, p)| path.join(p)).collect(),
+        schema: state.snapshot().arrow_schema(),
+        committed_micros: state.version_timestamp(v).map(|ms| ms * 1000),
+    })
+}
+
+/// Check `input` against a table's schema and cast it to the table's types: every table
+/// column must be present with the same logical class, and no other column may come.
+pub fn conform(table: &Schema, batch: &RecordBatch, what: &str) -> Result<RecordBatch> {
+    let input = batch.schema();
+    for f in input.fields() {
+        if table.field_with_name(f.name()).is_err() {
+            return Err(Error::Source(format!(
+                "{what}: column `{}` is not in the table (columns: {})",
+                f.name(),
+                names(table)
+            )));
+        }
+    }
+    let mut cols = Vec::with_capacity(table.fields().len());
+    for f in table.fields() {
+        let Ok(i) = input.index_of(f.name()) else {
+            return Err(Error::Source(format!(
+                "{what}: column `{}` ({}) is missing",
+                f.name(),
+                f.data_type()
+            )));
+        };
+        let got = input.field(i).data_type();
+        if type_class(got) != type_class(f.data_type()) {
+            return Err(Error::Source(format!(
+                "{what}: column `{}` is {got}, the table has {}",
+                f.name(),
+                f.data_type()
+            )));
+        }
+        cols.push(if got == f.data_type() {
+            batch.column(i).clone()
+        } else {
+            cast(batch.column(i), f.data_type())?
+        });
+    }
+    Ok(RecordBatch::try_new(Arc::new(table.clone()), cols)?)
+}
+
+fn names(s: &Schema) -> String {
+    s.fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How a write changes the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Add the rows (a source ingest).
+    Append,
+    /// Replace every row (a new version of a dataset).
+    Overwrite,
+}
+
+/// Write batches as one commit (creating the table on first write) and return the new
+/// Delta version. For an append to an existing table the batches are first checked against
+/// its schema ([`conform`]); `what` names the input in messages.
+pub async fn write(path: &Path, batches: Vec<RecordBatch>, mode: Mode, what: &str) -> Result<u64> {
+    let batches = batches
+        .iter()
+        .map(|b| to_delta_types(b, what))
+        .collect::<Result<Vec<_>>>()?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let existing = if is_delta_table(path) {
+            Some(snapshot(path, None).await?)
+        } else {
+            None
+        };
+        let batches = match (&existing, mode) {
+            (Some(s), Mode::Append) => batches
+                .iter()
+                .map(|b| conform(&s.schema, b, what))
+                .collect::<Result<Vec<_>>>()?,
+            _ => batches.clone(),
+        };
+        std::fs::create_dir_all(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let table = DeltaTable::try_from_url(url(path)?)
+            .await
+            .map_err(|e| delta_err(path, e))?;
+        let save = match mode {
+            Mode::Append => SaveMode::Append,
+            Mode::Overwrite => SaveMode::Overwrite,
+        };
+        let mut builder = table.write(batches).with_save_mode(save);
+        if mode == Mode::Overwrite {
+            builder = builder.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+        }
+        match builder.await {
+            Ok(t) => return Ok(t.version().unwrap_or(0)),
+            // Another writer committed first (e.g. both created the table): try again on top.
+            Err(
+                e
+                @ (DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::Transaction { .. }),
+            ) if attempts < 5 => {
+                let _ = e;
+                continue;
+            }
+            Err(e) => return Err(delta_err(path, e)),
+        }
+    }
+}
