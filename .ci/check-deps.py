@@ -10,9 +10,10 @@ ALLOWED = {
     "quiver-offline": {"quiver-core"},
     "quiver-online": {"quiver-core"},
     "quiver-registry": {"quiver-core"},
+    "quiver-train": {"quiver-core"},
     "quiver-proto": set(),
-    "quiver-server": {"quiver-core", "quiver-offline", "quiver-online", "quiver-registry", "quiver-proto"},
-    "quiver-cli": {"quiver-core", "quiver-offline", "quiver-online", "quiver-registry", "quiver-proto", "quiver-server"},
+    "quiver-server": {"quiver-core", "quiver-offline", "quiver-online", "quiver-registry", "quiver-train", "quiver-proto"},
+    "quiver-cli": {"quiver-core", "quiver-offline", "quiver-online", "quiver-registry", "quiver-train", "quiver-proto", "quiver-server"},
     "quiver-suite": None,  # integration tests and benchmarks may use anything
 }
 # Engines, servers and stores that must stay out of core.

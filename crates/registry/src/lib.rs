@@ -8,8 +8,9 @@
 //! so the graph can never disagree with the records. It knows nothing of DataFusion, Delta or
 //! sled's online trees: the server crate composes it with the offline and online stores.
 //!
-//! Storage is a sled database (one tree per record kind, `meta` holding [`FORMAT`]); every
-//! write is flushed before it returns. sled allows one process at a time, so [`Registry::open`]
+//! Storage is a folder: a sled database in `db/` (one tree per record kind, `meta` holding
+//! [`FORMAT`]; every write flushed before it returns) and model artifacts in `artifacts/`,
+//! named by their BLAKE3 hash (written to a temporary file, synced, then renamed). sled allows one process at a time, so [`Registry::open`]
 //! waits for a bounded time while another `quiver` process holds it.
 //!
 //! ```
@@ -32,6 +33,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod models;
+pub mod select;
+
+pub use models::{
+    ArtifactFile, Change, CodeVersion, Environment, Metric, ModelSel, ModelVersion,
+    parse_model_ref,
+};
 use quiver_core::hash::{ContentHash, HashState};
 use quiver_core::{FeatureView, Source};
 use serde::{Deserialize, Serialize};
@@ -74,6 +82,20 @@ pub enum Error {
     },
     #[error("dataset `{name}` version {version} is already recorded with other content")]
     Conflict { name: String, version: u64 },
+    #[error("unknown model `{name}`{}", known_models(.known))]
+    UnknownModel { name: String, known: Vec<String> },
+    #[error("model `{name}` has no version {version}; versions: 1..={latest}")]
+    UnknownModelVersion {
+        name: String,
+        version: u64,
+        latest: u64,
+    },
+    #[error("model `{name}` has no alias `{alias}`{}", if .known.is_empty() { "; it has no aliases".to_string() } else { format!("; aliases: {}", .known.join(", ")) })]
+    UnknownAlias {
+        name: String,
+        alias: String,
+        known: Vec<String>,
+    },
     #[error("bad reference {text:?}: {message}")]
     BadRef { text: String, message: String },
 }
@@ -83,6 +105,14 @@ fn known_list(known: &[String]) -> String {
         "; the registry holds no datasets yet".into()
     } else {
         format!("; datasets: {}", known.join(", "))
+    }
+}
+
+fn known_models(known: &[String]) -> String {
+    if known.is_empty() {
+        "; no models are registered yet".into()
+    } else {
+        format!("; models: {}", known.join(", "))
     }
 }
 
@@ -334,6 +364,7 @@ pub struct ViewVersion {
 pub enum Artifact {
     Dataset(VersionRef),
     View(VersionRef),
+    Model(VersionRef),
 }
 
 impl fmt::Display for Artifact {
@@ -341,6 +372,7 @@ impl fmt::Display for Artifact {
         match self {
             Artifact::Dataset(r) => write!(f, "dataset {r}"),
             Artifact::View(r) => write!(f, "feature view {r}"),
+            Artifact::Model(r) => write!(f, "model {r}"),
         }
     }
 }
@@ -359,6 +391,8 @@ pub struct Registry {
     db: sled::Db,
     datasets: sled::Tree,
     views: sled::Tree,
+    models: sled::Tree,
+    aliases: sled::Tree,
 }
 
 fn key(name: &str, version: u64) -> Vec<u8> {
@@ -382,7 +416,7 @@ impl Registry {
         let started = Instant::now();
         let mut pause = Duration::from_millis(5);
         let db = loop {
-            match sled::Config::new().path(&path).open() {
+            match sled::Config::new().path(path.join("db")).open() {
                 Ok(db) => break db,
                 // sled holds an exclusive file lock while a process has the database open.
                 Err(sled::Error::Io(e))
@@ -415,6 +449,8 @@ impl Registry {
         Ok(Registry {
             datasets: db.open_tree("datasets").map_err(err)?,
             views: db.open_tree("feature_views").map_err(err)?,
+            models: db.open_tree("models").map_err(err)?,
+            aliases: db.open_tree("aliases").map_err(err)?,
             path,
             db,
         })
@@ -654,9 +690,9 @@ impl Registry {
 
     // ---- lineage
 
-    /// Every lineage edge, derived from the recorded operations.
+    /// Every lineage edge, derived from the recorded operations and model versions.
     pub fn edges(&self) -> Result<Vec<Edge>> {
-        let mut out = Vec::new();
+        let mut out = self.model_edges()?;
         for v in self.all_dataset_versions()? {
             let to = Artifact::Dataset(v.reference());
             for from in v.op.inputs() {
@@ -831,7 +867,7 @@ mod tests {
     fn unknown_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = sled::open(dir.path().join("db")).unwrap();
             db.open_tree("meta")
                 .unwrap()
                 .insert(FORMAT_KEY, &9u32.to_be_bytes())

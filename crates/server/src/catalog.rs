@@ -887,12 +887,15 @@ impl Catalog {
         })
     }
 
-    /// Record every managed source's committed versions (for listings).
+    /// Record every source's current version (for listings): a managed table's committed
+    /// versions, and the content of files read by path when it changed.
     pub async fn sync_sources(&self) -> Result<()> {
         for (name, s) in &self.repo.sources {
             let loc = source::source_location(&self.repo.offline_store, s);
             if delta::is_delta_table(&loc) {
                 self.sync(name, &loc, DatasetKind::Source).await?;
+            } else if s.path.is_some() && loc.exists() {
+                self.observe_path_source(name, &loc).await?;
             }
         }
         Ok(())

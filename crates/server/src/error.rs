@@ -38,7 +38,10 @@ impl From<Error> for tonic::Status {
                 quiver_registry::Error::UnknownDataset { .. }
                 | quiver_registry::Error::UnknownVersion { .. }
                 | quiver_registry::Error::UnknownView { .. }
-                | quiver_registry::Error::UnknownViewVersion { .. } => {
+                | quiver_registry::Error::UnknownViewVersion { .. }
+                | quiver_registry::Error::UnknownModel { .. }
+                | quiver_registry::Error::UnknownModelVersion { .. }
+                | quiver_registry::Error::UnknownAlias { .. } => {
                     tonic::Status::not_found(r.to_string())
                 }
                 quiver_registry::Error::BadRef { .. } => {

@@ -16,6 +16,8 @@
 //! ```
 
 pub mod catalog;
+pub mod models;
+pub mod sql;
 mod error;
 pub mod grpc;
 pub mod online;

@@ -1,0 +1,494 @@
+//! Models (DESIGN §7): registration against training-set versions, the built-in trainer,
+//! predictions, and selection under a budget. Composes the registry, the offline store (to
+//! read datasets) and `quiver-train`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Float64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use quiver_registry::{
+    ArtifactFile, CodeVersion, DatasetVersion, Environment, FeatureUse, Metric, ModelVersion,
+    Operation, parse_ref,
+};
+use quiver_train::{Algo, Model, Spec};
+
+use crate::catalog::{Catalog, QUIVER_VERSION};
+use crate::{Error, Result};
+
+/// What `quiver models register` records besides the artifact.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub name: String,
+    /// `TRAINSET@VER` (or the latest).
+    pub dataset: String,
+    pub params: Vec<(String, String)>,
+    /// (metric, `EVALSET@VER`, value)
+    pub metrics: Vec<(String, String, f64)>,
+    pub costs: Vec<(String, f64)>,
+    /// `NAME@VER` of a parent model.
+    pub parent: Option<String>,
+    pub seed: Option<u64>,
+    pub algo: Option<String>,
+    pub label: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// The source tree the model came from (see [`code_version`]).
+    pub code: Option<CodeVersion>,
+}
+
+/// The git commit and dirty flag of the work tree holding `dir`, when it is one.
+pub fn code_version(dir: &Path) -> Option<CodeVersion> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+    Some(CodeVersion { commit, dirty })
+}
+
+fn environment() -> Environment {
+    Environment {
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        quiver_version: QUIVER_VERSION.to_string(),
+    }
+}
+
+fn dataset_ref(text: &str) -> Result<(String, Option<u64>)> {
+    Ok(parse_ref(text)?)
+}
+
+impl Catalog {
+    fn dataset(&self, text: &str) -> Result<DatasetVersion> {
+        let (name, v) = dataset_ref(text)?;
+        Ok(self.registry.dataset_version(&name, v)?)
+    }
+
+    /// The join a dataset version descends from (through splits and filters), if any.
+    pub fn join_of(&self, v: &DatasetVersion) -> Result<Option<quiver_registry::JoinRecord>> {
+        let mut cur = v.clone();
+        loop {
+            match &cur.op {
+                Operation::Join(j) => return Ok(Some(j.clone())),
+                Operation::Split { parent, .. } | Operation::Filter { parent, .. } => {
+                    cur = self
+                        .registry
+                        .dataset_version(&parent.name, Some(parent.version))?;
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    fn features_of(&self, v: &DatasetVersion) -> Result<Vec<FeatureUse>> {
+        Ok(self.join_of(v)?.map(|j| j.features).unwrap_or_default())
+    }
+
+    /// Register a model version: every reference is checked before anything is stored.
+    pub fn register_model(&self, r: &Registration, artifact: &Path) -> Result<ModelVersion> {
+        let bytes = std::fs::read(artifact).map_err(|e| {
+            Error::InvalidArgument(format!("--artifact {}: {e}", artifact.display()))
+        })?;
+        self.register_bytes(r, &bytes, &artifact.display().to_string())
+    }
+
+    /// [`Catalog::register_model`] for artifact bytes already in memory (gRPC, `train`).
+    pub fn register_bytes(
+        &self,
+        r: &Registration,
+        bytes: &[u8],
+        file: &str,
+    ) -> Result<ModelVersion> {
+        check_name(&r.name)?;
+        let dataset = self.dataset(&r.dataset)?;
+        let mut metrics = Vec::new();
+        for (name, eval, value) in &r.metrics {
+            let e = self.dataset(eval).map_err(|e| {
+                Error::InvalidArgument(format!("--metric {name}@{eval}={value}: {e}"))
+            })?;
+            metrics.push(Metric {
+                name: name.clone(),
+                eval: e.reference(),
+                value: *value,
+            });
+        }
+        let parent = match &r.parent {
+            Some(p) => Some(self.registry.model(p)?.reference()),
+            None => None,
+        };
+        let hash = self.registry.store_artifact(bytes)?;
+        let mut costs: BTreeMap<String, f64> = r.costs.iter().cloned().collect();
+        costs
+            .entry("size_bytes".into())
+            .or_insert(bytes.len() as f64);
+        let m = ModelVersion {
+            name: r.name.clone(),
+            version: 0,
+            artifact: ArtifactFile {
+                hash,
+                bytes: bytes.len() as u64,
+                file: file.to_string(),
+            },
+            features: self.features_of(&dataset)?,
+            dataset: dataset.reference(),
+            algo: r.algo.clone(),
+            label: r.label.clone(),
+            params: r.params.iter().cloned().collect(),
+            metrics,
+            costs,
+            parent,
+            seed: r.seed,
+            code: r.code.clone(),
+            env: environment(),
+            tags: r.tags.iter().cloned().collect(),
+            created_micros: crate::grpc::now_micros(),
+        };
+        Ok(self.registry.add_model_version(m)?)
+    }
+
+    /// The columns a model trains on: the training set's feature columns (the last columns of
+    /// a join's output) that are numeric, or every numeric column but the label.
+    async fn feature_columns(&self, v: &DatasetVersion, label: &str) -> Result<Vec<String>> {
+        let t = self.read(v).await?;
+        let fields = t.schema.fields();
+        let candidates: Vec<&Field> = match self.join_of(v)? {
+            Some(j) => fields[fields.len().saturating_sub(j.features.len())..]
+                .iter()
+                .map(|f| f.as_ref())
+                .collect(),
+            None => fields.iter().map(|f| f.as_ref()).collect(),
+        };
+        Ok(candidates
+            .into_iter()
+            .filter(|f| f.name() != label && quiver_train::is_numeric(f.data_type()))
+            .map(|f| f.name().clone())
+            .collect())
+    }
+
+    async fn rows(&self, v: &DatasetVersion) -> Result<RecordBatch> {
+        self.read(v).await?.concat()
+    }
+
+    /// Train a model on a training-set version and register it with metrics on `eval` (the
+    /// training set itself when none is given), measured costs and lineage.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn train(
+        &self,
+        name: &str,
+        dataset: &str,
+        label: &str,
+        algo: Algo,
+        params: BTreeMap<String, String>,
+        seed: u64,
+        eval: Option<&str>,
+        features: Option<Vec<String>>,
+        mut reg: Registration,
+    ) -> Result<ModelVersion> {
+        check_name(name)?;
+        let train_v = self.dataset(dataset)?;
+        let eval_v = match eval {
+            Some(e) => self.dataset(e)?,
+            None => train_v.clone(),
+        };
+        let features = match features {
+            Some(f) => f,
+            None => self.feature_columns(&train_v, label).await?,
+        };
+        let data = self.rows(&train_v).await?;
+        let spec = Spec {
+            algo,
+            label: label.to_string(),
+            features,
+            params: params.clone(),
+            seed,
+        };
+        let model = quiver_train::train(&data, &spec).map_err(train_err)?;
+        let eval_rows = self.rows(&eval_v).await?;
+        let metrics = model.evaluate(&eval_rows).map_err(train_err)?;
+        let bytes = model.to_bytes();
+        let (mean, p99) = latency(&model, &eval_rows)?;
+        reg.name = name.to_string();
+        reg.dataset = train_v.reference().to_string();
+        reg.params = params.into_iter().collect();
+        reg.seed = Some(seed);
+        reg.algo = Some(algo.name().to_string());
+        reg.label = Some(label.to_string());
+        reg.metrics = metrics
+            .into_iter()
+            .map(|(k, v)| (k, eval_v.reference().to_string(), v))
+            .collect();
+        reg.costs
+            .extend([("latency_mean_ms".into(), mean), ("latency_p99_ms".into(), p99)]);
+        self.register_bytes(&reg, &bytes, &format!("{}.json", algo.name()))
+    }
+
+    /// Predictions of a model version for the rows of a dataset (or file): the rows plus a
+    /// `prediction` column.
+    pub async fn predict(&self, model: &str, data: RecordBatch) -> Result<RecordBatch> {
+        let m = self.registry.model(model)?;
+        let bytes = self.registry.read_artifact(&m.artifact.hash)?;
+        let model = Model::from_bytes(&bytes).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{}: not a model Quiver can run ({e}); it was registered from {}",
+                m.reference(),
+                m.artifact.file
+            ))
+        })?;
+        let p = model.predict(&data).map_err(train_err)?;
+        let mut fields: Vec<Field> = data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("prediction", DataType::Float64, false));
+        let mut cols = data.columns().to_vec();
+        cols.push(std::sync::Arc::new(Float64Array::from(p)));
+        Ok(
+            RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), cols)
+                .map_err(quiver_offline::Error::from)?,
+        )
+    }
+
+    /// The rows of a dataset reference or a file.
+    pub async fn dataset_or_file(&self, text: &str) -> Result<RecordBatch> {
+        let p = Path::new(text);
+        if p.exists() {
+            let ctx = quiver_offline::session(&Default::default())?;
+            let (schema, batches) = quiver_offline::source::read_table(&ctx, p).await?;
+            return Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)
+                .map_err(quiver_offline::Error::from)?);
+        }
+        let v = self.dataset(text)?;
+        self.rows(&v).await
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['@', '/', '\0']) {
+        return Err(Error::InvalidArgument(format!(
+            "model name {name:?}: must be non-empty without `@` or `/`"
+        )));
+    }
+    Ok(())
+}
+
+fn train_err(e: quiver_train::Error) -> Error {
+    Error::InvalidArgument(e.to_string())
+}
+
+/// Mean and p99 latency of one-row predictions, in milliseconds, over up to 2000 rows.
+fn latency(model: &Model, rows: &RecordBatch) -> Result<(f64, f64)> {
+    let n = rows.num_rows().min(2000);
+    if n == 0 {
+        return Ok((0.0, 0.0));
+    }
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let one = rows.slice(i, 1);
+        let t = Instant::now();
+        let p = model.predict(&one).map_err(train_err)?;
+        std::hint::black_box(p);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mean = times.iter().sum::<f64>() / n as f64;
+    times.sort_by(f64::total_cmp);
+    let p99 = times[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1];
+    Ok((mean, p99))
+}
+
+/// One candidate configuration of successive halving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub algo: Algo,
+    pub params: BTreeMap<String, String>,
+}
+
+impl std::fmt::Display for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.algo.name())?;
+        for (k, v) in &self.params {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every algorithm × the cartesian product of the grid values it takes.
+pub fn grid(algos: &[Algo], grid: &[(String, Vec<String>)]) -> Vec<Config> {
+    let mut out = Vec::new();
+    for &algo in algos {
+        let mut configs = vec![BTreeMap::new()];
+        for (k, values) in grid {
+            if !quiver_train::params_of(algo).contains(&k.as_str()) {
+                continue;
+            }
+            configs = configs
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert(k.clone(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        out.extend(configs.into_iter().map(|params| Config { algo, params }));
+    }
+    out
+}
+
+/// What successive halving did.
+#[derive(Debug)]
+pub struct Halving {
+    pub plan: Vec<quiver_registry::select::Rung>,
+    /// Training rows used in all (never above the budget).
+    pub rows_used: usize,
+    /// Every model trained, with its rung and metric.
+    pub trained: Vec<(usize, ModelVersion, f64)>,
+    /// The top `k`: the best of the last rung first, then those that went out earlier.
+    pub top: Vec<(ModelVersion, f64)>,
+}
+
+/// A seeded permutation of `0..n` (Fisher–Yates over SplitMix64).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// The settings of one halving run.
+#[derive(Debug, Clone)]
+pub struct HalvingSpec {
+    pub name: String,
+    pub dataset: String,
+    pub eval: String,
+    pub label: String,
+    pub metric: String,
+    pub minimize: bool,
+    pub configs: Vec<Config>,
+    /// Total training rows over all rungs.
+    pub budget: usize,
+    pub eta: usize,
+    pub k: usize,
+    pub seed: u64,
+}
+
+impl Catalog {
+    /// Budgeted successive halving: rung by rung, train the surviving configurations on a
+    /// larger seeded sample (samples are nested), register each model, keep the best 1/η.
+    pub async fn halving(&self, h: &HalvingSpec, reg: Registration) -> Result<Halving> {
+        if h.configs.is_empty() {
+            return Err(Error::InvalidArgument("halving: no candidate configurations".into()));
+        }
+        let train_v = self.dataset(&h.dataset)?;
+        let eval_v = self.dataset(&h.eval)?;
+        let data = self.rows(&train_v).await?;
+        let eval_rows = self.rows(&eval_v).await?;
+        let features = self.feature_columns(&train_v, &h.label).await?;
+        let plan = quiver_registry::select::halving_plan(h.configs.len(), data.num_rows(), h.budget, h.eta);
+        if plan.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "--budget {}: too small to train {} configurations on even one row each",
+                h.budget,
+                h.configs.len()
+            )));
+        }
+        let order = permutation(data.num_rows(), h.seed);
+        let mut alive: Vec<usize> = (0..h.configs.len()).collect();
+        let mut trained = Vec::new();
+        let mut out_early: Vec<(usize, ModelVersion, f64)> = Vec::new();
+        let mut rows_used = 0;
+        let mut last: Vec<(ModelVersion, f64)> = Vec::new();
+        for (r, rung) in plan.iter().enumerate() {
+            alive.truncate(rung.configs);
+            let idx = datafusion::arrow::array::UInt64Array::from(
+                order[..rung.rows].iter().map(|i| *i as u64).collect::<Vec<_>>(),
+            );
+            let sample = datafusion::arrow::compute::take_record_batch(&data, &idx)
+                .map_err(quiver_offline::Error::from)?;
+            let mut scored: Vec<(usize, ModelVersion, f64)> = Vec::new();
+            for &c in &alive {
+                let cfg = &h.configs[c];
+                let spec = Spec {
+                    algo: cfg.algo,
+                    label: h.label.clone(),
+                    features: features.clone(),
+                    params: cfg.params.clone(),
+                    seed: h.seed,
+                };
+                rows_used += sample.num_rows();
+                let model = quiver_train::train(&sample, &spec).map_err(train_err)?;
+                let metrics = model.evaluate(&eval_rows).map_err(train_err)?;
+                let Some(score) = metrics.get(&h.metric).copied() else {
+                    return Err(Error::InvalidArgument(format!(
+                        "--metric {}: {} models report {}",
+                        h.metric,
+                        cfg.algo.name(),
+                        metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                };
+                let (mean, p99) = latency(&model, &eval_rows)?;
+                let mut reg = reg.clone();
+                reg.name = h.name.clone();
+                reg.dataset = train_v.reference().to_string();
+                reg.params = cfg.params.clone().into_iter().collect();
+                reg.seed = Some(h.seed);
+                reg.algo = Some(cfg.algo.name().to_string());
+                reg.label = Some(h.label.clone());
+                reg.metrics = metrics
+                    .into_iter()
+                    .map(|(k, v)| (k, eval_v.reference().to_string(), v))
+                    .collect();
+                reg.costs.extend([
+                    ("latency_mean_ms".into(), mean),
+                    ("latency_p99_ms".into(), p99),
+                    ("train_rows".into(), sample.num_rows() as f64),
+                ]);
+                reg.tags.extend([
+                    ("halving_rung".into(), r.to_string()),
+                    ("halving_seed".into(), h.seed.to_string()),
+                ]);
+                let bytes = model.to_bytes();
+                let m = self.register_bytes(&reg, &bytes, &format!("{}.json", cfg.algo.name()))?;
+                trained.push((r, m.clone(), score));
+                scored.push((c, m, score));
+            }
+            // Best first; ties by configuration order, so the same seed gives the same result.
+            scored.sort_by(|a, b| {
+                let (x, y) = if h.minimize { (a.2, b.2) } else { (b.2, a.2) };
+                x.total_cmp(&y).then(a.0.cmp(&b.0))
+            });
+            let keep = plan.get(r + 1).map(|n| n.configs).unwrap_or(scored.len());
+            for s in scored.iter().skip(keep).rev() {
+                out_early.push(s.clone());
+            }
+            alive = scored.iter().map(|s| s.0).collect();
+            last = scored.into_iter().map(|(_, m, v)| (m, v)).collect();
+        }
+        let mut top = last;
+        top.truncate(plan.last().map(|r| r.configs).unwrap_or(0));
+        top.extend(out_early.into_iter().rev().map(|(_, m, v)| (m, v)));
+        top.truncate(h.k.max(1));
+        Ok(Halving {
+            plan,
+            rows_used,
+            trained,
+            top,
+        })
+    }
+}
