@@ -5,9 +5,14 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let file = root.join("quiver/v1/online.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    let fds = protox::compile([&file], [&root])?;
+    let files = [
+        root.join("quiver/v1/online.proto"),
+        root.join("quiver/v1/registry.proto"),
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("quiver_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(fds)?;

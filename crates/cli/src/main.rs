@@ -14,6 +14,7 @@ use quiver_core::Repo;
 use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
 
 mod alloc;
+mod models;
 mod table;
 mod versions;
 
@@ -179,6 +180,75 @@ enum Command {
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
+    /// Registered models: register, alias, tag, list, show, diff.
+    Models {
+        #[command(subcommand)]
+        command: models::Models,
+        #[arg(long, default_value = ".", global = true)]
+        repo: PathBuf,
+    },
+    /// Train a model on a training-set version with the built-in trainer and register it.
+    Train {
+        name: String,
+        /// The training set, TRAINSET[@VER].
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        label: String,
+        /// linear, logistic or tree.
+        #[arg(long)]
+        algo: String,
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The evaluation set, EVALSET[@VER] (default: the training set).
+        #[arg(long)]
+        eval: Option<String>,
+        /// Feature columns (default: the training set's numeric feature columns).
+        #[arg(long = "feature-columns", value_delimiter = ',')]
+        feature_columns: Option<Vec<String>>,
+        /// The model this one derives from, NAME@VER.
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Predictions of a model (NAME@VER or NAME@ALIAS) for a dataset or file.
+    Predict {
+        model: String,
+        /// A dataset NAME[@VER] or a Parquet/CSV file.
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// What is stale because a source got a new version (SOURCE[@VER]) or a feature's
+    /// definition changed (VIEW[@VER]:FEATURE), in dependency order.
+    Impact {
+        target: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Choose a model version: best under cost limits, the Pareto front, or successive halving.
+    Select {
+        #[command(subcommand)]
+        command: models::Select,
+        #[arg(long, default_value = ".", global = true)]
+        repo: PathBuf,
+    },
+    /// SQL over the registry (model_versions, metrics, lineage_edges, …) and datasets by name.
+    Sql {
+        query: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
     /// Rebuild a dataset version from its lineage and compare content hashes (exit 1 when
     /// they differ).
     Reproduce {
@@ -333,6 +403,42 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             repo,
         } => versions::lineage(&artifact, upstream, downstream, json, &repo).await?,
         Command::Reproduce { dataset, repo } => return versions::reproduce(&dataset, &repo).await,
+        Command::Models { command, repo } => models::models(command, &repo).await?,
+        Command::Train {
+            name,
+            dataset,
+            label,
+            algo,
+            params,
+            seed,
+            eval,
+            feature_columns,
+            parent,
+            repo,
+        } => {
+            models::train(
+                &name,
+                &dataset,
+                &label,
+                &algo,
+                &params,
+                seed,
+                eval.as_deref(),
+                feature_columns,
+                parent,
+                &repo,
+            )
+            .await?
+        }
+        Command::Predict {
+            model,
+            dataset,
+            out,
+            repo,
+        } => models::predict(&model, &dataset, &out, &repo).await?,
+        Command::Impact { target, json, repo } => models::impact(&target, json, &repo).await?,
+        Command::Select { command, repo } => return models::select(command, &repo).await,
+        Command::Sql { query, json, repo } => models::sql(&query, json, &repo).await?,
         other => run_engine(other).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -527,7 +633,13 @@ async fn run_engine(command: Command) -> Result<()> {
         | Command::Datasets { .. }
         | Command::FeatureViews { .. }
         | Command::Lineage { .. }
-        | Command::Reproduce { .. } => unreachable!("handled in run"),
+        | Command::Reproduce { .. }
+        | Command::Models { .. }
+        | Command::Train { .. }
+        | Command::Predict { .. }
+        | Command::Impact { .. }
+        | Command::Select { .. }
+        | Command::Sql { .. } => unreachable!("handled in run"),
     }
 }
 

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Subcommand;
 use quiver_core::Repo;
 use quiver_core::time::format_instant;
 use quiver_offline::EngineOptions;
-use quiver_registry::{Artifact, DatasetVersion, Operation, VersionRef, ViewVersion, parse_ref};
+use quiver_registry::{DatasetVersion, Operation, ViewVersion, parse_ref};
 use quiver_server::catalog::Catalog;
 
 use crate::table::print_table;
@@ -431,23 +431,6 @@ pub fn feature_views(cmd: FeatureViews, repo: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// An artifact named on the command line: a dataset version, else a feature view version.
-fn artifact(cat: &Catalog, text: &str) -> Result<Artifact> {
-    let (name, ver) = parse_ref(text)?;
-    if let Ok(v) = cat.registry.dataset_version(&name, ver) {
-        return Ok(Artifact::Dataset(v.reference()));
-    }
-    if let Ok(v) = cat.registry.view_version(&name, ver) {
-        return Ok(Artifact::View(VersionRef {
-            name: v.view,
-            version: v.version,
-        }));
-    }
-    // Neither: report as a dataset, naming what exists.
-    cat.registry.dataset_version(&name, ver)?;
-    bail!("unknown artifact {text}")
-}
-
 pub async fn lineage(
     target: &str,
     upstream: bool,
@@ -457,7 +440,7 @@ pub async fn lineage(
 ) -> Result<()> {
     let cat = catalog(repo)?;
     cat.sync_sources().await?;
-    let start = artifact(&cat, target)?;
+    let start = cat.artifact(target)?;
     let (up, down) = match (upstream, downstream) {
         (false, false) => (true, true),
         x => x,

@@ -556,3 +556,482 @@ fn rows_added(outs: &[Output]) -> u64 {
         .map(|(i, _)| if i == 0 { 2 } else { 3 })
         .sum()
 }
+
+// ---- models: train, register, select, lineage, impact, sql
+
+/// A repository with a managed source of synthetic purchases and a labelled spine where
+/// churn follows spending: enough rows to train and to halve.
+fn model_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("quiver.yaml"),
+        "project: m
+entities:
+  user: { join_keys: [user_id] }
+sources:
+  purchases: { timestamp: ts }
+feature_views:
+  spend:
+    entity: user
+    source: purchases
+    features:
+      - { name: amt_30d, agg: sum, column: amount, window: 30d }
+      - { name: n_30d, agg: count, column: '*', window: 30d }
+      - { name: last_amount, column: amount }
+",
+    )
+    .unwrap();
+    let mut events = String::from("user_id,ts,amount,country\n");
+    let mut spine = String::from("user_id,event_timestamp,churned,country\n");
+    let mut state = 12345u64;
+    let mut rnd = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    for u in 0..120u32 {
+        let heavy = u % 3 == 0;
+        let country = if u % 2 == 0 { "US" } else { "DE" };
+        for e in 0..(2 + rnd() % 4) {
+            let day = 1 + (rnd() % 27);
+            let amount = if heavy {
+                80 + rnd() % 40
+            } else {
+                5 + rnd() % 30
+            };
+            let _ = e;
+            events += &format!("{u},2024-01-{day:02}T12:00:00Z,{amount},{country}\n");
+        }
+        // Light spenders churn (with some noise).
+        let churned = if rnd() % 10 == 0 {
+            heavy as u8
+        } else {
+            (!heavy) as u8
+        };
+        spine += &format!("{u},2024-01-31T00:00:00Z,{churned},{country}\n");
+    }
+    std::fs::write(dir.path().join("events.csv"), events).unwrap();
+    std::fs::write(dir.path().join("labels.csv"), spine).unwrap();
+    dir
+}
+
+fn model_json(dir: &Path, model: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(q(dir, &["models", "show", model, "--json"]))).unwrap()
+}
+
+#[test]
+fn models_train_register_select_and_trace() {
+    let repo = model_repo();
+    let d = repo.path();
+    ok(q(d, &["ingest", "purchases", "events.csv"]));
+    ok(q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "labels.csv",
+            "--features",
+            "spend:amt_30d,spend:n_30d,spend:last_amount",
+            "--register",
+            "churn_set",
+        ],
+    ));
+    ok(q(
+        d,
+        &[
+            "datasets",
+            "split",
+            "churn_set",
+            "--ratio",
+            "0.7",
+            "--seed",
+            "1",
+        ],
+    ));
+    ok(q(
+        d,
+        &[
+            "datasets",
+            "filter",
+            "churn_set_test",
+            "--where",
+            "country = 'US'",
+            "--name",
+            "eval_us",
+        ],
+    ));
+
+    // Trained models carry metrics on the eval set, measured costs and their features.
+    let t = |algo: &str, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "churn",
+            "--dataset",
+            "churn_set_train",
+            "--label",
+            "churned",
+            "--algo",
+            algo,
+            "--eval",
+            "churn_set_test",
+            "--seed",
+            "7",
+        ];
+        a.extend(extra);
+        ok(q(d, &a))
+    };
+    assert!(t("logistic", &[]).contains("churn@1"));
+    assert!(t("tree", &["--param", "max_depth=3"]).contains("churn@2"));
+    assert!(t("tree", &["--param", "max_depth=3"]).contains("churn@3"));
+    let (m2, m3) = (model_json(d, "churn@2"), model_json(d, "churn@3"));
+    // Same data, params and seed: a byte-identical artifact.
+    assert_eq!(m2["artifact"]["hash"], m3["artifact"]["hash"]);
+    let auc = m2["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "auc")
+        .unwrap();
+    assert_eq!(auc["eval"]["name"], "churn_set_test");
+    assert!(auc["value"].as_f64().unwrap() > 0.7, "{auc}");
+    for cost in ["size_bytes", "latency_mean_ms", "latency_p99_ms"] {
+        assert!(m2["costs"][cost].as_f64().is_some(), "{cost}: {m2}");
+    }
+    assert_eq!(m2["features"].as_array().unwrap().len(), 3);
+    let m1 = model_json(d, "churn@1");
+    let t1 = m1["metrics"].as_array().unwrap().len();
+    assert_eq!(t1, 3, "auc, accuracy, logloss: {m1}");
+
+    // Aliases move; show and predict accept them.
+    ok(q(d, &["models", "alias", "churn@1", "champion"]));
+    ok(q(d, &["models", "alias", "churn@2", "champion"]));
+    assert_eq!(model_json(d, "churn@champion")["version"], 2);
+    let pred = d.join("pred.csv");
+    assert!(
+        ok(q(
+            d,
+            &[
+                "predict",
+                "churn@champion",
+                "--dataset",
+                "eval_us",
+                "--out",
+                pred.to_str().unwrap()
+            ]
+        ))
+        .contains("predictions")
+    );
+    assert!(
+        std::fs::read_to_string(&pred)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",prediction")
+    );
+    let diff = ok(q(d, &["models", "diff", "churn@1", "churn@2"]));
+    assert!(
+        diff.contains("algo *") && diff.contains("param max_depth *"),
+        "{diff}"
+    );
+
+    // A model registered from outside, derived from another.
+    std::fs::write(d.join("ext.bin"), b"external model bytes").unwrap();
+    let reg = ok(q(
+        d,
+        &[
+            "models",
+            "register",
+            "ext",
+            "--artifact",
+            "ext.bin",
+            "--dataset",
+            "churn_set_train@1",
+            "--metric",
+            "auc@churn_set_test@1=0.99",
+            "--cost",
+            "latency_p99_ms=50",
+            "--param",
+            "lr=0.1",
+            "--parent",
+            "churn@2",
+        ],
+    ));
+    assert!(reg.contains("ext@1"), "{reg}");
+    // Bad input: nothing registered.
+    for (args, msg) in [
+        (vec!["--metric", "auc@nope@1=0.5"], "unknown dataset `nope`"),
+        (
+            vec!["--metric", "auc@churn_set_test@9=0.5"],
+            "has no version 9",
+        ),
+        (
+            vec!["--parent", "churn@99"],
+            "model `churn` has no version 99",
+        ),
+    ] {
+        let mut a = vec![
+            "models",
+            "register",
+            "ext",
+            "--artifact",
+            "ext.bin",
+            "--dataset",
+            "churn_set_train",
+        ];
+        a.extend(args);
+        let o = q(d, &a);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(msg), "{msg}: {}", stderr(&o));
+    }
+    let o = q(
+        d,
+        &[
+            "models",
+            "register",
+            "ext",
+            "--artifact",
+            "missing.bin",
+            "--dataset",
+            "churn_set_train",
+        ],
+    );
+    assert!(stderr(&o).contains("missing.bin"), "{}", stderr(&o));
+    let o = q(
+        d,
+        &[
+            "models",
+            "register",
+            "ext",
+            "--artifact",
+            "ext.bin",
+            "--dataset",
+            "churn_set_train@5",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("dataset `churn_set_train` has no version 5"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(model_json(d, "ext")["version"], 1);
+
+    // Selection under a budget.
+    let best = ok(q(
+        d,
+        &[
+            "select",
+            "best",
+            "--metric",
+            "auc",
+            "--on",
+            "churn_set_test",
+            "--max",
+            "latency_p99_ms=20",
+        ],
+    ));
+    assert!(
+        !best.contains("ext@1"),
+        "ext violates the latency limit: {best}"
+    );
+    let best = ok(q(
+        d,
+        &[
+            "select",
+            "best",
+            "--metric",
+            "auc",
+            "--on",
+            "churn_set_test",
+            "--where",
+            "name = 'ext'",
+        ],
+    ));
+    assert!(best.contains("ext@1"), "{best}");
+    let o = q(
+        d,
+        &[
+            "select",
+            "best",
+            "--metric",
+            "auc",
+            "--on",
+            "churn_set_test",
+            "--max",
+            "latency_p99_ms=0",
+            "--max",
+            "size_bytes=1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("closest:") && stderr(&o).contains("violates"),
+        "{}",
+        stderr(&o)
+    );
+    let o = q(
+        d,
+        &[
+            "select",
+            "best",
+            "--metric",
+            "auc",
+            "--on",
+            "churn_set_test",
+            "--max",
+            "latency",
+        ],
+    );
+    assert!(stderr(&o).contains("COST=VALUE"), "{}", stderr(&o));
+    let o = q(d, &["select", "best", "--metric", "auc", "--on", "nope"]);
+    assert!(
+        stderr(&o).contains("unknown dataset `nope`"),
+        "{}",
+        stderr(&o)
+    );
+    let front = ok(q(
+        d,
+        &[
+            "select",
+            "pareto",
+            "--metric",
+            "auc",
+            "--on",
+            "churn_set_test",
+            "--json",
+        ],
+    ));
+    assert!(front.contains("\"name\""), "{front}");
+
+    // Lineage from the source to the child model, and what goes stale.
+    let up = ok(q(d, &["lineage", "ext@1", "--upstream"]));
+    for needle in [
+        "model churn@2",
+        "dataset churn_set_train@1",
+        "dataset purchases@1",
+        "feature view spend@1",
+    ] {
+        assert!(up.contains(needle), "{needle} in {up}");
+    }
+    std::fs::write(
+        d.join("more.csv"),
+        "user_id,ts,amount,country\n1,2024-01-05T00:00:00Z,3,DE\n",
+    )
+    .unwrap();
+    ok(q(d, &["ingest", "purchases", "more.csv"]));
+    let stale = ok(q(d, &["impact", "purchases"]));
+    let lines: Vec<&str> = stale.lines().collect();
+    let pos = |s: &str| {
+        lines
+            .iter()
+            .position(|l| *l == s)
+            .unwrap_or_else(|| panic!("{s} in {stale}"))
+    };
+    assert!(pos("dataset churn_set@1") < pos("dataset churn_set_train@1"));
+    assert!(pos("dataset churn_set_train@1") < pos("model churn@2"));
+    assert!(pos("model churn@2") < pos("model ext@1"));
+    let stale = ok(q(d, &["impact", "spend:n_30d"]));
+    assert_eq!(stale.trim(), "nothing is stale");
+
+    // SQL over everything: the lecture's two questions.
+    let q1 = ok(q(
+        d,
+        &[
+            "sql",
+            "SELECT model, version, value FROM metrics WHERE metric = 'auc' AND eval_dataset = 'churn_set_test' ORDER BY value DESC, model, version LIMIT 1",
+            "--json",
+        ],
+    ));
+    let rows: serde_json::Value = serde_json::from_str(&q1).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{q1}");
+    let q2 = ok(q(
+        d,
+        &[
+            "sql",
+            "SELECT v.name, v.version, v.algo, m.value AS auc, v.latency_p99_ms FROM model_versions v JOIN metrics m ON m.model = v.name AND m.version = v.version WHERE m.metric = 'auc' ORDER BY m.value DESC LIMIT 2",
+        ],
+    ));
+    assert_eq!(q2.lines().count(), 3, "{q2}");
+    let q3 = ok(q(
+        d,
+        &[
+            "sql",
+            "SELECT count(*) AS n FROM eval_us WHERE country <> 'US'",
+            "--json",
+        ],
+    ));
+    assert!(q3.contains("\"n\":0") || q3.contains("\"n\": 0"), "{q3}");
+    let o = q(d, &["sql", "DROP TABLE metrics"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn halving_stays_in_budget_and_is_seeded() {
+    let repo = model_repo();
+    let d = repo.path();
+    ok(q(d, &["ingest", "purchases", "events.csv"]));
+    ok(q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "labels.csv",
+            "--features",
+            "spend:amt_30d,spend:n_30d",
+            "--register",
+            "s",
+        ],
+    ));
+    ok(q(
+        d,
+        &["datasets", "split", "s", "--ratio", "0.7", "--seed", "2"],
+    ));
+    let run = |name: &str| {
+        ok(q(
+            d,
+            &[
+                "select",
+                "halving",
+                name,
+                "--dataset",
+                "s_train",
+                "--eval",
+                "s_test",
+                "--label",
+                "churned",
+                "--metric",
+                "auc",
+                "--algo",
+                "logistic,tree",
+                "--grid",
+                "max_depth=1,2,4,8",
+                "--grid",
+                "alpha=0,1",
+                "--budget",
+                "400",
+                "--eta",
+                "2",
+                "--k",
+                "2",
+                "--seed",
+                "5",
+            ],
+        ))
+    };
+    let a = run("h1");
+    let b = run("h2");
+    let used: usize = a
+        .lines()
+        .find(|l| l.starts_with("trained"))
+        .and_then(|l| l.split(" on ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(used <= 400, "{a}");
+    assert!(a.starts_with("rung 0: 6 configurations"), "{a}");
+    // Same seed, same result (models named differently).
+    assert_eq!(a.replace("h1@", "h@"), b.replace("h2@", "h@"));
+    let tops: Vec<&str> = a.lines().filter(|l| l.starts_with("h1@")).collect();
+    assert_eq!(tops.len(), 2, "{a}");
+}

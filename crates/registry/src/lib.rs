@@ -37,8 +37,7 @@ mod models;
 pub mod select;
 
 pub use models::{
-    ArtifactFile, Change, CodeVersion, Environment, Metric, ModelSel, ModelVersion,
-    parse_model_ref,
+    ArtifactFile, Change, CodeVersion, Environment, Metric, ModelSel, ModelVersion, parse_model_ref,
 };
 use quiver_core::hash::{ContentHash, HashState};
 use quiver_core::{FeatureView, Source};

@@ -396,7 +396,9 @@ impl Registry {
                     .and_then(|v| v.definition.feature_hash(feature));
                 let outdated: BTreeSet<u64> = versions
                     .iter()
-                    .filter(|v| v.version < *version && v.definition.feature_hash(feature) != current)
+                    .filter(|v| {
+                        v.version < *version && v.definition.feature_hash(feature) != current
+                    })
                     .map(|v| v.version)
                     .collect();
                 // Only what used this feature, not every feature of the view.
@@ -413,7 +415,9 @@ impl Registry {
                 }
                 for m in self.all_model_versions()? {
                     if m.features.iter().any(|f| {
-                        &f.view == view && &f.feature == feature && outdated.contains(&f.view_version)
+                        &f.view == view
+                            && &f.feature == feature
+                            && outdated.contains(&f.view_version)
                     }) {
                         roots.insert(Artifact::Model(m.reference()));
                     }

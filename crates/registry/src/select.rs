@@ -24,7 +24,9 @@ pub fn parse_limit(text: &str) -> Result<Limit, String> {
         .parse()
         .map_err(|_| format!("--max {text:?}: {v:?} is not a number"))?;
     if c.trim().is_empty() || !max.is_finite() {
-        return Err(format!("--max {text:?}: write COST=VALUE with a finite value"));
+        return Err(format!(
+            "--max {text:?}: write COST=VALUE with a finite value"
+        ));
     }
     Ok(Limit {
         cost: c.trim().to_string(),
@@ -99,7 +101,8 @@ pub fn best(
         .collect();
     let mut chosen: Option<(&ModelVersion, f64)> = None;
     for &(m, v) in &scored {
-        if violations(m, limits).0.is_empty() && chosen.is_none_or(|c| better((m, v), c, minimize)) {
+        if violations(m, limits).0.is_empty() && chosen.is_none_or(|c| better((m, v), c, minimize))
+        {
             chosen = Some((m, v));
         }
     }
@@ -188,7 +191,10 @@ pub fn halving_plan(configs: usize, available: usize, budget: usize, eta: usize)
         let mut rows = base;
         loop {
             let r = rows.min(available);
-            out.push(Rung { configs: n, rows: r });
+            out.push(Rung {
+                configs: n,
+                rows: r,
+            });
             if n == 1 || r == available {
                 break;
             }
@@ -278,7 +284,9 @@ mod tests {
     }
 
     fn fits(m: &ModelVersion, limits: &[Limit]) -> bool {
-        limits.iter().all(|l| m.costs.get(&l.cost).is_some_and(|v| *v <= l.max))
+        limits
+            .iter()
+            .all(|l| m.costs.get(&l.cost).is_some_and(|v| *v <= l.max))
     }
 
     proptest! {
@@ -362,14 +370,24 @@ mod tests {
             parse_limit("size_bytes=5e6").unwrap(),
         ];
         match best(&ms, "auc", &eval(), &limits, false) {
-            Best::NoneFits { closest: Some((r, why)), candidates } => {
+            Best::NoneFits {
+                closest: Some((r, why)),
+                candidates,
+            } => {
                 assert_eq!(candidates, 2);
                 assert_eq!(r.to_string(), "m1@2");
-                assert_eq!(why, vec!["latency_p99_ms = 3 > 2", "size_bytes = 9000000 > 5000000"]);
+                assert_eq!(
+                    why,
+                    vec!["latency_p99_ms = 3 > 2", "size_bytes = 9000000 > 5000000"]
+                );
             }
             other => panic!("{other:?}"),
         }
         assert!(parse_limit("latency").unwrap_err().contains("COST=VALUE"));
-        assert!(parse_limit("size_bytes=big").unwrap_err().contains("not a number"));
+        assert!(
+            parse_limit("size_bytes=big")
+                .unwrap_err()
+                .contains("not a number")
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The gRPC server: `quiver.v1.OnlineService`, gRPC health and server reflection.
+//! The gRPC server: `quiver.v1.OnlineService`, `quiver.v1.RegistryService`, gRPC health and
+//! server reflection.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,11 +11,14 @@ use tonic::{Request, Response, Status};
 
 use crate::online::{self, Status as ValueStatus};
 use crate::proto::online_service_server::{OnlineService, OnlineServiceServer};
+use crate::proto::registry_service_server::RegistryServiceServer;
 use crate::proto::{self, get_online_features_request::Kind, value::Val};
 use crate::{Error, Result};
 
 /// Largest request accepted (4 MiB): a lookup is a few hundred entities, not a bulk load.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest model registration accepted (256 MiB): it carries the artifact.
+pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
 
 /// `OnlineService` over a repository and an online store.
 pub struct Online {
@@ -190,6 +194,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    health_reporter
+        .set_serving::<RegistryServiceServer<crate::grpc_registry::Registry>>()
+        .await;
+    let registry = RegistryServiceServer::new(crate::grpc_registry::Registry::new(repo.clone()))
+        .max_decoding_message_size(MAX_ARTIFACT_BYTES);
     let online = OnlineServiceServer::new(Online::new(repo, store))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     tonic::transport::Server::builder()
@@ -199,6 +208,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(online)
+        .add_service(registry)
         .serve_with_incoming_shutdown(
             // Small responses must not wait for Nagle's algorithm (a 40 ms delayed-ACK stall).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -16,11 +16,12 @@
 //! ```
 
 pub mod catalog;
-pub mod models;
-pub mod sql;
 mod error;
 pub mod grpc;
+pub mod grpc_registry;
+pub mod models;
 pub mod online;
+pub mod sql;
 
 pub use error::{Error, Result};
 

@@ -35,6 +35,8 @@ pub struct Registration {
     pub tags: Vec<(String, String)>,
     /// The source tree the model came from (see [`code_version`]).
     pub code: Option<CodeVersion>,
+    /// The feature columns the model reads (default: every feature of the training set).
+    pub feature_columns: Option<Vec<String>>,
 }
 
 /// The git commit and dirty flag of the work tree holding `dir`, when it is one.
@@ -66,6 +68,33 @@ fn dataset_ref(text: &str) -> Result<(String, Option<u64>)> {
 }
 
 impl Catalog {
+    /// A lineage node named by a user: `model:NAME[@VER|@ALIAS]`, else a dataset version,
+    /// else a feature-view version, else a model version.
+    pub fn artifact(&self, text: &str) -> Result<quiver_registry::Artifact> {
+        use quiver_registry::Artifact;
+        if let Some(m) = text.strip_prefix("model:") {
+            return Ok(Artifact::Model(self.registry.model(m)?.reference()));
+        }
+        if let Ok((name, ver)) = parse_ref(text) {
+            if let Ok(v) = self.registry.dataset_version(&name, ver) {
+                return Ok(Artifact::Dataset(v.reference()));
+            }
+            if let Ok(v) = self.registry.view_version(&name, ver) {
+                return Ok(Artifact::View(quiver_registry::VersionRef {
+                    name: v.view,
+                    version: v.version,
+                }));
+            }
+        }
+        if let Ok(m) = self.registry.model(text) {
+            return Ok(Artifact::Model(m.reference()));
+        }
+        let (name, ver) = parse_ref(text)?;
+        // Nothing by that name: the dataset error names what exists.
+        self.registry.dataset_version(&name, ver)?;
+        Err(Error::NotFound(format!("unknown artifact {text}")))
+    }
+
     fn dataset(&self, text: &str) -> Result<DatasetVersion> {
         let (name, v) = dataset_ref(text)?;
         Ok(self.registry.dataset_version(&name, v)?)
@@ -87,20 +116,41 @@ impl Catalog {
         }
     }
 
-    fn features_of(&self, v: &DatasetVersion) -> Result<Vec<FeatureUse>> {
-        Ok(self.join_of(v)?.map(|j| j.features).unwrap_or_default())
+    /// The features of a training set a model reads: all of them, or those whose output
+    /// columns (the last columns of a join's output, in request order) are in `columns`.
+    async fn features_used(
+        &self,
+        v: &DatasetVersion,
+        columns: Option<&[String]>,
+    ) -> Result<Vec<FeatureUse>> {
+        let Some(join) = self.join_of(v)? else {
+            return Ok(vec![]);
+        };
+        let Some(columns) = columns else {
+            return Ok(join.features);
+        };
+        let names: Vec<String> = v.schema.iter().map(|(n, _)| n.clone()).collect();
+        let first = names.len().saturating_sub(join.features.len());
+        Ok(join
+            .features
+            .into_iter()
+            .zip(&names[first..])
+            .filter(|(_, n)| columns.contains(n))
+            .map(|(f, _)| f)
+            .collect())
     }
 
     /// Register a model version: every reference is checked before anything is stored.
-    pub fn register_model(&self, r: &Registration, artifact: &Path) -> Result<ModelVersion> {
+    pub async fn register_model(&self, r: &Registration, artifact: &Path) -> Result<ModelVersion> {
         let bytes = std::fs::read(artifact).map_err(|e| {
             Error::InvalidArgument(format!("--artifact {}: {e}", artifact.display()))
         })?;
         self.register_bytes(r, &bytes, &artifact.display().to_string())
+            .await
     }
 
     /// [`Catalog::register_model`] for artifact bytes already in memory (gRPC, `train`).
-    pub fn register_bytes(
+    pub async fn register_bytes(
         &self,
         r: &Registration,
         bytes: &[u8],
@@ -136,7 +186,9 @@ impl Catalog {
                 bytes: bytes.len() as u64,
                 file: file.to_string(),
             },
-            features: self.features_of(&dataset)?,
+            features: self
+                .features_used(&dataset, r.feature_columns.as_deref())
+                .await?,
             dataset: dataset.reference(),
             algo: r.algo.clone(),
             label: r.label.clone(),
@@ -216,6 +268,7 @@ impl Catalog {
         let (mean, p99) = latency(&model, &eval_rows)?;
         reg.name = name.to_string();
         reg.dataset = train_v.reference().to_string();
+        reg.feature_columns = Some(model.features.clone());
         reg.params = params.into_iter().collect();
         reg.seed = Some(seed);
         reg.algo = Some(algo.name().to_string());
@@ -224,9 +277,12 @@ impl Catalog {
             .into_iter()
             .map(|(k, v)| (k, eval_v.reference().to_string(), v))
             .collect();
-        reg.costs
-            .extend([("latency_mean_ms".into(), mean), ("latency_p99_ms".into(), p99)]);
+        reg.costs.extend([
+            ("latency_mean_ms".into(), mean),
+            ("latency_p99_ms".into(), p99),
+        ]);
         self.register_bytes(&reg, &bytes, &format!("{}.json", algo.name()))
+            .await
     }
 
     /// Predictions of a model version for the rows of a dataset (or file): the rows plus a
@@ -242,7 +298,12 @@ impl Catalog {
             ))
         })?;
         let p = model.predict(&data).map_err(train_err)?;
-        let mut fields: Vec<Field> = data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = data
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.push(Field::new("prediction", DataType::Float64, false));
         let mut cols = data.columns().to_vec();
         cols.push(std::sync::Arc::new(Float64Array::from(p)));
@@ -258,8 +319,10 @@ impl Catalog {
         if p.exists() {
             let ctx = quiver_offline::session(&Default::default())?;
             let (schema, batches) = quiver_offline::source::read_table(&ctx, p).await?;
-            return Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)
-                .map_err(quiver_offline::Error::from)?);
+            return Ok(
+                datafusion::arrow::compute::concat_batches(&schema, &batches)
+                    .map_err(quiver_offline::Error::from)?,
+            );
         }
         let v = self.dataset(text)?;
         self.rows(&v).await
@@ -393,14 +456,21 @@ impl Catalog {
     /// larger seeded sample (samples are nested), register each model, keep the best 1/η.
     pub async fn halving(&self, h: &HalvingSpec, reg: Registration) -> Result<Halving> {
         if h.configs.is_empty() {
-            return Err(Error::InvalidArgument("halving: no candidate configurations".into()));
+            return Err(Error::InvalidArgument(
+                "halving: no candidate configurations".into(),
+            ));
         }
         let train_v = self.dataset(&h.dataset)?;
         let eval_v = self.dataset(&h.eval)?;
         let data = self.rows(&train_v).await?;
         let eval_rows = self.rows(&eval_v).await?;
         let features = self.feature_columns(&train_v, &h.label).await?;
-        let plan = quiver_registry::select::halving_plan(h.configs.len(), data.num_rows(), h.budget, h.eta);
+        let plan = quiver_registry::select::halving_plan(
+            h.configs.len(),
+            data.num_rows(),
+            h.budget,
+            h.eta,
+        );
         if plan.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "--budget {}: too small to train {} configurations on even one row each",
@@ -417,7 +487,10 @@ impl Catalog {
         for (r, rung) in plan.iter().enumerate() {
             alive.truncate(rung.configs);
             let idx = datafusion::arrow::array::UInt64Array::from(
-                order[..rung.rows].iter().map(|i| *i as u64).collect::<Vec<_>>(),
+                order[..rung.rows]
+                    .iter()
+                    .map(|i| *i as u64)
+                    .collect::<Vec<_>>(),
             );
             let sample = datafusion::arrow::compute::take_record_batch(&data, &idx)
                 .map_err(quiver_offline::Error::from)?;
@@ -446,6 +519,7 @@ impl Catalog {
                 let mut reg = reg.clone();
                 reg.name = h.name.clone();
                 reg.dataset = train_v.reference().to_string();
+                reg.feature_columns = Some(features.clone());
                 reg.params = cfg.params.clone().into_iter().collect();
                 reg.seed = Some(h.seed);
                 reg.algo = Some(cfg.algo.name().to_string());
@@ -464,7 +538,9 @@ impl Catalog {
                     ("halving_seed".into(), h.seed.to_string()),
                 ]);
                 let bytes = model.to_bytes();
-                let m = self.register_bytes(&reg, &bytes, &format!("{}.json", cfg.algo.name()))?;
+                let m = self
+                    .register_bytes(&reg, &bytes, &format!("{}.json", cfg.algo.name()))
+                    .await?;
                 trained.push((r, m.clone(), score));
                 scored.push((c, m, score));
             }

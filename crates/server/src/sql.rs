@@ -158,9 +158,25 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
     };
 
     let mut fv = Cols::new(&[
-        "view", "version", "hash", "created", "entity", "source", "ttl_seconds", "features",
+        "view",
+        "version",
+        "hash",
+        "created",
+        "entity",
+        "source",
+        "ttl_seconds",
+        "features",
     ]);
-    let mut feats = Cols::new(&["view", "version", "feature", "kind", "column", "agg", "window_seconds", "filter"]);
+    let mut feats = Cols::new(&[
+        "view",
+        "version",
+        "feature",
+        "kind",
+        "column",
+        "agg",
+        "window_seconds",
+        "filter",
+    ]);
     for name in reg.view_names()? {
         for v in reg.view_versions(&name)? {
             let d = &v.definition.view;
@@ -225,7 +241,15 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
 
     let mut ds = Cols::new(&["name", "kind", "latest_version", "rows", "hash"]);
     let mut dv = Cols::new(&[
-        "name", "version", "kind", "hash", "rows", "created", "operation", "parent", "storage",
+        "name",
+        "version",
+        "kind",
+        "hash",
+        "rows",
+        "created",
+        "operation",
+        "parent",
+        "storage",
         "delta_version",
     ]);
     let all = reg.all_dataset_versions()?;
@@ -269,7 +293,13 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
     }
     register(
         "datasets",
-        ds.table(vec![V::S(None), V::S(None), V::I(None), V::I(None), V::S(None)])?,
+        ds.table(vec![
+            V::S(None),
+            V::S(None),
+            V::I(None),
+            V::I(None),
+            V::S(None),
+        ])?,
     )?;
     register(
         "dataset_versions",
@@ -289,11 +319,34 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
 
     let mut models = Cols::new(&["name", "latest_version", "versions"]);
     let mut mv = Cols::new(&[
-        "name", "version", "dataset", "dataset_version", "algo", "label", "seed", "parent",
-        "artifact_hash", "artifact_bytes", "size_bytes", "latency_mean_ms", "latency_p99_ms",
-        "code_commit", "code_dirty", "os", "quiver_version", "created", "tags",
+        "name",
+        "version",
+        "dataset",
+        "dataset_version",
+        "algo",
+        "label",
+        "seed",
+        "parent",
+        "artifact_hash",
+        "artifact_bytes",
+        "size_bytes",
+        "latency_mean_ms",
+        "latency_p99_ms",
+        "code_commit",
+        "code_dirty",
+        "os",
+        "quiver_version",
+        "created",
+        "tags",
     ]);
-    let mut metrics = Cols::new(&["model", "version", "metric", "eval_dataset", "eval_version", "value"]);
+    let mut metrics = Cols::new(&[
+        "model",
+        "version",
+        "metric",
+        "eval_dataset",
+        "eval_version",
+        "value",
+    ]);
     let mut costs = Cols::new(&["model", "version", "cost", "value"]);
     let mut params = Cols::new(&["model", "version", "param", "value"]);
     let mut aliases = Cols::new(&["model", "alias", "version"]);
@@ -342,13 +395,21 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
             ]);
         }
         for (c, v) in &m.costs {
-            costs.row(vec![s(&m.name), V::I(Some(m.version as i64)), s(c), V::F(Some(*v))]);
+            costs.row(vec![
+                s(&m.name),
+                V::I(Some(m.version as i64)),
+                s(c),
+                V::F(Some(*v)),
+            ]);
         }
         for (p, v) in &m.params {
             params.row(vec![s(&m.name), V::I(Some(m.version as i64)), s(p), s(v)]);
         }
     }
-    register("models", models.table(vec![V::S(None), V::I(None), V::I(None)])?)?;
+    register(
+        "models",
+        models.table(vec![V::S(None), V::I(None), V::I(None)])?,
+    )?;
     register(
         "model_versions",
         mv.table(vec![
@@ -398,7 +459,13 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
     )?;
 
     let mut edges = Cols::new(&[
-        "from_kind", "from_name", "from_version", "to_kind", "to_name", "to_version", "operation",
+        "from_kind",
+        "from_name",
+        "from_version",
+        "to_kind",
+        "to_name",
+        "to_version",
+        "operation",
     ]);
     for e in reg.edges()? {
         let (fk, fname, fver) = artifact_parts(&e.from);
@@ -482,17 +549,27 @@ pub async fn filter_models(cat: &Catalog, filter: &str) -> Result<Vec<(String, u
         .table("model_versions")
         .await
         .map_err(quiver_offline::Error::from)?;
-    let expr = df
-        .parse_sql_expr(filter)
-        .map_err(|e| Error::InvalidArgument(format!("--where {filter:?}: {}", quiver_offline::Error::from(e))))?;
+    let expr = df.parse_sql_expr(filter).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "--where {filter:?}: {}",
+            quiver_offline::Error::from(e)
+        ))
+    })?;
     let df = df
         .filter(expr)
         .and_then(|d| d.select_columns(&["name", "version"]))
-        .map_err(|e| Error::InvalidArgument(format!("--where {filter:?}: {}", quiver_offline::Error::from(e))))?;
-    let batches = df
-        .collect()
-        .await
-        .map_err(|e| Error::InvalidArgument(format!("--where {filter:?}: {}", quiver_offline::Error::from(e))))?;
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "--where {filter:?}: {}",
+                quiver_offline::Error::from(e)
+            ))
+        })?;
+    let batches = df.collect().await.map_err(|e| {
+        Error::InvalidArgument(format!(
+            "--where {filter:?}: {}",
+            quiver_offline::Error::from(e)
+        ))
+    })?;
     let mut out = Vec::new();
     for b in batches {
         let names = b.column(0).as_any().downcast_ref::<StringArray>();

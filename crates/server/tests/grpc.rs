@@ -28,6 +28,21 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A channel to a server that is starting: a bounded number of tries.
+async fn connect(url: &str) -> tonic::transport::Channel {
+    for _ in 0..250 {
+        if let Ok(c) = tonic::transport::Endpoint::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
+            return c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the server at {url} did not come up");
+}
+
 fn ints(v: &[i64]) -> RepeatedValue {
     RepeatedValue {
         val: v
@@ -82,12 +97,7 @@ async fn serves_lookups_health_and_errors() {
         let _ = stopped.await;
     }));
     let url = format!("http://{addr}");
-    let mut client = loop {
-        match OnlineServiceClient::connect(url.clone()).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    };
+    let mut client = OnlineServiceClient::new(connect(&url).await);
 
     let resp = client
         .get_online_features(request(
@@ -195,6 +205,207 @@ async fn serves_lookups_health_and_errors() {
     assert_eq!(
         h.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_service_registers_selects_and_traces() {
+    use quiver_server::proto::registry_service_client::RegistryServiceClient;
+    use quiver_server::proto::{
+        GetModelRequest, LineageRequest, ListModelsRequest, MetricValue, RegisterModelRequest,
+        SelectBestRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
+        dir.path(),
+    );
+    let repo = Repo::load(dir.path()).unwrap();
+    // A registered training set to register models against.
+    {
+        let cat =
+            quiver_server::catalog::Catalog::open(repo.clone(), EngineOptions::default()).unwrap();
+        let spine = cat
+            .add(&dir.path().join("spine.csv"), "labels")
+            .await
+            .unwrap();
+        let t = cat.read(&spine).await.unwrap();
+        let refs = repo.service("churn_v1").unwrap();
+        let (out, mut record) = cat
+            .join(&t, &refs, None, false, &Default::default())
+            .await
+            .unwrap();
+        record.spine = spine.reference();
+        cat.write_dataset(
+            "train",
+            quiver_registry::DatasetKind::Training,
+            &quiver_server::catalog::Table {
+                schema: out.schema(),
+                batches: vec![out],
+            },
+            quiver_registry::Operation::Join(record),
+        )
+        .await
+        .unwrap();
+    }
+    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(quiver_server::grpc::serve(repo, store, listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = connect(&url).await;
+    let mut client = RegistryServiceClient::new(channel.clone());
+    let register = |auc: f64, latency: f64, bytes: &[u8]| RegisterModelRequest {
+        name: "py_model".into(),
+        artifact: bytes.to_vec(),
+        artifact_name: "model.pkl".into(),
+        dataset: "train@1".into(),
+        params: [("lr".to_string(), "0.1".to_string())]
+            .into_iter()
+            .collect(),
+        metrics: vec![MetricValue {
+            name: "auc".into(),
+            eval_dataset: "train@1".into(),
+            value: auc,
+        }],
+        costs: [("latency_p99_ms".to_string(), latency)]
+            .into_iter()
+            .collect(),
+        seed: Some(3),
+        ..Default::default()
+    };
+    let a = client
+        .register_model(register(0.8, 1.0, b"first"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((a.name.as_str(), a.version), ("py_model", 1));
+    assert_eq!(a.features.len(), 7, "{:?}", a.features);
+    let b = client
+        .register_model(register(0.9, 5.0, b"second"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.version, 2);
+    assert_ne!(a.artifact_hash, b.artifact_hash);
+
+    let got = client
+        .get_model(GetModelRequest {
+            model: "py_model@1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.params["lr"], "0.1");
+    let all = client
+        .list_models(ListModelsRequest {
+            name: "py_model".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.models.len(), 2);
+
+    let pick = |max: f64| SelectBestRequest {
+        metric: "auc".into(),
+        on: "train".into(),
+        max: [("latency_p99_ms".to_string(), max)].into_iter().collect(),
+        ..Default::default()
+    };
+    let s = client.select_best(pick(2.0)).await.unwrap().into_inner();
+    assert!(s.found);
+    assert_eq!(s.model.unwrap().version, 1);
+    let s = client.select_best(pick(10.0)).await.unwrap().into_inner();
+    assert_eq!(s.model.unwrap().version, 2);
+    let s = client.select_best(pick(0.5)).await.unwrap().into_inner();
+    assert!(!s.found);
+    assert_eq!(s.closest, "py_model@1");
+    assert_eq!(s.violations, vec!["latency_p99_ms = 1 > 0.5"]);
+
+    let l = client
+        .lineage(LineageRequest {
+            artifact: "model:py_model@2".into(),
+            upstream: true,
+            downstream: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let froms: Vec<&str> = l.edges.iter().map(|e| e.from.as_str()).collect();
+    assert!(froms.contains(&"dataset train@1"), "{froms:?}");
+    assert!(froms.contains(&"dataset labels@1"), "{froms:?}");
+
+    // Bad requests: unknown references are NOT_FOUND, malformed ones INVALID_ARGUMENT, and
+    // nothing is registered.
+    let mut bad = register(0.5, 1.0, b"x");
+    bad.dataset = "nope@1".into();
+    let e = client.register_model(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains("unknown dataset `nope`"),
+        "{}",
+        e.message()
+    );
+    let mut bad = register(0.5, 1.0, b"x");
+    bad.metrics[0].eval_dataset = "train@4".into();
+    let e = client.register_model(bad).await.unwrap_err();
+    assert!(e.message().contains("has no version 4"), "{}", e.message());
+    let mut bad = register(0.5, 1.0, b"x");
+    bad.name = String::new();
+    let e = client.register_model(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("name"), "{}", e.message());
+    let e = client
+        .get_model(GetModelRequest {
+            model: "py_model@champion".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let all = client
+        .list_models(ListModelsRequest {
+            name: "py_model".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.models.len(), 2);
+
+    // Server reflection lists both services.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(futures::stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("{msg:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"quiver.v1.RegistryService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"quiver.v1.OnlineService".to_string()),
+        "{names:?}"
     );
 
     stop.send(()).unwrap();

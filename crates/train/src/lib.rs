@@ -162,7 +162,10 @@ fn column_f64(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
         )
     })?;
     let a = b.column(i).as_ref();
-    fn prim<T: ArrowPrimitiveType>(a: &dyn Array, f: impl Fn(T::Native) -> f64) -> Vec<Option<f64>> {
+    fn prim<T: ArrowPrimitiveType>(
+        a: &dyn Array,
+        f: impl Fn(T::Native) -> f64,
+    ) -> Vec<Option<f64>> {
         a.as_primitive::<T>().iter().map(|v| v.map(&f)).collect()
     }
     Ok(match a.data_type() {
@@ -345,10 +348,7 @@ pub fn train(batch: &RecordBatch, spec: &Spec) -> Result<Model> {
                 .map(|j| *smartcore::linalg::basic::arrays::Array::get(w, (0, j)))
                 .collect();
             let intercept = *smartcore::linalg::basic::arrays::Array::get(m.intercept(), (0, 0));
-            (
-                Task::Classification,
-                Fitted::Linear { intercept, weights },
-            )
+            (Task::Classification, Fitted::Linear { intercept, weights })
         }
         Algo::Tree => {
             let task = match spec.params.get("task").map(|s| s.as_str()) {
@@ -375,8 +375,8 @@ pub fn train(batch: &RecordBatch, spec: &Spec) -> Result<Model> {
                         ..Default::default()
                     };
                     let yc = classes()?;
-                    let tree =
-                        DecisionTreeClassifier::fit(&x, &yc, p).map_err(|e| fit_err(spec.algo, e))?;
+                    let tree = DecisionTreeClassifier::fit(&x, &yc, p)
+                        .map_err(|e| fit_err(spec.algo, e))?;
                     let mut classes = yc;
                     classes.sort_unstable();
                     classes.dedup();
@@ -389,8 +389,8 @@ pub fn train(batch: &RecordBatch, spec: &Spec) -> Result<Model> {
                         min_samples_split: min_split,
                         seed: Some(spec.seed),
                     };
-                    let m = DecisionTreeRegressor::fit(&x, &y, p)
-                        .map_err(|e| fit_err(spec.algo, e))?;
+                    let m =
+                        DecisionTreeRegressor::fit(&x, &y, p).map_err(|e| fit_err(spec.algo, e))?;
                     (task, Fitted::TreeRegressor(m))
                 }
             }
@@ -420,8 +420,7 @@ impl Model {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
-        let m: Model =
-            serde_json::from_slice(bytes).map_err(|e| Error::Artifact(e.to_string()))?;
+        let m: Model = serde_json::from_slice(bytes).map_err(|e| Error::Artifact(e.to_string()))?;
         if m.format != FORMAT {
             return Err(Error::Artifact(format!(
                 "format {} is not supported (this build reads {FORMAT})",
@@ -618,10 +617,19 @@ mod tests {
         let b = data(50);
         let mut s = spec(Algo::Tree, "y");
         s.params.insert("depth".into(), "3".into());
-        assert!(train(&b, &s).unwrap_err().to_string().contains("`depth` is not a parameter"));
-        let e = train(&b, &spec(Algo::Logistic, "r")).unwrap_err().to_string();
+        assert!(
+            train(&b, &s)
+                .unwrap_err()
+                .to_string()
+                .contains("`depth` is not a parameter")
+        );
+        let e = train(&b, &spec(Algo::Logistic, "r"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("whole-number classes"), "{e}");
-        let e = train(&b, &spec(Algo::Linear, "nope")).unwrap_err().to_string();
+        let e = train(&b, &spec(Algo::Linear, "nope"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("column `nope` is not in the dataset"), "{e}");
     }
 
