@@ -65,6 +65,13 @@ pub enum Models {
     },
     /// Params, metrics, costs and lineage of two versions side by side.
     Diff { a: String, b: String },
+    /// Evaluate a model Quiver trained on another dataset version and record the metrics.
+    Evaluate {
+        model: String,
+        /// The evaluation dataset, EVALSET[@VER].
+        #[arg(long)]
+        on: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,6 +229,19 @@ pub async fn models(cmd: Models, repo: &Path) -> Result<()> {
                 v.artifact.bytes,
                 v.dataset
             );
+        }
+        Models::Evaluate { model, on } => {
+            let m = cat.evaluate(&model, &on).await?;
+            let eval = eval_ref(&cat, &on)?;
+            for x in m.metrics.iter().filter(|x| x.eval == eval) {
+                println!(
+                    "{}: {} on {} = {:.6}",
+                    m.reference(),
+                    x.name,
+                    x.eval,
+                    x.value
+                );
+            }
         }
         Models::Alias { model, alias } => {
             let m = cat.registry.model(&model)?;

@@ -935,16 +935,40 @@ fn models_train_register_select_and_trace() {
     assert_eq!(stale.trim(), "nothing is stale");
 
     // SQL over everything: the lecture's two questions.
+    for m in ["churn@1", "churn@2"] {
+        assert!(
+            ok(q(d, &["models", "evaluate", m, "--on", "eval_us"])).contains("auc on eval_us@1")
+        );
+    }
     let q1 = ok(q(
         d,
         &[
             "sql",
-            "SELECT model, version, value FROM metrics WHERE metric = 'auc' AND eval_dataset = 'churn_set_test' ORDER BY value DESC, model, version LIMIT 1",
+            "SELECT model, version, value FROM metrics WHERE metric = 'auc' AND eval_dataset = 'eval_us' ORDER BY value DESC, model, version LIMIT 1",
             "--json",
         ],
     ));
     let rows: serde_json::Value = serde_json::from_str(&q1).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1, "{q1}");
+    let best_us = &rows[0];
+    let (a1, a2) = (model_json(d, "churn@1"), model_json(d, "churn@2"));
+    let us_auc = |m: &serde_json::Value| {
+        m["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "auc" && x["eval"]["name"] == "eval_us")
+            .map(|x| x["value"].as_f64().unwrap())
+            .unwrap()
+    };
+    let want = if us_auc(&a1) >= us_auc(&a2) { 1 } else { 2 };
+    assert_eq!(best_us["version"].as_i64(), Some(want), "{q1}");
+    let o = q(d, &["models", "evaluate", "ext@1", "--on", "eval_us"]);
+    assert!(
+        stderr(&o).contains("not a model Quiver can run"),
+        "{}",
+        stderr(&o)
+    );
     let q2 = ok(q(
         d,
         &[

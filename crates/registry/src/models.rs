@@ -336,6 +336,38 @@ impl Registry {
         }
     }
 
+    /// Record metrics measured after registration (an evaluation on another dataset); a
+    /// metric already recorded for the same name and evaluation set is replaced.
+    pub fn add_metrics(
+        &self,
+        name: &str,
+        version: u64,
+        metrics: &[Metric],
+    ) -> Result<ModelVersion> {
+        let k = key(name, version);
+        loop {
+            let m = self.model(&format!("{name}@{version}"))?;
+            let old = self.encode(&m, name)?;
+            let mut new_m = m.clone();
+            for x in metrics {
+                new_m
+                    .metrics
+                    .retain(|y| !(y.name == x.name && y.eval == x.eval));
+                new_m.metrics.push(x.clone());
+            }
+            let new = self.encode(&new_m, name)?;
+            if self
+                .models
+                .compare_and_swap(&k, Some(old), Some(new))
+                .map_err(self.err())?
+                .is_ok()
+            {
+                self.flush()?;
+                return Ok(new_m);
+            }
+        }
+    }
+
     /// Lineage edges of models: training set → model (`train`), evaluation sets → model
     /// (`evaluate`), parent → child (`derive`).
     pub(crate) fn model_edges(&self) -> Result<Vec<Edge>> {

@@ -285,18 +285,42 @@ impl Catalog {
             .await
     }
 
-    /// Predictions of a model version for the rows of a dataset (or file): the rows plus a
-    /// `prediction` column.
-    pub async fn predict(&self, model: &str, data: RecordBatch) -> Result<RecordBatch> {
+    /// Evaluate a model version (one Quiver trained) on a dataset version and record the
+    /// metrics with it.
+    pub async fn evaluate(&self, model: &str, eval: &str) -> Result<ModelVersion> {
         let m = self.registry.model(model)?;
+        let eval_v = self.dataset(eval)?;
+        let runnable = self.runnable(&m)?;
+        let rows = self.rows(&eval_v).await?;
+        let metrics = runnable.evaluate(&rows).map_err(train_err)?;
+        let metrics: Vec<Metric> = metrics
+            .into_iter()
+            .map(|(name, value)| Metric {
+                name,
+                eval: eval_v.reference(),
+                value,
+            })
+            .collect();
+        Ok(self.registry.add_metrics(&m.name, m.version, &metrics)?)
+    }
+
+    /// The model behind a version, when its artifact is one Quiver can run.
+    fn runnable(&self, m: &ModelVersion) -> Result<Model> {
         let bytes = self.registry.read_artifact(&m.artifact.hash)?;
-        let model = Model::from_bytes(&bytes).map_err(|e| {
+        Model::from_bytes(&bytes).map_err(|e| {
             Error::InvalidArgument(format!(
                 "{}: not a model Quiver can run ({e}); it was registered from {}",
                 m.reference(),
                 m.artifact.file
             ))
-        })?;
+        })
+    }
+
+    /// Predictions of a model version for the rows of a dataset (or file): the rows plus a
+    /// `prediction` column.
+    pub async fn predict(&self, model: &str, data: RecordBatch) -> Result<RecordBatch> {
+        let m = self.registry.model(model)?;
+        let model = self.runnable(&m)?;
         let p = model.predict(&data).map_err(train_err)?;
         let mut fields: Vec<Field> = data
             .schema()
