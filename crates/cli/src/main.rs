@@ -72,6 +72,27 @@ enum Command {
         /// The time to materialize as of (RFC 3339); default: now.
         #[arg(long)]
         end: Option<String>,
+        /// Only entities with an event at or after this time (RFC 3339).
+        #[arg(long, conflicts_with = "incremental")]
+        start: Option<String>,
+        /// Continue from each view's watermark: only the entities whose values can have
+        /// changed since the last materialization.
+        #[arg(long)]
+        incremental: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Push rows of a view's source (a Parquet or CSV file) to the online store: the pushed
+    /// entities' values are computed again with them.
+    Push {
+        view: String,
+        file: PathBuf,
+        /// Also append the rows to the source's managed table.
+        #[arg(long)]
+        to_offline: bool,
+        /// Compute the values as of this time (RFC 3339); default: now.
+        #[arg(long)]
+        at: Option<String>,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
@@ -454,16 +475,30 @@ async fn run_engine(command: Command) -> Result<()> {
             println!("{name}: ok ({views} feature views, {sources} sources)");
             Ok(())
         }
-        Command::Materialize { views, end, repo } => {
+        Command::Materialize {
+            views,
+            end,
+            start,
+            incremental,
+            repo,
+        } => {
             let repo = Repo::load(&repo)?;
             let end = instant_arg(end.as_deref(), "--end")?;
+            let range = match (start, incremental) {
+                (Some(t), _) => {
+                    quiver_server::online::Range::Since(instant_arg(Some(&t), "--start")?)
+                }
+                (None, true) => quiver_server::online::Range::Incremental,
+                (None, false) => quiver_server::online::Range::All,
+            };
             let store = quiver_online::SledStore::open(&repo.online_store)?;
             let bar = ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));
-            let done = quiver_server::online::materialize(
+            let done = quiver_server::online::materialize_range(
                 &repo,
                 &store,
                 &views,
+                range,
                 end,
                 EngineOptions::default(),
                 |v, n| bar.set_message(format!("{v}: {n} rows")),
@@ -480,6 +515,53 @@ async fn run_engine(command: Command) -> Result<()> {
                     m.rows as f64 / m.seconds.max(1e-9)
                 );
             }
+            Ok(())
+        }
+        Command::Push {
+            view,
+            file,
+            to_offline,
+            at,
+            repo,
+        } => {
+            let repo = Repo::load(&repo)?;
+            let at = instant_arg(at.as_deref(), "--at")?;
+            let ctx = quiver_offline::session(&EngineOptions::default())?;
+            let (schema, batches) = source::read_table(&ctx, &file).await?;
+            let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+            let def = repo
+                .views
+                .get(&view)
+                .ok_or_else(|| anyhow::anyhow!("unknown feature view `{view}`"))?;
+            if to_offline {
+                let cat =
+                    quiver_server::catalog::Catalog::open(repo.clone(), EngineOptions::default())?;
+                let v = cat
+                    .append(
+                        &def.source,
+                        vec![(file.display().to_string(), schema.clone(), batches)],
+                        quiver_registry::Operation::Ingest {
+                            files: vec![file.display().to_string()],
+                        },
+                    )
+                    .await?;
+                println!("{}: {} rows in all", v.reference(), v.state.rows);
+            }
+            let store = quiver_online::SledStore::open(&repo.online_store)?;
+            let p = quiver_server::online::push(
+                &repo,
+                &store,
+                &view,
+                batch,
+                to_offline,
+                at,
+                EngineOptions::default(),
+            )
+            .await?;
+            println!(
+                "{view}: {} rows pushed, {} entities updated",
+                p.rows, p.entities
+            );
             Ok(())
         }
         Command::Serve { addr, repo } => {

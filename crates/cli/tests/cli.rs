@@ -1059,3 +1059,36 @@ fn halving_stays_in_budget_and_is_seeded() {
     let tops: Vec<&str> = a.lines().filter(|l| l.starts_with("h1@")).collect();
     assert_eq!(tops.len(), 2, "{a}");
 }
+
+#[test]
+fn push_to_offline_appends_a_version_and_updates_online_values() {
+    let repo = managed_repo();
+    let d = repo.path();
+    ok(q(d, &["ingest", "purchases", "p1.csv"]));
+    let t = "2024-02-09T00:00:00Z";
+    ok(q(d, &["materialize", "--end", t]));
+    let get = || {
+        ok(q(d, &[
+            "get", "--entity", "user_id=1", "--entity", "user_id=3", "--features",
+            "user_purchases:amt_30d,user_purchases:last_category", "--at", t, "--json",
+        ]))
+    };
+    let before = get();
+    let said = ok(q(d, &["push", "user_purchases", "p2.csv", "--to-offline", "--at", t]));
+    assert!(said.contains("purchases@2: 5 rows in all"), "{said}");
+    assert!(said.contains("3 rows pushed"), "{said}");
+    let after = get();
+    assert_ne!(before, after);
+    // A full materialization from the offline store now gives the same values.
+    ok(q(d, &["materialize", "--end", t]));
+    assert_eq!(get(), after);
+    // Pushed to the online store only, a row leaves the offline store alone.
+    std::fs::write(
+        d.join("p3.csv"),
+        "user_id,purchase_date,ingested_at,purchase_amt,category\n1,2024-02-08T00:00:00Z,2024-02-08T00:00:00Z,1,toys\n",
+    )
+    .unwrap();
+    ok(q(d, &["push", "user_purchases", "p3.csv", "--at", t]));
+    assert!(get().contains("toys"));
+    assert_eq!(ok(q(d, &["datasets", "log", "purchases"])).lines().count(), 3);
+}

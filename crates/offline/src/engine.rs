@@ -314,6 +314,18 @@ impl Engine {
     /// The distinct entity keys of a view's source with an event at or before `end`
     /// (microseconds), as the source's key columns: the entities `materialize` writes.
     pub async fn entities(&self, view: &str, end: i64) -> Result<RecordBatch> {
+        self.entities_between(view, None, end).await
+    }
+
+    /// The distinct entity keys of a view's source with an event in [`start`, `end`]
+    /// (every entity with an event at or before `end` when `start` is `None`, or when the
+    /// time column is text and cannot be filtered in the scan).
+    pub async fn entities_between(
+        &self,
+        view: &str,
+        start: Option<i64>,
+        end: i64,
+    ) -> Result<RecordBatch> {
         let v = self.repo.views.get(view).ok_or_else(|| {
             Error::Core(quiver_core::Error::Request(format!(
                 "unknown feature view `{view}`"
@@ -329,6 +341,9 @@ impl Engine {
         let mut df = self.ctx.read_table(table)?;
         if is_typed_time(&time_type) {
             df = df.filter(column(&src.timestamp).lt_eq(time_literal(&time_type, end)))?;
+            if let Some(start) = start {
+                df = df.filter(column(&src.timestamp).gt_eq(time_literal(&time_type, start)))?;
+            }
         }
         let keys: Vec<Expr> = v.join_keys.iter().map(|k| column(k)).collect();
         let df = df.select(keys)?.distinct()?;

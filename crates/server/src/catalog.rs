@@ -459,6 +459,29 @@ impl Catalog {
     /// Append files (Parquet or CSV) to a managed source: checked against the table's schema
     /// and the feature views that read it first; nothing is written on any error.
     pub async fn ingest(&self, name: &str, files: &[PathBuf]) -> Result<DatasetVersion> {
+        if files.is_empty() {
+            return Err(Error::InvalidArgument("ingest: no files given".into()));
+        }
+        self.check_managed(name)?;
+        // Read everything before writing anything.
+        let ctx = self.ctx()?;
+        let mut parts = Vec::new();
+        for f in files {
+            let what = format!("ingest {}", f.display());
+            let provider = source::file_table(&ctx, f, &what).await?;
+            let (s, bs) = source::collect_table(&ctx, provider, f)
+                .await
+                .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+            parts.push((what, s, bs));
+        }
+        let op = Operation::Ingest {
+            files: files.iter().map(|p| abs(p)).collect(),
+        };
+        self.append(name, parts, op).await
+    }
+
+    /// The source, when Quiver manages its table.
+    fn check_managed(&self, name: &str) -> Result<&quiver_core::Source> {
         let src = self.repo.sources.get(name).ok_or_else(|| {
             Error::NotFound(format!(
                 "unknown source `{name}`; sources: {}",
@@ -474,13 +497,23 @@ impl Catalog {
             && !delta::is_delta_table(p)
         {
             return Err(Error::InvalidArgument(format!(
-                "source `{name}` reads files at {} (its `path`); ingest writes the table Quiver manages for a source without `path`",
+                "source `{name}` reads files at {} (its `path`); only the table Quiver manages for a source without `path` can be written",
                 p.display()
             )));
         }
-        if files.is_empty() {
-            return Err(Error::InvalidArgument("ingest: no files given".into()));
-        }
+        Ok(src)
+    }
+
+    /// Append rows to a managed source as one commit: every part (named `what` in messages)
+    /// is checked against the table's schema and the feature views that read the source
+    /// first; nothing is written on any error.
+    pub async fn append(
+        &self,
+        name: &str,
+        parts: Vec<(String, SchemaRef, Vec<RecordBatch>)>,
+        op: Operation,
+    ) -> Result<DatasetVersion> {
+        let src = self.check_managed(name)?;
         let table = source::source_location(&self.repo.offline_store, src);
         self.sync(name, &table, DatasetKind::Source).await?;
         let existing = delta::latest_version(&table).await?;
@@ -488,16 +521,9 @@ impl Catalog {
             Some(v) => Some(delta::snapshot(&table, Some(v)).await?.schema),
             None => None,
         };
-        // Read and check everything before writing anything.
-        let ctx = self.ctx()?;
         let mut batches = Vec::new();
         let mut schema: Option<SchemaRef> = target.clone();
-        for f in files {
-            let what = format!("ingest {}", f.display());
-            let provider = source::file_table(&ctx, f, &what).await?;
-            let (s, bs) = source::collect_table(&ctx, provider, f)
-                .await
-                .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+        for (what, s, bs) in parts {
             // Compare in the types Delta stores: what the table holds after the first ingest.
             let s = delta::to_delta_types(&RecordBatch::new_empty(s), &what)?.schema();
             let reference = schema.get_or_insert_with(|| s.clone()).clone();
@@ -520,9 +546,6 @@ impl Catalog {
             .check_source(name)
             .await?;
         let dv = delta::write(&table, batches, Mode::Append, &format!("source `{name}`")).await?;
-        let op = Operation::Ingest {
-            files: files.iter().map(|p| abs(p)).collect(),
-        };
         self.sync_with(name, &table, DatasetKind::Source, Some((dv, op)))
             .await?;
         Ok(self.registry.dataset_version(name, Some(dv + 1))?)

@@ -53,6 +53,14 @@ impl From<Error> for tonic::Status {
                 c @ (quiver_core::Error::Request(_) | quiver_core::Error::Config { .. }),
             ) => tonic::Status::invalid_argument(c.to_string()),
             Error::Core(c) => tonic::Status::from(Error::Internal(c.to_string())),
+            // What the request got wrong (columns, types, unknown names) is the caller's to fix.
+            Error::Offline(
+                o @ (quiver_offline::Error::Source(_)
+                | quiver_offline::Error::Spine(_)
+                | quiver_offline::Error::Core(
+                    quiver_core::Error::Request(_) | quiver_core::Error::Config { .. },
+                )),
+            ) => tonic::Status::invalid_argument(o.to_string()),
             Error::Offline(o) => tonic::Status::from(Error::Internal(o.to_string())),
             Error::Transport(t) => {
                 eprintln!("quiver serve: transport error: {t}");

@@ -24,6 +24,8 @@ pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
 pub struct Online {
     repo: Arc<Repo>,
     store: Arc<dyn OnlineStore>,
+    /// Serializes pushes that write the offline store.
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl Online {
@@ -31,6 +33,7 @@ impl Online {
         Online {
             repo: Arc::new(repo),
             store,
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -120,6 +123,18 @@ fn status(s: ValueStatus) -> proto::FieldStatus {
     }
 }
 
+/// A protobuf value as a scalar (no value set is null).
+pub fn scalar_of(v: &proto::Value) -> Scalar {
+    match v.val.clone() {
+        None => Scalar::Null,
+        Some(Val::Int64Val(i)) => Scalar::Int(i),
+        Some(Val::DoubleVal(f)) => Scalar::Float(f),
+        Some(Val::StringVal(s)) => Scalar::Str(s),
+        Some(Val::BoolVal(b)) => Scalar::Bool(b),
+        Some(Val::UnixTimestampMicrosVal(t)) => Scalar::Time(t),
+    }
+}
+
 fn to_value(s: &Scalar) -> proto::Value {
     let val = match s {
         Scalar::Null => None,
@@ -177,6 +192,187 @@ impl OnlineService for Online {
     ) -> Result<Response<proto::GetOnlineFeaturesResponse>, Status> {
         Ok(Response::new(self.lookup(request.into_inner())?))
     }
+
+    async fn push(
+        &self,
+        request: Request<proto::PushRequest>,
+    ) -> Result<Response<proto::PushResponse>, Status> {
+        Ok(Response::new(self.push_rows(request.into_inner()).await?))
+    }
+}
+
+impl Online {
+    async fn push_rows(&self, req: proto::PushRequest) -> Result<proto::PushResponse> {
+        let repo = self.repo.as_ref();
+        let def = repo.views.get(&req.feature_view).ok_or_else(|| {
+            Error::NotFound(format!(
+                "feature_view: unknown feature view `{}`",
+                req.feature_view
+            ))
+        })?;
+        let source = &repo.sources[&def.source];
+        let opts = quiver_offline::EngineOptions::default();
+        let ctx = quiver_offline::session(&opts)?;
+        let table = quiver_offline::source::source_table(&ctx, &repo.offline_store, source).await?;
+        let batch = push_batch(&table.schema(), &req.columns)?;
+        let rows = batch.num_rows();
+        if req.to_offline {
+            // The registry (and the table's commit) is shared with the CLI: one writer at a time.
+            let _held = self.writer.lock().await;
+            let cat = crate::catalog::Catalog::open(repo.clone(), opts.clone())?;
+            cat.append(
+                &def.source,
+                vec![("push".into(), batch.schema(), vec![batch.clone()])],
+                quiver_registry::Operation::Ingest {
+                    files: vec![format!("push to {}", req.feature_view)],
+                },
+            )
+            .await?;
+        }
+        let pushed = online::push(
+            repo,
+            self.store.as_ref(),
+            &req.feature_view,
+            batch,
+            req.to_offline,
+            req.at_micros.unwrap_or_else(now_micros),
+            opts,
+        )
+        .await?;
+        Ok(proto::PushResponse {
+            rows: rows as u64,
+            entities: pushed.entities as u64,
+        })
+    }
+}
+
+/// The pushed columns as a batch of the source's schema: every source column must be given,
+/// with one value per row of the type the column holds.
+fn push_batch(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    columns: &std::collections::HashMap<String, proto::RepeatedValue>,
+) -> Result<datafusion::arrow::array::RecordBatch> {
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::DataType;
+    for name in columns.keys() {
+        if schema.field_with_name(name).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "columns.{name}: not a column of the source"
+            )));
+        }
+    }
+    let mut rows: Option<usize> = None;
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for f in schema.fields() {
+        let name = f.name();
+        let values = &columns
+            .get(name)
+            .ok_or_else(|| Error::InvalidArgument(format!("columns.{name}: missing")))?
+            .val;
+        match rows {
+            None => rows = Some(values.len()),
+            Some(n) if n != values.len() => {
+                return Err(Error::InvalidArgument(format!(
+                    "columns.{name}: {} values, other columns have {n}",
+                    values.len()
+                )));
+            }
+            _ => {}
+        }
+        let bad = |i: usize, want: &str| {
+            Error::InvalidArgument(format!("columns.{name}[{i}]: expected {want}"))
+        };
+        let dt = f.data_type();
+        let array: ArrayRef = if dt.is_integer() {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match &v.val {
+                    None => Ok(None),
+                    Some(Val::Int64Val(x)) => Ok(Some(*x)),
+                    _ => Err(bad(i, "an integer")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Arc::new(Int64Array::from(v))
+        } else if dt.is_floating() {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match &v.val {
+                    None => Ok(None),
+                    Some(Val::DoubleVal(x)) => Ok(Some(*x)),
+                    Some(Val::Int64Val(x)) => Ok(Some(*x as f64)),
+                    _ => Err(bad(i, "a number")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Arc::new(Float64Array::from(v))
+        } else if matches!(dt, DataType::Boolean) {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match &v.val {
+                    None => Ok(None),
+                    Some(Val::BoolVal(x)) => Ok(Some(*x)),
+                    _ => Err(bad(i, "a bool")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Arc::new(BooleanArray::from(v))
+        } else if matches!(
+            dt,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match &v.val {
+                    None => Ok(None),
+                    Some(Val::StringVal(x)) => Ok(Some(x.clone())),
+                    _ => Err(bad(i, "a string")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Arc::new(StringArray::from(v))
+        } else if quiver_core::time::is_typed_time(dt) {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match &v.val {
+                    None => Ok(None),
+                    Some(Val::UnixTimestampMicrosVal(x)) => Ok(Some(*x)),
+                    Some(Val::StringVal(s)) => quiver_core::time::parse_instant(s)
+                        .map(Some)
+                        .ok_or_else(|| bad(i, "an RFC 3339 time")),
+                    _ => Err(bad(i, "a timestamp")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let tz = match dt {
+                DataType::Timestamp(_, tz) => tz.clone(),
+                _ => None,
+            };
+            Arc::new(TimestampMicrosecondArray::from(v).with_timezone_opt(tz))
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "columns.{name}: pushing a column of type {dt} is not supported"
+            )));
+        };
+        let array = if array.data_type() == dt {
+            array
+        } else {
+            datafusion::arrow::compute::cast_with_options(
+                &array,
+                dt,
+                &datafusion::arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| Error::InvalidArgument(format!("columns.{name}: {e}")))?
+        };
+        arrays.push(array);
+    }
+    datafusion::arrow::array::RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(|e| Error::InvalidArgument(format!("columns: {e}")))
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests.
@@ -262,14 +458,7 @@ pub async fn remote_get(
     let mut out = vec![Vec::with_capacity(refs.len()); entities.len()];
     for fv in resp.results {
         for (e, slot) in out.iter_mut().enumerate() {
-            let value = match fv.values.get(e).and_then(|v| v.val.clone()) {
-                None => Scalar::Null,
-                Some(Val::Int64Val(i)) => Scalar::Int(i),
-                Some(Val::DoubleVal(f)) => Scalar::Float(f),
-                Some(Val::StringVal(s)) => Scalar::Str(s),
-                Some(Val::BoolVal(b)) => Scalar::Bool(b),
-                Some(Val::UnixTimestampMicrosVal(t)) => Scalar::Time(t),
-            };
+            let value = fv.values.get(e).map(scalar_of).unwrap_or(Scalar::Null);
             let status = match fv
                 .statuses
                 .get(e)

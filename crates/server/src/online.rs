@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::array::RecordBatch;
 use quiver_core::store::{
     FeatureRow, KeyValue, OnlineStore, Scalar, encode_entity_key, entity_keys,
 };
@@ -33,12 +34,52 @@ fn err(msg: String) -> quiver_offline::Error {
     quiver_offline::Error::Core(quiver_core::Error::Request(msg))
 }
 
-/// Compute every feature of `views` (all views when empty) as of `end` and write them to the
-/// online store, moving each view's watermark to `end`.
+/// Which entities a materialization writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Range {
+    /// Every entity with an event at or before the end time.
+    #[default]
+    All,
+    /// Entities with an event at or after this time (and at or before the end).
+    Since(i64),
+    /// Continue from each view's stored watermark: the entities whose values can have changed
+    /// since it — an event after `watermark − reach`, where `reach` is the view's longest
+    /// window plus offset (a view without one: after the watermark). A view never
+    /// materialized is done in full.
+    Incremental,
+}
+
+/// How far back from a time an event can still change a view's values at that time.
+fn reach(view: &quiver_core::FeatureView) -> i64 {
+    view.features
+        .iter()
+        .filter_map(|f| match f.kind {
+            FeatureKind::Aggregate { window, .. } => window.reach(),
+            FeatureKind::Latest => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Compute every feature of `views` (all views when empty) as of `end` for the entities
+/// `range` selects and write them to the online store, moving each view's watermark to `end`.
 pub async fn materialize(
     repo: &Repo,
     store: &dyn OnlineStore,
     views: &[String],
+    end: i64,
+    opts: EngineOptions,
+    progress: impl FnMut(&str, usize),
+) -> quiver_offline::Result<Vec<Materialized>> {
+    materialize_range(repo, store, views, Range::All, end, opts, progress).await
+}
+
+/// [`materialize`] for the entities `range` selects.
+pub async fn materialize_range(
+    repo: &Repo,
+    store: &dyn OnlineStore,
+    views: &[String],
+    range: Range,
     end: i64,
     opts: EngineOptions,
     mut progress: impl FnMut(&str, usize),
@@ -57,8 +98,51 @@ pub async fn materialize(
             )));
         }
     }
-    // The ttl is applied when values are read, so store the latest event whatever its age,
-    // and the latest event time with it.
+    let engine = Engine::new(serving_repo(repo), opts)?;
+    let mut done = Vec::new();
+    for view in names {
+        let started = Instant::now();
+        let start = match range {
+            Range::All => None,
+            Range::Since(t) => Some(t),
+            Range::Incremental => store
+                .watermark(&view)?
+                // Inclusive: a window closed at its start still held an event exactly `reach`
+                // before the watermark.
+                .map(|w| w.saturating_sub(reach(&repo.views[&view]))),
+        };
+        let entities = engine.entities_between(&view, start, end).await?;
+        quiver_offline::profile::stage(format_args!(
+            "materialize {view}: {} entities",
+            entities.num_rows()
+        ));
+        let rows = compute_rows(&engine, &view, entities, end).await?;
+        let mut written = 0;
+        let mut chunks = rows.chunks(CHUNK).peekable();
+        while let Some(chunk) = chunks.next() {
+            // The last chunk moves the watermark with it, atomically.
+            let mark = chunks.peek().is_none().then_some(end);
+            store.write(&view, chunk, mark)?;
+            written += chunk.len();
+            progress(&view, written);
+        }
+        if rows.is_empty() {
+            store.write(&view, &[], Some(end))?;
+        }
+        quiver_offline::profile::stage(format_args!("materialize {view}: {written} rows written"));
+        done.push(Materialized {
+            view,
+            rows: written,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(done)
+}
+
+/// The repository as the online path computes it: ttl removed (it is applied when values are
+/// read, so the latest event is stored whatever its age) and the latest event time added as a
+/// hidden last feature of every view.
+fn serving_repo(repo: &Repo) -> Repo {
     let mut inner = repo.clone();
     for v in inner.views.values_mut() {
         v.ttl = None;
@@ -70,96 +154,144 @@ pub async fn materialize(
             filter: None,
         });
     }
-    let engine = Engine::new(inner, opts)?;
-    let mut done = Vec::new();
-    for view in names {
-        let started = Instant::now();
-        let def = &engine.repo().views[&view];
-        let entities = engine.entities(&view, end).await?;
-        quiver_offline::profile::stage(format_args!(
-            "materialize {view}: {} entities",
-            entities.num_rows()
-        ));
-        let n = entities.num_rows();
-        let mut cols = entities.columns().to_vec();
-        let mut fields: Vec<_> = entities
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        cols.push(Arc::new(
-            datafusion::arrow::array::TimestampMicrosecondArray::from(vec![end; n])
-                .with_timezone("UTC"),
-        ));
-        fields.push(datafusion::arrow::datatypes::Field::new(
-            AS_OF,
-            datafusion::arrow::datatypes::DataType::Timestamp(
-                datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                Some("UTC".into()),
-            ),
-            false,
-        ));
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
-        let spine = datafusion::arrow::array::RecordBatch::try_new(schema.clone(), cols)?;
-        let features: Vec<FeatureRef> = def
-            .features
-            .iter()
-            .map(|f| FeatureRef {
-                view: view.clone(),
-                feature: f.name.clone(),
-            })
-            .collect();
-        let req = JoinRequest {
-            features,
-            spine_timestamp: Some(AS_OF.into()),
-            full_names: true,
-        };
-        let out = engine.join(schema, vec![spine], &req).await?.batch;
-        quiver_offline::profile::stage(format_args!("materialize {view}: features computed"));
-        let k = def.join_keys.len();
-        let key_cols: Vec<&dyn datafusion::arrow::array::Array> =
-            (0..k).map(|i| out.column(i).as_ref()).collect();
-        let keys = entity_keys(&key_cols, &def.join_keys)?;
-        let first = k + 1;
-        let mut values: Vec<Vec<Scalar>> = Vec::new();
-        for (j, f) in def.features.iter().enumerate() {
-            values.push(Scalar::column(out.column(first + j).as_ref(), &f.name)?);
-        }
-        let times = values.pop().unwrap_or_default();
-        quiver_offline::profile::stage(format_args!("materialize {view}: values converted"));
-        let mut rows = Vec::with_capacity(CHUNK.min(n));
-        let mut written = 0;
-        for (i, key) in keys.into_iter().enumerate() {
-            let Some(key) = key else { continue };
-            let event_time = match &times[i] {
-                Scalar::Time(t) => Some(*t),
-                _ => None,
-            };
-            let row = FeatureRow {
-                as_of: end,
-                event_time,
-                values: values.iter().map(|c| c[i].clone()).collect(),
-            };
-            rows.push((encode_entity_key(&key), row.encode()));
-            if rows.len() == CHUNK {
-                store.write(&view, &rows, None)?;
-                written += rows.len();
-                rows.clear();
-                progress(&view, written);
-            }
-        }
-        written += rows.len();
-        store.write(&view, &rows, Some(end))?;
-        progress(&view, written);
-        quiver_offline::profile::stage(format_args!("materialize {view}: {written} rows written"));
-        done.push(Materialized {
-            view,
-            rows: written,
-            seconds: started.elapsed().as_secs_f64(),
-        });
+    inner
+}
+
+/// The stored rows (encoded key, encoded [`FeatureRow`]) of `entities` (a batch of the view's
+/// key columns) as of `end`, computed by the offline join of a [`serving_repo`] engine.
+async fn compute_rows(
+    engine: &Engine,
+    view: &str,
+    entities: RecordBatch,
+    end: i64,
+) -> quiver_offline::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let def = &engine.repo().views[view];
+    let n = entities.num_rows();
+    let mut cols = entities.columns().to_vec();
+    let mut fields: Vec<_> = entities
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    cols.push(Arc::new(
+        datafusion::arrow::array::TimestampMicrosecondArray::from(vec![end; n])
+            .with_timezone("UTC"),
+    ));
+    fields.push(datafusion::arrow::datatypes::Field::new(
+        AS_OF,
+        datafusion::arrow::datatypes::DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        ),
+        false,
+    ));
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+    let spine = RecordBatch::try_new(schema.clone(), cols)?;
+    let features: Vec<FeatureRef> = def
+        .features
+        .iter()
+        .map(|f| FeatureRef {
+            view: view.to_string(),
+            feature: f.name.clone(),
+        })
+        .collect();
+    let req = JoinRequest {
+        features,
+        spine_timestamp: Some(AS_OF.into()),
+        full_names: true,
+    };
+    let out = engine.join(schema, vec![spine], &req).await?.batch;
+    quiver_offline::profile::stage(format_args!("materialize {view}: features computed"));
+    let k = def.join_keys.len();
+    let key_cols: Vec<&dyn datafusion::arrow::array::Array> =
+        (0..k).map(|i| out.column(i).as_ref()).collect();
+    let keys = entity_keys(&key_cols, &def.join_keys)?;
+    let first = k + 1;
+    let mut values: Vec<Vec<Scalar>> = Vec::new();
+    for (j, f) in def.features.iter().enumerate() {
+        values.push(Scalar::column(out.column(first + j).as_ref(), &f.name)?);
     }
-    Ok(done)
+    let times = values.pop().unwrap_or_default();
+    quiver_offline::profile::stage(format_args!("materialize {view}: values converted"));
+    let mut rows = Vec::with_capacity(n);
+    for (i, key) in keys.into_iter().enumerate() {
+        let Some(key) = key else { continue };
+        let event_time = match &times[i] {
+            Scalar::Time(t) => Some(*t),
+            _ => None,
+        };
+        let row = FeatureRow {
+            as_of: end,
+            event_time,
+            values: values.iter().map(|c| c[i].clone()).collect(),
+        };
+        rows.push((encode_entity_key(&key), row.encode()));
+    }
+    Ok(rows)
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub rows: usize,
+    pub entities: usize,
+}
+
+/// Push rows of a view's source (every source column, in any order; types of the same
+/// class are cast) to the online store: each pushed entity's values are computed again as of
+/// `now` by the offline join over the source plus the pushed rows — the same rules as any
+/// other path. When `offline` is given (the rows were appended to the source there), the
+/// source alone is read.
+pub async fn push(
+    repo: &Repo,
+    store: &dyn OnlineStore,
+    view: &str,
+    rows: RecordBatch,
+    appended: bool,
+    now: i64,
+    opts: EngineOptions,
+) -> quiver_offline::Result<Pushed> {
+    let def = repo.views.get(view).ok_or_else(|| {
+        quiver_offline::Error::Core(quiver_core::Error::Request(format!(
+            "unknown feature view `{view}`"
+        )))
+    })?;
+    let engine = Engine::new(serving_repo(repo), opts.clone())?;
+    let source = repo.sources[&def.source].clone();
+    let ctx = quiver_offline::session(&opts)?;
+    let table = quiver_offline::source::source_table(&ctx, &repo.offline_store, &source).await?;
+    let rows =
+        quiver_offline::delta::conform(&table.schema(), &rows, &format!("push to `{view}`"))?;
+    let n = rows.num_rows();
+    let engine = if appended {
+        engine
+    } else {
+        let pushed =
+            datafusion::datasource::MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?;
+        // Pushed rows come after the source's in source order (they arrived last).
+        let union = ctx
+            .read_table(table)?
+            .union(ctx.read_table(Arc::new(pushed))?)?;
+        engine.with_source_table(&def.source, union.into_view())
+    };
+    // The distinct entities pushed.
+    let keys: Vec<usize> = def
+        .join_keys
+        .iter()
+        .map(|k| rows.schema().index_of(k))
+        .collect::<Result<_, _>>()?;
+    let key_batch = rows.project(&keys)?;
+    let mem = datafusion::datasource::MemTable::try_new(key_batch.schema(), vec![vec![key_batch]])?;
+    let distinct = ctx.read_table(Arc::new(mem))?.distinct()?;
+    let schema = Arc::new(distinct.schema().as_arrow().clone());
+    let entities = datafusion::arrow::compute::concat_batches(&schema, &distinct.collect().await?)?;
+    let computed = compute_rows(&engine, view, entities, now).await?;
+    store.write(view, &computed, None)?;
+    Ok(Pushed {
+        rows: n,
+        entities: computed.len(),
+    })
 }
 
 /// Per-value status of an online lookup, as Feast reports it.

@@ -415,3 +415,293 @@ async fn registry_service_registers_selects_and_traces() {
         .unwrap()
         .unwrap();
 }
+
+fn strs(v: &[&str]) -> RepeatedValue {
+    RepeatedValue {
+        val: v
+            .iter()
+            .map(|s| Value {
+                val: Some(Val::StringVal(s.to_string())),
+            })
+            .collect(),
+    }
+}
+
+/// Values of `features` for entities 1..=3 at T through the offline join on `source_rows`.
+async fn offline_values(
+    repo: &Repo,
+    extra: Option<datafusion::arrow::array::RecordBatch>,
+    features: &[&str],
+) -> Vec<Vec<quiver_core::store::Scalar>> {
+    use datafusion::arrow::array::{Int64Array, TimestampMicrosecondArray};
+    let mut engine = quiver_offline::Engine::new(repo.clone(), EngineOptions::default()).unwrap();
+    if let Some(extra) = extra {
+        let ctx = quiver_offline::session(&EngineOptions::default()).unwrap();
+        let src = &repo.sources["purchases"];
+        let table = quiver_offline::source::source_table(&ctx, &repo.offline_store, src)
+            .await
+            .unwrap();
+        let mem =
+            datafusion::datasource::MemTable::try_new(extra.schema(), vec![vec![extra]]).unwrap();
+        let union = ctx
+            .read_table(table)
+            .unwrap()
+            .union(ctx.read_table(Arc::new(mem)).unwrap())
+            .unwrap();
+        engine = engine.with_source_table("purchases", union.into_view());
+    }
+    let spine = datafusion::arrow::array::RecordBatch::try_from_iter(vec![
+        (
+            "user_id",
+            Arc::new(Int64Array::from(vec![1, 2, 3])) as datafusion::arrow::array::ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            Arc::new(TimestampMicrosecondArray::from(vec![T; 3]).with_timezone("UTC")),
+        ),
+    ])
+    .unwrap();
+    let req = quiver_offline::JoinRequest {
+        features: repo.resolve_refs(features).unwrap(),
+        spine_timestamp: None,
+        full_names: false,
+    };
+    let out = engine
+        .join(spine.schema(), vec![spine], &req)
+        .await
+        .unwrap()
+        .batch;
+    (0..3)
+        .map(|r| {
+            (2..out.num_columns())
+                .map(|c| {
+                    quiver_core::store::Scalar::column(out.column(c).as_ref(), "f").unwrap()[r]
+                        .clone()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_updates_online_values_like_the_offline_join() {
+    use quiver_server::proto::PushRequest;
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
+        dir.path(),
+    );
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    quiver_server::online::materialize(
+        &repo,
+        store.as_ref(),
+        &[],
+        T,
+        EngineOptions::default(),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(quiver_server::grpc::serve(
+        repo.clone(),
+        store.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = OnlineServiceClient::new(connect(&url).await);
+    let features = [
+        "user_purchases:amt_30d",
+        "user_purchases:amt_lifetime",
+        "user_purchases:clothing_7d",
+        "user_purchases:last_category",
+    ];
+    let day = 86_400_000_000i64;
+    // Two purchases: user 2 a day before T, user 3 (no events before) an hour before.
+    let push = |to_offline: bool| PushRequest {
+        feature_view: "user_purchases".into(),
+        columns: [
+            ("user_id".to_string(), ints(&[2, 3])),
+            (
+                "purchase_date".to_string(),
+                RepeatedValue {
+                    val: vec![
+                        Value {
+                            val: Some(Val::UnixTimestampMicrosVal(T - day)),
+                        },
+                        Value {
+                            val: Some(Val::StringVal("2024-02-08T23:00:00Z".into())),
+                        },
+                    ],
+                },
+            ),
+            (
+                "ingested_at".to_string(),
+                strs(&["2024-02-08T00:00:00Z", "2024-02-08T23:00:00Z"]),
+            ),
+            ("purchase_amt".to_string(), ints(&[30, 7])),
+            ("category".to_string(), strs(&["clothing", "food"])),
+        ]
+        .into_iter()
+        .collect(),
+        to_offline,
+        at_micros: Some(T),
+    };
+    let r = client.push(push(false)).await.unwrap().into_inner();
+    assert_eq!((r.rows, r.entities), (2, 2));
+    let got = client
+        .get_online_features(request(&features, vec![("user_id", ints(&[1, 2, 3]))]))
+        .await
+        .unwrap()
+        .into_inner();
+    // Offline: the same join over the source plus the pushed rows.
+    let ctx = quiver_offline::session(&EngineOptions::default()).unwrap();
+    let src =
+        quiver_offline::source::source_table(&ctx, &repo.offline_store, &repo.sources["purchases"])
+            .await
+            .unwrap();
+    let req = push(false);
+    let pushed = {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        let s = src.schema();
+        let cols: Vec<datafusion::arrow::array::ArrayRef> = s
+            .fields()
+            .iter()
+            .map(|f| -> datafusion::arrow::array::ArrayRef {
+                let v = &req.columns[f.name()].val;
+                let a: datafusion::arrow::array::ArrayRef = match &v[0].val {
+                    Some(Val::Int64Val(_)) => Arc::new(Int64Array::from(
+                        v.iter()
+                            .map(|x| match x.val {
+                                Some(Val::Int64Val(i)) => i,
+                                _ => 0,
+                            })
+                            .collect::<Vec<_>>(),
+                    )),
+                    _ => Arc::new(StringArray::from(
+                        v.iter()
+                            .map(|x| match &x.val {
+                                Some(Val::StringVal(s)) => s.clone(),
+                                Some(Val::UnixTimestampMicrosVal(t)) => {
+                                    quiver_core::time::format_instant(*t)
+                                }
+                                _ => String::new(),
+                            })
+                            .collect::<Vec<_>>(),
+                    )),
+                };
+                datafusion::arrow::compute::cast(&a, f.data_type()).unwrap()
+            })
+            .collect();
+        datafusion::arrow::array::RecordBatch::try_new(s, cols).unwrap()
+    };
+    let want = offline_values(&repo, Some(pushed), &features).await;
+    for (f, vector) in got.results.iter().enumerate() {
+        for (e, (value, row)) in vector.values.iter().zip(&want).enumerate() {
+            let v = quiver_server::grpc::scalar_of(value);
+            assert_eq!(v, row[f], "feature {} entity {}", features[f], e + 1);
+        }
+    }
+    // The pushed purchase shows: user 2 had 50 in the window, now 80.
+    assert_eq!(got.results[0].values[1].val, Some(Val::Int64Val(80)));
+    assert_eq!(
+        got.results[3].values[2].val,
+        Some(Val::StringVal("food".into()))
+    );
+
+    // Bad pushes name what is wrong.
+    let mut bad = push(false);
+    bad.columns.remove("category");
+    let e = client.push(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.message(), "columns.category: missing");
+    let mut bad = push(false);
+    bad.columns.insert("purchase_amt".into(), strs(&["a", "b"]));
+    let e = client.push(bad).await.unwrap_err();
+    assert_eq!(e.message(), "columns.purchase_amt[0]: expected an integer");
+    let mut bad = push(false);
+    bad.feature_view = "nope".into();
+    let e = client.push(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    // The sample's purchases are files by path: they cannot take pushed rows.
+    let e = client.push(push(true)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("reads files at"), "{}", e.message());
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_materialization_rewrites_only_what_changed() {
+    use quiver_server::online::{Range, materialize_range};
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
+        dir.path(),
+    );
+    // User 1 bought long ago only, user 2 within a window of t1, user 3 after t1.
+    std::fs::write(
+        dir.path().join("data/purchases.csv"),
+        "user_id,purchase_date,ingested_at,purchase_amt,category
+1,2023-06-01T00:00:00Z,2023-06-01T00:00:00Z,10,food
+2,2024-01-20T00:00:00Z,2024-01-20T00:00:00Z,20,clothing
+3,2024-02-05T00:00:00Z,2024-02-05T00:00:00Z,30,food
+",
+    )
+    .unwrap();
+    let repo = Repo::load(dir.path()).unwrap();
+    let day = 86_400_000_000i64;
+    let t1 = T - 8 * day; // 2024-02-01
+    let inc_dir = dir.path().join("inc");
+    let full_dir = dir.path().join("full");
+    let inc = quiver_online::SledStore::open(&inc_dir).unwrap();
+    let full = quiver_online::SledStore::open(&full_dir).unwrap();
+    let opts = EngineOptions::default;
+    let all = materialize_range(&repo, &inc, &[], Range::All, t1, opts(), |_, _| {})
+        .await
+        .unwrap();
+    // Incremental to T: user_purchases reaches back 30 days (its longest window) from the
+    // watermark t1, so entities with events since t1 − 30d are written again; the rest keep
+    // values that cannot have changed.
+    let again = materialize_range(&repo, &inc, &[], Range::Incremental, T, opts(), |_, _| {})
+        .await
+        .unwrap();
+    let rows = |m: &[quiver_server::online::Materialized], v: &str| {
+        m.iter().find(|x| x.view == v).unwrap().rows
+    };
+    assert_eq!(rows(&all, "user_purchases"), 2, "{all:?}"); // users 1 and 2
+    assert_eq!(rows(&again, "user_purchases"), 2, "{again:?}"); // users 2 and 3, not 1
+    materialize_range(&repo, &full, &[], Range::All, T, opts(), |_, _| {})
+        .await
+        .unwrap();
+    let refs = repo.service("churn_v1").unwrap();
+    let ents: Vec<_> = (1..=4)
+        .map(|i| vec![("user_id".to_string(), quiver_core::store::KeyValue::Int(i))])
+        .collect();
+    let a = quiver_server::online::get(&repo, &inc, &refs, &ents, T).unwrap();
+    let b = quiver_server::online::get(&repo, &full, &refs, &ents, T).unwrap();
+    let strip = |v: Vec<Vec<quiver_server::online::Value>>| {
+        v.into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|x| (x.value, x.status, x.event_time))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(a), strip(b));
+    assert_eq!(
+        quiver_core::store::OnlineStore::watermark(&inc, "user_purchases").unwrap(),
+        Some(T)
+    );
+}
