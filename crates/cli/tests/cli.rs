@@ -1068,13 +1068,34 @@ fn push_to_offline_appends_a_version_and_updates_online_values() {
     let t = "2024-02-09T00:00:00Z";
     ok(q(d, &["materialize", "--end", t]));
     let get = || {
-        ok(q(d, &[
-            "get", "--entity", "user_id=1", "--entity", "user_id=3", "--features",
-            "user_purchases:amt_30d,user_purchases:last_category", "--at", t, "--json",
-        ]))
+        ok(q(
+            d,
+            &[
+                "get",
+                "--entity",
+                "user_id=1",
+                "--entity",
+                "user_id=3",
+                "--features",
+                "user_purchases:amt_30d,user_purchases:last_category",
+                "--at",
+                t,
+                "--json",
+            ],
+        ))
     };
     let before = get();
-    let said = ok(q(d, &["push", "user_purchases", "p2.csv", "--to-offline", "--at", t]));
+    let said = ok(q(
+        d,
+        &[
+            "push",
+            "user_purchases",
+            "p2.csv",
+            "--to-offline",
+            "--at",
+            t,
+        ],
+    ));
     assert!(said.contains("purchases@2: 5 rows in all"), "{said}");
     assert!(said.contains("3 rows pushed"), "{said}");
     let after = get();
@@ -1090,5 +1111,8 @@ fn push_to_offline_appends_a_version_and_updates_online_values() {
     .unwrap();
     ok(q(d, &["push", "user_purchases", "p3.csv", "--at", t]));
     assert!(get().contains("toys"));
-    assert_eq!(ok(q(d, &["datasets", "log", "purchases"])).lines().count(), 3);
+    assert_eq!(
+        ok(q(d, &["datasets", "log", "purchases"])).lines().count(),
+        3
+    );
 }

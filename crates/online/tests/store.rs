@@ -168,7 +168,38 @@ fn unknown_format_is_refused() {
     }
     let e = SledStore::open(dir.path()).err().unwrap().to_string();
     assert!(
-        e.contains("format version 9 is not supported (this build reads 1)"),
+        e.contains("format version 9 is not supported (this build reads 2)"),
         "{e}"
     );
+}
+
+#[test]
+fn many_entities_share_buckets_and_stay_distinct() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    // More entities than buckets, so every bucket holds several, written in two chunks and
+    // then partly overwritten.
+    let n = (quiver_online::BUCKETS as usize) * 3;
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+        .map(|i| (format!("e{i}").into_bytes(), (i as u64).to_le_bytes().to_vec()))
+        .collect();
+    store.write("v", &rows[..n / 2], None).unwrap();
+    store.write("v", &rows[n / 2..], Some(1)).unwrap();
+    let over: Vec<(Vec<u8>, Vec<u8>)> = rows
+        .iter()
+        .step_by(7)
+        .map(|(k, _)| (k.clone(), b"new".to_vec()))
+        .collect();
+    store.write("v", &over, None).unwrap();
+    let keys: Vec<Vec<u8>> = rows.iter().map(|(k, _)| k.clone()).collect();
+    let got = store.get_many("v", &keys).unwrap();
+    for (i, g) in got.iter().enumerate() {
+        let want = if i % 7 == 0 {
+            b"new".to_vec()
+        } else {
+            (i as u64).to_le_bytes().to_vec()
+        };
+        assert_eq!(g.as_deref(), Some(&want[..]), "entity {i}");
+    }
+    assert_eq!(store.get("v", b"absent").unwrap(), None);
 }
