@@ -63,6 +63,9 @@ pub struct SledStore {
     writer: std::sync::Mutex<()>,
 }
 
+/// An (encoded entity key, value) pair.
+type Row = (Vec<u8>, Vec<u8>);
+
 /// The bucket of an encoded entity key (FNV-1a, top bits).
 fn bucket_of(key: &[u8]) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -204,8 +207,7 @@ impl SledStore {
         let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tree = self.tree(view)?;
         // Group by bucket and merge into what each bucket holds (later rows win).
-        let mut buckets: std::collections::BTreeMap<u32, Vec<&(Vec<u8>, Vec<u8>)>> =
-            Default::default();
+        let mut buckets: std::collections::BTreeMap<u32, Vec<&Row>> = Default::default();
         for r in rows {
             buckets.entry(bucket_of(&r.0)).or_default().push(r);
         }

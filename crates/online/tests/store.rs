@@ -181,7 +181,12 @@ fn many_entities_share_buckets_and_stay_distinct() {
     // then partly overwritten.
     let n = (quiver_online::BUCKETS as usize) * 3;
     let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
-        .map(|i| (format!("e{i}").into_bytes(), (i as u64).to_le_bytes().to_vec()))
+        .map(|i| {
+            (
+                format!("e{i}").into_bytes(),
+                (i as u64).to_le_bytes().to_vec(),
+            )
+        })
         .collect();
     store.write("v", &rows[..n / 2], None).unwrap();
     store.write("v", &rows[n / 2..], Some(1)).unwrap();
