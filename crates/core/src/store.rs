@@ -86,6 +86,10 @@ pub trait OnlineStore: Send + Sync {
 
     /// Delete every value of a view (a changed definition invalidates them).
     fn clear(&self, view: &str) -> Result<()>;
+
+    /// Order rows the way this store writes them fastest, so that a large write split into
+    /// consecutive chunks touches each storage page once (a bucketed store sorts by bucket).
+    fn order_for_write(&self, _rows: &mut [(Vec<u8>, Vec<u8>)]) {}
 }
 
 #[cfg(test)]

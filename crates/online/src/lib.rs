@@ -289,6 +289,11 @@ impl OnlineStore for SledStore {
             .map(i64::from_be_bytes))
     }
 
+    fn order_for_write(&self, rows: &mut [(Vec<u8>, Vec<u8>)]) {
+        // Consecutive chunks then cover disjoint bucket ranges: each bucket is rewritten once.
+        rows.sort_by_cached_key(|(k, _)| bucket_of(k));
+    }
+
     fn clear(&self, view: &str) -> quiver_core::Result<()> {
         self.tree(view)?.clear().map_err(self.err())?;
         self.meta.remove(watermark_key(view)).map_err(self.err())?;

@@ -116,7 +116,8 @@ pub async fn materialize_range(
             "materialize {view}: {} entities",
             entities.num_rows()
         ));
-        let rows = compute_rows(&engine, &view, entities, end).await?;
+        let mut rows = compute_rows(&engine, &view, entities, end).await?;
+        store.order_for_write(&mut rows);
         let mut written = 0;
         let mut chunks = rows.chunks(CHUNK).peekable();
         while let Some(chunk) = chunks.next() {
