@@ -142,7 +142,11 @@ enum Command {
         #[arg(long)]
         register: Option<String>,
         /// Read a source at a recorded version, SOURCE@VERSION (repeat for more).
-        #[arg(long = "source-version", visible_alias = "source", value_name = "SOURCE@VERSION")]
+        #[arg(
+            long = "source-version",
+            visible_alias = "source",
+            value_name = "SOURCE@VERSION"
+        )]
         pins: Vec<String>,
         /// Time travel: read every source as it was at this instant (RFC 3339).
         #[arg(long)]
