@@ -479,8 +479,30 @@ fn versioned_datasets_lineage_and_reproduce() {
     let diff = ok(q(d, &["datasets", "diff", "train@2", "churners"]));
     assert!(diff.contains("rows: +0 added, -2 removed"), "{diff}");
     assert!(ok(q(d, &["reproduce", "churners"])).contains("identical"));
+    // A spine file whose name is no dataset name is stored under a cleaned-up one.
+    std::fs::copy(d.join("spine.csv"), d.join("my labels.csv")).unwrap();
+    ok(q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "my labels.csv",
+            "--service",
+            "churn_v1",
+            "--register",
+            "t2",
+        ],
+    ));
     let list = ok(q(d, &["datasets", "list"]));
-    for name in ["purchases", "spine", "train", "train_train", "churners"] {
+    for name in [
+        "purchases",
+        "spine",
+        "train",
+        "train_train",
+        "churners",
+        "my_labels",
+        "t2",
+    ] {
         assert!(list.contains(name), "{name} in {list}");
     }
 }

@@ -586,10 +586,24 @@ impl Catalog {
     pub async fn spine_version(&self, spine: &str) -> Result<DatasetVersion> {
         let p = Path::new(spine);
         if p.is_file() || p.is_dir() {
-            let stem = p
+            // Named after the file, with what a dataset name cannot hold replaced.
+            let stem: String = p
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_else(|| "spine".into());
+                .unwrap_or_default()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let stem = match stem.trim_start_matches('.') {
+                "" => "spine".to_string(),
+                s => s.to_string(),
+            };
             return self.add(p, &stem).await;
         }
         let (name, version) = quiver_registry::parse_ref(spine)?;
