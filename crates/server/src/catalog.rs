@@ -342,17 +342,7 @@ impl Catalog {
 
     /// The version of a source a join reads, recorded.
     pub async fn source_version(&self, name: &str, pins: &Pins) -> Result<DatasetVersion> {
-        let src = self.repo.sources.get(name).ok_or_else(|| {
-            Error::NotFound(format!(
-                "unknown source `{name}`; sources: {}",
-                self.repo
-                    .sources
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        let src = self.source(name)?;
         let loc = source::source_location(&self.repo.offline_store, src);
         let managed = src.path.is_none() || delta::is_delta_table(&loc);
         if managed {
@@ -480,9 +470,9 @@ impl Catalog {
         self.append(name, parts, op).await
     }
 
-    /// The source, when Quiver manages its table.
-    fn check_managed(&self, name: &str) -> Result<&quiver_core::Source> {
-        let src = self.repo.sources.get(name).ok_or_else(|| {
+    /// A source of quiver.yaml, or an error naming the ones there are.
+    fn source(&self, name: &str) -> Result<&quiver_core::Source> {
+        self.repo.sources.get(name).ok_or_else(|| {
             Error::NotFound(format!(
                 "unknown source `{name}`; sources: {}",
                 self.repo
@@ -492,7 +482,12 @@ impl Catalog {
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
-        })?;
+        })
+    }
+
+    /// The source, when Quiver manages its table.
+    fn check_managed(&self, name: &str) -> Result<&quiver_core::Source> {
+        let src = self.source(name)?;
         if let Some(p) = &src.path
             && !delta::is_delta_table(p)
         {
@@ -1029,16 +1024,27 @@ pub fn first_difference(stored: &Table, rebuilt: &Table) -> Result<String> {
     }
     let sa = stored.concat()?;
     let sb = rebuilt.concat()?;
-    let n = sa.num_rows().min(sb.num_rows());
-    for row in 0..n {
+    // Whole-row hashes find the row; one column's hashes on that row find the column.
+    let row_hashes = |b: &RecordBatch| -> Result<Vec<[u8; 32]>> {
+        let mut h = TableHasher::new(&b.schema()).map_err(quiver_offline::Error::from)?;
+        Ok(h.row_hashes(b).map_err(quiver_offline::Error::from)?)
+    };
+    let (ha, hb) = (row_hashes(&sa)?, row_hashes(&sb)?);
+    if let Some(row) = ha.iter().zip(&hb).position(|(x, y)| x != y) {
         for (c, (name, _)) in a.iter().enumerate() {
-            let x = sa.column(c).slice(row, 1);
-            let y = sb.column(c).slice(row, 1);
-            if !same_value(x.as_ref(), y.as_ref())? {
+            let x = sa
+                .project(&[c])
+                .map_err(quiver_offline::Error::from)?
+                .slice(row, 1);
+            let y = sb
+                .project(&[c])
+                .map_err(quiver_offline::Error::from)?
+                .slice(row, 1);
+            if row_hashes(&x)? != row_hashes(&y)? {
                 return Ok(format!(
                     "row {row}, column `{name}`: stored {}, rebuilt {}",
-                    show(x.as_ref()),
-                    show(y.as_ref())
+                    show(x.column(0).as_ref()),
+                    show(y.column(0).as_ref())
                 ));
             }
         }
@@ -1051,18 +1057,6 @@ pub fn first_difference(stored: &Table, rebuilt: &Table) -> Result<String> {
         ));
     }
     Ok("same rows in another order".into())
-}
-
-fn same_value(x: &dyn Array, y: &dyn Array) -> Result<bool> {
-    let one = |a: &dyn Array| -> Result<ContentHash> {
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
-            datafusion::arrow::datatypes::Field::new("v", a.data_type().clone(), true),
-        ]));
-        let b = RecordBatch::try_new(schema.clone(), vec![a.slice(0, a.len())])
-            .map_err(quiver_offline::Error::from)?;
-        Ok(hash_table(&schema, &[b])?.0)
-    };
-    Ok(one(x)? == one(y)?)
 }
 
 fn show(a: &dyn Array) -> String {

@@ -206,21 +206,17 @@ impl Catalog {
     }
 
     /// The columns a model trains on: the training set's feature columns (the last columns of
-    /// a join's output) that are numeric, or every numeric column but the label.
-    async fn feature_columns(&self, v: &DatasetVersion, label: &str) -> Result<Vec<String>> {
-        let t = self.read(v).await?;
-        let fields = t.schema.fields();
-        let candidates: Vec<&Field> = match self.join_of(v)? {
-            Some(j) => fields[fields.len().saturating_sub(j.features.len())..]
-                .iter()
-                .map(|f| f.as_ref())
-                .collect(),
-            None => fields.iter().map(|f| f.as_ref()).collect(),
+    /// a join's output) that are numeric, or every numeric column but the label — read off the
+    /// recorded schema, without reading rows.
+    fn feature_columns(&self, v: &DatasetVersion, label: &str) -> Result<Vec<String>> {
+        let first = match self.join_of(v)? {
+            Some(j) => v.schema.len().saturating_sub(j.features.len()),
+            None => 0,
         };
-        Ok(candidates
-            .into_iter()
-            .filter(|f| f.name() != label && quiver_train::is_numeric(f.data_type()))
-            .map(|f| f.name().clone())
+        Ok(v.schema[first..]
+            .iter()
+            .filter(|(n, class)| n != label && matches!(class.as_str(), "int" | "float" | "bool"))
+            .map(|(n, _)| n.clone())
             .collect())
     }
 
@@ -251,7 +247,7 @@ impl Catalog {
         };
         let features = match features {
             Some(f) => f,
-            None => self.feature_columns(&train_v, label).await?,
+            None => self.feature_columns(&train_v, label)?,
         };
         let data = self.rows(&train_v).await?;
         let spec = Spec {
@@ -488,7 +484,7 @@ impl Catalog {
         let eval_v = self.dataset(&h.eval)?;
         let data = self.rows(&train_v).await?;
         let eval_rows = self.rows(&eval_v).await?;
-        let features = self.feature_columns(&train_v, &h.label).await?;
+        let features = self.feature_columns(&train_v, &h.label)?;
         let plan = quiver_registry::select::halving_plan(
             h.configs.len(),
             data.num_rows(),

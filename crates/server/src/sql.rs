@@ -19,11 +19,20 @@ use quiver_registry::{Artifact, Operation, Storage};
 use crate::catalog::Catalog;
 use crate::{Error, Result};
 
-/// Columns of one table, built row by row.
-#[derive(Default)]
+/// Columns of one table, declared with their kinds, built row by row.
 struct Cols {
     names: Vec<&'static str>,
     cols: Vec<Col>,
+}
+
+/// The kind of a column: text, integer, float, boolean, UTC timestamp (µs).
+#[derive(Clone, Copy)]
+enum K {
+    S,
+    I,
+    F,
+    B,
+    T,
 }
 
 enum Col {
@@ -48,26 +57,23 @@ fn s(x: impl Into<String>) -> V {
 }
 
 impl Cols {
-    fn new(names: &[&'static str]) -> Cols {
+    fn new(columns: &[(&'static str, K)]) -> Cols {
         Cols {
-            names: names.to_vec(),
-            cols: Vec::new(),
+            names: columns.iter().map(|(n, _)| *n).collect(),
+            cols: columns
+                .iter()
+                .map(|(_, k)| match k {
+                    K::S => Col::Str(vec![]),
+                    K::I => Col::Int(vec![]),
+                    K::F => Col::Float(vec![]),
+                    K::B => Col::Bool(vec![]),
+                    K::T => Col::Time(vec![]),
+                })
+                .collect(),
         }
     }
 
     fn row(&mut self, values: Vec<V>) {
-        if self.cols.is_empty() {
-            self.cols = values
-                .iter()
-                .map(|v| match v {
-                    V::S(_) => Col::Str(vec![]),
-                    V::I(_) => Col::Int(vec![]),
-                    V::F(_) => Col::Float(vec![]),
-                    V::B(_) => Col::Bool(vec![]),
-                    V::T(_) => Col::Time(vec![]),
-                })
-                .collect();
-        }
         for (c, v) in self.cols.iter_mut().zip(values) {
             match (c, v) {
                 (Col::Str(c), V::S(v)) => c.push(v),
@@ -75,27 +81,13 @@ impl Cols {
                 (Col::Float(c), V::F(v)) => c.push(v),
                 (Col::Bool(c), V::B(v)) => c.push(v),
                 (Col::Time(c), V::T(v)) => c.push(v),
-                _ => unreachable!("a column keeps its type"),
+                _ => unreachable!("a value of the column's declared kind"),
             }
         }
     }
 
-    /// The table; `empty` gives the column types when there are no rows.
-    fn table(self, empty: Vec<V>) -> Result<Arc<MemTable>> {
-        let mut me = self;
-        if me.cols.is_empty() {
-            me.row(empty);
-            for c in &mut me.cols {
-                match c {
-                    Col::Str(v) => v.clear(),
-                    Col::Int(v) => v.clear(),
-                    Col::Float(v) => v.clear(),
-                    Col::Bool(v) => v.clear(),
-                    Col::Time(v) => v.clear(),
-                }
-            }
-        }
-        let arrays: Vec<ArrayRef> = me
+    fn table(self) -> Result<Arc<MemTable>> {
+        let arrays: Vec<ArrayRef> = self
             .cols
             .into_iter()
             .map(|c| -> ArrayRef {
@@ -110,7 +102,7 @@ impl Cols {
                 }
             })
             .collect();
-        let fields: Vec<Field> = me
+        let fields: Vec<Field> = self
             .names
             .iter()
             .zip(&arrays)
@@ -158,24 +150,24 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
     };
 
     let mut fv = Cols::new(&[
-        "view",
-        "version",
-        "hash",
-        "created",
-        "entity",
-        "source",
-        "ttl_seconds",
-        "features",
+        ("view", K::S),
+        ("version", K::I),
+        ("hash", K::S),
+        ("created", K::T),
+        ("entity", K::S),
+        ("source", K::S),
+        ("ttl_seconds", K::F),
+        ("features", K::I),
     ]);
     let mut feats = Cols::new(&[
-        "view",
-        "version",
-        "feature",
-        "kind",
-        "column",
-        "agg",
-        "window_seconds",
-        "filter",
+        ("view", K::S),
+        ("version", K::I),
+        ("feature", K::S),
+        ("kind", K::S),
+        ("column", K::S),
+        ("agg", K::S),
+        ("window_seconds", K::F),
+        ("filter", K::S),
     ]);
     for name in reg.view_names()? {
         for v in reg.view_versions(&name)? {
@@ -212,45 +204,27 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
             }
         }
     }
-    register(
-        "feature_views",
-        fv.table(vec![
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::T(None),
-            V::S(None),
-            V::S(None),
-            V::F(None),
-            V::I(None),
-        ])?,
-    )?;
-    register(
-        "features",
-        feats.table(vec![
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::S(None),
-            V::S(None),
-            V::S(None),
-            V::F(None),
-            V::S(None),
-        ])?,
-    )?;
+    register("feature_views", fv.table()?)?;
+    register("features", feats.table()?)?;
 
-    let mut ds = Cols::new(&["name", "kind", "latest_version", "rows", "hash"]);
+    let mut ds = Cols::new(&[
+        ("name", K::S),
+        ("kind", K::S),
+        ("latest_version", K::I),
+        ("rows", K::I),
+        ("hash", K::S),
+    ]);
     let mut dv = Cols::new(&[
-        "name",
-        "version",
-        "kind",
-        "hash",
-        "rows",
-        "created",
-        "operation",
-        "parent",
-        "storage",
-        "delta_version",
+        ("name", K::S),
+        ("version", K::I),
+        ("kind", K::S),
+        ("hash", K::S),
+        ("rows", K::I),
+        ("created", K::T),
+        ("operation", K::S),
+        ("parent", K::S),
+        ("storage", K::S),
+        ("delta_version", K::I),
     ]);
     let all = reg.all_dataset_versions()?;
     for v in &all {
@@ -291,65 +265,52 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
             ]);
         }
     }
-    register(
-        "datasets",
-        ds.table(vec![
-            V::S(None),
-            V::S(None),
-            V::I(None),
-            V::I(None),
-            V::S(None),
-        ])?,
-    )?;
-    register(
-        "dataset_versions",
-        dv.table(vec![
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::S(None),
-            V::I(None),
-            V::T(None),
-            V::S(None),
-            V::S(None),
-            V::S(None),
-            V::I(None),
-        ])?,
-    )?;
+    register("datasets", ds.table()?)?;
+    register("dataset_versions", dv.table()?)?;
 
-    let mut models = Cols::new(&["name", "latest_version", "versions"]);
+    let mut models = Cols::new(&[("name", K::S), ("latest_version", K::I), ("versions", K::I)]);
     let mut mv = Cols::new(&[
-        "name",
-        "version",
-        "dataset",
-        "dataset_version",
-        "algo",
-        "label",
-        "seed",
-        "parent",
-        "artifact_hash",
-        "artifact_bytes",
-        "size_bytes",
-        "latency_mean_ms",
-        "latency_p99_ms",
-        "code_commit",
-        "code_dirty",
-        "os",
-        "quiver_version",
-        "created",
-        "tags",
+        ("name", K::S),
+        ("version", K::I),
+        ("dataset", K::S),
+        ("dataset_version", K::I),
+        ("algo", K::S),
+        ("label", K::S),
+        ("seed", K::I),
+        ("parent", K::S),
+        ("artifact_hash", K::S),
+        ("artifact_bytes", K::I),
+        ("size_bytes", K::F),
+        ("latency_mean_ms", K::F),
+        ("latency_p99_ms", K::F),
+        ("code_commit", K::S),
+        ("code_dirty", K::B),
+        ("os", K::S),
+        ("quiver_version", K::S),
+        ("created", K::T),
+        ("tags", K::S),
     ]);
     let mut metrics = Cols::new(&[
-        "model",
-        "version",
-        "metric",
-        "eval_dataset",
-        "eval_version",
-        "value",
+        ("model", K::S),
+        ("version", K::I),
+        ("metric", K::S),
+        ("eval_dataset", K::S),
+        ("eval_version", K::I),
+        ("value", K::F),
     ]);
-    let mut costs = Cols::new(&["model", "version", "cost", "value"]);
-    let mut params = Cols::new(&["model", "version", "param", "value"]);
-    let mut aliases = Cols::new(&["model", "alias", "version"]);
+    let mut costs = Cols::new(&[
+        ("model", K::S),
+        ("version", K::I),
+        ("cost", K::S),
+        ("value", K::F),
+    ]);
+    let mut params = Cols::new(&[
+        ("model", K::S),
+        ("version", K::I),
+        ("param", K::S),
+        ("value", K::S),
+    ]);
+    let mut aliases = Cols::new(&[("model", K::S), ("alias", K::S), ("version", K::I)]);
     let all_models = reg.all_model_versions()?;
     for name in reg.model_names()? {
         let versions: Vec<_> = all_models.iter().filter(|m| m.name == name).collect();
@@ -406,66 +367,21 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
             params.row(vec![s(&m.name), V::I(Some(m.version as i64)), s(p), s(v)]);
         }
     }
-    register(
-        "models",
-        models.table(vec![V::S(None), V::I(None), V::I(None)])?,
-    )?;
-    register(
-        "model_versions",
-        mv.table(vec![
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::S(None),
-            V::I(None),
-            V::F(None),
-            V::F(None),
-            V::F(None),
-            V::S(None),
-            V::B(None),
-            V::S(None),
-            V::S(None),
-            V::T(None),
-            V::S(None),
-        ])?,
-    )?;
-    register(
-        "metrics",
-        metrics.table(vec![
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::S(None),
-            V::I(None),
-            V::F(None),
-        ])?,
-    )?;
-    register(
-        "costs",
-        costs.table(vec![V::S(None), V::I(None), V::S(None), V::F(None)])?,
-    )?;
-    register(
-        "params",
-        params.table(vec![V::S(None), V::I(None), V::S(None), V::S(None)])?,
-    )?;
-    register(
-        "aliases",
-        aliases.table(vec![V::S(None), V::S(None), V::I(None)])?,
-    )?;
+    register("models", models.table()?)?;
+    register("model_versions", mv.table()?)?;
+    register("metrics", metrics.table()?)?;
+    register("costs", costs.table()?)?;
+    register("params", params.table()?)?;
+    register("aliases", aliases.table()?)?;
 
     let mut edges = Cols::new(&[
-        "from_kind",
-        "from_name",
-        "from_version",
-        "to_kind",
-        "to_name",
-        "to_version",
-        "operation",
+        ("from_kind", K::S),
+        ("from_name", K::S),
+        ("from_version", K::I),
+        ("to_kind", K::S),
+        ("to_name", K::S),
+        ("to_version", K::I),
+        ("operation", K::S),
     ]);
     for e in reg.edges()? {
         let (fk, fname, fver) = artifact_parts(&e.from);
@@ -480,18 +396,7 @@ pub async fn context(cat: &Catalog, data: bool) -> Result<SessionContext> {
             s(e.op),
         ]);
     }
-    register(
-        "lineage_edges",
-        edges.table(vec![
-            V::S(None),
-            V::S(None),
-            V::I(None),
-            V::S(None),
-            V::S(None),
-            V::I(None),
-            V::S(None),
-        ])?,
-    )?;
+    register("lineage_edges", edges.table()?)?;
 
     if data {
         for name in reg.dataset_names()? {

@@ -43,6 +43,50 @@ async fn connect(url: &str) -> tonic::transport::Channel {
     panic!("the server at {url} did not come up");
 }
 
+/// A copy of the sample repository in a temporary folder.
+fn sample_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
+        dir.path(),
+    );
+    dir
+}
+
+async fn materialize_at_t(repo: &Repo, store: &dyn quiver_core::store::OnlineStore) {
+    quiver_server::online::materialize(repo, store, &[], T, EngineOptions::default(), |_, _| {})
+        .await
+        .unwrap();
+}
+
+/// A server on a free loopback port, stopped (gracefully, within 10 s) by [`Server::stop`].
+struct Server {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<quiver_server::Result<()>>,
+}
+
+impl Server {
+    async fn start(repo: Repo, store: Arc<dyn quiver_core::store::OnlineStore>) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(quiver_server::grpc::serve(repo, store, listener, async {
+            let _ = stopped.await;
+        }));
+        Server { url, stop, handle }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
 fn ints(v: &[i64]) -> RepeatedValue {
     RepeatedValue {
         val: v
@@ -72,31 +116,13 @@ fn request(features: &[&str], entities: Vec<(&str, RepeatedValue)>) -> GetOnline
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_lookups_health_and_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
-        dir.path(),
-    );
+    let dir = sample_copy();
     let repo = Repo::load(dir.path()).unwrap();
     let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
-    quiver_server::online::materialize(
-        &repo,
-        store.as_ref(),
-        &[],
-        T,
-        EngineOptions::default(),
-        |_, _| {},
-    )
-    .await
-    .unwrap();
+    materialize_at_t(&repo, store.as_ref()).await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(quiver_server::grpc::serve(repo, store, listener, async {
-        let _ = stopped.await;
-    }));
-    let url = format!("http://{addr}");
+    let server = Server::start(repo, store).await;
+    let url = server.url.clone();
     let mut client = OnlineServiceClient::new(connect(&url).await);
 
     let resp = client
@@ -207,12 +233,7 @@ async fn serves_lookups_health_and_errors() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,11 +243,7 @@ async fn registry_service_registers_selects_and_traces() {
         GetModelRequest, LineageRequest, ListModelsRequest, MetricValue, RegisterModelRequest,
         SelectBestRequest,
     };
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
-        dir.path(),
-    );
+    let dir = sample_copy();
     let repo = Repo::load(dir.path()).unwrap();
     // A registered training set to register models against.
     {
@@ -256,12 +273,8 @@ async fn registry_service_registers_selects_and_traces() {
         .unwrap();
     }
     let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(quiver_server::grpc::serve(repo, store, listener, async {
-        let _ = stopped.await;
-    }));
+    let server = Server::start(repo, store).await;
+    let url = server.url.clone();
     let channel = connect(&url).await;
     let mut client = RegistryServiceClient::new(channel.clone());
     let register = |auc: f64, latency: f64, bytes: &[u8]| RegisterModelRequest {
@@ -408,12 +421,7 @@ async fn registry_service_registers_selects_and_traces() {
         "{names:?}"
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 fn strs(v: &[&str]) -> RepeatedValue {
@@ -486,34 +494,12 @@ async fn offline_values(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_updates_online_values_like_the_offline_join() {
     use quiver_server::proto::PushRequest;
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
-        dir.path(),
-    );
+    let dir = sample_copy();
     let repo = Repo::load(dir.path()).unwrap();
     let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
-    quiver_server::online::materialize(
-        &repo,
-        store.as_ref(),
-        &[],
-        T,
-        EngineOptions::default(),
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(quiver_server::grpc::serve(
-        repo.clone(),
-        store.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    materialize_at_t(&repo, store.as_ref()).await;
+    let server = Server::start(repo.clone(), store.clone()).await;
+    let url = server.url.clone();
     let mut client = OnlineServiceClient::new(connect(&url).await);
     let features = [
         "user_purchases:amt_30d",
@@ -633,22 +619,13 @@ async fn push_updates_online_values_like_the_offline_join() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("reads files at"), "{}", e.message());
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_materialization_rewrites_only_what_changed() {
     use quiver_server::online::{Range, materialize_range};
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
-        dir.path(),
-    );
+    let dir = sample_copy();
     // User 1 bought long ago only, user 2 within a window of t1, user 3 after t1.
     std::fs::write(
         dir.path().join("data/purchases.csv"),

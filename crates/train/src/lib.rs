@@ -193,11 +193,6 @@ fn column_f64(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
     })
 }
 
-/// Whether a column can be a model input.
-pub fn is_numeric(dt: &DataType) -> bool {
-    dt.is_numeric() || *dt == DataType::Boolean
-}
-
 fn param<T: std::str::FromStr>(p: &BTreeMap<String, String>, k: &str) -> Result<Option<T>> {
     p.get(k)
         .map(|v| {
