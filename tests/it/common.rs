@@ -58,6 +58,7 @@ pub fn engine(
         target_partitions: partitions,
         batch_size,
         memory_limit: None,
+        ..Default::default()
     };
     let mut e = Engine::new(repo, opts).unwrap();
     for (name, b) in sources {

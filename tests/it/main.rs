@@ -5,6 +5,7 @@ mod differential;
 mod errors;
 mod memory;
 mod online;
+mod reuse;
 mod semantics;
 mod sources;
 mod versions;

@@ -57,6 +57,7 @@ async fn small_memory_pool_spills_and_agrees() {
             target_partitions: 2,
             batch_size: 4096,
             memory_limit: limit,
+            ..Default::default()
         };
         let e = Engine::new(repo(YAML), opts)
             .unwrap()

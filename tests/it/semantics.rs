@@ -467,3 +467,49 @@ async fn composite_keys_zones_dates_and_name_collisions() {
     assert_eq!(i64s(&out, "v1__n"), [Some(1), Some(1), Some(0)]);
     assert_eq!(f64s(&out, "v2__n"), [Some(5.0), Some(2.0), None]);
 }
+
+/// Variance of a window is that of its own values: a NaN or infinity earlier in the same
+/// entity's history (outside the window) does not touch it.
+#[tokio::test]
+async fn variance_ignores_non_finite_values_outside_the_window() {
+    let yaml = r#"
+project: t
+entities:
+  user: { join_keys: [uid] }
+sources:
+  ev: { timestamp: ts }
+feature_views:
+  v:
+    entity: user
+    source: ev
+    features:
+      - { name: var_1h, agg: var, column: x, window: 1h }
+      - { name: sd_1h, agg: stddev, column: x, window: 1h }
+      - { name: n, agg: count, column: x }
+"#;
+    for first in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let ev = batch(vec![
+            ("uid", Arc::new(Int64Array::from(vec![1, 1, 1])) as ArrayRef),
+            ("ts", ts(vec![Some(0), Some(10 * H), Some(10 * H + 1)])),
+            (
+                "x",
+                Arc::new(Float64Array::from(vec![first, 1.0, 3.0])) as ArrayRef,
+            ),
+        ]);
+        let spine = batch(vec![
+            ("uid", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("event_timestamp", ts(vec![Some(10 * H + 2)])),
+        ]);
+        let e = engine(repo(yaml), &[("ev", &ev)], 2, 1);
+        // the lifetime count makes the scan read the first event too
+        let out = join(&e, &spine, &["v:var_1h", "v:sd_1h", "v:n"])
+            .await
+            .unwrap();
+        assert_eq!(f64s(&out, "var_1h"), vec![Some(2.0)], "first value {first}");
+        assert_eq!(
+            f64s(&out, "sd_1h"),
+            vec![Some(2f64.sqrt())],
+            "first value {first}"
+        );
+    }
+}

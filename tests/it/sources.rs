@@ -41,6 +41,7 @@ async fn latest(
         target_partitions: partitions,
         batch_size: 2,
         memory_limit: None,
+        ..Default::default()
     };
     let e = Engine::new(repo, opts).unwrap();
     let spine = batch(vec![

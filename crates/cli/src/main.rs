@@ -162,6 +162,26 @@ enum Command {
         /// Memory pool limit, e.g. 512MB or 2GB (default: unbounded).
         #[arg(long, value_parser = parse_bytes)]
         memory_limit: Option<usize>,
+        /// Neither reuse stored feature states nor store new ones.
+        #[arg(long)]
+        no_reuse: bool,
+        /// Size budget of the reuse catalog (OFFLINE_STORE/reuse), e.g. 4GB (default 2GB).
+        #[arg(long, value_parser = parse_bytes)]
+        reuse_budget: Option<usize>,
+    },
+    /// Choose a layout for each managed source from the log of past joins (time bucketing
+    /// and sort order minimizing the bytes those joins read) and rewrite it as a new version.
+    Optimize {
+        /// Bytes the rewrites may read and write in total (default: no limit).
+        #[arg(long, value_parser = parse_bytes)]
+        budget: Option<usize>,
+        /// Print the plan without rewriting anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
     },
     /// Append Parquet or CSV files to the managed table of a source (a new version).
     Ingest {
@@ -471,6 +491,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_engine(command: Command) -> Result<()> {
     match command {
+        Command::Optimize {
+            budget,
+            dry_run,
+            json,
+            repo,
+        } => {
+            let repo = Repo::load(&repo)?;
+            let outcomes =
+                quiver_offline::layout::optimize(&repo, budget.map(|b| b as u64), dry_run).await?;
+            if outcomes.iter().any(|o| o.written.is_some()) {
+                // Record the new versions now, so datasets and lineage show them.
+                quiver_server::catalog::Catalog::open(repo.clone(), EngineOptions::default())?
+                    .sync_sources()
+                    .await?;
+            }
+            print_layouts(&outcomes, json, dry_run)?;
+            Ok(())
+        }
         Command::Validate { repo } => {
             let repo = Repo::load(&repo)?;
             let (views, sources) = (repo.views.len(), repo.sources.len());
@@ -621,6 +659,8 @@ async fn run_engine(command: Command) -> Result<()> {
             explain,
             partitions,
             memory_limit,
+            no_reuse,
+            reuse_budget,
         } => {
             let started = Instant::now();
             let repo = Repo::load(&repo)?;
@@ -638,6 +678,13 @@ async fn run_engine(command: Command) -> Result<()> {
                 opts.target_partitions = p;
             }
             opts.memory_limit = memory_limit;
+            if !no_reuse {
+                opts.reuse_budget = Some(
+                    reuse_budget
+                        .map(|b| b as u64)
+                        .unwrap_or(quiver_offline::reuse::DEFAULT_BUDGET),
+                );
+            }
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {elapsed} {msg}")
@@ -673,7 +720,16 @@ async fn run_engine(command: Command) -> Result<()> {
                 engine
                     .join_file(std::path::Path::new(&spine), &req)
                     .await
-                    .map(|o| (o.batch, o.explain, None))
+                    .map(|o| {
+                        let mut plan = o.explain;
+                        plan.push(format!(
+                            "read {} from sources and {} of stored states; {} feature(s) reused",
+                            quiver_offline::gate::bytes(o.bytes_scanned as f64),
+                            quiver_offline::gate::bytes(o.stored_bytes_read as f64),
+                            o.reused
+                        ));
+                        (o.batch, plan, None)
+                    })
                     .map_err(anyhow::Error::from)
             };
             let (batch, plan, registered) = match result {
@@ -727,6 +783,49 @@ async fn run_engine(command: Command) -> Result<()> {
         | Command::Select { .. }
         | Command::Sql { .. } => unreachable!("handled in run"),
     }
+}
+
+fn print_layouts(
+    outcomes: &[quiver_offline::layout::Outcome],
+    json: bool,
+    dry_run: bool,
+) -> Result<()> {
+    use quiver_offline::gate::bytes;
+    if json {
+        println!("{}", serde_json::to_string_pretty(outcomes)?);
+        return Ok(());
+    }
+    if outcomes.is_empty() {
+        println!("no managed source has logged joins yet; run some joins first");
+    }
+    for o in outcomes {
+        let p = &o.plan;
+        println!("source `{}`: {} logged scan(s)", p.source, p.scans);
+        println!(
+            "  current layout: {} read by the logged scans",
+            bytes(p.current_bytes as f64)
+        );
+        for (l, b) in &p.candidates {
+            println!("    candidate {l}: {}", bytes(*b as f64));
+        }
+        let ratio = p.current_bytes as f64 / p.best_bytes.max(1) as f64;
+        println!(
+            "  best: {}: {} ({ratio:.1}x less, saves {}); rewrite reads and writes {}",
+            p.best,
+            bytes(p.best_bytes as f64),
+            bytes(p.saving() as f64),
+            bytes(p.rewrite_bytes as f64)
+        );
+        let what = match (o.chosen, o.written, dry_run) {
+            (false, _, _) if p.saving() == 0 => "kept: no candidate reads less".to_string(),
+            (false, _, _) => "kept: the rewrite does not fit the budget".to_string(),
+            (true, _, true) => "would rewrite (dry run)".to_string(),
+            (true, Some(v), _) => format!("rewritten as version {} (Delta version {v})", v + 1),
+            (true, None, _) => "not rewritten".to_string(),
+        };
+        println!("  {what}");
+    }
+    Ok(())
 }
 
 /// Whether a `--spine` argument names a file or folder (else it is a dataset NAME[@VER]).

@@ -57,6 +57,8 @@ fn parquet_output_and_feature_list() {
         "user_purchases:amt_30d,user_profile:age",
         "--full-names",
         "--explain",
+        // the plan of a scan, not a reuse of an earlier test's states
+        "--no-reuse",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -1137,4 +1139,76 @@ fn push_to_offline_appends_a_version_and_updates_online_values() {
         ok(q(d, &["datasets", "log", "purchases"])).lines().count(),
         3
     );
+}
+
+/// Reuse through the CLI: a repeated join is served from stored states, a wider window
+/// shows the cost gate's estimates, `--no-reuse` gives the same file, `optimize` plans from
+/// the join log and keeps results identical, and a new source version invalidates.
+#[test]
+fn reuse_explain_and_optimize() {
+    let dir = managed_repo();
+    let d = dir.path();
+    let yaml = std::fs::read_to_string(d.join("quiver.yaml")).unwrap().replace(
+        "      - { name: amt_lifetime",
+        "      - { name: amt_40d, agg: sum, column: purchase_amt, window: 40d, closed: both }\n      - { name: amt_lifetime",
+    );
+    std::fs::write(d.join("quiver.yaml"), yaml).unwrap();
+    ok(q(d, &["ingest", "purchases", "p1.csv", "p2.csv"]));
+    let join = |feats: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "join",
+            "--spine",
+            "spine.csv",
+            "--features",
+            feats,
+            "--out",
+            out,
+            "--explain",
+        ];
+        args.extend(extra);
+        ok(q(d, &args))
+    };
+    let feats = "user_purchases:amt_30d,user_purchases:clothing_7d";
+    let first = join(feats, "a.csv", &[]);
+    assert!(first.contains("computed from the scan"), "{first}");
+    assert!(first.contains("stored"), "{first}");
+    let again = join(feats, "b.csv", &[]);
+    assert!(again.contains("exact match"), "{again}");
+    assert!(
+        again.contains("no scan: every feature is stored"),
+        "{again}"
+    );
+    assert!(again.contains("2 feature(s) reused"), "{again}");
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(read("a.csv"), read("b.csv"));
+
+    let wide = join("user_purchases:amt_40d", "c.csv", &[]);
+    assert!(wide.contains("cost gate: recompute reads"), "{wide}");
+    // one row group: the band reads as much as the whole window, so the gate declines
+    assert!(
+        wide.contains("-> recompute (reuse would not read less)"),
+        "{wide}"
+    );
+    join("user_purchases:amt_40d", "d.csv", &["--no-reuse"]);
+    assert_eq!(read("c.csv"), read("d.csv"));
+
+    let dry = ok(q(d, &["optimize", "--dry-run"]));
+    assert!(dry.contains("source `purchases`"), "{dry}");
+    assert!(dry.contains("logged scan(s)"), "{dry}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(q(d, &["optimize", "--dry-run", "--json"]))).unwrap();
+    assert!(
+        json[0]["plan"]["candidates"].as_array().unwrap().len() == 10,
+        "{json}"
+    );
+    ok(q(d, &["optimize"]));
+    join(feats, "e.csv", &["--no-reuse"]);
+    assert_eq!(read("a.csv"), read("e.csv"));
+
+    // a new version of the source: nothing stored for the old one is used (or kept)
+    ok(q(d, &["ingest", "purchases", "p1.csv"]));
+    let manifest = read(".quiver/offline/reuse/manifest.json");
+    assert!(!manifest.contains("\"source\":\"purchases\""), "{manifest}");
+    let after = join(feats, "f.csv", &[]);
+    assert!(after.contains("computed from the scan"), "{after}");
 }

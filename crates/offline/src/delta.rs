@@ -261,3 +261,123 @@ pub async fn write(path: &Path, batches: Vec<RecordBatch>, mode: Mode, what: &st
         }
     }
 }
+
+/// Rewrite a table's rows as one overwrite commit (layout selection): `rows` in their new
+/// order, with `cuts` the row offsets where a row group must end (bucket boundaries); row
+/// groups also end every `row_group_rows` rows, and files hold about `file_rows` rows, ending
+/// on a cut. Files are written first and committed together, replacing every current file,
+/// so a crash before the commit leaves the table as it was (the stray files are never
+/// referenced). Returns the new Delta version.
+pub async fn rewrite(
+    path: &Path,
+    rows: RecordBatch,
+    cuts: &[usize],
+    row_group_rows: usize,
+    file_rows: usize,
+    what: &str,
+) -> Result<u64> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::{Action, Add, Remove};
+    use deltalake::protocol::DeltaOperation;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    let batch = to_delta_types(&rows, what)?;
+    let table = open(path, None).await?;
+    let state = table.snapshot().map_err(|e| delta_err(path, e))?.clone();
+    let n = batch.num_rows();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let tag = blake3::hash(format!("{}{now_ms}{n}", path.display()).as_bytes()).to_hex();
+    let tag = &tag[..16];
+    // Boundaries: every cut, plus a row-group boundary every `row_group_rows`.
+    let mut cuts: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < n).collect();
+    cuts.push(n);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let step = row_group_rows.max(1);
+    let mut actions = Vec::new();
+    let (mut start, mut file_no) = (0usize, 0usize);
+    while start < n {
+        // this file: whole buckets up to about `file_rows` rows
+        let end = cuts
+            .iter()
+            .copied()
+            .filter(|&c| c > start)
+            .take_while(|&c| c - start <= file_rows.max(1))
+            .last()
+            .unwrap_or_else(|| cuts.iter().copied().find(|&c| c > start).unwrap_or(n));
+        let name = format!("part-{file_no:05}-{tag}.snappy.parquet");
+        let file = path.join(&name);
+        {
+            let f = std::fs::File::create(&file).map_err(|source| Error::Io {
+                path: file.clone(),
+                source,
+            })?;
+            let props = WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(step))
+                .build();
+            let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props))
+                .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
+            let mut at = start;
+            for &c in cuts.iter().filter(|&&c| c > start && c <= end) {
+                while at < c {
+                    let len = step.min(c - at);
+                    w.write(&batch.slice(at, len))
+                        .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
+                    w.flush()
+                        .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
+                    at += len;
+                }
+            }
+            w.close()
+                .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
+        }
+        let size = std::fs::metadata(&file)
+            .map_err(|source| Error::Io {
+                path: file.clone(),
+                source,
+            })?
+            .len() as i64;
+        actions.push(Action::Add(Add {
+            path: name,
+            partition_values: Default::default(),
+            size,
+            modification_time: now_ms,
+            data_change: true,
+            stats: Some(format!("{{\"numRecords\":{}}}", end - start)),
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        }));
+        start = end;
+        file_no += 1;
+    }
+    for f in state.log_data().iter() {
+        actions.push(Action::Remove(Remove {
+            path: f.path().into_owned(),
+            data_change: true,
+            deletion_timestamp: Some(now_ms),
+            extended_file_metadata: Some(true),
+            partition_values: Some(Default::default()),
+            size: Some(f.size()),
+            ..Default::default()
+        }));
+    }
+    let op = DeltaOperation::Write {
+        mode: SaveMode::Overwrite,
+        partition_by: None,
+        predicate: None,
+    };
+    let done = CommitBuilder::default()
+        .with_actions(actions)
+        .build(Some(&state), table.log_store(), op)
+        .await
+        .map_err(|e| delta_err(path, e))?;
+    Ok(done.version() as u64)
+}

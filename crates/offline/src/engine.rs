@@ -3,7 +3,7 @@
 //! back beside the spine in spine order.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
@@ -17,13 +17,16 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlanBuilder, cast as cast_expr, lit};
 use datafusion::physical_plan::{collect_partitioned, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext, coalesce};
-use quiver_core::semantics::{key_join_type, output_names};
-use quiver_core::time::{MICROS_PER_DAY, format_instant, is_time_type, is_typed_time, to_micros};
+use quiver_core::semantics::{Agg, key_join_type, output_names};
+use quiver_core::time::{MICROS_PER_DAY, is_time_type, is_typed_time, to_micros};
 use quiver_core::{Feature, FeatureKind, FeatureRef, FeatureView, Repo, Source};
 
 use crate::plan::{self, PitJoinNode, PitQueryPlanner, ViewSpec};
+use crate::reuse::{self, ReuseCatalog};
+use crate::state::{self, StateKind};
+use crate::stats::ScanStats;
 use crate::sweep::{FeatureSpec, Kind};
-use crate::{Error, Result, source};
+use crate::{Error, Result, gate, source};
 
 /// How a session runs.
 #[derive(Debug, Clone)]
@@ -33,6 +36,12 @@ pub struct EngineOptions {
     pub batch_size: usize,
     /// A memory pool limit in bytes; `None` = unbounded.
     pub memory_limit: Option<usize>,
+    /// Keep computed feature states in the offline store's reuse catalog, up to this many
+    /// bytes, and reuse them; `None` = reuse off.
+    pub reuse_budget: Option<u64>,
+    /// Take every stored state that can serve, without the cost gate (tests and benchmarks
+    /// that exercise the reuse paths on any layout).
+    pub reuse_always: bool,
 }
 
 impl Default for EngineOptions {
@@ -43,6 +52,8 @@ impl Default for EngineOptions {
                 .unwrap_or(2),
             batch_size: 8192,
             memory_limit: None,
+            reuse_budget: None,
+            reuse_always: false,
         }
     }
 }
@@ -100,12 +111,40 @@ pub struct JoinOutput {
     pub explain: Vec<String>,
     /// Partitions that did not fit the memory pool and were swept from disk in buckets.
     pub spilled_partitions: usize,
+    /// Bytes the source scans read (DataFusion's `bytes_scanned`).
+    pub bytes_scanned: u64,
+    /// Bytes of stored feature states read instead.
+    pub stored_bytes_read: u64,
+    /// Features produced from stored states (exact, widened or narrowed).
+    pub reused: usize,
+}
+
+/// A named version of a source and its files (for statistics).
+#[derive(Debug, Clone)]
+pub struct SourceVersion {
+    /// Stable identity: equal ids, equal rows.
+    pub id: String,
+    pub files: Vec<PathBuf>,
+}
+
+impl SourceVersion {
+    /// A version of a Delta table: its folder and Delta version.
+    pub fn delta(table: &Path, version: u64, files: Vec<PathBuf>) -> SourceVersion {
+        let abs = std::path::absolute(table).unwrap_or_else(|_| table.to_path_buf());
+        SourceVersion {
+            id: format!("delta:{}@{version}", abs.display()),
+            files,
+        }
+    }
 }
 
 pub struct Engine {
     repo: Repo,
     ctx: SessionContext,
     tables: HashMap<String, Arc<dyn TableProvider>>,
+    versions: HashMap<String, SourceVersion>,
+    reuse: Option<ReuseCatalog>,
+    reuse_always: bool,
 }
 
 /// A view's part of a request, checked against the source schema.
@@ -116,6 +155,8 @@ struct ViewParts<'a> {
     value_cols: Vec<String>,
     filters: Vec<Expr>,
     features: Vec<FeatureSpec>,
+    /// Each feature's index in the view's definition.
+    feature_index: Vec<usize>,
 }
 
 fn column(name: &str) -> Expr {
@@ -124,16 +165,41 @@ fn column(name: &str) -> Expr {
 
 impl Engine {
     pub fn new(repo: Repo, opts: EngineOptions) -> Result<Engine> {
+        let reuse = opts
+            .reuse_budget
+            .map(|b| ReuseCatalog::new(&repo.offline_store, b));
         Ok(Engine {
             repo,
             ctx: session(&opts)?,
             tables: HashMap::new(),
+            versions: HashMap::new(),
+            reuse,
+            reuse_always: opts.reuse_always,
         })
     }
 
-    /// Read a source from this table instead of its files (tests, embedding).
+    /// Read a source from this table, known to hold `version` (reuse keys on it).
+    pub fn with_source_version(
+        mut self,
+        source: &str,
+        table: Arc<dyn TableProvider>,
+        version: SourceVersion,
+    ) -> Self {
+        self.tables.insert(source.to_string(), table);
+        self.versions.insert(source.to_string(), version);
+        self
+    }
+
+    /// The reuse catalog, when reuse is on.
+    pub fn reuse_catalog(&self) -> Option<&ReuseCatalog> {
+        self.reuse.as_ref()
+    }
+
+    /// Read a source from this table instead of its files (tests, embedding). Its version
+    /// is unknown, so nothing computed from it is reused.
     pub fn with_source_table(mut self, source: &str, table: Arc<dyn TableProvider>) -> Self {
         self.tables.insert(source.to_string(), table);
+        self.versions.remove(source);
         self
     }
 
@@ -299,6 +365,7 @@ impl Engine {
                 column,
                 filter,
                 output_type,
+                state: false,
             });
         }
         Ok(ViewParts {
@@ -308,6 +375,7 @@ impl Engine {
             value_cols,
             filters,
             features,
+            feature_index: feats.iter().map(|(i, _)| *i).collect(),
         })
     }
 
@@ -429,11 +497,15 @@ impl Engine {
         let mut columns: Vec<Option<ArrayRef>> = vec![None; req.features.len()];
         let mut explain = Vec::new();
         let mut spilled_partitions = 0;
+        let (mut bytes_scanned, mut stored_bytes_read, mut reused) = (0, 0, 0);
         for (p, idx) in parts {
-            let (cols, lines, spills) = self.join_view(&p, &spine, &t, (tmin, tmax)).await?;
-            explain.extend(lines);
-            spilled_partitions += spills;
-            for (c, i) in cols.into_iter().zip(idx) {
+            let r = self.view_columns(&p, &spine, &t, (tmin, tmax)).await?;
+            explain.extend(r.explain);
+            spilled_partitions += r.spills;
+            bytes_scanned += r.bytes_scanned;
+            stored_bytes_read += r.stored_bytes_read;
+            reused += r.reused;
+            for (c, i) in r.columns.into_iter().zip(idx) {
                 columns[i] = Some(c);
             }
         }
@@ -450,21 +522,23 @@ impl Engine {
             batch,
             explain,
             spilled_partitions,
+            bytes_scanned,
+            stored_bytes_read,
+            reused,
         })
     }
 
-    async fn join_view(
+    /// The spine input of one view: `__rid`, the join keys cast to the join types, `__t`.
+    fn spine_input(
         &self,
         p: &ViewParts<'_>,
         spine: &RecordBatch,
         t: &Int64Array,
-        (tmin, tmax): (i64, i64),
-    ) -> Result<(Vec<ArrayRef>, Vec<String>, usize)> {
+    ) -> Result<(RecordBatch, Vec<DataType>)> {
         let n = spine.num_rows();
         let sschema = spine.schema();
         let tschema = p.table.schema();
         let view = p.view;
-        // spine input: __rid, keys cast to the join type, __t
         let mut fields = vec![Field::new(plan::RID, DataType::UInt64, false)];
         let mut arrays: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from_iter_values(0..n as u64))];
         let mut key_types = Vec::new();
@@ -491,7 +565,538 @@ impl Engine {
         }
         fields.push(Field::new(plan::TIME, DataType::Int64, true));
         arrays.push(Arc::new(t.clone()));
-        let sbatch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+        Ok((
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?,
+            key_types,
+        ))
+    }
+
+    /// Compute one view's requested features, reusing stored states where the cost gate
+    /// finds it cheaper (DESIGN §4 "Reuse").
+    async fn view_columns(
+        &self,
+        p: &ViewParts<'_>,
+        spine: &RecordBatch,
+        t: &Int64Array,
+        (tmin, tmax): (i64, i64),
+    ) -> Result<ViewResult> {
+        let (sbatch, key_types) = self.spine_input(p, spine, t)?;
+        crate::profile::stage(format_args!("view {}: spine input", p.view.name));
+        let view = p.view;
+        let src = p.source;
+        let mut explain = vec![format!(
+            "view `{}` (source `{}`): {} feature(s)",
+            view.name,
+            src.name,
+            p.features.len()
+        )];
+        let tschema = p.table.schema();
+        let time_type = tschema.field_with_name(&src.timestamp)?.data_type().clone();
+        let typed = tmin <= tmax && is_typed_time(&time_type);
+        let ranges = |kinds: &mut dyn Iterator<Item = Kind>| {
+            gate::hull(kinds.map(|k| gate::needed(&k, view.ttl, tmin, tmax)))
+        };
+
+        // What reuse can offer: each feature's state kind, lineage key and best stored state.
+        let reuse = match &self.reuse {
+            Some(c) if !src.filter_created => match self.source_version(src).await? {
+                Some(v) => Some((c, v)),
+                None => {
+                    explain.push("  reuse: off (the source's version is not known)".into());
+                    None
+                }
+            },
+            Some(_) => {
+                explain.push("  reuse: off (`filter_created` windows are not ranges)".into());
+                None
+            }
+            None => None,
+        };
+        let mut kinds: Vec<Option<StateKind>> = p
+            .features
+            .iter()
+            .map(|f| match (&reuse, f.kind) {
+                (Some(_), Kind::Latest) => Some(StateKind::Latest),
+                (Some(_), Kind::Agg(agg, _)) => StateKind::of(
+                    agg,
+                    f.column
+                        .map(|c| tschema.field_with_name(&p.value_cols[c]))
+                        .transpose()
+                        .ok()
+                        .flatten()
+                        .map(|f| f.data_type()),
+                ),
+                _ => None,
+            })
+            .collect();
+        let mut defs: Vec<Option<String>> = vec![None; p.features.len()];
+        let mut options: Vec<gate::Source> = vec![gate::Source::Cold; p.features.len()];
+        let mut spine_key = String::new();
+        let mut stats = None;
+        if let Some((cat, version)) = &reuse {
+            spine_key = gate::spine_key(&gate::spine_columns(&sbatch))?;
+            let keys: Vec<String> = view
+                .join_keys
+                .iter()
+                .zip(&key_types)
+                .map(|(k, t)| format!("{k}:{t}"))
+                .collect();
+            for (i, f) in p.features.iter().enumerate() {
+                let Some(kind) = kinds[i] else { continue };
+                let w = match f.kind {
+                    Kind::Agg(_, w) => w,
+                    Kind::Latest => gate::LATEST,
+                };
+                let feat = &view.features[p.feature_index[i]];
+                let def = reuse::key_of(&[
+                    &src.name,
+                    &version.id,
+                    &keys.join(","),
+                    &src.timestamp,
+                    src.created_timestamp.as_deref().unwrap_or(""),
+                    kind.name(),
+                    &feat.column,
+                    feat.filter.as_deref().unwrap_or(""),
+                    &view.ttl.map(|d| d.to_string()).unwrap_or_default(),
+                ]);
+                match cat.find(&def, &spine_key) {
+                    Ok(stored) => options[i] = gate::choose(&w, kind, &stored),
+                    Err(e) => {
+                        explain.push(format!("  reuse: catalog unreadable ({e}); recomputing"))
+                    }
+                }
+                defs[i] = Some(def);
+            }
+            if options
+                .iter()
+                .any(|o| matches!(o, gate::Source::Widen(..) | gate::Source::Narrow(..)))
+            {
+                let mut cols: Vec<&str> = view.join_keys.iter().map(|s| s.as_str()).collect();
+                cols.push(&src.timestamp);
+                cols.extend(src.created_timestamp.as_deref());
+                cols.extend(p.value_cols.iter().map(|s| s.as_str()));
+                stats = Some(ScanStats::load(&version.files, &src.timestamp, &cols)?);
+            }
+        }
+
+        // Cross-spine reuse: a feature still to compute whose window is stored for other
+        // spines takes the rows those spines share with this one (same keys and time) and is
+        // computed only for the rest.
+        crate::profile::stage(format_args!("view {}: reuse lookups", p.view.name));
+        let mut cross: Vec<Option<Cross>> = vec![None; p.features.len()];
+        if let Some((cat, _)) = &reuse {
+            let mut finder = CrossFinder::new(cat, &sbatch)?;
+            for (i, f) in p.features.iter().enumerate() {
+                let (gate::Source::Cold, Some(def)) = (&options[i], &defs[i]) else {
+                    continue;
+                };
+                let want = match f.kind {
+                    Kind::Agg(_, w) => w,
+                    Kind::Latest => gate::LATEST,
+                };
+                cross[i] = finder.find(def, &want, &spine_key)?;
+            }
+        }
+
+        // Exact matches are always taken: no scan, sort or sweep for them. The cost gate
+        // weighs the rest: recompute every other feature over all spine rows and its whole
+        // window, or start widened and narrowed features from their stored states (scanning
+        // only the bands) and cross-spine features from the rows other spines share
+        // (scanning only for the rows left).
+        let partial =
+            |o: &gate::Source| matches!(o, gate::Source::Widen(..) | gate::Source::Narrow(..));
+        let has_partial = options.iter().any(partial);
+        let has_cross = cross.iter().any(|c| c.is_some());
+        let (mut use_partial, mut use_cross) = (false, false);
+        if has_partial || has_cross {
+            if stats.is_none() {
+                let mut cols: Vec<&str> = view.join_keys.iter().map(|s| s.as_str()).collect();
+                cols.push(&src.timestamp);
+                cols.extend(src.created_timestamp.as_deref());
+                cols.extend(p.value_cols.iter().map(|s| s.as_str()));
+                if let Some((_, version)) = &reuse {
+                    stats = Some(ScanStats::load(&version.files, &src.timestamp, &cols)?);
+                }
+            }
+            let plan_cost = |partial_on: bool, cross_on: bool| {
+                let mut main = Vec::new();
+                let mut sub = Vec::new();
+                let mut stored: Vec<&reuse::Entry> = Vec::new();
+                for (i, f) in p.features.iter().enumerate() {
+                    match (&options[i], f.kind) {
+                        (gate::Source::Exact(_), _) => {}
+                        (o, Kind::Agg(a, _)) if partial(o) && partial_on => {
+                            main.push(Kind::Agg(a, o.band().expect("band")));
+                            stored.extend(o.entry());
+                        }
+                        _ => match (&cross[i], cross_on) {
+                            (Some(c), true) => {
+                                sub.push(f.kind);
+                                stored.extend(c.entries.iter());
+                            }
+                            _ => main.push(f.kind),
+                        },
+                    }
+                }
+                let unmatched = if cross_on {
+                    unmatched_rows(&cross)
+                } else {
+                    Vec::new()
+                };
+                let (ut0, ut1) = time_span(t, unmatched.iter().copied());
+                let main_range =
+                    gate::hull(main.iter().map(|k| gate::needed(k, view.ttl, tmin, tmax)));
+                let sub_range = if unmatched.is_empty() {
+                    None
+                } else {
+                    gate::hull(sub.iter().map(|k| gate::needed(k, view.ttl, ut0, ut1)))
+                };
+                // features sharing a state (sum and mean of a column) read it once
+                stored.sort_by(|a, b| a.id.cmp(&b.id));
+                stored.dedup_by(|a, b| a.id == b.id);
+                let whole = |r: Option<(Option<i64>, i64)>| {
+                    if typed {
+                        r
+                    } else {
+                        r.map(|_| (None, i64::MAX))
+                    }
+                };
+                let mut c = gate::Cost::of(stats.as_ref(), whole(main_range), &stored);
+                let s = gate::Cost::of(stats.as_ref(), whole(sub_range), &[]);
+                c.scan = c.scan + s.scan;
+                (c, main_range, sub_range)
+            };
+            let (cold, cold_range, _) = plan_cost(false, false);
+            let mut best = ((false, false), cold);
+            for (pa, cr) in [(true, false), (false, true), (true, true)] {
+                if (pa && !has_partial) || (cr && !has_cross) {
+                    continue;
+                }
+                let (c, ..) = plan_cost(pa, cr);
+                let forced = self.reuse_always && pa == has_partial && cr == has_cross;
+                if forced
+                    || (!self.reuse_always
+                        && (c.bytes(), c.rows()) < (best.1.bytes(), best.1.rows()))
+                {
+                    best = ((pa, cr), c);
+                }
+            }
+            (use_partial, use_cross) = best.0;
+            let (warm, main_range, sub_range) = plan_cost(has_partial, has_cross);
+            let what = match best.0 {
+                (false, false) => "recompute (reuse would not read less)".to_string(),
+                _ if self.reuse_always => "reuse (forced)".to_string(),
+                (pa, cr) => format!(
+                    "reuse{}{} (saves {} and {} rows)",
+                    if pa { ", partial windows" } else { "" },
+                    if cr { ", rows of other spines" } else { "" },
+                    gate::bytes(cold.bytes().saturating_sub(best.1.bytes()) as f64),
+                    cold.rows().saturating_sub(best.1.rows())
+                ),
+            };
+            explain.push(format!(
+                "  cost gate: recompute reads {} {}; reuse reads {}{} {} -> {what}",
+                gate::range_text(cold_range),
+                cold.text(),
+                gate::range_text(main_range),
+                match sub_range {
+                    Some(_) => format!(" and {} for the rows left", gate::range_text(sub_range)),
+                    None => String::new(),
+                },
+                warm.text(),
+            ));
+        }
+        if !use_partial {
+            for o in options.iter_mut().filter(|o| partial(o)) {
+                *o = gate::Source::Cold;
+            }
+        }
+        if !use_cross {
+            cross.iter_mut().for_each(|c| *c = None);
+        }
+
+        // States are kept only when they fit the catalog's admission (half its budget): a
+        // spine too large to store computes plain values and pays nothing for reuse.
+        crate::profile::stage(format_args!("view {}: gate", p.view.name));
+        if let Some((cat, _)) = &reuse {
+            let rows = sbatch.num_rows() as u64;
+            let cold = |i: usize| matches!(options[i], gate::Source::Cold) && cross[i].is_none();
+            let est: u64 = (0..kinds.len())
+                .filter(|&i| cold(i))
+                .filter_map(|i| kinds[i].map(|k| rows * k.row_bytes()))
+                .sum();
+            if est > cat.budget() / 2 {
+                explain.push(format!(
+                    "  states not kept: about {} for {rows} rows is over half the reuse budget",
+                    gate::bytes(est as f64)
+                ));
+                for (i, k) in kinds.iter_mut().enumerate() {
+                    if cold(i) {
+                        *k = None;
+                    }
+                }
+            }
+        }
+
+        // The sweep's work: cold features over all rows (as states where they can be stored)
+        // and bands; cross-spine features over the rows left.
+        let mut work: Vec<FeatureSpec> = Vec::new();
+        let mut sub_work: Vec<FeatureSpec> = Vec::new();
+        let mut slot: Vec<Option<usize>> = Vec::new();
+        for (i, f) in p.features.iter().enumerate() {
+            let spec = match (&options[i], f.kind) {
+                (gate::Source::Exact(_), _) => None,
+                (gate::Source::Cold, _) => Some(FeatureSpec {
+                    state: kinds[i].is_some(),
+                    ..f.clone()
+                }),
+                (o, Kind::Agg(a, _)) => Some(FeatureSpec {
+                    kind: Kind::Agg(a, o.band().expect("band")),
+                    state: true,
+                    ..f.clone()
+                }),
+                (_, Kind::Latest) => Some(f.clone()),
+            };
+            let target = if cross[i].is_some() {
+                &mut sub_work
+            } else {
+                &mut work
+            };
+            slot.push(spec.map(|mut s| {
+                s.name = format!("__w{}", target.len());
+                if s.state {
+                    s.output_type = kinds[i].expect("state kind").data_type(&s.output_type);
+                }
+                target.push(s);
+                target.len() - 1
+            }));
+            if kinds[i].is_some() {
+                let want = match f.kind {
+                    Kind::Agg(_, w) => w,
+                    Kind::Latest => gate::LATEST,
+                };
+                let how = match &cross[i] {
+                    Some(c) => format!(
+                        "{want}: {} of {} rows from {} other spine(s), the rest computed",
+                        c.matched,
+                        c.rows.len(),
+                        c.entries.len()
+                    ),
+                    None => options[i].describe(&want),
+                };
+                explain.push(format!("  `{}` {how}", f.label));
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut passes = Vec::new();
+        let range = typed
+            .then(|| ranges(&mut work.iter().map(|f| f.kind)))
+            .flatten();
+        if !work.is_empty() {
+            passes.push((range, None));
+        }
+        let unmatched = unmatched_rows(&cross);
+        if !sub_work.is_empty() && !unmatched.is_empty() {
+            let (u0, u1) = time_span(t, unmatched.iter().copied());
+            let r = typed
+                .then(|| {
+                    gate::hull(
+                        sub_work
+                            .iter()
+                            .map(|f| gate::needed(&f.kind, view.ttl, u0, u1)),
+                    )
+                })
+                .flatten();
+            passes.push((r, Some(unmatched.clone())));
+        }
+        if passes.is_empty() {
+            explain.push("  no scan: every feature is stored".into());
+        }
+        let (mut cols, mut sub_cols) = (Vec::new(), Vec::new());
+        let (mut spills, mut scanned) = (0, 0);
+        for (range, rows) in passes {
+            let (batch, feats) = match &rows {
+                None => (sbatch.clone(), &work),
+                Some(rows) => (sub_spine(&sbatch, rows)?, &sub_work),
+            };
+            let (c, lines, sp, sc, distinct) = self
+                .sweep_view(p, feats, &batch, &key_types, range, &time_type)
+                .await?;
+            explain.extend(lines);
+            explain.push(format!("  bytes scanned: {sc}"));
+            spills += sp;
+            scanned += sc;
+            match rows {
+                None => cols = c,
+                Some(_) => sub_cols = c,
+            }
+            if let Some(cat) = &self.reuse {
+                let mut columns: Vec<String> = vec![src.timestamp.clone()];
+                columns.extend(p.value_cols.iter().cloned());
+                let rec = reuse::ScanRecord {
+                    source: src.name.clone(),
+                    lo: range.and_then(|r| r.0),
+                    hi: range.map_or(i64::MAX, |r| r.1),
+                    columns,
+                    key_columns: view.join_keys.clone(),
+                    distinct_keys: distinct,
+                    bytes_scanned: sc,
+                    at_micros: 0,
+                };
+                if let Err(e) = cat.log_scan(&rec.now()) {
+                    explain.push(format!("  join log not written: {e}"));
+                }
+            }
+        }
+        let compute_micros = started.elapsed().as_micros() as u64;
+        crate::profile::stage(format_args!("view {}: swept", p.view.name));
+        // where each spine row sits in the cross-spine pass
+        let mut in_sub = vec![u32::MAX; sbatch.num_rows()];
+        for (j, &r) in unmatched.iter().enumerate() {
+            in_sub[r as usize] = j as u32;
+        }
+
+        // Finish every feature; keep the states worth storing.
+        let mut out = Vec::with_capacity(p.features.len());
+        let mut to_store = Vec::new();
+        let mut touched = Vec::new();
+        let mut stored_read = 0u64;
+        let mut reused = 0usize;
+        let mut loaded: HashMap<String, ArrayRef> = HashMap::new();
+        let per_feature = compute_micros / (work.len() + sub_work.len()).max(1) as u64;
+        for (i, f) in p.features.iter().enumerate() {
+            let computed = slot[i].map(|j| {
+                if cross[i].is_some() {
+                    sub_cols[j].clone()
+                } else {
+                    cols[j].clone()
+                }
+            });
+            let Some(kind) = kinds[i] else {
+                out.push(computed.ok_or_else(|| Error::Internal("feature not computed".into()))?);
+                continue;
+            };
+            let (agg, want) = match f.kind {
+                Kind::Agg(agg, w) => (agg, w),
+                Kind::Latest => (Agg::Last, gate::LATEST),
+            };
+            let (Some((cat, version)), Some(def)) = (&reuse, &defs[i]) else {
+                return Err(Error::Internal("state without a catalog".into()));
+            };
+            let mut load = |e: &reuse::Entry| -> Result<ArrayRef> {
+                if let Some(a) = loaded.get(&e.id) {
+                    return Ok(Arc::clone(a));
+                }
+                stored_read += e.bytes;
+                touched.push(e.id.clone());
+                let a = cat.load(e)?.ok_or_else(|| {
+                    Error::Source(format!(
+                        "reuse entry {} was evicted while in use; run the join again",
+                        e.id
+                    ))
+                })?;
+                loaded.insert(e.id.clone(), Arc::clone(&a));
+                Ok(a)
+            };
+            let state = match (&options[i], &cross[i], computed) {
+                (_, Some(c), Some(rest)) => {
+                    let mut arrays = c
+                        .entries
+                        .iter()
+                        .map(&mut load)
+                        .collect::<Result<Vec<_>>>()?;
+                    arrays.push(rest);
+                    let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                    let last = arrays.len() - 1;
+                    let idx: Vec<(usize, usize)> = c
+                        .rows
+                        .iter()
+                        .enumerate()
+                        .map(|(r, m)| match m {
+                            Some((e, q)) => (*e as usize, *q as usize),
+                            None => (last, in_sub[r] as usize),
+                        })
+                        .collect();
+                    interleave(&refs, &idx)?
+                }
+                (gate::Source::Cold, None, Some(c)) => c,
+                (gate::Source::Exact(e), None, _) => load(e)?,
+                (gate::Source::Widen(e, _), None, Some(b)) => {
+                    state::combine(kind, &load(e)?, &b, false)?
+                }
+                (gate::Source::Narrow(e, _), None, Some(b)) => {
+                    state::combine(kind, &load(e)?, &b, true)?
+                }
+                _ => return Err(Error::Internal("reuse plan without its inputs".into())),
+            };
+            if !matches!(options[i], gate::Source::Cold) || cross[i].is_some() {
+                reused += 1;
+            }
+            out.push(state::finish(agg, kind, &state, &f.label)?);
+            if !matches!(options[i], gate::Source::Exact(_)) {
+                to_store.push((
+                    reuse::Entry {
+                        id: String::new(),
+                        source: src.name.clone(),
+                        source_version: version.id.clone(),
+                        def: def.clone(),
+                        spine: spine_key.clone(),
+                        window: want,
+                        feature: f.label.clone(),
+                        rows: state.len() as u64,
+                        bytes: 0,
+                        cost_micros: per_feature,
+                        priority: 0.0,
+                        used_micros: 0,
+                    },
+                    state,
+                ));
+            }
+        }
+        crate::profile::stage(format_args!("view {}: finished", p.view.name));
+        if let Some((cat, _)) = &reuse {
+            let spine_cols = gate::spine_batch(&sbatch)?;
+            let kept = cat.touch(&touched).and_then(|_| match to_store.is_empty() {
+                true => Ok(0),
+                false => cat
+                    .store_spine(&spine_key, &spine_cols)
+                    .and_then(|_| cat.store(to_store)),
+            });
+            match kept {
+                Ok(b) if b > 0 => explain.push(format!(
+                    "  stored {} of feature states for reuse",
+                    gate::bytes(b as f64)
+                )),
+                Ok(_) => {}
+                Err(e) => explain.push(format!("  states not stored: {e}")),
+            }
+        }
+        crate::profile::stage(format_args!("view {}: states stored", p.view.name));
+        Ok(ViewResult {
+            columns: out,
+            explain,
+            spills,
+            bytes_scanned: scanned,
+            stored_bytes_read: stored_read,
+            reused,
+        })
+    }
+
+    /// Scan a view's source over `range` and sweep `features`; returns the columns in spine
+    /// order, explain lines, spilled partitions, bytes scanned and the spine's distinct keys
+    /// (counted up to a small cap).
+    async fn sweep_view(
+        &self,
+        p: &ViewParts<'_>,
+        features: &[FeatureSpec],
+        sbatch: &RecordBatch,
+        key_types: &[DataType],
+        range: Option<(Option<i64>, i64)>,
+        time_type: &DataType,
+    ) -> Result<(Vec<ArrayRef>, Vec<String>, usize, u64, u64)> {
+        let n = sbatch.num_rows();
+        let view = p.view;
+        let src = p.source;
         let bs = self.ctx.state().config().batch_size();
         let slices: Vec<RecordBatch> = (0..n.div_ceil(bs).max(1))
             .map(|i| sbatch.slice(i * bs, bs.min(n - (i * bs).min(n))))
@@ -500,42 +1105,38 @@ impl Engine {
         let spine_plan =
             LogicalPlanBuilder::scan("spine", provider_as_source(Arc::new(mem)), None)?.build()?;
 
-        // events: prune to the spine's time range, then project what the sweep reads
-        let src = p.source;
-        let reach = p
-            .features
-            .iter()
-            .map(|f| match f.kind {
-                Kind::Agg(_, w) => w.reach(),
-                Kind::Latest => view.ttl.map(|d| d.micros()),
-            })
-            .try_fold(0i64, |acc, r| r.map(|r| acc.max(r)));
-        let mut explain = vec![format!(
-            "view `{}` (source `{}`): {} feature(s)",
-            view.name,
-            src.name,
-            p.features.len()
-        )];
+        let mut explain = Vec::new();
         let mut builder =
             LogicalPlanBuilder::scan(src.name.as_str(), provider_as_source(p.table.clone()), None)?;
-        let time_type = tschema.field_with_name(&src.timestamp)?.data_type().clone();
-        if tmin <= tmax && is_typed_time(&time_type) {
-            let lo = reach.map(|r| tmin.saturating_sub(r));
-            let mut pred = column(&src.timestamp).lt_eq(time_literal(&time_type, tmax));
+        if let Some((lo, hi)) = range {
+            let mut pred = column(&src.timestamp).lt_eq(time_literal(time_type, hi));
             if let Some(lo) = lo {
-                pred = pred.and(column(&src.timestamp).gt_eq(time_literal(&time_type, lo)));
+                pred = pred.and(column(&src.timestamp).gt_eq(time_literal(time_type, lo)));
             }
             builder = builder.filter(pred)?;
             explain.push(format!(
-                "  scan pruned to event time in [{}, {}]",
-                lo.map(format_instant).unwrap_or_else(|| "-inf".into()),
-                format_instant(tmax)
+                "  scan pruned to event time in {}",
+                gate::range_text(range)
             ));
+        }
+        // Semi-join on the keys: a spine with few entities reads only their row groups (when
+        // the source is laid out by key, statistics skip the rest).
+        let (key_list, distinct) = few_keys(sbatch, MAX_KEY_LIST);
+        let tschema = p.table.schema();
+        if let Some(list) = key_list
+            && view.join_keys.len() == 1
+            && tschema.field_with_name(&view.join_keys[0])?.data_type() == &key_types[0]
+        {
+            explain.push(format!(
+                "  scan restricted to the spine's {} key(s)",
+                list.len()
+            ));
+            builder = builder.filter(column(&view.join_keys[0]).in_list(list, false))?;
         }
         let mut proj: Vec<Expr> = view
             .join_keys
             .iter()
-            .zip(&key_types)
+            .zip(key_types)
             .enumerate()
             .map(|(i, (k, jt))| cast_expr(column(k), jt.clone()).alias(plan::key_col(i)))
             .collect();
@@ -568,7 +1169,7 @@ impl Engine {
             filter_count: p.filters.len(),
             ttl: view.ttl,
             filter_created: src.filter_created,
-            features: p.features.clone(),
+            features: features.to_vec(),
         };
         let node = PitJoinNode::try_new(spine_plan, events_plan, spec)?;
         let df = self.ctx.execute_logical_plan(node.into_plan()).await?;
@@ -587,6 +1188,19 @@ impl Engine {
         let spills = phys.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
         if spills > 0 {
             explain.push(format!("  {spills} partition(s) exceeded the memory pool and were swept from disk in buckets"));
+        }
+        let mut scanned = metric_sum(phys.as_ref(), "bytes_scanned");
+        if scanned == 0 {
+            // CSV scans are not metered by DataFusion; they read their files whole.
+            let loc = source::source_location(&self.repo.offline_store, src);
+            if let Ok(files) = source::list_files(&loc) {
+                scanned = files
+                    .iter()
+                    .filter(|f| source::Format::of(f) == source::Format::Csv)
+                    .filter_map(|f| std::fs::metadata(f).ok())
+                    .map(|m| m.len())
+                    .sum();
+            }
         }
         let batches: Vec<RecordBatch> = parts
             .into_iter()
@@ -614,7 +1228,7 @@ impl Engine {
             )));
         }
         let mut cols = Vec::new();
-        for (j, f) in p.features.iter().enumerate() {
+        for (j, f) in features.iter().enumerate() {
             let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(j + 1).as_ref()).collect();
             cols.push(if parts.is_empty() {
                 datafusion::arrow::array::new_empty_array(&f.output_type)
@@ -622,8 +1236,243 @@ impl Engine {
                 interleave(&parts, &pos)?
             });
         }
-        Ok((cols, explain, spills))
+        Ok((cols, explain, spills, scanned, distinct))
     }
+
+    /// The version of a source the engine reads, when it can be named: a Delta version, or
+    /// a fingerprint of the files (paths, sizes, modification times).
+    async fn source_version(&self, s: &Source) -> Result<Option<SourceVersion>> {
+        if let Some(v) = self.versions.get(&s.name) {
+            return Ok(Some(v.clone()));
+        }
+        if self.tables.contains_key(&s.name) {
+            return Ok(None);
+        }
+        let path = source::source_location(&self.repo.offline_store, s);
+        if crate::delta::is_delta_table(&path) {
+            let snap = crate::delta::snapshot(&path, None).await?;
+            return Ok(Some(SourceVersion::delta(&path, snap.version, snap.files)));
+        }
+        let files = source::list_files(&path)?;
+        let mut parts = Vec::new();
+        for f in &files {
+            let m = std::fs::metadata(f).map_err(|source| Error::Io {
+                path: f.clone(),
+                source,
+            })?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            let abs = std::path::absolute(f).unwrap_or(f.clone());
+            parts.push(format!("{}|{}|{mtime}", abs.display(), m.len()));
+        }
+        let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+        Ok(Some(SourceVersion {
+            id: format!("files:{}", reuse::key_of(&refs)),
+            files,
+        }))
+    }
+}
+
+/// What one view contributed to a join.
+struct ViewResult {
+    columns: Vec<ArrayRef>,
+    explain: Vec<String>,
+    spills: usize,
+    bytes_scanned: u64,
+    stored_bytes_read: u64,
+    reused: usize,
+}
+
+/// Rows of this spine found in other spines' stored states, for one feature.
+#[derive(Debug, Clone)]
+struct Cross {
+    entries: Vec<reuse::Entry>,
+    /// Per spine row: (index into `entries`, row of that entry), or `None` to compute.
+    rows: Vec<Option<(u32, u32)>>,
+    matched: usize,
+}
+
+/// Looks up this spine's rows (keys and time) in the stored spines of other entries. The
+/// spine's rows are encoded only when some other spine has a candidate entry.
+struct CrossFinder<'a> {
+    cat: &'a ReuseCatalog,
+    cols: Vec<ArrayRef>,
+    converter: Option<datafusion::arrow::row::RowConverter>,
+    rows: Option<datafusion::arrow::row::Rows>,
+    maps: HashMap<String, Option<HashMap<Vec<u8>, u32>>>,
+}
+
+impl<'a> CrossFinder<'a> {
+    fn new(cat: &'a ReuseCatalog, sbatch: &RecordBatch) -> Result<CrossFinder<'a>> {
+        Ok(CrossFinder {
+            cat,
+            cols: gate::spine_columns(sbatch),
+            converter: None,
+            rows: None,
+            maps: HashMap::new(),
+        })
+    }
+
+    fn find(
+        &mut self,
+        def: &str,
+        want: &quiver_core::semantics::Window,
+        spine: &str,
+    ) -> Result<Option<Cross>> {
+        let mut others: Vec<reuse::Entry> = self
+            .cat
+            .find_def(def)?
+            .into_iter()
+            .filter(|e| e.window == *want && e.spine != spine)
+            .collect();
+        if others.is_empty() {
+            return Ok(None);
+        }
+        // the most recently used first; a handful is enough
+        others.sort_by_key(|e| std::cmp::Reverse(e.used_micros));
+        others.truncate(4);
+        if self.rows.is_none() {
+            use datafusion::arrow::row::{RowConverter, SortField};
+            let conv = RowConverter::new(
+                self.cols
+                    .iter()
+                    .map(|c| SortField::new(c.data_type().clone()))
+                    .collect(),
+            )?;
+            self.rows = Some(conv.convert_columns(&self.cols)?);
+            self.converter = Some(conv);
+        }
+        let (Some(conv), Some(mine)) = (&self.converter, &self.rows) else {
+            return Ok(None);
+        };
+        let n = mine.num_rows();
+        let mut rows: Vec<Option<(u32, u32)>> = vec![None; n];
+        let mut entries = Vec::new();
+        let mut matched = 0;
+        for e in others {
+            if !self.maps.contains_key(&e.spine) {
+                let map = match self.cat.load_spine(&e.spine)? {
+                    Some(b) if b.num_columns() == self.cols.len() => {
+                        let stored = conv.convert_columns(b.columns()).ok();
+                        stored.map(|s| {
+                            (0..s.num_rows())
+                                .map(|q| (s.row(q).as_ref().to_vec(), q as u32))
+                                .collect::<HashMap<_, _>>()
+                        })
+                    }
+                    _ => None,
+                };
+                self.maps.insert(e.spine.clone(), map);
+            }
+            let Some(Some(map)) = self.maps.get(&e.spine) else {
+                continue;
+            };
+            let j = entries.len() as u32;
+            let mut hit = false;
+            for (r, slot) in rows.iter_mut().enumerate() {
+                if slot.is_none()
+                    && let Some(&q) = map.get(mine.row(r).as_ref())
+                {
+                    *slot = Some((j, q));
+                    matched += 1;
+                    hit = true;
+                }
+            }
+            if hit {
+                entries.push(e);
+            }
+            if matched == n {
+                break;
+            }
+        }
+        Ok((matched > 0).then_some(Cross {
+            entries,
+            rows,
+            matched,
+        }))
+    }
+}
+
+/// Spine rows that some cross-spine feature still has to compute, ascending.
+fn unmatched_rows(cross: &[Option<Cross>]) -> Vec<u32> {
+    let mut need: Vec<bool> = Vec::new();
+    for c in cross.iter().flatten() {
+        need.resize(c.rows.len(), false);
+        for (r, m) in c.rows.iter().enumerate() {
+            if m.is_none() {
+                need[r] = true;
+            }
+        }
+    }
+    need.iter()
+        .enumerate()
+        .filter(|(_, n)| **n)
+        .map(|(r, _)| r as u32)
+        .collect()
+}
+
+/// The smallest and largest valid time among some spine rows.
+fn time_span(t: &Int64Array, rows: impl Iterator<Item = u32>) -> (i64, i64) {
+    rows.filter(|&r| t.is_valid(r as usize))
+        .map(|r| t.value(r as usize))
+        .fold((i64::MAX, i64::MIN), |(a, b), x| (a.min(x), b.max(x)))
+}
+
+/// A spine input restricted to some rows, renumbered so the sweep puts them in that order.
+fn sub_spine(sbatch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+    let idx = datafusion::arrow::array::UInt32Array::from(rows.to_vec());
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from_iter_values(
+        0..rows.len() as u64,
+    ))];
+    for c in &sbatch.columns()[1..] {
+        cols.push(datafusion::arrow::compute::take(c.as_ref(), &idx, None)?);
+    }
+    Ok(RecordBatch::try_new(sbatch.schema(), cols)?)
+}
+
+/// Spines with at most this many distinct keys restrict the scan to them.
+const MAX_KEY_LIST: usize = 64;
+
+/// The distinct values of a single-key spine input as literals when there are at most `cap`
+/// of them, and how many there are (counted up to `cap + 1`).
+fn few_keys(sbatch: &RecordBatch, cap: usize) -> (Option<Vec<Expr>>, u64) {
+    if sbatch.num_columns() != 3 {
+        return (None, 0);
+    }
+    let keys = sbatch.column(1);
+    let mut seen: Vec<ScalarValue> = Vec::new();
+    for i in 0..keys.len() {
+        if keys.is_null(i) {
+            continue;
+        }
+        let Ok(v) = ScalarValue::try_from_array(keys.as_ref(), i) else {
+            return (None, 0);
+        };
+        if !seen.contains(&v) {
+            if seen.len() == cap {
+                return (None, cap as u64 + 1);
+            }
+            seen.push(v);
+        }
+    }
+    let n = seen.len() as u64;
+    (Some(seen.into_iter().map(lit).collect()), n)
+}
+
+/// The sum of a named metric over a physical plan and its children.
+fn metric_sum(plan: &dyn datafusion::physical_plan::ExecutionPlan, name: &str) -> u64 {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name(name))
+        .map_or(0, |v| v.as_usize() as u64);
+    own + plan
+        .children()
+        .iter()
+        .map(|c| metric_sum(c.as_ref(), name))
+        .sum::<u64>()
 }
 
 /// A schema's column names, for messages.

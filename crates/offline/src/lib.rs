@@ -24,10 +24,17 @@ mod dd;
 pub mod delta;
 mod engine;
 mod error;
+pub mod gate;
+pub mod layout;
 pub mod plan;
 pub mod profile;
+pub mod reuse;
 pub mod source;
+pub mod state;
+pub mod stats;
 pub mod sweep;
 
-pub use engine::{Engine, EngineOptions, JoinOutput, JoinRequest, session, spine_time_column};
+pub use engine::{
+    Engine, EngineOptions, JoinOutput, JoinRequest, SourceVersion, session, spine_time_column,
+};
 pub use error::{Error, Result};

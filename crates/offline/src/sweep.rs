@@ -27,6 +27,7 @@ use quiver_core::Duration;
 use quiver_core::semantics::{Agg, Lower, Upper, Window, latest_edges};
 
 use crate::dd::Dd;
+use crate::state::{self, StateKind};
 use crate::{Error, Result};
 
 const NULL_ID: u32 = u32::MAX;
@@ -44,6 +45,9 @@ pub struct FeatureSpec {
     /// Index into the filter columns.
     pub filter: Option<usize>,
     pub output_type: DataType,
+    /// Emit the window's partial-aggregate state ([`crate::state`]) instead of its value
+    /// (window aggregates with a mergeable state, sources without `filter_created`).
+    pub state: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
@@ -168,6 +172,8 @@ enum Prefix {
         p1: Vec<Dd>,
         p2: Vec<Dd>,
         special: Option<Vec<[u32; 3]>>,
+        /// Per sorted position, the shift its key's moments are taken about.
+        shift: Vec<f64>,
     },
 }
 
@@ -325,6 +331,9 @@ impl Sorted {
                 m.cnt[hi[r] as usize] as usize,
             )
         };
+        if f.state {
+            return self.state_of(f, col, m, prefix, scratch, lo, hi, spine);
+        }
         let agg = match f.kind {
             Kind::Latest => {
                 let idx = (0..n).map(|r| (r < self.n_valid && lo[r] < hi[r]).then(|| hi[r] - 1));
@@ -425,6 +434,93 @@ impl Sorted {
         })
     }
 
+    /// The partial-aggregate state of a window feature for every spine row: the valid count
+    /// and the prefix-sum differences (or the value, for min/max/first/last) — exactly what
+    /// [`Sorted::numeric`] and friends finish values from.
+    #[allow(clippy::too_many_arguments)]
+    fn state_of(
+        &self,
+        f: &FeatureSpec,
+        col: Option<&ArrayRef>,
+        m: &Mask,
+        prefix: Option<&Prefix>,
+        scratch: &mut Scratch,
+        lo: &[u32],
+        hi: &[u32],
+        spine: &SpineSide,
+    ) -> Result<ArrayRef> {
+        let kind = match f.kind {
+            Kind::Agg(agg, _) => StateKind::of(agg, col.map(|c| c.data_type()))
+                .ok_or_else(|| internal("state of an aggregate without one"))?,
+            Kind::Latest => StateKind::Latest,
+        };
+        let rows = self.srows.len();
+        let (l, h) = (|r: usize| lo[r] as usize, |r: usize| hi[r] as usize);
+        let mut n: Vec<i64> = (0..self.n_valid)
+            .map(|r| (m.cnt[h(r)] - m.cnt[l(r)]) as i64)
+            .collect();
+        n.resize(rows, 0);
+        match (kind, prefix) {
+            (StateKind::Latest, _) => {
+                let plain = FeatureSpec {
+                    state: false,
+                    ..f.clone()
+                };
+                let v = self.fast(&plain, col, m, prefix, scratch, lo, hi, spine)?;
+                let n = (0..v.len()).map(|r| v.is_valid(r) as i64).collect();
+                state::with_value(kind, n, Some(v))
+            }
+            (StateKind::Count, _) => state::with_value(kind, n, None),
+            (StateKind::IntSum, Some(Prefix::Int(p))) => {
+                let mut s: Vec<i128> = (0..self.n_valid).map(|r| p[h(r)] - p[l(r)]).collect();
+                s.resize(rows, 0);
+                state::int_sum(n, s)
+            }
+            (
+                StateKind::Float { moments },
+                Some(Prefix::Float {
+                    p1,
+                    p2,
+                    special,
+                    shift,
+                }),
+            ) => {
+                let mut parts = state::FloatParts {
+                    special: Vec::with_capacity(rows),
+                    ..Default::default()
+                };
+                for r in 0..self.n_valid {
+                    parts.s1.push(p1[h(r)].sub(p1[l(r)]));
+                    if moments {
+                        parts.s2.push(p2[h(r)].sub(p2[l(r)]));
+                        parts.c.push(if l(r) < h(r) { shift[l(r)] } else { 0.0 });
+                    }
+                    parts.special.push(match special {
+                        Some(sv) => [0, 1, 2].map(|k| (sv[h(r)][k] - sv[l(r)][k]) as i64),
+                        None => [0; 3],
+                    });
+                }
+                parts.s1.resize(rows, Dd::ZERO);
+                if moments {
+                    parts.s2.resize(rows, Dd::ZERO);
+                    parts.c.resize(rows, 0.0);
+                }
+                parts.special.resize(rows, [0; 3]);
+                parts.n = n;
+                parts.build(moments)
+            }
+            (StateKind::Extreme { .. } | StateKind::First | StateKind::Last, _) => {
+                let plain = FeatureSpec {
+                    state: false,
+                    ..f.clone()
+                };
+                let v = self.fast(&plain, col, m, prefix, scratch, lo, hi, spine)?;
+                state::with_value(kind, n, Some(v))
+            }
+            _ => Err(internal("state without its prefix sums")),
+        }
+    }
+
     /// Prefix sums of a numeric column over a mask's valid positions: i128 for integer sums,
     /// double-double for the rest, with the first and second moments for var/stddev.
     fn prefix(&self, col: &ArrayRef, m: &Mask, label: &str, kind: PrefixKind) -> Result<Prefix> {
@@ -447,18 +543,19 @@ impl Sorted {
         let x = as_f64(col)?;
         let xv = x.values();
         let moments = kind == PrefixKind::Moments;
-        // Shift each key's values by its first valid value: variance does not change, and the
-        // sums of squares stay small enough to subtract without cancellation.
+        // Shift each key's values by its first finite valid value: variance does not change,
+        // and the sums of squares stay small enough to subtract without cancellation. (A NaN
+        // or infinite shift would poison every finite value of the key.)
         let mut shift = vec![0.0f64; if moments { len } else { 0 }];
         if moments {
             for k in 0..self.eblock.len() - 1 {
                 let (bs, be) = (self.eblock[k] as usize, self.eblock[k + 1] as usize);
-                let c0 = m.cnt[bs] as usize;
-                let c = if c0 < m.vpos.len() && (m.vpos[c0] as usize) < be {
-                    xv[m.vpos[c0] as usize]
-                } else {
-                    0.0
-                };
+                let (c0, c1) = (m.cnt[bs] as usize, m.cnt[be] as usize);
+                let c = m.vpos[c0..c1]
+                    .iter()
+                    .map(|&p| xv[p as usize])
+                    .find(|v| v.is_finite())
+                    .unwrap_or(0.0);
                 shift[bs..be].fill(c);
             }
         }
@@ -477,10 +574,15 @@ impl Sorted {
                 j += 1;
                 let v = xv[pos];
                 if v.is_finite() {
-                    let y = if moments { v - shift[pos] } else { v };
-                    s1 = s1.add_f64(y);
                     if moments {
-                        s2 = s2.add(Dd::square(y));
+                        // x − shift exactly (as a double-double), so the sums do not depend
+                        // on which shift a scan happened to pick: a stored state re-shifted
+                        // for reuse finishes to the value a cold scan gives.
+                        let y = Dd::from_f64(v).sub(Dd::from_f64(shift[pos]));
+                        s1 = s1.add(y);
+                        s2 = s2.add(y.mul(y));
+                    } else {
+                        s1 = s1.add_f64(v);
                     }
                 } else {
                     let sv = special.get_or_insert_with(|| vec![[0; 3]; pos + 1]);
@@ -502,7 +604,12 @@ impl Sorted {
                 sv.push(sp);
             }
         }
-        Ok(Prefix::Float { p1, p2, special })
+        Ok(Prefix::Float {
+            p1,
+            p2,
+            special,
+            shift,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -536,7 +643,9 @@ impl Sorted {
                 out.resize(n, None);
                 return Ok(Arc::new(Int64Array::from(out)));
             }
-            Prefix::Float { p1, p2, special } => (p1, p2, special),
+            Prefix::Float {
+                p1, p2, special, ..
+            } => (p1, p2, special),
         };
         let moments = matches!(agg, Agg::Var | Agg::Stddev);
         let mut out: Vec<Option<f64>> = Vec::with_capacity(n);

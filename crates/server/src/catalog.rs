@@ -24,7 +24,8 @@ use datafusion::catalog::TableProvider;
 use quiver_core::hash::{ContentHash, HashState, TableHasher, canonical_schema};
 use quiver_core::{FeatureRef, Repo};
 use quiver_offline::delta::{self, Mode};
-use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
+use quiver_offline::reuse::ReuseCatalog;
+use quiver_offline::{Engine, EngineOptions, JoinRequest, SourceVersion, source};
 use quiver_registry::{
     DatasetKind, DatasetVersion, FeatureUse, JoinRecord, Operation, Registry, Storage, VersionRef,
     ViewDefinition, ViewVersion,
@@ -168,29 +169,36 @@ impl Catalog {
     }
 
     /// A provider for a source version, for the join engine.
+    /// A provider over a recorded source version, with the version's identity when the rows
+    /// can be named by it (Delta versions; reuse keys on it).
     async fn source_provider(
         &self,
         ctx: &datafusion::prelude::SessionContext,
         v: &DatasetVersion,
-    ) -> Result<Arc<dyn TableProvider>> {
+    ) -> Result<(Arc<dyn TableProvider>, Option<SourceVersion>)> {
         match &v.storage {
             Storage::Delta { table, version } => {
                 let snap = delta::snapshot(Path::new(table), Some(*version as u64)).await?;
-                Ok(source::files_table(
+                let provider = source::files_table(
                     ctx,
                     &snap.files,
                     Some(snap.schema),
                     Path::new(table),
                     &format!("source `{}`", v.name),
                 )
-                .await?)
+                .await?;
+                let id = SourceVersion::delta(Path::new(table), snap.version, snap.files);
+                Ok((provider, Some(id)))
             }
             Storage::File { .. } => {
                 // Only the current content can be read; check it is still this version.
                 let t = self.read(v).await?;
-                Ok(Arc::new(
-                    datafusion::datasource::MemTable::try_new(t.schema, vec![t.batches])
-                        .map_err(quiver_offline::Error::from)?,
+                Ok((
+                    Arc::new(
+                        datafusion::datasource::MemTable::try_new(t.schema, vec![t.batches])
+                            .map_err(quiver_offline::Error::from)?,
+                    ),
+                    None,
                 ))
             }
         }
@@ -541,6 +549,9 @@ impl Catalog {
             .check_source(name)
             .await?;
         let dv = delta::write(&table, batches, Mode::Append, &format!("source `{name}`")).await?;
+        // States computed from older versions can never serve again (they are keyed by
+        // version); free their space now. A failure here only delays that to eviction.
+        let _ = ReuseCatalog::new(&self.repo.offline_store, 0).invalidate(name);
         self.sync_with(name, &table, DatasetKind::Source, Some((dv, op)))
             .await?;
         Ok(self.registry.dataset_version(name, Some(dv + 1))?)
@@ -682,7 +693,10 @@ impl Catalog {
         let ctx = self.ctx()?;
         for s in &record.sources {
             let v = self.registry.dataset_version(&s.name, Some(s.version))?;
-            engine = engine.with_source_table(&s.name, self.source_provider(&ctx, &v).await?);
+            engine = match self.source_provider(&ctx, &v).await? {
+                (p, Some(id)) => engine.with_source_version(&s.name, p, id),
+                (p, None) => engine.with_source_table(&s.name, p),
+            };
         }
         let req = JoinRequest {
             features: record

@@ -1,0 +1,391 @@
+//! Planning reuse for one feature view: which stored state each feature can start from, the
+//! band of events still to scan, and the cost gate between reuse and recomputation
+//! (DESIGN §4 "Reuse", ADR 0006).
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::row::{RowConverter, SortField};
+use quiver_core::Duration;
+use quiver_core::semantics::{Closed, Window};
+
+use crate::reuse::Entry;
+use crate::state::StateKind;
+use crate::stats::{Estimate, ScanStats};
+use crate::sweep::Kind;
+use quiver_core::time::format_instant as time_text;
+
+/// How one requested feature is produced.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Computed from the scan (as a state when `kind` is set, so it can be stored).
+    Cold,
+    /// The stored state is this window's.
+    Exact(Entry),
+    /// The stored state plus the band before it.
+    Widen(Entry, Window),
+    /// The stored state minus the band at its start.
+    Narrow(Entry, Window),
+}
+
+impl Source {
+    pub fn entry(&self) -> Option<&Entry> {
+        match self {
+            Source::Cold => None,
+            Source::Exact(e) | Source::Widen(e, _) | Source::Narrow(e, _) => Some(e),
+        }
+    }
+
+    pub fn band(&self) -> Option<Window> {
+        match self {
+            Source::Widen(_, b) | Source::Narrow(_, b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self, want: &Window) -> String {
+        match self {
+            Source::Cold => format!("{want}: computed from the scan"),
+            Source::Exact(e) => format!(
+                "{want}: exact match (stored state, {})",
+                bytes(e.bytes as f64)
+            ),
+            Source::Widen(e, b) => format!(
+                "{want}: widened from the stored {} plus the band {} ({})",
+                e.window,
+                band_text(b),
+                bytes(e.bytes as f64)
+            ),
+            Source::Narrow(e, b) => format!(
+                "{want}: narrowed from the stored {} minus the band {} ({})",
+                e.window,
+                band_text(b),
+                bytes(e.bytes as f64)
+            ),
+        }
+    }
+}
+
+fn band_text(b: &Window) -> String {
+    let e = b.offset;
+    let (open, close) = match b.closed {
+        Closed::Left => ("[", ")"),
+        _ => ("(", "]"),
+    };
+    match b.length {
+        Some(l) => format!(
+            "{open}t−{}, t−{}{close}",
+            Duration::from_micros(e.micros() + l.micros()),
+            e
+        ),
+        None => format!("(−∞, t−{e}{close}"),
+    }
+}
+
+/// The catalog's window for latest-value features (they are only ever reused exactly; their
+/// TTL is part of the definition key).
+pub const LATEST: Window = Window {
+    length: None,
+    offset: Duration::ZERO,
+    closed: Closed::Right,
+};
+
+/// The events of `big`'s window that are not in the window with the same end and closure
+/// and length `small` (which must be shorter): a window that ends where the short one
+/// starts. With the window (s, e] or [s, e] and the short one starting at s′, that is
+/// (s, s′] when starts are excluded and [s, s′) when they are included.
+pub fn band(big: Window, small: Duration) -> Option<Window> {
+    if small.micros() <= 0 || big.length.is_some_and(|l| l.micros() <= small.micros()) {
+        return None;
+    }
+    let start_included = matches!(big.closed, Closed::Left | Closed::Both);
+    Some(Window {
+        length: big
+            .length
+            .map(|l| Duration::from_micros(l.micros() - small.micros())),
+        offset: Duration::from_micros(big.offset.micros().checked_add(small.micros())?),
+        closed: if start_included {
+            Closed::Left
+        } else {
+            Closed::Right
+        },
+    })
+}
+
+fn len_micros(w: &Window) -> i64 {
+    w.length.map_or(i64::MAX, |l| l.micros())
+}
+
+/// The best stored state for a window: an exact match, else the widening or narrowing with
+/// the shortest band (narrowing only for invertible states).
+pub fn choose(want: &Window, kind: StateKind, stored: &[Entry]) -> Source {
+    if let Some(e) = stored.iter().find(|e| e.window == *want) {
+        return Source::Exact(e.clone());
+    }
+    let mut best: Option<(i64, Source)> = None;
+    for e in stored
+        .iter()
+        .filter(|e| e.window.offset == want.offset && e.window.closed == want.closed)
+    {
+        let (have, need) = (len_micros(&e.window), len_micros(want));
+        let candidate = if have < need {
+            e.window
+                .length
+                .and_then(|s| band(*want, s))
+                .map(|b| Source::Widen(e.clone(), b))
+        } else if kind.invertible() {
+            want.length
+                .and_then(|s| band(e.window, s))
+                .map(|b| Source::Narrow(e.clone(), b))
+        } else {
+            None
+        };
+        if let Some(c) = candidate {
+            let width = len_micros(&c.band().expect("band"));
+            if best.as_ref().is_none_or(|(w, _)| width < *w) {
+                best = Some((width, c));
+            }
+        }
+    }
+    best.map(|(_, s)| s).unwrap_or(Source::Cold)
+}
+
+/// The event times a feature needs for spine times in [tmin, tmax]: `lo` = `None` unbounded.
+pub fn needed(kind: &Kind, ttl: Option<Duration>, tmin: i64, tmax: i64) -> (Option<i64>, i64) {
+    match kind {
+        Kind::Agg(_, w) => (
+            w.reach().map(|r| tmin.saturating_sub(r)),
+            tmax.saturating_sub(w.offset.micros()),
+        ),
+        Kind::Latest => (ttl.map(|d| tmin.saturating_sub(d.micros())), tmax),
+    }
+}
+
+/// The smallest range holding every range; `None` when there is nothing to scan.
+pub fn hull(ranges: impl IntoIterator<Item = (Option<i64>, i64)>) -> Option<(Option<i64>, i64)> {
+    ranges.into_iter().reduce(|a, b| {
+        let lo = match (a.0, b.0) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            _ => None,
+        };
+        (lo, a.1.max(b.1))
+    })
+}
+
+/// A plan's expected reads: the scan and the stored states.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    pub scan: Estimate,
+    pub stored_bytes: u64,
+    pub stored_rows: u64,
+}
+
+impl Cost {
+    pub fn of(
+        stats: Option<&ScanStats>,
+        range: Option<(Option<i64>, i64)>,
+        stored: &[&Entry],
+    ) -> Cost {
+        let scan = match (range, stats) {
+            (None, _) => Estimate::default(),
+            (Some((lo, hi)), Some(s)) => s.estimate(lo, hi),
+            // No statistics: count the whole table as read, whatever the range.
+            (Some(_), None) => Estimate {
+                bytes: u64::MAX / 4,
+                rows: u64::MAX / 4,
+                groups: 0,
+            },
+        };
+        Cost {
+            scan,
+            stored_bytes: stored.iter().map(|e| e.bytes).sum(),
+            stored_rows: stored.iter().map(|e| e.rows).sum(),
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.scan.bytes.saturating_add(self.stored_bytes)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.scan.rows.saturating_add(self.stored_rows)
+    }
+
+    pub fn text(&self) -> String {
+        if self.scan.bytes >= u64::MAX / 4 {
+            return "the whole source (no statistics)".into();
+        }
+        let mut s = format!(
+            "≈ {} in {} row group(s), {} rows",
+            bytes(self.scan.bytes as f64),
+            self.scan.groups,
+            self.scan.rows
+        );
+        if self.stored_bytes > 0 {
+            s.push_str(&format!(
+                " + {} of stored states",
+                bytes(self.stored_bytes as f64)
+            ));
+        }
+        s
+    }
+}
+
+pub fn bytes(b: f64) -> String {
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+/// A range as text, for explain.
+pub fn range_text(r: Option<(Option<i64>, i64)>) -> String {
+    match r {
+        None => "nothing".into(),
+        Some((lo, hi)) => format!(
+            "[{}, {}]",
+            lo.map(time_text).unwrap_or_else(|| "-inf".into()),
+            time_text(hi)
+        ),
+    }
+}
+
+/// The content key of a spine for one view: its join keys (already cast to the join types)
+/// and times, in row order, so a stored state lines up row for row.
+pub fn spine_key(columns: &[ArrayRef]) -> crate::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update(&(columns.first().map_or(0, |c| c.len()) as u64).to_le_bytes());
+    for c in columns {
+        h.update(c.data_type().to_string().as_bytes());
+        let valid: Vec<u8> = (0..c.len()).map(|i| c.is_valid(i) as u8).collect();
+        h.update(&valid);
+        match c.data_type() {
+            DataType::Int64 | DataType::UInt64 | DataType::Float64 => {
+                let d = c.to_data();
+                let w = 8;
+                let buf = &d.buffers()[0];
+                h.update(&buf.as_slice()[d.offset() * w..(d.offset() + d.len()) * w]);
+            }
+            DataType::Int32 | DataType::UInt32 | DataType::Date32 => {
+                let d = c.to_data();
+                let buf = &d.buffers()[0];
+                h.update(&buf.as_slice()[d.offset() * 4..(d.offset() + d.len()) * 4]);
+            }
+            DataType::Utf8 => {
+                let s = c.as_string::<i32>();
+                for i in 0..s.len() {
+                    let v = s.value(i).as_bytes();
+                    h.update(&(v.len() as u32).to_le_bytes());
+                    h.update(v);
+                }
+            }
+            other => {
+                let conv = RowConverter::new(vec![SortField::new(other.clone())])?;
+                let rows = conv.convert_columns(std::slice::from_ref(c))?;
+                for r in rows.iter() {
+                    h.update(&(r.data().len() as u32).to_le_bytes());
+                    h.update(r.data());
+                }
+            }
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The spine's key and time columns of a spine input batch (`__rid` first).
+pub fn spine_columns(sbatch: &RecordBatch) -> Vec<ArrayRef> {
+    sbatch.columns()[1..].to_vec()
+}
+
+/// The key and time columns as a batch of their own (stored for cross-spine lookups).
+pub fn spine_batch(sbatch: &RecordBatch) -> crate::Result<RecordBatch> {
+    let idx: Vec<usize> = (1..sbatch.num_columns()).collect();
+    Ok(sbatch.project(&idx)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_core::semantics::Agg;
+
+    fn w(days: Option<i64>, off: i64, closed: Closed) -> Window {
+        Window {
+            length: days.map(|d| Duration::from_micros(d * 86_400_000_000)),
+            offset: Duration::from_micros(off),
+            closed,
+        }
+    }
+
+    /// Widening and narrowing bands partition the windows exactly, for every closure, at
+    /// and around every edge.
+    #[test]
+    fn bands_partition_windows_at_every_edge() {
+        let day = 86_400_000_000i64;
+        for closed in [Closed::Right, Closed::Left, Closed::Both, Closed::Neither] {
+            for off in [0, 5, day] {
+                for (big, small) in [(Some(40), 30), (None, 30), (Some(2), 1)] {
+                    let wb = w(big, off, closed);
+                    let ws = w(Some(small), off, closed);
+                    let b = band(wb, Duration::from_micros(small * day)).unwrap();
+                    let t = 100 * day;
+                    let e = t - off;
+                    for edge in [e, e - small * day, e - 40 * day, e - 2 * day, e - day] {
+                        for ev in [edge - 1, edge, edge + 1] {
+                            assert_eq!(
+                                wb.contains(t, ev),
+                                ws.contains(t, ev) ^ b.contains(t, ev),
+                                "{closed:?} off {off} big {big:?} small {small} ev {ev}"
+                            );
+                            assert!(!(ws.contains(t, ev) && b.contains(t, ev)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn choose_prefers_exact_then_the_shortest_band() {
+        let e = |days: i64| Entry {
+            id: days.to_string(),
+            source: "s".into(),
+            source_version: "v".into(),
+            def: "d".into(),
+            spine: "sp".into(),
+            window: w(Some(days), 0, Closed::Right),
+            feature: "v:f".into(),
+            rows: 1,
+            bytes: 1,
+            cost_micros: 1,
+            priority: 0.0,
+            used_micros: 0,
+        };
+        let stored = [e(10), e(30), e(60)];
+        let kind = StateKind::of(Agg::Sum, Some(&DataType::Int64)).unwrap();
+        assert!(
+            matches!(choose(&w(Some(30), 0, Closed::Right), kind, &stored), Source::Exact(x) if x.id == "30")
+        );
+        assert!(
+            matches!(choose(&w(Some(40), 0, Closed::Right), kind, &stored), Source::Widen(x, _) if x.id == "30")
+        );
+        assert!(
+            matches!(choose(&w(Some(55), 0, Closed::Right), kind, &stored), Source::Narrow(x, _) if x.id == "60")
+        );
+        let max = StateKind::of(Agg::Max, Some(&DataType::Int64)).unwrap();
+        assert!(
+            matches!(choose(&w(Some(55), 0, Closed::Right), max, &stored), Source::Widen(x, _) if x.id == "30")
+        );
+        assert!(matches!(
+            choose(&w(Some(5), 0, Closed::Right), max, &stored),
+            Source::Cold
+        ));
+        assert!(matches!(
+            choose(&w(Some(40), 0, Closed::Both), kind, &stored),
+            Source::Cold
+        ));
+    }
+}

@@ -1,0 +1,527 @@
+//! Partial aggregate states of window features, for reuse (DESIGN §4 "Reuse").
+//!
+//! A reusable feature is computed as a *state* per spine row — the sufficient statistics of
+//! its window — and the value is finished from the state. States of disjoint windows merge
+//! (widening: the stored window plus the band before it), and for invertible aggregates a
+//! band's state subtracts (narrowing). Finishing a state runs exactly the arithmetic the sweep
+//! runs on a window's prefix-sum difference, so a state computed cold, merged or subtracted
+//! gives the value a cold computation gives (bit for bit wherever the double-double sums are
+//! exact, which the property tests exercise; see ADR 0006).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, StructArray,
+    make_comparator,
+};
+use arrow::compute::{SortOptions, kernels::zip::zip};
+use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type};
+use quiver_core::semantics::Agg;
+
+use crate::dd::Dd;
+use crate::{Error, Result};
+
+/// What a state holds, by the aggregate and its input column type. Aggregates with the same
+/// kind share stored states (a `mean` and a `sum` of a float column, `var` and `stddev`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    Count,
+    IntSum,
+    Float {
+        moments: bool,
+    },
+    Extreme {
+        max: bool,
+    },
+    First,
+    Last,
+    /// A latest-value feature: its value (exact reuse only).
+    Latest,
+}
+
+impl StateKind {
+    /// `None` for aggregates without a mergeable state (`count_distinct` keeps no set).
+    pub fn of(agg: Agg, input: Option<&DataType>) -> Option<StateKind> {
+        Some(match agg {
+            Agg::Count => StateKind::Count,
+            Agg::Sum if input.is_some_and(|t| t.is_integer()) => StateKind::IntSum,
+            Agg::Sum | Agg::Mean => StateKind::Float { moments: false },
+            Agg::Var | Agg::Stddev => StateKind::Float { moments: true },
+            Agg::Min => StateKind::Extreme { max: false },
+            Agg::Max => StateKind::Extreme { max: true },
+            Agg::First => StateKind::First,
+            Agg::Last => StateKind::Last,
+            Agg::CountDistinct => return None,
+        })
+    }
+
+    /// Whether a band's state can be subtracted (window narrowing).
+    pub fn invertible(self) -> bool {
+        matches!(
+            self,
+            StateKind::Count | StateKind::IntSum | StateKind::Float { .. }
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StateKind::Count => "count",
+            StateKind::IntSum => "int_sum",
+            StateKind::Float { moments: false } => "float_sum",
+            StateKind::Float { moments: true } => "moments",
+            StateKind::Extreme { max: false } => "min",
+            StateKind::Extreme { max: true } => "max",
+            StateKind::First => "first",
+            StateKind::Last => "last",
+            StateKind::Latest => "latest",
+        }
+    }
+
+    /// About how many bytes a state takes per spine row in memory (values taken as 8 bytes).
+    pub fn row_bytes(self) -> u64 {
+        match self {
+            StateKind::Count => 8,
+            StateKind::IntSum => 24,
+            StateKind::Float { moments: false } => 48,
+            StateKind::Float { moments: true } => 72,
+            _ => 16,
+        }
+    }
+
+    /// The state's struct type; `value` is the input column's type (min/max/first/last).
+    pub fn data_type(self, value: &DataType) -> DataType {
+        let int = |n: &str| Field::new(n, DataType::Int64, false);
+        let float = |n: &str| Field::new(n, DataType::Float64, false);
+        let mut f = vec![int("n")];
+        match self {
+            StateKind::Count => {}
+            StateKind::IntSum => f.push(Field::new("s", DataType::Decimal128(38, 0), false)),
+            StateKind::Float { moments } => {
+                f.extend([float("s1h"), float("s1l")]);
+                if moments {
+                    f.extend([float("c"), float("s2h"), float("s2l")]);
+                }
+                f.extend([int("nan"), int("pinf"), int("ninf")]);
+            }
+            StateKind::Extreme { .. } | StateKind::First | StateKind::Last | StateKind::Latest => {
+                f.push(Field::new("v", value.clone(), true))
+            }
+        }
+        DataType::Struct(Fields::from(f))
+    }
+}
+
+/// Per-row float sums as the sweep keeps them.
+#[derive(Default)]
+pub struct FloatParts {
+    pub n: Vec<i64>,
+    pub s1: Vec<Dd>,
+    /// Per-row shift and shifted second moment (moments only).
+    pub c: Vec<f64>,
+    pub s2: Vec<Dd>,
+    pub special: Vec<[i64; 3]>,
+}
+
+impl FloatParts {
+    pub fn build(self, moments: bool) -> Result<ArrayRef> {
+        let kind = StateKind::Float { moments };
+        let f64s = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+        let i64s = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+        let (s1h, s1l): (Vec<f64>, Vec<f64>) = self.s1.iter().map(|d| d.parts()).unzip();
+        let mut cols = vec![i64s(self.n), f64s(s1h), f64s(s1l)];
+        if moments {
+            let (s2h, s2l): (Vec<f64>, Vec<f64>) = self.s2.iter().map(|d| d.parts()).unzip();
+            cols.extend([f64s(self.c), f64s(s2h), f64s(s2l)]);
+        }
+        for k in 0..3 {
+            cols.push(i64s(self.special.iter().map(|s| s[k]).collect()));
+        }
+        build(kind, &DataType::Null, cols)
+    }
+}
+
+/// A state array from its columns, in the order of [`StateKind::data_type`].
+pub fn build(kind: StateKind, value: &DataType, cols: Vec<ArrayRef>) -> Result<ArrayRef> {
+    let DataType::Struct(fields) = kind.data_type(value) else {
+        return Err(Error::Internal("state type".into()));
+    };
+    Ok(Arc::new(StructArray::try_new(fields, cols, None)?))
+}
+
+/// The state of a `count`, or the `n` and value of min/max/first/last.
+pub fn with_value(kind: StateKind, n: Vec<i64>, value: Option<ArrayRef>) -> Result<ArrayRef> {
+    let n: ArrayRef = Arc::new(Int64Array::from(n));
+    match (kind, value) {
+        (StateKind::Count, _) => build(kind, &DataType::Null, vec![n]),
+        (_, Some(v)) => {
+            let t = v.data_type().clone();
+            build(kind, &t, vec![n, v])
+        }
+        _ => Err(Error::Internal("state without its value".into())),
+    }
+}
+
+pub fn int_sum(n: Vec<i64>, s: Vec<i128>) -> Result<ArrayRef> {
+    let s = Decimal128Array::from(s).with_precision_and_scale(38, 0)?;
+    build(
+        StateKind::IntSum,
+        &DataType::Null,
+        vec![Arc::new(Int64Array::from(n)), Arc::new(s)],
+    )
+}
+
+struct View<'a> {
+    s: &'a StructArray,
+}
+
+impl<'a> View<'a> {
+    fn new(a: &'a ArrayRef) -> Result<View<'a>> {
+        let s = a
+            .as_struct_opt()
+            .ok_or_else(|| Error::Internal("not a state array".into()))?;
+        Ok(View { s })
+    }
+    fn col(&self, name: &str) -> Result<&'a ArrayRef> {
+        self.s
+            .column_by_name(name)
+            .ok_or_else(|| Error::Internal(format!("state has no `{name}`")))
+    }
+    fn i64s(&self, name: &str) -> Result<&'a [i64]> {
+        Ok(self
+            .col(name)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| Error::Internal(format!("state `{name}`")))?
+            .values())
+    }
+    fn f64s(&self, name: &str) -> Result<&'a [f64]> {
+        Ok(self
+            .col(name)?
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| Error::Internal(format!("state `{name}`")))?
+            .values())
+    }
+    fn dd(&self, h: &str, l: &str) -> Result<Vec<Dd>> {
+        let (h, l) = (self.f64s(h)?, self.f64s(l)?);
+        Ok(h.iter()
+            .zip(l)
+            .map(|(&h, &l)| Dd::from_parts(h, l))
+            .collect())
+    }
+    fn sums(&self) -> Result<&'a [i128]> {
+        Ok(self
+            .col("s")?
+            .as_primitive_opt::<arrow::datatypes::Decimal128Type>()
+            .ok_or_else(|| Error::Internal("state `s`".into()))?
+            .values())
+    }
+    fn special(&self) -> Result<Vec<[i64; 3]>> {
+        let (a, b, c) = (self.i64s("nan")?, self.i64s("pinf")?, self.i64s("ninf")?);
+        Ok((0..a.len()).map(|i| [a[i], b[i], c[i]]).collect())
+    }
+}
+
+/// The feature value of every row of a state array. `label` names the feature in errors;
+/// rows are spine rows in spine order.
+pub fn finish(agg: Agg, kind: StateKind, state: &ArrayRef, label: &str) -> Result<ArrayRef> {
+    let v = View::new(state)?;
+    let n = v.i64s("n")?;
+    Ok(match kind {
+        StateKind::Count => Arc::new(Int64Array::from(n.to_vec())),
+        StateKind::IntSum => {
+            let s = v.sums()?;
+            let mut out = Vec::with_capacity(n.len());
+            for (row, (&c, &s)) in n.iter().zip(s).enumerate() {
+                out.push(if c == 0 {
+                    None
+                } else {
+                    Some(i64::try_from(s).map_err(|_| Error::SumOverflow {
+                        feature: label.to_string(),
+                        row: row as u64,
+                    })?)
+                });
+            }
+            Arc::new(Int64Array::from(out))
+        }
+        StateKind::Float { moments } => {
+            let s1 = v.dd("s1h", "s1l")?;
+            let s2 = if moments {
+                v.dd("s2h", "s2l")?
+            } else {
+                Vec::new()
+            };
+            let sp = v.special()?;
+            let var_like = matches!(agg, Agg::Var | Agg::Stddev);
+            let min_n = if var_like { 2 } else { 1 };
+            let out: Vec<Option<f64>> = (0..n.len())
+                .map(|r| {
+                    let c = n[r];
+                    if c < min_n {
+                        return None;
+                    }
+                    let [nan, pinf, ninf] = sp[r];
+                    if nan > 0 || pinf > 0 || ninf > 0 {
+                        return Some(if nan > 0 || (pinf > 0 && ninf > 0) || var_like {
+                            f64::NAN
+                        } else if pinf > 0 {
+                            f64::INFINITY
+                        } else {
+                            f64::NEG_INFINITY
+                        });
+                    }
+                    let sum = s1[r];
+                    Some(match agg {
+                        Agg::Sum => sum.to_f64(),
+                        Agg::Mean => sum.div_f64(c as f64).to_f64(),
+                        _ => {
+                            let var = s2[r]
+                                .sub(sum.mul(sum).div_f64(c as f64))
+                                .div_f64((c - 1) as f64)
+                                .to_f64()
+                                .max(0.0);
+                            if agg == Agg::Var { var } else { var.sqrt() }
+                        }
+                    })
+                })
+                .collect();
+            Arc::new(Float64Array::from(out))
+        }
+        StateKind::Extreme { .. } | StateKind::First | StateKind::Last | StateKind::Latest => {
+            v.col("v")?.clone()
+        }
+    })
+}
+
+/// Bring a moments state's sums to another shift: Σ(x−a) = Σ(x−b) + m(b−a) and
+/// Σ(x−a)² = Σ(x−b)² + 2(b−a)Σ(x−b) + m(b−a)², over the `m` finite values.
+fn reshift(s1: Dd, s2: Dd, m: i64, from: f64, to: f64) -> (Dd, Dd) {
+    if m == 0 || from == to {
+        return (s1, s2);
+    }
+    let d = Dd::from_f64(from).sub(Dd::from_f64(to));
+    let md = d.mul(Dd::from_f64(m as f64));
+    let s2 = s2.add(d.mul(s1).mul(Dd::from_f64(2.0))).add(md.mul(d));
+    (s1.add(md), s2)
+}
+
+/// Combine the states of two disjoint windows of the same rows. `later` covers the events
+/// after every event of `earlier` (widening: the stored window and the band before it), which
+/// is what decides first/last. With `subtract`, `earlier` is removed from `later` instead
+/// (narrowing; only for invertible kinds, and `earlier` must lie inside `later`).
+pub fn combine(
+    kind: StateKind,
+    later: &ArrayRef,
+    earlier: &ArrayRef,
+    subtract: bool,
+) -> Result<ArrayRef> {
+    if later.len() != earlier.len() {
+        return Err(Error::Internal("states of different lengths".into()));
+    }
+    if subtract && !kind.invertible() {
+        return Err(Error::Internal(format!(
+            "{} states cannot be subtracted",
+            kind.name()
+        )));
+    }
+    let (a, b) = (View::new(later)?, View::new(earlier)?);
+    let (na, nb) = (a.i64s("n")?, b.i64s("n")?);
+    let sign = if subtract { -1 } else { 1 };
+    let n: Vec<i64> = na.iter().zip(nb).map(|(x, y)| x + sign * y).collect();
+    match kind {
+        StateKind::Count => with_value(kind, n, None),
+        StateKind::IntSum => {
+            let s = a
+                .sums()?
+                .iter()
+                .zip(b.sums()?)
+                .map(|(x, y)| if subtract { x - y } else { x + y })
+                .collect();
+            int_sum(n, s)
+        }
+        StateKind::Float { moments } => {
+            let (spa, spb) = (a.special()?, b.special()?);
+            let special: Vec<[i64; 3]> = spa
+                .iter()
+                .zip(&spb)
+                .map(|(x, y)| [0, 1, 2].map(|k| x[k] + sign * y[k]))
+                .collect();
+            let (s1a, s1b) = (a.dd("s1h", "s1l")?, b.dd("s1h", "s1l")?);
+            let mut parts = FloatParts {
+                n,
+                special,
+                ..Default::default()
+            };
+            if !moments {
+                parts.s1 = s1a
+                    .iter()
+                    .zip(&s1b)
+                    .map(|(x, y)| if subtract { x.sub(*y) } else { x.add(*y) })
+                    .collect();
+                return parts.build(false);
+            }
+            let (s2a, s2b) = (a.dd("s2h", "s2l")?, b.dd("s2h", "s2l")?);
+            let (ca, cb) = (a.f64s("c")?, b.f64s("c")?);
+            let finite = |n: i64, s: [i64; 3]| n - s[0] - s[1] - s[2];
+            for r in 0..na.len() {
+                let (ma, mb) = (finite(na[r], spa[r]), finite(nb[r], spb[r]));
+                // Keep the stored window's shift unless it holds no finite value.
+                let (s1, s2, c) = if ma == 0 && !subtract {
+                    (s1b[r], s2b[r], cb[r])
+                } else {
+                    let (b1, b2) = reshift(s1b[r], s2b[r], mb, cb[r], ca[r]);
+                    if subtract {
+                        (s1a[r].sub(b1), s2a[r].sub(b2), ca[r])
+                    } else {
+                        (s1a[r].add(b1), s2a[r].add(b2), ca[r])
+                    }
+                };
+                parts.s1.push(s1);
+                parts.s2.push(s2);
+                parts.c.push(c);
+            }
+            parts.build(true)
+        }
+        StateKind::Extreme { max } => {
+            let (va, vb) = (a.col("v")?, b.col("v")?);
+            let cmp = make_comparator(vb.as_ref(), va.as_ref(), SortOptions::default())?;
+            let take_b: BooleanArray = (0..na.len())
+                .map(|r| {
+                    Some(if nb[r] == 0 {
+                        false
+                    } else if na[r] == 0 {
+                        true
+                    } else {
+                        let o = float_aware(vb, va, r).unwrap_or_else(|| cmp(r, r));
+                        if max { o.is_gt() } else { o.is_lt() }
+                    })
+                })
+                .collect();
+            let v = zip(&take_b, vb, va)?;
+            with_value(kind, n, Some(v))
+        }
+        StateKind::Latest => Err(Error::Internal("latest values do not combine".into())),
+        StateKind::First | StateKind::Last => {
+            let (va, vb) = (a.col("v")?, b.col("v")?);
+            let take_b: BooleanArray = (0..na.len())
+                .map(|r| {
+                    Some(match kind {
+                        StateKind::First => nb[r] > 0,
+                        _ => na[r] == 0 && nb[r] > 0,
+                    })
+                })
+                .collect();
+            let v = zip(&take_b, vb, va)?;
+            with_value(kind, n, Some(v))
+        }
+    }
+}
+
+/// Floats compare by IEEE total order, as the sweep's min/max do (arrow's comparator also
+/// orders NaN, but not -0.0 against 0.0 the same way on every type).
+fn float_aware(b: &ArrayRef, a: &ArrayRef, r: usize) -> Option<std::cmp::Ordering> {
+    match (b.data_type(), a.data_type()) {
+        (DataType::Float64, DataType::Float64) => {
+            let (b, a) = (
+                b.as_primitive::<Float64Type>(),
+                a.as_primitive::<Float64Type>(),
+            );
+            Some(b.value(r).total_cmp(&a.value(r)))
+        }
+        (DataType::Float32, DataType::Float32) => {
+            let (b, a) = (
+                b.as_primitive::<arrow::datatypes::Float32Type>(),
+                a.as_primitive::<arrow::datatypes::Float32Type>(),
+            );
+            Some(b.value(r).total_cmp(&a.value(r)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn float_state(rows: &[&[f64]], moments: bool) -> ArrayRef {
+        let mut p = FloatParts::default();
+        for vals in rows {
+            let c = vals.first().copied().unwrap_or(0.0);
+            let mut s1 = Dd::ZERO;
+            let mut s2 = Dd::ZERO;
+            for &v in *vals {
+                let y = Dd::from_f64(v).sub(Dd::from_f64(if moments { c } else { 0.0 }));
+                s1 = s1.add(y);
+                s2 = s2.add(y.mul(y));
+            }
+            p.n.push(vals.len() as i64);
+            p.s1.push(s1);
+            p.c.push(c);
+            p.s2.push(s2);
+            p.special.push([0; 3]);
+        }
+        p.build(moments).unwrap()
+    }
+
+    #[test]
+    fn moments_merge_and_subtract_across_shifts() {
+        let all: &[f64] = &[3.0, 5.5, -2.25, 8.0, 1.0];
+        let (early, late) = all.split_at(2);
+        let whole = float_state(&[all], true);
+        let merged = combine(
+            StateKind::Float { moments: true },
+            &float_state(&[late], true),
+            &float_state(&[early], true),
+            false,
+        )
+        .unwrap();
+        let k = StateKind::Float { moments: true };
+        for agg in [Agg::Var, Agg::Stddev] {
+            assert_eq!(
+                finish(agg, k, &merged, "f").unwrap().as_ref(),
+                finish(agg, k, &whole, "f").unwrap().as_ref()
+            );
+        }
+        let back = combine(k, &whole, &float_state(&[early], true), true).unwrap();
+        assert_eq!(
+            finish(Agg::Var, k, &back, "f").unwrap().as_ref(),
+            finish(Agg::Var, k, &float_state(&[late], true), "f")
+                .unwrap()
+                .as_ref()
+        );
+    }
+
+    #[test]
+    fn first_last_and_extremes_merge_by_time_and_order() {
+        let st = |kind, n: Vec<i64>, v: Vec<Option<i64>>| {
+            with_value(kind, n, Some(Arc::new(Int64Array::from(v)) as ArrayRef)).unwrap()
+        };
+        for (kind, want) in [
+            (StateKind::First, vec![Some(1), Some(7), None]),
+            (StateKind::Last, vec![Some(7), Some(7), None]),
+            (
+                StateKind::Extreme { max: true },
+                vec![Some(7), Some(7), None],
+            ),
+            (
+                StateKind::Extreme { max: false },
+                vec![Some(1), Some(7), None],
+            ),
+        ] {
+            let later = st(kind, vec![1, 1, 0], vec![Some(7), Some(7), None]);
+            let earlier = st(kind, vec![1, 0, 0], vec![Some(1), None, None]);
+            let m = combine(kind, &later, &earlier, false).unwrap();
+            let got = finish(Agg::Max, kind, &m, "f").unwrap();
+            assert_eq!(
+                got.as_ref(),
+                &Int64Array::from(want) as &dyn Array,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn integer_sums_report_overflow_at_the_row() {
+        let s = int_sum(vec![1, 2], vec![5, i64::MAX as i128 + 1]).unwrap();
+        let e = finish(Agg::Sum, StateKind::IntSum, &s, "v:f").unwrap_err();
+        assert!(e.to_string().contains("spine row 1"), "{e}");
+    }
+}

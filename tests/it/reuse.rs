@@ -1,0 +1,444 @@
+//! Reuse (ADR 0006): every way of producing a feature from stored states — exact match,
+//! widening, narrowing — returns the column a cold computation returns, over random data,
+//! windows, closures, offsets, filters and spines; and the catalog's keys keep states of
+//! another spine or source version from being used.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::{SortOptions, lexsort_to_indices, take_record_batch};
+use quiver_core::Repo;
+use quiver_offline::source::write_table;
+use quiver_offline::{Engine, EngineOptions, JoinOutput, JoinRequest};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common::*;
+
+const AGGS: [(&str, &str); 13] = [
+    ("count", "\"*\""),
+    ("count", "x"),
+    ("sum", "i"),
+    ("sum", "x"),
+    ("mean", "x"),
+    ("mean", "i"),
+    ("var", "x"),
+    ("stddev", "i"),
+    ("min", "x"),
+    ("max", "s"),
+    ("first", "s"),
+    ("last", "x"),
+    ("count_distinct", "i"),
+];
+
+fn window_text(w: Option<i64>) -> String {
+    match w {
+        Some(h) => format!(", window: {h}h"),
+        None => String::new(),
+    }
+}
+
+/// A repo over a folder of Parquet files with one view holding, per aggregate, the same
+/// feature at each of `windows` (same offset, closure and filter).
+fn write_repo(dir: &Path, windows: &[Option<i64>], offset_us: i64, closed: &str, filter: bool) {
+    let mut feats = String::new();
+    for (a, (agg, col)) in AGGS.iter().enumerate() {
+        for (k, w) in windows.iter().enumerate() {
+            let filter = if filter && a % 2 == 0 {
+                ", filter: \"i > -300\""
+            } else {
+                ""
+            };
+            feats.push_str(&format!(
+                "      - {{ name: f{a}_{k}, agg: {agg}, column: {col}{}, offset: {offset_us}us, closed: {closed}{filter} }}\n",
+                window_text(*w)
+            ));
+        }
+    }
+    feats.push_str("      - { name: lat, column: s }\n");
+    let yaml = format!(
+        "project: t\nentities:\n  user:\n    join_keys: [uid]\nsources:\n  ev:\n    path: data\n    timestamp: ts\nfeature_views:\n  v:\n    entity: user\n    source: ev\n    ttl: 30h\n    features:\n{feats}"
+    );
+    std::fs::write(dir.join("quiver.yaml"), yaml).unwrap();
+}
+
+/// Events spread over `span` hours in time order across a few files, with nulls, ties,
+/// two-decimal floats (not exact in binary) and rare NaN and infinities.
+fn write_events(dir: &Path, rng: &mut SmallRng, n: usize, span: i64) {
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let keys = 6;
+    let mut uid = Vec::new();
+    let mut ts = Vec::new();
+    let mut i = Vec::new();
+    let mut x = Vec::new();
+    let mut s = Vec::new();
+    for _ in 0..n {
+        uid.push(Some(rng.random_range(0..keys)));
+        // times on a coarse grid so that window edges land exactly on events
+        ts.push(Some(rng.random_range(0..span * 4) * (H / 4)));
+        i.push((!rng.random_bool(0.1)).then(|| rng.random_range(-1000..1000i64)));
+        x.push(if rng.random_bool(0.1) {
+            None
+        } else if rng.random_bool(0.01) {
+            Some([f64::INFINITY, f64::NAN, f64::NEG_INFINITY][rng.random_range(0..3)])
+        } else {
+            Some(rng.random_range(-400_000..400_000) as f64 / 100.0)
+        });
+        s.push((!rng.random_bool(0.1)).then(|| format!("s{}", rng.random_range(0..50))));
+    }
+    let b = batch(vec![
+        ("uid", Arc::new(Int64Array::from(uid)) as ArrayRef),
+        ("ts", ts_col(ts)),
+        ("i", Arc::new(Int64Array::from(i))),
+        ("x", Arc::new(Float64Array::from(x))),
+        ("s", Arc::new(StringArray::from(s))),
+    ]);
+    let order = lexsort_to_indices(
+        &[datafusion::arrow::compute::SortColumn {
+            values: b.column(1).clone(),
+            options: Some(SortOptions::default()),
+        }],
+        None,
+    )
+    .unwrap();
+    let b = take_record_batch(&b, &order).unwrap();
+    let parts = 3;
+    let per = n.div_ceil(parts);
+    for p in 0..parts {
+        let len = per.min(n - (p * per).min(n));
+        write_table(
+            &data.join(format!("part{p}.parquet")),
+            &b.slice(p * per, len),
+        )
+        .unwrap();
+    }
+}
+
+fn ts_col(v: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+}
+
+fn spine(rng: &mut SmallRng, rows: usize, span: i64) -> RecordBatch {
+    let uid: Vec<Option<i64>> = (0..rows)
+        .map(|_| (!rng.random_bool(0.05)).then(|| rng.random_range(0..8)))
+        .collect();
+    let t: Vec<Option<i64>> = (0..rows)
+        .map(|_| (!rng.random_bool(0.05)).then(|| rng.random_range(0..span * 4) * (H / 4)))
+        .collect();
+    batch(vec![
+        ("uid", Arc::new(Int64Array::from(uid)) as ArrayRef),
+        ("event_timestamp", ts_col(t)),
+    ])
+}
+
+/// Some rows of `sp` (shuffled) and some new ones.
+fn mixed_spine(sp: &RecordBatch, rng: &mut SmallRng, span: i64) -> RecordBatch {
+    let n = sp.num_rows();
+    let mut take: Vec<u32> = (0..n as u32).filter(|_| rng.random_bool(0.5)).collect();
+    for i in (1..take.len()).rev() {
+        take.swap(i, rng.random_range(0..=i));
+    }
+    let old = datafusion::arrow::compute::take_record_batch(
+        sp,
+        &datafusion::arrow::array::UInt32Array::from(take),
+    )
+    .unwrap();
+    let new = spine(rng, 60, span);
+    datafusion::arrow::compute::concat_batches(&sp.schema(), &[new, old]).unwrap()
+}
+
+fn engine(dir: &Path, reuse: bool, partitions: usize) -> Engine {
+    let opts = EngineOptions {
+        target_partitions: partitions,
+        batch_size: 64,
+        reuse_budget: reuse.then_some(1 << 30),
+        reuse_always: true,
+        ..Default::default()
+    };
+    Engine::new(Repo::load(dir).unwrap(), opts).unwrap()
+}
+
+async fn run(e: &Engine, spine: &RecordBatch, k: usize) -> JoinOutput {
+    let names: Vec<String> = (0..AGGS.len()).map(|a| format!("v:f{a}_{k}")).collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let req = JoinRequest {
+        features: e.repo().resolve_refs(&refs).unwrap(),
+        ..Default::default()
+    };
+    e.join(spine.schema(), vec![spine.clone()], &req)
+        .await
+        .unwrap()
+}
+
+/// Column equality that treats NaN as equal to NaN (bit for bit).
+fn assert_same(got: &RecordBatch, want: &RecordBatch, what: &str) {
+    assert_eq!(got.schema(), want.schema(), "{what}: schema");
+    for (c, f) in want.schema().fields().iter().enumerate() {
+        let (g, w) = (got.column(c), want.column(c));
+        if let (Some(g), Some(w)) = (
+            g.as_any().downcast_ref::<Float64Array>(),
+            w.as_any().downcast_ref::<Float64Array>(),
+        ) {
+            for r in 0..w.len() {
+                let gv = g.is_valid(r).then(|| g.value(r).to_bits());
+                let wv = w.is_valid(r).then(|| w.value(r).to_bits());
+                assert_eq!(
+                    gv,
+                    wv,
+                    "{what}: column {} row {r}: {:?} vs {:?}",
+                    f.name(),
+                    gv.map(f64::from_bits),
+                    wv.map(f64::from_bits)
+                );
+            }
+        } else {
+            assert_eq!(g.as_ref(), w.as_ref(), "{what}: column {}", f.name());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reuse_path_returns_the_cold_column() {
+    let reusable = AGGS.len() - 1; // count_distinct keeps no set: always cold
+    for seed in 0..16u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let span = 24 * 12;
+        let lens: [Option<i64>; 7] = [
+            Some(1),
+            Some(5),
+            Some(24),
+            Some(50),
+            Some(100),
+            Some(200),
+            None,
+        ];
+        let a = lens[rng.random_range(0..lens.len())];
+        let mut b = lens[rng.random_range(0..lens.len())];
+        while b == a {
+            b = lens[rng.random_range(0..lens.len())];
+        }
+        let closed = ["right", "left", "both", "neither"][rng.random_range(0..4)];
+        let offset = [0, H, 3 * H + 17, DAY][rng.random_range(0..4)];
+        let filter = rng.random_bool(0.5);
+        write_repo(dir.path(), &[a, b], offset, closed, filter);
+        write_events(dir.path(), &mut rng, 3000, span);
+        let sp = spine(&mut rng, 400, span);
+        let parts = 1 + (seed as usize % 3);
+        let what = format!(
+            "seed {seed}: stored {a:?}h, wanted {b:?}h, {closed}, offset {offset}us, filter {filter}"
+        );
+
+        let warm = engine(dir.path(), true, parts);
+        let cold = engine(dir.path(), false, parts);
+        let first = run(&warm, &sp, 0).await;
+        assert_eq!(first.reused, 0, "{what}");
+        assert_same(&first.batch, &run(&cold, &sp, 0).await.batch, &what);
+
+        // widening or narrowing from the stored window (narrowing only where invertible)
+        let second = run(&warm, &sp, 1).await;
+        let want = run(&cold, &sp, 1).await;
+        assert_same(&second.batch, &want.batch, &format!("{what} (partial)"));
+        let widen = match (a, b) {
+            (_, None) => true,
+            (None, _) => false,
+            (Some(x), Some(y)) => x < y,
+        };
+        let partial = if widen {
+            reusable
+        } else if b.is_some() {
+            AGGS.iter()
+                .filter(|(g, _)| ["count", "sum", "mean", "var", "stddev"].contains(g))
+                .count()
+        } else {
+            0
+        };
+        assert_eq!(
+            second.reused, partial,
+            "{what}: features from stored states"
+        );
+
+        // exact: no scan at all when every reusable feature is stored
+        let third = run(&warm, &sp, 1).await;
+        assert_same(&third.batch, &want.batch, &format!("{what} (exact)"));
+        assert_eq!(third.reused, reusable, "{what}");
+
+        // another spine sharing some of these rows, in another order, takes them from the
+        // stored states and computes only its own
+        let other = mixed_spine(&sp, &mut rng, span);
+        let o = run(&warm, &other, 1).await;
+        assert_eq!(o.reused, reusable, "{what}: rows of another spine");
+        assert_same(
+            &o.batch,
+            &run(&cold, &other, 1).await.batch,
+            &format!("{what} (other spine)"),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_match_reads_no_source_and_new_versions_invalidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SmallRng::seed_from_u64(7);
+    write_repo(dir.path(), &[Some(24), Some(48)], 0, "right", false);
+    write_events(dir.path(), &mut rng, 2000, 24 * 10);
+    let sp = spine(&mut rng, 100, 24 * 10);
+    let e = engine(dir.path(), true, 2);
+    // count_distinct is the one feature still computed, so take the others only
+    let mut refs: Vec<String> = (0..AGGS.len() - 1).map(|a| format!("v:f{a}_0")).collect();
+    refs.push("v:lat".into());
+    let refs: Vec<&str> = refs.iter().map(|s| s.as_str()).collect();
+    let req = JoinRequest {
+        features: e.repo().resolve_refs(&refs).unwrap(),
+        ..Default::default()
+    };
+    let cold = e.join(sp.schema(), vec![sp.clone()], &req).await.unwrap();
+    assert!(cold.bytes_scanned > 0);
+    let again = e.join(sp.schema(), vec![sp.clone()], &req).await.unwrap();
+    assert_eq!(again.bytes_scanned, 0, "{:?}", again.explain);
+    assert!(again.stored_bytes_read > 0);
+    assert_eq!(again.reused, refs.len());
+    assert_same(&again.batch, &cold.batch, "exact");
+    assert!(
+        again.explain.iter().any(|l| l.contains("no scan")),
+        "{:?}",
+        again.explain
+    );
+
+    // New rows in the source: a new version, so nothing stored before may serve.
+    write_events(dir.path(), &mut rng, 2000, 24 * 10);
+    let after = e.join(sp.schema(), vec![sp.clone()], &req).await.unwrap();
+    assert_eq!(after.reused, 0);
+    let fresh = engine(dir.path(), false, 2)
+        .join(sp.schema(), vec![sp.clone()], &req)
+        .await
+        .unwrap();
+    assert_same(&after.batch, &fresh.batch, "after a new version");
+}
+
+/// `quiver optimize`: the logged workload reads less after the rewrite, every join returns
+/// the same rows (ties on time included, which the rewrite's stable sort keeps in order), and
+/// a budget smaller than the table keeps it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_rewrite_keeps_results_and_reads_less() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "project: t\nentities:\n  user:\n    join_keys: [uid]\nsources:\n  ev:\n    timestamp: ts\nfeature_views:\n  v:\n    entity: user\n    source: ev\n    ttl: 2d\n    features:\n      - { name: s1, agg: sum, column: i, window: 1d }\n      - { name: l5, agg: last, column: i, window: 5d, closed: both }\n      - { name: latest_i, column: i }\n";
+    std::fs::write(dir.path().join("quiver.yaml"), yaml).unwrap();
+    let mut rng = SmallRng::seed_from_u64(11);
+    let n = 300_000;
+    let days = 400;
+    // clustered by key, times on an hourly grid so (key, time) ties are common
+    let mut rows: Vec<(i64, i64, i64)> = (0..n)
+        .map(|_| {
+            (
+                rng.random_range(0..50),
+                rng.random_range(0..days * 24) * H,
+                rng.random_range(-100..100),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    let b = batch(vec![
+        (
+            "uid",
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+        ),
+        ("ts", ts_col(rows.iter().map(|r| Some(r.1)).collect())),
+        (
+            "i",
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ),
+    ]);
+    let table = dir.path().join(".quiver/offline/sources/ev");
+    let parts = vec![b.slice(0, n / 2), b.slice(n / 2, n - n / 2)];
+    quiver_offline::delta::write(&table, parts, quiver_offline::delta::Mode::Append, "ev")
+        .await
+        .unwrap();
+    let spine = batch(vec![
+        (
+            "uid",
+            Arc::new(Int64Array::from_iter_values((0..200).map(|i| i % 60))) as ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            ts_col((0..200).map(|i| Some(300 * DAY + i * H)).collect()),
+        ),
+    ]);
+    let refs = ["v:s1", "v:l5", "v:latest_i"];
+    let run = |dir: &Path| {
+        let e = engine(dir, true, 2);
+        let sp = spine.clone();
+        async move {
+            let req = JoinRequest {
+                features: e.repo().resolve_refs(&refs).unwrap(),
+                ..Default::default()
+            };
+            e.join(sp.schema(), vec![sp.clone()], &req).await.unwrap()
+        }
+    };
+    let before = run(dir.path()).await;
+    let repo = Repo::load(dir.path()).unwrap();
+
+    let tight = quiver_offline::layout::optimize(&repo, Some(1000), false)
+        .await
+        .unwrap();
+    assert_eq!(tight.len(), 1);
+    assert!(!tight[0].chosen && tight[0].written.is_none(), "{tight:?}");
+    assert!(tight[0].plan.saving() > 0, "{:?}", tight[0].plan);
+
+    let dry = quiver_offline::layout::optimize(&repo, None, true)
+        .await
+        .unwrap();
+    assert!(dry[0].chosen && dry[0].written.is_none());
+    let done = quiver_offline::layout::optimize(&repo, None, false)
+        .await
+        .unwrap();
+    assert_eq!(done[0].written, Some(1), "{done:?}");
+    let after = run(dir.path()).await;
+    assert_eq!(
+        after.batch, before.batch,
+        "the rewrite changed a join result"
+    );
+    assert_eq!(after.reused, 0, "a new version reuses nothing");
+    assert!(
+        after.bytes_scanned * 2 < before.bytes_scanned,
+        "after {} before {}",
+        after.bytes_scanned,
+        before.bytes_scanned
+    );
+}
+
+/// A spine whose states would take more than half the budget computes plain values and
+/// stores nothing (nor pays for states).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_over_the_budget_are_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SmallRng::seed_from_u64(3);
+    write_repo(dir.path(), &[Some(24)], 0, "right", false);
+    write_events(dir.path(), &mut rng, 500, 24 * 5);
+    let sp = spine(&mut rng, 200, 24 * 5);
+    let opts = EngineOptions {
+        reuse_budget: Some(10_000),
+        ..Default::default()
+    };
+    let e = Engine::new(Repo::load(dir.path()).unwrap(), opts).unwrap();
+    let out = run(&e, &sp, 0).await;
+    assert!(
+        out.explain.iter().any(|l| l.contains("states not kept")),
+        "{:?}",
+        out.explain
+    );
+    assert_same(
+        &out.batch,
+        &run(&engine(dir.path(), false, 2), &sp, 0).await.batch,
+        "plain",
+    );
+    let cat = e.reuse_catalog().unwrap();
+    assert!(cat.entries().unwrap().is_empty());
+}
