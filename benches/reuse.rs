@@ -261,6 +261,7 @@ fn main() {
     {
         let warm = b.engine(true);
         let (_, _) = b.join(&warm, 30);
+        assert_eq!(warm.wait_pending(), None);
         let (o, s) = b.join(&warm, 40);
         let (c, cs) = b.join(&cold, 40);
         assert_eq!(o.batch, c.batch);
@@ -304,6 +305,8 @@ fn main() {
     b.clear_states();
     let warm = b.engine(true);
     let (o30, s30) = b.join(&warm, 30);
+    // the states are written behind the join: let them land before copying the catalog
+    assert_eq!(warm.wait_pending(), None);
     let saved = b.dir.join("reuse-after-30d");
     copy_dir(&b.reuse_dir(), &saved);
     let time = |w: u32, reuse_from: Option<&Path>| {

@@ -439,6 +439,7 @@ async fn states_over_the_budget_are_not_kept() {
         &run(&engine(dir.path(), false, 2), &sp, 0).await.batch,
         "plain",
     );
+    assert_eq!(e.wait_pending(), None);
     let cat = e.reuse_catalog().unwrap();
     assert!(cat.entries().unwrap().is_empty());
 }

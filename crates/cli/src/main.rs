@@ -697,6 +697,9 @@ async fn run_engine(command: Command) -> Result<()> {
                 || !pins.is_empty()
                 || as_of.is_some()
                 || !looks_like_path(&spine);
+            // The engine lives until the output is written: it stores the join's feature
+            // states behind it, and dropping it waits for them.
+            let mut engine_alive = None;
             let result = if versioned {
                 versioned_join(
                     repo,
@@ -711,7 +714,7 @@ async fn run_engine(command: Command) -> Result<()> {
                 )
                 .await
             } else {
-                let engine = Engine::new(repo, opts)?;
+                let engine = engine_alive.insert(Engine::new(repo, opts)?);
                 let req = JoinRequest {
                     features: refs,
                     spine_timestamp,

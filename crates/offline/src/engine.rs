@@ -145,6 +145,16 @@ pub struct Engine {
     versions: HashMap<String, SourceVersion>,
     reuse: Option<ReuseCatalog>,
     reuse_always: bool,
+    /// States being written behind the join that computed them.
+    pending: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The last failure of a background store, reported by the next join.
+    store_error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.wait_pending();
+    }
 }
 
 /// A view's part of a request, checked against the source schema.
@@ -175,6 +185,8 @@ impl Engine {
             versions: HashMap::new(),
             reuse,
             reuse_always: opts.reuse_always,
+            pending: Default::default(),
+            store_error: Default::default(),
         })
     }
 
@@ -188,6 +200,19 @@ impl Engine {
         self.tables.insert(source.to_string(), table);
         self.versions.insert(source.to_string(), version);
         self
+    }
+
+    /// Wait for the states still being stored; returns the last store failure, if any.
+    pub fn wait_pending(&self) -> Option<String> {
+        let handles = self
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        for h in handles {
+            let _ = h.join();
+        }
+        self.store_error.lock().ok().and_then(|mut e| e.take())
     }
 
     /// The reuse catalog, when reuse is on.
@@ -597,6 +622,10 @@ impl Engine {
             gate::hull(kinds.map(|k| gate::needed(&k, view.ttl, tmin, tmax)))
         };
 
+        // Earlier joins' states first land in the catalog.
+        if let Some(e) = self.wait_pending() {
+            explain.push(format!("  earlier states not stored: {e}"));
+        }
         // What reuse can offer: each feature's state kind, lineage key and best stored state.
         let reuse = match &self.reuse {
             Some(c) if !src.filter_created => match self.source_version(src).await? {
@@ -671,11 +700,11 @@ impl Engine {
                 .iter()
                 .any(|o| matches!(o, gate::Source::Widen(..) | gate::Source::Narrow(..)))
             {
-                let mut cols: Vec<&str> = view.join_keys.iter().map(|s| s.as_str()).collect();
-                cols.push(&src.timestamp);
-                cols.extend(src.created_timestamp.as_deref());
-                cols.extend(p.value_cols.iter().map(|s| s.as_str()));
-                stats = Some(ScanStats::load(&version.files, &src.timestamp, &cols)?);
+                stats = Some(ScanStats::load(
+                    &version.files,
+                    &src.timestamp,
+                    &read_columns(p),
+                )?);
             }
         }
 
@@ -684,8 +713,11 @@ impl Engine {
         // computed only for the rest.
         crate::profile::stage(format_args!("view {}: reuse lookups", p.view.name));
         let mut cross: Vec<Option<Cross>> = vec![None; p.features.len()];
-        if let Some((cat, _)) = &reuse {
-            let mut finder = CrossFinder::new(cat, &sbatch)?;
+        if let Some((cat, version)) = &reuse {
+            // Candidates first (the manifest only); matching rows costs time in proportion to
+            // the spines, so it is skipped when even a full match would read more (the stored
+            // states) than computing the features.
+            let mut candidates: Vec<(usize, Vec<reuse::Entry>)> = Vec::new();
             for (i, f) in p.features.iter().enumerate() {
                 let (gate::Source::Cold, Some(def)) = (&options[i], &defs[i]) else {
                     continue;
@@ -694,7 +726,49 @@ impl Engine {
                     Kind::Agg(_, w) => w,
                     Kind::Latest => gate::LATEST,
                 };
-                cross[i] = finder.find(def, &want, &spine_key)?;
+                let mut others: Vec<reuse::Entry> = cat
+                    .find_def(def)?
+                    .into_iter()
+                    .filter(|e| e.window == want && e.spine != spine_key)
+                    .collect();
+                // the most recently used first; a handful is enough
+                others.sort_by_key(|e| std::cmp::Reverse(e.used_micros));
+                others.truncate(4);
+                if !others.is_empty() {
+                    candidates.push((i, others));
+                }
+            }
+            if !candidates.is_empty() && typed && !self.reuse_always {
+                if stats.is_none() {
+                    stats = Some(ScanStats::load(
+                        &version.files,
+                        &src.timestamp,
+                        &read_columns(p),
+                    )?);
+                }
+                let mut ids: Vec<(&str, u64)> = candidates
+                    .iter()
+                    .flat_map(|(_, es)| es.iter().map(|e| (e.id.as_str(), e.bytes)))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                let stored: u64 = ids.iter().map(|(_, b)| b).sum();
+                let whole = gate::hull(
+                    candidates
+                        .iter()
+                        .map(|(i, _)| gate::needed(&p.features[*i].kind, view.ttl, tmin, tmax)),
+                );
+                if stored >= gate::Cost::of(stats.as_ref(), whole, &[]).bytes() {
+                    explain.push(format!(
+                        "  rows of other spines not matched: their states ({}) outweigh the scan",
+                        gate::bytes(stored as f64)
+                    ));
+                    candidates.clear();
+                }
+            }
+            let mut finder = CrossFinder::new(cat, &sbatch)?;
+            for (i, others) in candidates {
+                cross[i] = finder.find(others)?;
             }
         }
 
@@ -709,14 +783,14 @@ impl Engine {
         let has_cross = cross.iter().any(|c| c.is_some());
         let (mut use_partial, mut use_cross) = (false, false);
         if has_partial || has_cross {
-            if stats.is_none() {
-                let mut cols: Vec<&str> = view.join_keys.iter().map(|s| s.as_str()).collect();
-                cols.push(&src.timestamp);
-                cols.extend(src.created_timestamp.as_deref());
-                cols.extend(p.value_cols.iter().map(|s| s.as_str()));
-                if let Some((_, version)) = &reuse {
-                    stats = Some(ScanStats::load(&version.files, &src.timestamp, &cols)?);
-                }
+            if stats.is_none()
+                && let Some((_, version)) = &reuse
+            {
+                stats = Some(ScanStats::load(
+                    &version.files,
+                    &src.timestamp,
+                    &read_columns(p),
+                )?);
             }
             let plan_cost = |partial_on: bool, cross_on: bool| {
                 let mut main = Vec::new();
@@ -863,10 +937,23 @@ impl Engine {
                 &mut work
             };
             slot.push(spec.map(|mut s| {
-                s.name = format!("__w{}", target.len());
                 if s.state {
                     s.output_type = kinds[i].expect("state kind").data_type(&s.output_type);
                 }
+                // Features with the same state over the same window (a sum and a mean of a
+                // column) are swept once.
+                let same = |w: &FeatureSpec| {
+                    w.state
+                        && s.state
+                        && kinds_equal(w, &s)
+                        && w.column == s.column
+                        && w.filter == s.filter
+                        && w.output_type == s.output_type
+                };
+                if let Some(j) = target.iter().position(same) {
+                    return j;
+                }
+                s.name = format!("__w{}", target.len());
                 target.push(s);
                 target.len() - 1
             }));
@@ -1017,7 +1104,7 @@ impl Engine {
                             None => (last, in_sub[r] as usize),
                         })
                         .collect();
-                    interleave(&refs, &idx)?
+                    interleave_columns(&refs, &idx)?
                 }
                 (gate::Source::Cold, None, Some(c)) => c,
                 (gate::Source::Exact(e), None, _) => load(e)?,
@@ -1055,20 +1142,32 @@ impl Engine {
         }
         crate::profile::stage(format_args!("view {}: finished", p.view.name));
         if let Some((cat, _)) = &reuse {
+            // Write-behind: the states are compressed and written on a thread of their own
+            // while the caller uses the result; the next lookup (or dropping the engine)
+            // waits for it.
             let spine_cols = gate::spine_batch(&sbatch)?;
-            let kept = cat.touch(&touched).and_then(|_| match to_store.is_empty() {
-                true => Ok(0),
-                false => cat
-                    .store_spine(&spine_key, &spine_cols)
-                    .and_then(|_| cat.store(to_store)),
+            let (cat, count) = ((*cat).clone(), to_store.len());
+            let failed = Arc::clone(&self.store_error);
+            let handle = std::thread::spawn(move || {
+                let kept = cat.touch(&touched).and_then(|_| match to_store.is_empty() {
+                    true => Ok(0),
+                    false => cat
+                        .store_spine(&spine_key, &spine_cols)
+                        .and_then(|_| cat.store(to_store)),
+                });
+                if let Err(e) = kept
+                    && let Ok(mut f) = failed.lock()
+                {
+                    *f = Some(e.to_string());
+                }
             });
-            match kept {
-                Ok(b) if b > 0 => explain.push(format!(
-                    "  stored {} of feature states for reuse",
-                    gate::bytes(b as f64)
-                )),
-                Ok(_) => {}
-                Err(e) => explain.push(format!("  states not stored: {e}")),
+            if let Ok(mut p) = self.pending.lock() {
+                p.push(handle);
+            }
+            if count > 0 {
+                explain.push(format!(
+                    "  {count} feature state(s) stored in the background for reuse"
+                ));
             }
         }
         crate::profile::stage(format_args!("view {}: states stored", p.view.name));
@@ -1233,7 +1332,7 @@ impl Engine {
             cols.push(if parts.is_empty() {
                 datafusion::arrow::array::new_empty_array(&f.output_type)
             } else {
-                interleave(&parts, &pos)?
+                interleave_columns(&parts, &pos)?
             });
         }
         Ok((cols, explain, spills, scanned, distinct))
@@ -1253,24 +1352,9 @@ impl Engine {
             let snap = crate::delta::snapshot(&path, None).await?;
             return Ok(Some(SourceVersion::delta(&path, snap.version, snap.files)));
         }
-        let files = source::list_files(&path)?;
-        let mut parts = Vec::new();
-        for f in &files {
-            let m = std::fs::metadata(f).map_err(|source| Error::Io {
-                path: f.clone(),
-                source,
-            })?;
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            let abs = std::path::absolute(f).unwrap_or(f.clone());
-            parts.push(format!("{}|{}|{mtime}", abs.display(), m.len()));
-        }
-        let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+        let (id, files) = source::fingerprint(&path)?;
         Ok(Some(SourceVersion {
-            id: format!("files:{}", reuse::key_of(&refs)),
+            id: format!("files:{id}"),
             files,
         }))
     }
@@ -1284,6 +1368,31 @@ struct ViewResult {
     bytes_scanned: u64,
     stored_bytes_read: u64,
     reused: usize,
+}
+
+/// The source columns a view's scan reads (for footer statistics).
+fn read_columns<'a>(p: &'a ViewParts<'_>) -> Vec<&'a str> {
+    let src = p.source;
+    let mut cols: Vec<&str> = p.view.join_keys.iter().map(|s| s.as_str()).collect();
+    cols.push(&src.timestamp);
+    cols.extend(src.created_timestamp.as_deref());
+    cols.extend(p.value_cols.iter().map(|s| s.as_str()));
+    cols
+}
+
+/// Whether two swept features have the same window and the same state kind.
+fn kinds_equal(a: &FeatureSpec, b: &FeatureSpec) -> bool {
+    match (a.kind, b.kind) {
+        (Kind::Agg(x, wa), Kind::Agg(y, wb)) => {
+            wa == wb
+                && StateKind::of(x, Some(&DataType::Float64))
+                    == StateKind::of(y, Some(&DataType::Float64))
+                && StateKind::of(x, Some(&DataType::Int64))
+                    == StateKind::of(y, Some(&DataType::Int64))
+        }
+        (Kind::Latest, Kind::Latest) => true,
+        _ => false,
+    }
 }
 
 /// Rows of this spine found in other spines' stored states, for one feature.
@@ -1302,7 +1411,17 @@ struct CrossFinder<'a> {
     cols: Vec<ArrayRef>,
     converter: Option<datafusion::arrow::row::RowConverter>,
     rows: Option<datafusion::arrow::row::Rows>,
-    maps: HashMap<String, Option<HashMap<Vec<u8>, u32>>>,
+    hasher: ahash::RandomState,
+    /// Per stored spine, when it could be read.
+    maps: HashMap<String, Option<StoredSpine>>,
+}
+
+/// A stored spine's encoded rows and a map from a row's hash to its first index.
+type StoredSpine = (datafusion::arrow::row::Rows, HashMap<u64, u32>);
+
+/// A row's hash for cross-spine lookups (equal bytes are then checked).
+fn row_hash(state: &ahash::RandomState, row: datafusion::arrow::row::Row<'_>) -> u64 {
+    state.hash_one(row.as_ref())
 }
 
 impl<'a> CrossFinder<'a> {
@@ -1313,27 +1432,12 @@ impl<'a> CrossFinder<'a> {
             converter: None,
             rows: None,
             maps: HashMap::new(),
+            hasher: ahash::RandomState::new(),
         })
     }
 
-    fn find(
-        &mut self,
-        def: &str,
-        want: &quiver_core::semantics::Window,
-        spine: &str,
-    ) -> Result<Option<Cross>> {
-        let mut others: Vec<reuse::Entry> = self
-            .cat
-            .find_def(def)?
-            .into_iter()
-            .filter(|e| e.window == *want && e.spine != spine)
-            .collect();
-        if others.is_empty() {
-            return Ok(None);
-        }
-        // the most recently used first; a handful is enough
-        others.sort_by_key(|e| std::cmp::Reverse(e.used_micros));
-        others.truncate(4);
+    /// Match this spine's rows against the stored spines of `others` (in order).
+    fn find(&mut self, others: Vec<reuse::Entry>) -> Result<Option<Cross>> {
         if self.rows.is_none() {
             use datafusion::arrow::row::{RowConverter, SortField};
             let conv = RowConverter::new(
@@ -1358,23 +1462,28 @@ impl<'a> CrossFinder<'a> {
                     Some(b) if b.num_columns() == self.cols.len() => {
                         let stored = conv.convert_columns(b.columns()).ok();
                         stored.map(|s| {
-                            (0..s.num_rows())
-                                .map(|q| (s.row(q).as_ref().to_vec(), q as u32))
-                                .collect::<HashMap<_, _>>()
+                            let mut m = HashMap::with_capacity(s.num_rows());
+                            for q in 0..s.num_rows() {
+                                m.entry(row_hash(&self.hasher, s.row(q)))
+                                    .or_insert(q as u32);
+                            }
+                            (s, m)
                         })
                     }
                     _ => None,
                 };
                 self.maps.insert(e.spine.clone(), map);
             }
-            let Some(Some(map)) = self.maps.get(&e.spine) else {
+            let Some(Some((stored, map))) = self.maps.get(&e.spine) else {
                 continue;
             };
             let j = entries.len() as u32;
             let mut hit = false;
             for (r, slot) in rows.iter_mut().enumerate() {
+                let row = mine.row(r);
                 if slot.is_none()
-                    && let Some(&q) = map.get(mine.row(r).as_ref())
+                    && let Some(&q) = map.get(&row_hash(&self.hasher, row))
+                    && stored.row(q as usize) == row
                 {
                     *slot = Some((j, q));
                     matched += 1;
@@ -1460,6 +1569,26 @@ fn few_keys(sbatch: &RecordBatch, cap: usize) -> (Option<Vec<Expr>>, u64) {
     }
     let n = seen.len() as u64;
     (Some(seen.into_iter().map(lit).collect()), n)
+}
+
+/// `interleave`, child by child for struct columns (the reuse states): arrow's generic path
+/// for nested types is several times slower than its primitive kernels.
+fn interleave_columns(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<ArrayRef> {
+    use datafusion::arrow::array::{AsArray, StructArray};
+    let Some(DataType::Struct(fields)) = parts.first().map(|p| p.data_type().clone()) else {
+        return Ok(interleave(parts, pos)?);
+    };
+    let structs: Vec<&StructArray> = parts.iter().map(|p| p.as_struct()).collect();
+    if structs.iter().any(|s| s.nulls().is_some()) {
+        return Ok(interleave(parts, pos)?);
+    }
+    let children = (0..fields.len())
+        .map(|c| {
+            let col: Vec<&dyn Array> = structs.iter().map(|s| s.column(c).as_ref()).collect();
+            interleave_columns(&col, pos)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(StructArray::try_new(fields, children, None)?))
 }
 
 /// The sum of a named metric over a physical plan and its children.

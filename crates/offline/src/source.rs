@@ -213,6 +213,36 @@ pub async fn files_table(
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
+/// What identifies the files under a path without reading them: each file's absolute path,
+/// size and modification time, hashed. Equal fingerprints, equal rows (short of a rewrite
+/// that keeps size and mtime); it names the version of a source Quiver does not manage.
+pub fn fingerprint(path: &Path) -> Result<(String, Vec<PathBuf>)> {
+    let files = list_files(path)?;
+    let mut h = String::new();
+    for f in &files {
+        let m = std::fs::metadata(f).map_err(|source| Error::Io {
+            path: f.clone(),
+            source,
+        })?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+        h.push_str(&format!("{}|{}|{mtime}\n", abs.display(), m.len()));
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok((
+        format!(
+            "{}#{}",
+            abs.display(),
+            quiver_core::hash::hash_bytes(h.as_bytes())
+        ),
+        files,
+    ))
+}
+
 /// Where a source's rows are: its `path`, or the table Quiver manages for it in the offline
 /// store (`OFFLINE_STORE/sources/NAME`, a Delta table).
 pub fn source_location(offline_store: &Path, source: &Source) -> PathBuf {

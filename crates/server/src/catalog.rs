@@ -957,26 +957,7 @@ fn abs(p: &Path) -> String {
 
 /// What identifies the files under a path without reading them: names, sizes and mtimes.
 fn fingerprint(path: &Path) -> Result<String> {
-    let files = source::list_files(path)?;
-    let mut h = String::new();
-    for f in files {
-        let m = std::fs::metadata(&f).map_err(|source| quiver_offline::Error::Io {
-            path: f.clone(),
-            source,
-        })?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        h.push_str(&format!("{}|{}|{}\n", abs(&f), m.len(), mtime));
-    }
-    Ok(format!(
-        "{}#{}",
-        abs(path),
-        quiver_core::hash::hash_bytes(h.as_bytes())
-    ))
+    Ok(source::fingerprint(path)?.0)
 }
 
 /// A row's side in a seeded split: SplitMix64 of (seed, row number) as a uniform number in
