@@ -470,6 +470,12 @@ impl Engine {
         ));
         let spine = concat_batches(&schema, &batches)?;
         drop(batches);
+        // Earlier joins' states land in the catalog first (this join's views store theirs
+        // while the next view is computed).
+        let mut explain = Vec::new();
+        if let Some(e) = self.wait_pending() {
+            explain.push(format!("earlier feature states not stored: {e}"));
+        }
         let n = spine.num_rows();
         let ts_name = spine_time_column(&schema, req.spine_timestamp.as_deref())?;
         let ts_idx = schema
@@ -520,7 +526,6 @@ impl Engine {
             .flatten()
             .fold((i64::MAX, i64::MIN), |(a, b), x| (a.min(x), b.max(x)));
         let mut columns: Vec<Option<ArrayRef>> = vec![None; req.features.len()];
-        let mut explain = Vec::new();
         let mut spilled_partitions = 0;
         let (mut bytes_scanned, mut stored_bytes_read, mut reused) = (0, 0, 0);
         for (p, idx) in parts {
@@ -622,10 +627,6 @@ impl Engine {
             gate::hull(kinds.map(|k| gate::needed(&k, view.ttl, tmin, tmax)))
         };
 
-        // Earlier joins' states first land in the catalog.
-        if let Some(e) = self.wait_pending() {
-            explain.push(format!("  earlier states not stored: {e}"));
-        }
         // What reuse can offer: each feature's state kind, lineage key and best stored state.
         let reuse = match &self.reuse {
             Some(c) if !src.filter_created => match self.source_version(src).await? {
@@ -1170,7 +1171,10 @@ impl Engine {
                 ));
             }
         }
-        crate::profile::stage(format_args!("view {}: states stored", p.view.name));
+        crate::profile::stage(format_args!(
+            "view {}: states handed to the writer",
+            p.view.name
+        ));
         Ok(ViewResult {
             columns: out,
             explain,
