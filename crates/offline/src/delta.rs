@@ -311,6 +311,8 @@ pub async fn rewrite(
             .unwrap_or_else(|| cuts.iter().copied().find(|&c| c > start).unwrap_or(n));
         let name = format!("part-{file_no:05}-{tag}.snappy.parquet");
         let file = path.join(&name);
+        let bad =
+            |e: parquet::errors::ParquetError| Error::Source(format!("{}: {e}", file.display()));
         {
             let f = std::fs::File::create(&file).map_err(|source| Error::Io {
                 path: file.clone(),
@@ -320,21 +322,17 @@ pub async fn rewrite(
                 .set_compression(parquet::basic::Compression::SNAPPY)
                 .set_max_row_group_row_count(Some(step))
                 .build();
-            let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props))
-                .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
+            let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(bad)?;
             let mut at = start;
             for &c in cuts.iter().filter(|&&c| c > start && c <= end) {
                 while at < c {
                     let len = step.min(c - at);
-                    w.write(&batch.slice(at, len))
-                        .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
-                    w.flush()
-                        .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
+                    w.write(&batch.slice(at, len)).map_err(bad)?;
+                    w.flush().map_err(bad)?;
                     at += len;
                 }
             }
-            w.close()
-                .map_err(|e| Error::Source(format!("{}: {e}", file.display())))?;
+            w.close().map_err(bad)?;
         }
         let size = std::fs::metadata(&file)
             .map_err(|source| Error::Io {

@@ -662,9 +662,15 @@ impl Engine {
         let mut defs: Vec<Option<String>> = vec![None; p.features.len()];
         let mut options: Vec<gate::Source> = vec![gate::Source::Cold; p.features.len()];
         let mut spine_key = String::new();
+        let mut stored_all: Vec<reuse::Entry> = Vec::new();
         let mut stats = None;
         if let Some((cat, version)) = &reuse {
             spine_key = gate::spine_key(&gate::spine_columns(&sbatch))?;
+            // One read of the manifest serves every feature's lookups, cross-spine included.
+            stored_all = cat.entries().unwrap_or_else(|e| {
+                explain.push(format!("  reuse: catalog unreadable ({e}); recomputing"));
+                Vec::new()
+            });
             let keys: Vec<String> = view
                 .join_keys
                 .iter()
@@ -673,10 +679,7 @@ impl Engine {
                 .collect();
             for (i, f) in p.features.iter().enumerate() {
                 let Some(kind) = kinds[i] else { continue };
-                let w = match f.kind {
-                    Kind::Agg(_, w) => w,
-                    Kind::Latest => gate::LATEST,
-                };
+                let w = gate::window_of(&f.kind);
                 let feat = &view.features[p.feature_index[i]];
                 let def = reuse::key_of(&[
                     &src.name,
@@ -689,12 +692,12 @@ impl Engine {
                     feat.filter.as_deref().unwrap_or(""),
                     &view.ttl.map(|d| d.to_string()).unwrap_or_default(),
                 ]);
-                match cat.find(&def, &spine_key) {
-                    Ok(stored) => options[i] = gate::choose(&w, kind, &stored),
-                    Err(e) => {
-                        explain.push(format!("  reuse: catalog unreadable ({e}); recomputing"))
-                    }
-                }
+                let stored: Vec<reuse::Entry> = stored_all
+                    .iter()
+                    .filter(|e| e.def == def && e.spine == spine_key)
+                    .cloned()
+                    .collect();
+                options[i] = gate::choose(&w, kind, &stored);
                 defs[i] = Some(def);
             }
             if options
@@ -723,14 +726,11 @@ impl Engine {
                 let (gate::Source::Cold, Some(def)) = (&options[i], &defs[i]) else {
                     continue;
                 };
-                let want = match f.kind {
-                    Kind::Agg(_, w) => w,
-                    Kind::Latest => gate::LATEST,
-                };
-                let mut others: Vec<reuse::Entry> = cat
-                    .find_def(def)?
-                    .into_iter()
-                    .filter(|e| e.window == want && e.spine != spine_key)
+                let want = gate::window_of(&f.kind);
+                let mut others: Vec<reuse::Entry> = stored_all
+                    .iter()
+                    .filter(|e| &e.def == def && e.window == want && e.spine != spine_key)
+                    .cloned()
                     .collect();
                 // the most recently used first; a handful is enough
                 others.sort_by_key(|e| std::cmp::Reverse(e.used_micros));
@@ -959,10 +959,7 @@ impl Engine {
                 target.len() - 1
             }));
             if kinds[i].is_some() {
-                let want = match f.kind {
-                    Kind::Agg(_, w) => w,
-                    Kind::Latest => gate::LATEST,
-                };
+                let want = gate::window_of(&f.kind);
                 let how = match &cross[i] {
                     Some(c) => format!(
                         "{want}: {} of {} rows from {} other spine(s), the rest computed",
@@ -1064,10 +1061,12 @@ impl Engine {
                 out.push(computed.ok_or_else(|| Error::Internal("feature not computed".into()))?);
                 continue;
             };
-            let (agg, want) = match f.kind {
-                Kind::Agg(agg, w) => (agg, w),
-                Kind::Latest => (Agg::Last, gate::LATEST),
+            // latest values finish as their value, whatever the aggregate
+            let agg = match f.kind {
+                Kind::Agg(agg, _) => agg,
+                Kind::Latest => Agg::Last,
             };
+            let want = gate::window_of(&f.kind);
             let (Some((cat, version)), Some(def)) = (&reuse, &defs[i]) else {
                 return Err(Error::Internal("state without a catalog".into()));
             };

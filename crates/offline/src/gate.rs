@@ -89,6 +89,14 @@ pub const LATEST: Window = Window {
     closed: Closed::Right,
 };
 
+/// The catalog's window of a feature: its own, or [`LATEST`] for a latest value.
+pub fn window_of(kind: &Kind) -> Window {
+    match kind {
+        Kind::Agg(_, w) => *w,
+        Kind::Latest => LATEST,
+    }
+}
+
 /// The events of `big`'s window that are not in the window with the same end and closure
 /// and length `small` (which must be shorter): a window that ends where the short one
 /// starts. With the window (s, e] or [s, e] and the short one starting at s′, that is

@@ -235,16 +235,6 @@ impl ReuseCatalog {
             .collect())
     }
 
-    /// The stored states of a definition over any spine.
-    pub fn find_def(&self, def: &str) -> Result<Vec<Entry>> {
-        Ok(self
-            .read_manifest()?
-            .entries
-            .into_iter()
-            .filter(|e| e.def == def)
-            .collect())
-    }
-
     fn spine_path(&self, key: &str) -> PathBuf {
         self.dir.join("spines").join(format!("{key}.arrow"))
     }

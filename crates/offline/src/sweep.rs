@@ -456,20 +456,32 @@ impl Sorted {
         };
         let rows = self.srows.len();
         let (l, h) = (|r: usize| lo[r] as usize, |r: usize| hi[r] as usize);
-        let mut n: Vec<i64> = (0..self.n_valid)
-            .map(|r| (m.cnt[h(r)] - m.cnt[l(r)]) as i64)
-            .collect();
-        n.resize(rows, 0);
-        match (kind, prefix) {
-            (StateKind::Latest, _) => {
+        // Kinds that keep a value: the value as a plain feature computes it.
+        let value = match kind {
+            StateKind::Extreme { .. } | StateKind::First | StateKind::Last | StateKind::Latest => {
                 let plain = FeatureSpec {
                     state: false,
                     ..f.clone()
                 };
-                let v = self.fast(&plain, col, m, prefix, scratch, lo, hi, spine)?;
-                let n = (0..v.len()).map(|r| v.is_valid(r) as i64).collect();
-                state::with_value(kind, n, Some(v))
+                Some(self.fast(&plain, col, m, prefix, scratch, lo, hi, spine)?)
             }
+            _ => None,
+        };
+        let n: Vec<i64> = match (kind, &value) {
+            // a latest value's window holds one event, counted when its value is present
+            (StateKind::Latest, Some(v)) => (0..v.len()).map(|r| v.is_valid(r) as i64).collect(),
+            _ => {
+                let mut n: Vec<i64> = (0..self.n_valid)
+                    .map(|r| (m.cnt[h(r)] - m.cnt[l(r)]) as i64)
+                    .collect();
+                n.resize(rows, 0);
+                n
+            }
+        };
+        if value.is_some() {
+            return state::with_value(kind, n, value);
+        }
+        match (kind, prefix) {
             (StateKind::Count, _) => state::with_value(kind, n, None),
             (StateKind::IntSum, Some(Prefix::Int(p))) => {
                 let mut s: Vec<i128> = (0..self.n_valid).map(|r| p[h(r)] - p[l(r)]).collect();
@@ -508,14 +520,6 @@ impl Sorted {
                 parts.special.resize(rows, [0; 3]);
                 parts.n = n;
                 parts.build(moments)
-            }
-            (StateKind::Extreme { .. } | StateKind::First | StateKind::Last, _) => {
-                let plain = FeatureSpec {
-                    state: false,
-                    ..f.clone()
-                };
-                let v = self.fast(&plain, col, m, prefix, scratch, lo, hi, spine)?;
-                state::with_value(kind, n, Some(v))
             }
             _ => Err(internal("state without its prefix sums")),
         }

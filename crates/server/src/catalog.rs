@@ -314,7 +314,7 @@ impl Catalog {
     /// Record the current content of a source read by `path`; unchanged content keeps its
     /// version.
     pub async fn observe_path_source(&self, name: &str, path: &Path) -> Result<DatasetVersion> {
-        let fingerprint = fingerprint(path)?;
+        let fingerprint = source::fingerprint(path)?.0;
         let latest = self.registry.dataset_versions(name)?.pop();
         if let Some(l) = &latest
             && l.op
@@ -953,11 +953,6 @@ fn abs(p: &Path) -> String {
         .unwrap_or_else(|_| p.to_path_buf())
         .display()
         .to_string()
-}
-
-/// What identifies the files under a path without reading them: names, sizes and mtimes.
-fn fingerprint(path: &Path) -> Result<String> {
-    Ok(source::fingerprint(path)?.0)
 }
 
 /// A row's side in a seeded split: SplitMix64 of (seed, row number) as a uniform number in
