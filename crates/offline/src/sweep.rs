@@ -1,14 +1,15 @@
 //! The per-partition point-in-time sweep (DESIGN §4).
 //!
-//! One partition's spine rows and events are grouped by entity key with a counting sort on
-//! dense key ids, events ordered inside each key by (event time, created time, source order)
-//! — skipped where the source is already in that order — and then every window of every
-//! requested feature is answered from the same sorted arrays: moving pointers give each spine
-//! row its window as a range of sorted positions; prefix sums (double-double for floats, i128
-//! for integers) answer count/sum/mean/var/stddev, positions of valid values answer first/last,
-//! a monotonic deque answers min/max and a sliding multiset answers count_distinct. Window
-//! ranges only move forward over the whole partition, because keys occupy consecutive blocks,
-//! so each structure is swept once.
+//! One partition's events are grouped by entity key with a counting sort on dense key ids —
+//! times and every numeric input carried along in one scatter, so later passes read
+//! contiguous memory — and ordered inside each key by (event time, created time, source
+//! order), skipped where the source is already in that order. Then each key is swept as one
+//! block held in small reused buffers: moving pointers give each spine row its window as a
+//! range of the block; prefix sums (double-double for floats, i128 for integers) answer
+//! count/sum/mean/var/stddev, positions of valid values answer first/last/latest, a
+//! branch-free two-stack queue answers min/max and a sliding multiset count_distinct. Keys
+//! without spine rows are skipped. Results are written in key order and put back in spine
+//! order by the caller.
 //!
 //! Window edges come from `quiver_core::semantics`; nothing here decides what is in a window.
 
@@ -16,9 +17,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array, UInt64Array,
-    make_comparator,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Float64Array, Int64Array,
+    StringArray, UInt32Array, UInt64Array, make_comparator,
 };
+use arrow::buffer::NullBuffer;
 use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
 use arrow::compute::{SortOptions, cast, take};
 use arrow::datatypes::DataType;
@@ -74,7 +76,8 @@ pub struct EventSide {
 }
 
 /// Compute every feature for every spine row of the partition. Returns the spine row ids
-/// and one array per feature, row-aligned with them.
+/// and one array per feature, row-aligned with them (rows grouped by key: consecutive
+/// writes, where spine order would scatter every result to a random cache line).
 pub fn sweep(
     features: &[FeatureSpec],
     ttl: Option<Duration>,
@@ -82,15 +85,17 @@ pub fn sweep(
     spine: &SpineSide,
     ev: &EventSide,
 ) -> Result<(ArrayRef, Vec<ArrayRef>)> {
-    let s = Sorted::new(spine, ev)?;
+    if !filter_created {
+        let blocks = Blocks::new(features, ttl, spine, ev)?;
+        let s = Sorted::new(spine, ev, blocks.lanes())?;
+        let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
+        return Ok((rid, blocks.run(&s, spine)?));
+    }
+    let s = Sorted::new(spine, ev, Lanes::default())?;
     let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
     let mut ranges: HashMap<Window, (Vec<u32>, Vec<u32>)> = HashMap::new();
     let mut latest: Option<(Vec<u32>, Vec<u32>)> = None;
-    let mut masks: HashMap<(Option<usize>, Option<usize>), Mask> = HashMap::new();
-    let mut prefixes: HashMap<(Option<usize>, Option<usize>, PrefixKind), Prefix> = HashMap::new();
-    let mut scratch = Scratch::default();
-    // Columns and filters are gathered into sorted order once, so that every structure below
-    // reads them sequentially and results are positions in that order.
+    // `direct` reads columns and filters by sorted position.
     let order = UInt32Array::from(s.order.clone());
     let mut cols: HashMap<usize, ArrayRef> = HashMap::new();
     let mut filters: HashMap<usize, BooleanArray> = HashMap::new();
@@ -104,12 +109,7 @@ pub fn sweep(
             && !filters.contains_key(&i)
         {
             let sorted = take(&ev.filters[i], &order, None)?;
-            let sorted = sorted
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .cloned()
-                .ok_or_else(|| internal("filter"))?;
-            filters.insert(i, sorted);
+            filters.insert(i, sorted.as_boolean().clone());
         }
     }
     let mut out = Vec::with_capacity(features.len());
@@ -120,69 +120,20 @@ pub fn sweep(
         };
         let col = f.column.map(|c| &cols[&c]);
         let filter = f.filter.map(|i| &filters[&i]);
-        let array = if filter_created {
-            s.direct(f, col, filter, lo, hi, spine)?
-        } else {
-            let mask = &*masks
-                .entry((f.column, f.filter))
-                .or_insert_with(|| s.mask(col, filter));
-            // Prefix sums are shared by every window and aggregate over the same column and mask.
-            let kind = match (f.kind, col) {
-                (Kind::Agg(Agg::Sum, _), Some(c)) if c.data_type().is_integer() => {
-                    Some(PrefixKind::Int)
-                }
-                (Kind::Agg(Agg::Sum | Agg::Mean, _), Some(_)) => Some(PrefixKind::Float),
-                (Kind::Agg(Agg::Var | Agg::Stddev, _), Some(_)) => Some(PrefixKind::Moments),
-                _ => None,
-            };
-            let prefix = match (kind, col) {
-                (Some(kind), Some(c)) => {
-                    let key = (f.column, f.filter, kind);
-                    if let std::collections::hash_map::Entry::Vacant(e) = prefixes.entry(key) {
-                        e.insert(s.prefix(c, mask, &f.label, kind)?);
-                    }
-                    prefixes.get(&key)
-                }
-                _ => None,
-            };
-            s.fast(f, col, mask, prefix, &mut scratch, lo, hi, spine)?
-        };
-        out.push(array);
+        out.push(s.direct(f, col, filter, lo, hi, spine)?);
         crate::profile::stage(format_args!("sweep: feature {}", f.name));
     }
     Ok((rid, out))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum PrefixKind {
-    Int,
-    Float,
-    Moments,
-}
-
-/// Buffers reused by every min/max feature of a partition.
+/// Event columns the block sweep reads, in the partition's arrival order, to be carried into
+/// sorted order alongside the times.
 #[derive(Default)]
-struct Scratch {
-    sfx: Vec<i64>,
-}
-
-enum Prefix {
-    Int(Vec<i128>),
-    Float {
-        p1: Vec<Dd>,
-        p2: Vec<Dd>,
-        special: Option<Vec<[u32; 3]>>,
-        /// Per sorted position, the shift its key's moments are taken about.
-        shift: Vec<f64>,
-    },
-}
-
-/// Valid positions (value non-null and filter true) in sorted event order.
-struct Mask {
-    /// `cnt[p]` = number of valid positions before `p`.
-    cnt: Vec<u32>,
-    /// The valid positions, ascending.
-    vpos: Vec<u32>,
+struct Lanes<'x> {
+    floats: Vec<&'x [f64]>,
+    ints: Vec<&'x [i64]>,
+    /// Per mask, 1 where the event counts (`None`: every event counts).
+    masks: Vec<Option<Vec<u8>>>,
 }
 
 struct Sorted {
@@ -192,6 +143,10 @@ struct Sorted {
     ts: Vec<i64>,
     /// Created times in that order (null = earliest), when the source has them.
     created: Option<Vec<i64>>,
+    /// The lanes, in that order.
+    floats: Vec<Vec<f64>>,
+    ints: Vec<Vec<i64>>,
+    masks: Vec<Option<Vec<u8>>>,
     /// `eblock[k]..eblock[k+1]` are the sorted positions of key `k`.
     eblock: Vec<u32>,
     /// Spine indices: valid rows in (key, time) order, then rows with a null key or time.
@@ -203,46 +158,117 @@ struct Sorted {
     st: Vec<i64>,
 }
 
+/// `out[dest[i]] = src[i]` for every event with a destination: reads run sequentially and
+/// writes stream into one run per key, so this stays cache-friendly where a gather by event
+/// index would miss on nearly every read.
+fn scatter<T: Copy + Default>(src: impl Iterator<Item = T>, dest: &[u32], len: usize) -> Vec<T> {
+    let mut out = vec![T::default(); len];
+    for (x, &d) in src.zip(dest) {
+        if d != NULL_ID {
+            out[d as usize] = x;
+        }
+    }
+    out
+}
+
+/// Reorder `lane[..perm.len()]` by `perm` (each entry's last field is the old position).
+fn permute<T: Copy>(lane: &mut [T], perm: &[(i64, i64, u64, u32)], tmp: &mut Vec<T>) {
+    tmp.clear();
+    tmp.extend(perm.iter().map(|p| lane[p.3 as usize]));
+    lane[..tmp.len()].copy_from_slice(tmp);
+}
+
 impl Sorted {
-    fn new(spine: &SpineSide, ev: &EventSide) -> Result<Sorted> {
+    fn new(spine: &SpineSide, ev: &EventSide, lanes: Lanes) -> Result<Sorted> {
         let (sid, eid, nkeys) = key_ids(&spine.keys, &ev.keys)?;
         crate::profile::stage(format_args!("sweep: key ids"));
-        let t = ev.t.values();
-        let ev_ok = |i: usize| eid[i] != NULL_ID && ev.t.is_valid(i);
-        let (eblock, mut order) = group_by_key(&eid, nkeys, ev_ok);
-        let created: Option<Vec<i64>> = ev.created.as_ref().map(|c| {
-            (0..c.len())
-                .map(|i| if c.is_valid(i) { c.value(i) } else { i64::MIN })
-                .collect()
+        // Counting sort by key id: each event's position in key-grouped order, arrival order
+        // within a key; events with a null key or time get none.
+        let mut eblock = vec![0u32; nkeys + 1];
+        for (i, &id) in eid.iter().enumerate() {
+            if id != NULL_ID && ev.t.is_valid(i) {
+                eblock[id as usize + 1] += 1;
+            }
+        }
+        for k in 0..nkeys {
+            eblock[k + 1] += eblock[k];
+        }
+        let total = eblock[nkeys] as usize;
+        let mut fill = eblock.clone();
+        let dest: Vec<u32> = eid
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                if id == NULL_ID || !ev.t.is_valid(i) {
+                    return NULL_ID;
+                }
+                let d = fill[id as usize];
+                fill[id as usize] += 1;
+                d
+            })
+            .collect();
+        drop((eid, fill));
+        let mut ts = scatter(ev.t.values().iter().copied(), &dest, total);
+        let seq = scatter(ev.seq.values().iter().copied(), &dest, total);
+        let mut order = scatter(0..dest.len() as u32, &dest, total);
+        let mut created = ev.created.as_ref().map(|c| {
+            let v = (0..c.len()).map(|i| if c.is_valid(i) { c.value(i) } else { i64::MIN });
+            scatter(v, &dest, total)
         });
-        let seq = ev.seq.values();
-        let cr = created.as_deref();
-        // Each key's events are gathered into a contiguous scratch of sort keys, so the sort
-        // compares cached values instead of chasing indices into the whole partition.
-        let mut ts = vec![0i64; order.len()];
-        let mut created_sorted = cr.map(|_| vec![0i64; order.len()]);
+        let mut floats: Vec<Vec<f64>> = lanes
+            .floats
+            .iter()
+            .map(|x| scatter(x.iter().copied(), &dest, total))
+            .collect();
+        let mut ints: Vec<Vec<i64>> = lanes
+            .ints
+            .iter()
+            .map(|x| scatter(x.iter().copied(), &dest, total))
+            .collect();
+        let mut masks: Vec<Option<Vec<u8>>> = lanes
+            .masks
+            .iter()
+            .map(|m| m.as_ref().map(|x| scatter(x.iter().copied(), &dest, total)))
+            .collect();
+        drop(dest);
+        crate::profile::stage(format_args!("sweep: events grouped by key"));
+        // Each key's events are sorted as a contiguous run of cached sort keys, and every lane
+        // follows the same permutation.
         let mut scratch: Vec<(i64, i64, u64, u32)> = Vec::new();
+        let (mut tf, mut ti, mut tu, mut tb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for k in 0..nkeys {
             let (bs, be) = (eblock[k] as usize, eblock[k + 1] as usize);
             scratch.clear();
-            scratch.extend(order[bs..be].iter().map(|&i| {
-                let iu = i as usize;
-                (t[iu], cr.map_or(0, |c| c[iu]), seq[iu], i)
+            scratch.extend((bs..be).map(|p| {
+                let c = created.as_ref().map_or(0, |c| c[p]);
+                (ts[p], c, seq[p], (p - bs) as u32)
             }));
             // Sources stored sorted by (key, time) skip the sort: checking is one pass.
-            if !scratch.windows(2).all(|w| w[0] <= w[1]) {
-                scratch.sort_unstable();
+            if scratch.windows(2).all(|w| w[0] <= w[1]) {
+                continue;
             }
-            for (j, &(et, ct, _, i)) in scratch.iter().enumerate() {
-                order[bs + j] = i;
-                ts[bs + j] = et;
-                if let Some(cs) = created_sorted.as_mut() {
-                    cs[bs + j] = ct;
+            scratch.sort_unstable();
+            for (j, x) in scratch.iter().enumerate() {
+                ts[bs + j] = x.0;
+            }
+            if let Some(c) = created.as_mut() {
+                for (j, x) in scratch.iter().enumerate() {
+                    c[bs + j] = x.1;
                 }
             }
+            permute(&mut order[bs..be], &scratch, &mut tu);
+            for lane in &mut floats {
+                permute(&mut lane[bs..be], &scratch, &mut tf);
+            }
+            for lane in &mut ints {
+                permute(&mut lane[bs..be], &scratch, &mut ti);
+            }
+            for lane in masks.iter_mut().flatten() {
+                permute(&mut lane[bs..be], &scratch, &mut tb);
+            }
         }
-        let created = created_sorted;
-        crate::profile::stage(format_args!("sweep: events grouped and sorted by key"));
+        drop(seq);
+        crate::profile::stage(format_args!("sweep: events sorted by time within keys"));
 
         let stv = spine.t.values();
         let sp_ok = |i: usize| sid[i] != NULL_ID && spine.t.is_valid(i);
@@ -258,6 +284,9 @@ impl Sorted {
             order,
             ts,
             created,
+            floats,
+            ints,
+            masks,
             eblock,
             srows,
             n_valid,
@@ -290,408 +319,8 @@ impl Sorted {
         (los, his)
     }
 
-    fn mask(&self, col: Option<&ArrayRef>, filter: Option<&BooleanArray>) -> Mask {
-        let mut cnt = Vec::with_capacity(self.order.len() + 1);
-        let mut vpos = Vec::new();
-        cnt.push(0u32);
-        let col_nulls = col.and_then(|c| c.logical_nulls());
-        for p in 0..self.order.len() {
-            let ok = col_nulls.as_ref().is_none_or(|n| n.is_valid(p))
-                && filter.is_none_or(|f| f.is_valid(p) && f.value(p));
-            if ok {
-                vpos.push(p as u32);
-            }
-            cnt.push(vpos.len() as u32);
-        }
-        Mask { cnt, vpos }
-    }
-
     fn rid(&self, spine: &SpineSide, r: usize) -> u64 {
         spine.rid.value(self.srows[r] as usize)
-    }
-
-    /// Features over contiguous ranges, for sources without `filter_created`.
-    #[allow(clippy::too_many_arguments)]
-    fn fast(
-        &self,
-        f: &FeatureSpec,
-        col: Option<&ArrayRef>,
-        m: &Mask,
-        prefix: Option<&Prefix>,
-        scratch: &mut Scratch,
-        lo: &[u32],
-        hi: &[u32],
-        spine: &SpineSide,
-    ) -> Result<ArrayRef> {
-        let n = self.srows.len();
-        // valid positions of a window, as indices into m.vpos
-        let vr = |r: usize| {
-            (
-                m.cnt[lo[r] as usize] as usize,
-                m.cnt[hi[r] as usize] as usize,
-            )
-        };
-        if f.state {
-            return self.state_of(f, col, m, prefix, scratch, lo, hi, spine);
-        }
-        let agg = match f.kind {
-            Kind::Latest => {
-                let idx = (0..n).map(|r| (r < self.n_valid && lo[r] < hi[r]).then(|| hi[r] - 1));
-                return take_values(col, idx);
-            }
-            Kind::Agg(agg, _) => agg,
-        };
-        let valid_rows = 0..self.n_valid;
-        Ok(match agg {
-            Agg::Count => {
-                let mut v: Vec<i64> = valid_rows
-                    .map(|r| (m.cnt[hi[r] as usize] - m.cnt[lo[r] as usize]) as i64)
-                    .collect();
-                v.resize(n, 0);
-                Arc::new(Int64Array::from(v))
-            }
-            Agg::First | Agg::Last => {
-                let idx = (0..n).map(|r| {
-                    if r >= self.n_valid {
-                        return None;
-                    }
-                    let (a, b) = vr(r);
-                    (a < b).then(|| {
-                        let j = if agg == Agg::First { a } else { b - 1 };
-                        m.vpos[j]
-                    })
-                });
-                take_values(col, idx)?
-            }
-            Agg::Min | Agg::Max => {
-                let col = col.ok_or_else(|| internal("min/max without a column"))?;
-                let max = agg == Agg::Max;
-                let ranges = (0..self.n_valid).map(vr);
-                match Better::new(col, max)? {
-                    // Numbers: a branch-free sliding extreme over order-preserving i64 keys.
-                    Better::F64(v, _) => {
-                        let v = v.values();
-                        let key = |j: usize| f64_key(v[m.vpos[j] as usize]);
-                        let mut out: Vec<Option<f64>> =
-                            sliding_extreme(ranges, key, &mut scratch.sfx, max)
-                                .into_iter()
-                                .map(|k| k.map(key_f64))
-                                .collect();
-                        out.resize(n, None);
-                        cast(
-                            &(Arc::new(Float64Array::from(out)) as ArrayRef),
-                            col.data_type(),
-                        )?
-                    }
-                    Better::I64(v, _) => {
-                        let v = v.values();
-                        let key = |j: usize| v[m.vpos[j] as usize];
-                        let mut out = sliding_extreme(ranges, key, &mut scratch.sfx, max);
-                        out.resize(n, None);
-                        cast(
-                            &(Arc::new(Int64Array::from(out)) as ArrayRef),
-                            col.data_type(),
-                        )?
-                    }
-                    other => {
-                        let mut idx =
-                            sliding_best(ranges, &m.vpos, |p| p as u32, |a, b| other.is(a, b));
-                        idx.resize(n, None);
-                        take_values(Some(col), idx.into_iter())?
-                    }
-                }
-            }
-            Agg::CountDistinct => {
-                let col = col.ok_or_else(|| internal("count_distinct without a column"))?;
-                let ids = value_ids(col)?;
-                let mut counts = vec![0u32; ids.1];
-                let (mut a0, mut b0, mut distinct) = (0usize, 0usize, 0i64);
-                let mut v = Vec::with_capacity(n);
-                for r in 0..self.n_valid {
-                    let (a, b) = vr(r);
-                    while b0 < b {
-                        let id = ids.0[m.vpos[b0] as usize] as usize;
-                        counts[id] += 1;
-                        distinct += (counts[id] == 1) as i64;
-                        b0 += 1;
-                    }
-                    while a0 < a {
-                        let id = ids.0[m.vpos[a0] as usize] as usize;
-                        counts[id] -= 1;
-                        distinct -= (counts[id] == 0) as i64;
-                        a0 += 1;
-                    }
-                    v.push(distinct);
-                }
-                v.resize(n, 0);
-                Arc::new(Int64Array::from(v))
-            }
-            Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
-                let prefix =
-                    prefix.ok_or_else(|| internal("numeric aggregate without prefix sums"))?;
-                self.numeric(f, agg, prefix, m, lo, hi, spine)?
-            }
-        })
-    }
-
-    /// The partial-aggregate state of a window feature for every spine row: the valid count
-    /// and the prefix-sum differences (or the value, for min/max/first/last) — exactly what
-    /// [`Sorted::numeric`] and friends finish values from.
-    #[allow(clippy::too_many_arguments)]
-    fn state_of(
-        &self,
-        f: &FeatureSpec,
-        col: Option<&ArrayRef>,
-        m: &Mask,
-        prefix: Option<&Prefix>,
-        scratch: &mut Scratch,
-        lo: &[u32],
-        hi: &[u32],
-        spine: &SpineSide,
-    ) -> Result<ArrayRef> {
-        let kind = match f.kind {
-            Kind::Agg(agg, _) => StateKind::of(agg, col.map(|c| c.data_type()))
-                .ok_or_else(|| internal("state of an aggregate without one"))?,
-            Kind::Latest => StateKind::Latest,
-        };
-        let rows = self.srows.len();
-        let (l, h) = (|r: usize| lo[r] as usize, |r: usize| hi[r] as usize);
-        // Kinds that keep a value: the value as a plain feature computes it.
-        let value = match kind {
-            StateKind::Extreme { .. } | StateKind::First | StateKind::Last | StateKind::Latest => {
-                let plain = FeatureSpec {
-                    state: false,
-                    ..f.clone()
-                };
-                Some(self.fast(&plain, col, m, prefix, scratch, lo, hi, spine)?)
-            }
-            _ => None,
-        };
-        let n: Vec<i64> = match (kind, &value) {
-            // a latest value's window holds one event, counted when its value is present
-            (StateKind::Latest, Some(v)) => (0..v.len()).map(|r| v.is_valid(r) as i64).collect(),
-            _ => {
-                let mut n: Vec<i64> = (0..self.n_valid)
-                    .map(|r| (m.cnt[h(r)] - m.cnt[l(r)]) as i64)
-                    .collect();
-                n.resize(rows, 0);
-                n
-            }
-        };
-        if value.is_some() {
-            return state::with_value(kind, n, value);
-        }
-        match (kind, prefix) {
-            (StateKind::Count, _) => state::with_value(kind, n, None),
-            (StateKind::IntSum, Some(Prefix::Int(p))) => {
-                let mut s: Vec<i128> = (0..self.n_valid).map(|r| p[h(r)] - p[l(r)]).collect();
-                s.resize(rows, 0);
-                state::int_sum(n, s)
-            }
-            (
-                StateKind::Float { moments },
-                Some(Prefix::Float {
-                    p1,
-                    p2,
-                    special,
-                    shift,
-                }),
-            ) => {
-                let mut parts = state::FloatParts {
-                    special: Vec::with_capacity(rows),
-                    ..Default::default()
-                };
-                for r in 0..self.n_valid {
-                    parts.s1.push(p1[h(r)].sub(p1[l(r)]));
-                    if moments {
-                        parts.s2.push(p2[h(r)].sub(p2[l(r)]));
-                        parts.c.push(if l(r) < h(r) { shift[l(r)] } else { 0.0 });
-                    }
-                    parts.special.push(match special {
-                        Some(sv) => [0, 1, 2].map(|k| (sv[h(r)][k] - sv[l(r)][k]) as i64),
-                        None => [0; 3],
-                    });
-                }
-                parts.s1.resize(rows, Dd::ZERO);
-                if moments {
-                    parts.s2.resize(rows, Dd::ZERO);
-                    parts.c.resize(rows, 0.0);
-                }
-                parts.special.resize(rows, [0; 3]);
-                parts.n = n;
-                parts.build(moments)
-            }
-            _ => Err(internal("state without its prefix sums")),
-        }
-    }
-
-    /// Prefix sums of a numeric column over a mask's valid positions: i128 for integer sums,
-    /// double-double for the rest, with the first and second moments for var/stddev.
-    fn prefix(&self, col: &ArrayRef, m: &Mask, label: &str, kind: PrefixKind) -> Result<Prefix> {
-        let len = self.order.len();
-        if kind == PrefixKind::Int {
-            let x = as_i64(col, label)?;
-            let mut p = Vec::with_capacity(len + 1);
-            let mut acc = 0i128;
-            p.push(acc);
-            let mut j = 0;
-            for pos in 0..len {
-                if j < m.vpos.len() && m.vpos[j] as usize == pos {
-                    acc += x.value(pos) as i128;
-                    j += 1;
-                }
-                p.push(acc);
-            }
-            return Ok(Prefix::Int(p));
-        }
-        let x = as_f64(col)?;
-        let xv = x.values();
-        let moments = kind == PrefixKind::Moments;
-        // Shift each key's values by its first finite valid value: variance does not change,
-        // and the sums of squares stay small enough to subtract without cancellation. (A NaN
-        // or infinite shift would poison every finite value of the key.)
-        let mut shift = vec![0.0f64; if moments { len } else { 0 }];
-        if moments {
-            for k in 0..self.eblock.len() - 1 {
-                let (bs, be) = (self.eblock[k] as usize, self.eblock[k + 1] as usize);
-                let (c0, c1) = (m.cnt[bs] as usize, m.cnt[be] as usize);
-                let c = m.vpos[c0..c1]
-                    .iter()
-                    .map(|&p| xv[p as usize])
-                    .find(|v| v.is_finite())
-                    .unwrap_or(0.0);
-                shift[bs..be].fill(c);
-            }
-        }
-        // Infinities and NaN are counted apart: they would turn every later prefix into NaN.
-        let mut p1 = Vec::with_capacity(len + 1);
-        let mut p2 = Vec::with_capacity(if moments { len + 1 } else { 0 });
-        let mut special: Option<Vec<[u32; 3]>> = None;
-        let (mut s1, mut s2, mut sp) = (Dd::ZERO, Dd::ZERO, [0u32; 3]);
-        p1.push(s1);
-        if moments {
-            p2.push(s2);
-        }
-        let mut j = 0;
-        for pos in 0..len {
-            if j < m.vpos.len() && m.vpos[j] as usize == pos {
-                j += 1;
-                let v = xv[pos];
-                if v.is_finite() {
-                    if moments {
-                        // x − shift exactly (as a double-double), so the sums do not depend
-                        // on which shift a scan happened to pick: a stored state re-shifted
-                        // for reuse finishes to the value a cold scan gives.
-                        let y = Dd::from_f64(v).sub(Dd::from_f64(shift[pos]));
-                        s1 = s1.add(y);
-                        s2 = s2.add(y.mul(y));
-                    } else {
-                        s1 = s1.add_f64(v);
-                    }
-                } else {
-                    let sv = special.get_or_insert_with(|| vec![[0; 3]; pos + 1]);
-                    sv.resize(pos + 1, sp);
-                    sp[if v.is_nan() {
-                        0
-                    } else if v > 0.0 {
-                        1
-                    } else {
-                        2
-                    }] += 1;
-                }
-            }
-            p1.push(s1);
-            if moments {
-                p2.push(s2);
-            }
-            if let Some(sv) = special.as_mut() {
-                sv.push(sp);
-            }
-        }
-        Ok(Prefix::Float {
-            p1,
-            p2,
-            special,
-            shift,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn numeric(
-        &self,
-        f: &FeatureSpec,
-        agg: Agg,
-        prefix: &Prefix,
-        m: &Mask,
-        lo: &[u32],
-        hi: &[u32],
-        spine: &SpineSide,
-    ) -> Result<ArrayRef> {
-        let n = self.srows.len();
-        let count = |r: usize| (m.cnt[hi[r] as usize] - m.cnt[lo[r] as usize]) as i64;
-        let (p1, p2, special) = match prefix {
-            Prefix::Int(p) => {
-                let mut out: Vec<Option<i64>> = Vec::with_capacity(n);
-                for r in 0..self.n_valid {
-                    if count(r) == 0 {
-                        out.push(None);
-                        continue;
-                    }
-                    let s = p[hi[r] as usize] - p[lo[r] as usize];
-                    let s = i64::try_from(s).map_err(|_| Error::SumOverflow {
-                        feature: f.label.clone(),
-                        row: self.rid(spine, r),
-                    })?;
-                    out.push(Some(s));
-                }
-                out.resize(n, None);
-                return Ok(Arc::new(Int64Array::from(out)));
-            }
-            Prefix::Float {
-                p1, p2, special, ..
-            } => (p1, p2, special),
-        };
-        let moments = matches!(agg, Agg::Var | Agg::Stddev);
-        let mut out: Vec<Option<f64>> = Vec::with_capacity(n);
-        for r in 0..self.n_valid {
-            let c = count(r);
-            let (l, h) = (lo[r] as usize, hi[r] as usize);
-            let min_n = if moments { 2 } else { 1 };
-            if c < min_n {
-                out.push(None);
-                continue;
-            }
-            if let Some(sv) = special {
-                let d = |k: usize| sv[h][k] - sv[l][k];
-                let (nan, pinf, ninf) = (d(0), d(1), d(2));
-                if nan > 0 || pinf > 0 || ninf > 0 {
-                    out.push(Some(if nan > 0 || (pinf > 0 && ninf > 0) || moments {
-                        f64::NAN
-                    } else if pinf > 0 {
-                        f64::INFINITY
-                    } else {
-                        f64::NEG_INFINITY
-                    }));
-                    continue;
-                }
-            }
-            let sum = p1[h].sub(p1[l]);
-            out.push(Some(match agg {
-                Agg::Sum => sum.to_f64(),
-                Agg::Mean => sum.div_f64(c as f64).to_f64(),
-                _ => {
-                    let sq = p2[h].sub(p2[l]);
-                    let var = sq
-                        .sub(sum.mul(sum).div_f64(c as f64))
-                        .div_f64((c - 1) as f64)
-                        .to_f64()
-                        .max(0.0);
-                    if agg == Agg::Var { var } else { var.sqrt() }
-                }
-            }));
-        }
-        out.resize(n, None);
-        Ok(Arc::new(Float64Array::from(out)))
     }
 
     /// Features of a `filter_created` source: an event is visible to a spine row only if it
@@ -819,6 +448,750 @@ impl Sorted {
     }
 }
 
+/// The window edges a block sweep answers: a feature's window, or the latest-value edges.
+#[derive(Clone, Copy, PartialEq)]
+enum Edges {
+    Window(Window),
+    Latest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PrefixKind {
+    Int,
+    Float,
+    Moments,
+}
+
+/// What one feature computes for a key's block. Numeric inputs are indices into the
+/// per-key gathered value buffers (`Blocks::floats` / `Blocks::ints`).
+enum Op {
+    Count,
+    IntSum,
+    /// sum / mean / var / stddev as floats.
+    Float(Agg),
+    First,
+    Last,
+    Latest,
+    ExtremeF64(usize, bool),
+    ExtremeI64(usize, bool),
+    ExtremeDyn(Better),
+    /// Value ids per event and the live count of each id in the current window.
+    Distinct(Vec<u32>, Vec<u32>),
+}
+
+/// One output column, filled in `srows` order (spine rows grouped by key).
+enum Out {
+    /// Counts: never null, 0 by default.
+    Count(Vec<i64>),
+    I64(Vec<i64>, BooleanBufferBuilder),
+    F64(Vec<f64>, BooleanBufferBuilder),
+    /// Event indices (`NULL_ID` = null), taken from the value column at the end.
+    Idx(Vec<u32>),
+    I128(Vec<i128>),
+    Parts(state::FloatParts),
+}
+
+struct Job<'a> {
+    spec: &'a FeatureSpec,
+    op: Op,
+    edges: usize,
+    mask: usize,
+    prefix: Option<usize>,
+    /// The state emitted instead of the value, when the feature keeps one.
+    state: Option<StateKind>,
+    /// Valid events per window, for states that keep a value.
+    n: Vec<i64>,
+    /// The value column, for results taken from it (and min/max's output type).
+    col: Option<ArrayRef>,
+    out: Out,
+}
+
+/// Which events of a key count for a (column, filter) pair, built per key block.
+#[derive(Default)]
+struct LocalMask {
+    /// `cnt[p]` = number of valid positions before block position `p`.
+    cnt: Vec<u32>,
+    /// The valid block positions, ascending.
+    vpos: Vec<u32>,
+}
+
+/// Prefix sums over one key block (i128 for integer sums, double-double otherwise).
+#[derive(Default)]
+struct LocalPrefix {
+    int: Vec<i128>,
+    p1: Vec<Dd>,
+    p2: Vec<Dd>,
+    /// Prefix counts of NaN, +inf and −inf, only when the block has any.
+    special: Vec<[u32; 3]>,
+    has_special: bool,
+    /// The key's first finite valid value, which its moments are taken about.
+    shift: f64,
+}
+
+struct PrefixDef {
+    mask: usize,
+    kind: PrefixKind,
+    /// Index into `Blocks::floats` or `Blocks::ints`.
+    input: usize,
+}
+
+/// One key's sorted events and spine rows.
+struct Block<'a> {
+    ts: &'a [i64],
+    /// Event index of each sorted position.
+    idx: &'a [u32],
+    st: &'a [i64],
+    /// Partition spine row of each of the key's rows, in time order.
+    rows: &'a [u32],
+    /// Position of the block's first row in `srows` order, where its results are written.
+    first: usize,
+}
+
+/// The block-at-a-time sweep: each key's events are gathered into small reused buffers and
+/// every feature of the key is computed from them, so the working set is the largest key,
+/// not the partition, and results land directly at their spine rows.
+struct Blocks<'a> {
+    jobs: Vec<Job<'a>>,
+    edges: Vec<Edges>,
+    ttl: Option<Duration>,
+    masks: Vec<(Option<NullBuffer>, Option<BooleanArray>)>,
+    prefixes: Vec<PrefixDef>,
+    floats: Vec<Float64Array>,
+    ints: Vec<Int64Array>,
+}
+
+fn unset(rows: usize) -> BooleanBufferBuilder {
+    let mut b = BooleanBufferBuilder::new(rows);
+    b.append_n(rows, false);
+    b
+}
+
+fn slot<T: PartialEq>(list: &mut Vec<T>, item: T) -> usize {
+    list.iter().position(|x| *x == item).unwrap_or_else(|| {
+        list.push(item);
+        list.len() - 1
+    })
+}
+
+impl<'a> Blocks<'a> {
+    fn new(
+        features: &'a [FeatureSpec],
+        ttl: Option<Duration>,
+        spine: &SpineSide,
+        ev: &EventSide,
+    ) -> Result<Blocks<'a>> {
+        let rows = spine.rid.len();
+        let mut edges = Vec::new();
+        let mut mask_keys: Vec<(Option<usize>, Option<usize>)> = Vec::new();
+        let mut prefix_keys: Vec<(usize, PrefixKind, usize)> = Vec::new();
+        let (mut float_cols, mut int_cols): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+        let (mut floats, mut ints) = (Vec::new(), Vec::new());
+        let mut jobs = Vec::with_capacity(features.len());
+        for f in features {
+            let col = f.column.map(|c| ev.values[c].clone());
+            let mut float_input = |c: usize| -> Result<usize> {
+                if let Some(i) = float_cols.iter().position(|&x| x == c) {
+                    return Ok(i);
+                }
+                float_cols.push(c);
+                floats.push(as_f64(&ev.values[c])?);
+                Ok(floats.len() - 1)
+            };
+            let mut int_input = |c: usize| -> Result<usize> {
+                if let Some(i) = int_cols.iter().position(|&x| x == c) {
+                    return Ok(i);
+                }
+                int_cols.push(c);
+                ints.push(as_i64(&ev.values[c], &f.label)?);
+                Ok(ints.len() - 1)
+            };
+            let need_col = || {
+                col.as_ref()
+                    .ok_or_else(|| internal("feature without a column"))
+            };
+            let (op, e, prefix) = match f.kind {
+                Kind::Latest => (Op::Latest, Edges::Latest, None),
+                Kind::Agg(agg, w) => {
+                    let op_prefix = match agg {
+                        Agg::Count => (Op::Count, None),
+                        Agg::First => (Op::First, None),
+                        Agg::Last => (Op::Last, None),
+                        Agg::CountDistinct => {
+                            let (ids, n) = value_ids(need_col()?)?;
+                            (Op::Distinct(ids, vec![0; n]), None)
+                        }
+                        Agg::Min | Agg::Max => {
+                            let c = need_col()?;
+                            let max = agg == Agg::Max;
+                            let ci = f.column.ok_or_else(|| internal("min/max column"))?;
+                            let op = match c.data_type() {
+                                DataType::Int64
+                                | DataType::Int32
+                                | DataType::Int16
+                                | DataType::Int8 => Op::ExtremeI64(int_input(ci)?, max),
+                                DataType::Float64 | DataType::Float32 => {
+                                    Op::ExtremeF64(float_input(ci)?, max)
+                                }
+                                _ => Op::ExtremeDyn(Better::new(c, max)?),
+                            };
+                            (op, None)
+                        }
+                        Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
+                            let c = need_col()?;
+                            let ci = f.column.ok_or_else(|| internal("sum column"))?;
+                            if agg == Agg::Sum && c.data_type().is_integer() {
+                                (Op::IntSum, Some((PrefixKind::Int, int_input(ci)?)))
+                            } else {
+                                let kind = if matches!(agg, Agg::Var | Agg::Stddev) {
+                                    PrefixKind::Moments
+                                } else {
+                                    PrefixKind::Float
+                                };
+                                (Op::Float(agg), Some((kind, float_input(ci)?)))
+                            }
+                        }
+                    };
+                    (op_prefix.0, Edges::Window(w), op_prefix.1)
+                }
+            };
+            let mask = slot(&mut mask_keys, (f.column, f.filter));
+            let prefix = prefix.map(|(kind, input)| slot(&mut prefix_keys, (mask, kind, input)));
+            let state = if f.state {
+                Some(match f.kind {
+                    Kind::Agg(agg, _) => StateKind::of(agg, col.as_ref().map(|c| c.data_type()))
+                        .ok_or_else(|| internal("state of an aggregate without one"))?,
+                    Kind::Latest => StateKind::Latest,
+                })
+            } else {
+                None
+            };
+            let out = match (&op, state) {
+                (Op::Count | Op::Distinct(..), _) => Out::Count(vec![0; rows]),
+                (Op::IntSum, Some(_)) => Out::I128(vec![0; rows]),
+                (Op::IntSum | Op::ExtremeI64(..), _) => Out::I64(vec![0; rows], unset(rows)),
+                (Op::Float(agg), Some(_)) => {
+                    let moments = matches!(agg, Agg::Var | Agg::Stddev);
+                    let m = if moments { rows } else { 0 };
+                    Out::Parts(state::FloatParts {
+                        n: vec![0; rows],
+                        s1: vec![Dd::ZERO; rows],
+                        c: vec![0.0; m],
+                        s2: vec![Dd::ZERO; m],
+                        special: vec![[0; 3]; rows],
+                    })
+                }
+                (Op::Float(_) | Op::ExtremeF64(..), _) => Out::F64(vec![0.0; rows], unset(rows)),
+                (Op::First | Op::Last | Op::Latest | Op::ExtremeDyn(_), _) => {
+                    Out::Idx(vec![NULL_ID; rows])
+                }
+            };
+            let keeps_value = matches!(
+                state,
+                Some(StateKind::Extreme { .. } | StateKind::First | StateKind::Last)
+            ) || matches!((state, &op), (Some(_), Op::IntSum));
+            jobs.push(Job {
+                spec: f,
+                op,
+                edges: slot(&mut edges, e),
+                mask,
+                prefix,
+                state,
+                n: if keeps_value {
+                    vec![0; rows]
+                } else {
+                    Vec::new()
+                },
+                col,
+                out,
+            });
+        }
+        let masks = mask_keys
+            .iter()
+            .map(|&(c, fl)| {
+                (
+                    c.and_then(|c| ev.values[c].logical_nulls()),
+                    fl.map(|i| ev.filters[i].clone()),
+                )
+            })
+            .collect();
+        let prefixes = prefix_keys
+            .into_iter()
+            .map(|(mask, kind, input)| PrefixDef { mask, kind, input })
+            .collect();
+        Ok(Blocks {
+            jobs,
+            edges,
+            ttl,
+            masks,
+            prefixes,
+            floats,
+            ints,
+        })
+    }
+
+    /// The columns to carry into sorted order: numeric inputs, and which events each mask keeps.
+    fn lanes(&self) -> Lanes<'_> {
+        let masks = self
+            .masks
+            .iter()
+            .map(|(nulls, filter)| {
+                if nulls.is_none() && filter.is_none() {
+                    return None;
+                }
+                let len = nulls
+                    .as_ref()
+                    .map(|n| n.len())
+                    .or(filter.as_ref().map(|f| f.len()))
+                    .unwrap_or(0);
+                Some(
+                    (0..len)
+                        .map(|i| {
+                            (nulls.as_ref().is_none_or(|n| n.is_valid(i))
+                                && filter.as_ref().is_none_or(|f| f.is_valid(i) && f.value(i)))
+                                as u8
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        Lanes {
+            floats: self.floats.iter().map(|x| x.values().as_ref()).collect(),
+            ints: self.ints.iter().map(|x| x.values().as_ref()).collect(),
+            masks,
+        }
+    }
+
+    fn run(mut self, s: &Sorted, spine: &SpineSide) -> Result<Vec<ArrayRef>> {
+        let nkeys = s.sblock.len() - 1;
+        let mut ranges: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.edges.len()];
+        let mut masks: Vec<LocalMask> = (0..self.masks.len()).map(|_| Default::default()).collect();
+        let mut prefixes: Vec<LocalPrefix> = (0..self.prefixes.len())
+            .map(|_| Default::default())
+            .collect();
+        let mut scratch = Scratch::default();
+        for k in 0..nkeys {
+            let (ss, se) = (s.sblock[k] as usize, s.sblock[k + 1] as usize);
+            if ss == se {
+                continue;
+            }
+            let (bs, be) = (s.eblock[k] as usize, s.eblock[k + 1] as usize);
+            let b = Block {
+                ts: &s.ts[bs..be],
+                idx: &s.order[bs..be],
+                st: &s.st[ss..se],
+                rows: &s.srows[ss..se],
+                first: ss,
+            };
+            for (w, e) in self.edges.iter().enumerate() {
+                match *e {
+                    Edges::Window(w0) => b.ranges(|t| w0.edges(t), &mut ranges[w]),
+                    Edges::Latest => b.ranges(|t| latest_edges(self.ttl, t), &mut ranges[w]),
+                }
+            }
+            for (lm, lane) in masks.iter_mut().zip(&s.masks) {
+                lm.cnt.clear();
+                lm.vpos.clear();
+                lm.cnt.push(0);
+                match lane {
+                    Some(lane) => {
+                        for (p, &ok) in lane[bs..be].iter().enumerate() {
+                            if ok != 0 {
+                                lm.vpos.push(p as u32);
+                            }
+                            lm.cnt.push(lm.vpos.len() as u32);
+                        }
+                    }
+                    None => {
+                        lm.vpos.extend(0..(be - bs) as u32);
+                        lm.cnt.extend(1..=(be - bs) as u32);
+                    }
+                }
+            }
+            let fx: Vec<&[f64]> = s.floats.iter().map(|x| &x[bs..be]).collect();
+            let ix: Vec<&[i64]> = s.ints.iter().map(|x| &x[bs..be]).collect();
+            for (p, def) in self.prefixes.iter().enumerate() {
+                let m = &masks[def.mask];
+                match def.kind {
+                    PrefixKind::Int => prefixes[p].ints(ix[def.input], m),
+                    kind => prefixes[p].floats(fx[def.input], m, kind == PrefixKind::Moments),
+                }
+            }
+            for job in &mut self.jobs {
+                job.block(
+                    &b,
+                    &ranges[job.edges],
+                    &masks[job.mask],
+                    job.prefix.map(|p| &prefixes[p]),
+                    (&fx, &ix),
+                    &mut scratch,
+                    spine,
+                )?;
+            }
+        }
+        crate::profile::stage(format_args!("sweep: features"));
+        self.jobs.into_iter().map(Job::finish).collect()
+    }
+}
+
+impl Block<'_> {
+    /// For each spine row of the block, the range `lo..hi` of block positions in its window.
+    /// The edges become the first and last admitted microsecond (as i128, so no edge
+    /// overflows), which keeps the pointer walks to one comparison per step.
+    fn ranges(&self, edges: impl Fn(i64) -> (Lower, Upper), out: &mut Vec<(u32, u32)>) {
+        out.clear();
+        let (mut lo, mut hi) = (0usize, 0usize);
+        let ts = self.ts;
+        for &t in self.st {
+            let (l, u) = edges(t);
+            let first = match l {
+                Lower::Unbounded => i128::MIN,
+                Lower::Exclusive(x) => x as i128 + 1,
+                Lower::Inclusive(x) => x as i128,
+            };
+            let last = match u {
+                Upper::Exclusive(x) => x as i128 - 1,
+                Upper::Inclusive(x) => x as i128,
+            };
+            while hi < ts.len() && ts[hi] as i128 <= last {
+                hi += 1;
+            }
+            while lo < hi && (ts[lo] as i128) < first {
+                lo += 1;
+            }
+            out.push((lo as u32, hi as u32));
+        }
+    }
+}
+
+impl LocalPrefix {
+    fn ints(&mut self, x: &[i64], m: &LocalMask) {
+        self.int.clear();
+        let mut acc = 0i128;
+        self.int.push(acc);
+        for (p, &v) in x.iter().enumerate() {
+            if m.cnt[p + 1] > m.cnt[p] {
+                acc += v as i128;
+            }
+            self.int.push(acc);
+        }
+    }
+
+    fn floats(&mut self, x: &[f64], m: &LocalMask, moments: bool) {
+        // Shift by the key's first finite valid value: variance does not change, and the sums
+        // of squares stay small enough to subtract without cancellation. (A NaN or infinite
+        // shift would poison every finite value of the key.)
+        self.shift = if moments {
+            m.vpos
+                .iter()
+                .map(|&p| x[p as usize])
+                .find(|v| v.is_finite())
+                .unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        let shift = Dd::from_f64(self.shift);
+        self.p1.clear();
+        self.p2.clear();
+        self.special.clear();
+        self.has_special = false;
+        // Infinities and NaN are counted apart: they would turn every later prefix into NaN.
+        let (mut s1, mut s2, mut sp) = (Dd::ZERO, Dd::ZERO, [0u32; 3]);
+        self.p1.push(s1);
+        if moments {
+            self.p2.push(s2);
+        }
+        for (p, &v) in x.iter().enumerate() {
+            if m.cnt[p + 1] > m.cnt[p] {
+                if v.is_finite() {
+                    if moments {
+                        // x − shift exactly (as a double-double), so the sums do not depend
+                        // on which shift a scan happened to pick: a stored state re-shifted
+                        // for reuse finishes to the value a cold scan gives.
+                        let y = Dd::from_f64(v).sub(shift);
+                        s1 = s1.add(y);
+                        s2 = s2.add(y.mul(y));
+                    } else {
+                        s1 = s1.add_f64(v);
+                    }
+                } else {
+                    if !self.has_special {
+                        self.has_special = true;
+                        self.special.resize(p + 1, [0; 3]);
+                    }
+                    sp[if v.is_nan() {
+                        0
+                    } else if v > 0.0 {
+                        1
+                    } else {
+                        2
+                    }] += 1;
+                }
+            }
+            self.p1.push(s1);
+            if moments {
+                self.p2.push(s2);
+            }
+            if self.has_special {
+                self.special.push(sp);
+            }
+        }
+    }
+
+    /// NaN, +inf and −inf counts in block positions `l..h`.
+    fn specials(&self, l: usize, h: usize) -> [u32; 3] {
+        if !self.has_special {
+            return [0; 3];
+        }
+        [0, 1, 2].map(|k| self.special[h][k] - self.special[l][k])
+    }
+}
+
+impl Job<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &mut self,
+        b: &Block,
+        rg: &[(u32, u32)],
+        m: &LocalMask,
+        prefix: Option<&LocalPrefix>,
+        (fx, ix): (&[&[f64]], &[&[i64]]),
+        sc: &mut Scratch,
+        spine: &SpineSide,
+    ) -> Result<()> {
+        // valid positions of a window, as indices into m.vpos
+        let vr = |r: usize| {
+            let (l, h) = rg[r];
+            (m.cnt[l as usize] as usize, m.cnt[h as usize] as usize)
+        };
+        let count = |r: usize| {
+            let (a, c) = vr(r);
+            (c - a) as i64
+        };
+        let rows = b.first..b.first + b.rows.len();
+        if !self.n.is_empty() {
+            for (r, row) in rows.clone().enumerate() {
+                self.n[row] = count(r);
+            }
+        }
+        let nrows = b.rows.len();
+        let first = matches!(self.op, Op::First);
+        match (&mut self.op, &mut self.out) {
+            (Op::Count, Out::Count(v)) => {
+                for (r, row) in rows.enumerate() {
+                    v[row] = count(r);
+                }
+            }
+            (Op::Distinct(ids, counts), Out::Count(v)) => {
+                let id = |j: usize| ids[b.idx[m.vpos[j] as usize] as usize] as usize;
+                let (mut a0, mut b0, mut distinct) = (0usize, 0usize, 0i64);
+                for (r, row) in rows.enumerate() {
+                    let (a, c) = vr(r);
+                    while b0 < c {
+                        counts[id(b0)] += 1;
+                        distinct += (counts[id(b0)] == 1) as i64;
+                        b0 += 1;
+                    }
+                    while a0 < a {
+                        counts[id(a0)] -= 1;
+                        distinct -= (counts[id(a0)] == 0) as i64;
+                        a0 += 1;
+                    }
+                    v[row] = distinct;
+                }
+                // leave the counts empty for the next key
+                for j in a0..b0 {
+                    counts[id(j)] -= 1;
+                }
+            }
+            (Op::First | Op::Last, Out::Idx(v)) => {
+                for (r, row) in rows.enumerate() {
+                    let (a, c) = vr(r);
+                    if a < c {
+                        let j = if first { a } else { c - 1 };
+                        v[row] = b.idx[m.vpos[j] as usize];
+                    }
+                }
+            }
+            (Op::Latest, Out::Idx(v)) => {
+                for (r, row) in rows.enumerate() {
+                    let (l, h) = rg[r];
+                    if l < h {
+                        v[row] = b.idx[h as usize - 1];
+                    }
+                }
+            }
+            (Op::ExtremeF64(g, max), Out::F64(v, valid)) => {
+                let x = fx[*g];
+                let key = |j: usize| f64_key(x[m.vpos[j] as usize]);
+                sliding_extreme((0..nrows).map(vr), key, &mut sc.sfx, *max, &mut sc.ext);
+                for (row, e) in rows.zip(&sc.ext) {
+                    if let Some(k) = e {
+                        v[row] = key_f64(*k);
+                        valid.set_bit(row, true);
+                    }
+                }
+            }
+            (Op::ExtremeI64(g, max), Out::I64(v, valid)) => {
+                let x = ix[*g];
+                let key = |j: usize| x[m.vpos[j] as usize];
+                sliding_extreme((0..nrows).map(vr), key, &mut sc.sfx, *max, &mut sc.ext);
+                for (row, e) in rows.zip(&sc.ext) {
+                    if let Some(k) = e {
+                        v[row] = *k;
+                        valid.set_bit(row, true);
+                    }
+                }
+            }
+            (Op::ExtremeDyn(better), Out::Idx(v)) => {
+                let ev = |p: usize| b.idx[p];
+                sliding_best(
+                    (0..nrows).map(vr),
+                    &m.vpos,
+                    ev,
+                    |a, c| better.is(a, c),
+                    &mut sc.best,
+                );
+                for (row, p) in rows.zip(&sc.best) {
+                    if let Some(p) = p {
+                        v[row] = b.idx[*p as usize];
+                    }
+                }
+            }
+            (Op::IntSum, out) => {
+                let p = prefix.ok_or_else(|| internal("integer sum without prefix sums"))?;
+                for (r, row) in rows.enumerate() {
+                    let (l, h) = (rg[r].0 as usize, rg[r].1 as usize);
+                    let s = p.int[h] - p.int[l];
+                    match out {
+                        Out::I128(v) => v[row] = s,
+                        Out::I64(v, valid) if count(r) > 0 => {
+                            v[row] = i64::try_from(s).map_err(|_| Error::SumOverflow {
+                                feature: self.spec.label.clone(),
+                                row: spine.rid.value(b.rows[r] as usize),
+                            })?;
+                            valid.set_bit(row, true);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            (Op::Float(agg), Out::Parts(parts)) => {
+                let p = prefix.ok_or_else(|| internal("state without its prefix sums"))?;
+                let moments = matches!(agg, Agg::Var | Agg::Stddev);
+                for (r, row) in rows.enumerate() {
+                    let (l, h) = (rg[r].0 as usize, rg[r].1 as usize);
+                    parts.n[row] = count(r);
+                    parts.s1[row] = p.p1[h].sub(p.p1[l]);
+                    if moments {
+                        parts.s2[row] = p.p2[h].sub(p.p2[l]);
+                        parts.c[row] = if l < h { p.shift } else { 0.0 };
+                    }
+                    parts.special[row] = p.specials(l, h).map(|x| x as i64);
+                }
+            }
+            (Op::Float(agg), Out::F64(v, valid)) => {
+                let p = prefix.ok_or_else(|| internal("numeric aggregate without prefix sums"))?;
+                let moments = matches!(agg, Agg::Var | Agg::Stddev);
+                let min_n = if moments { 2 } else { 1 };
+                for (r, row) in rows.enumerate() {
+                    let c = count(r);
+                    if c < min_n {
+                        continue;
+                    }
+                    let (l, h) = (rg[r].0 as usize, rg[r].1 as usize);
+                    let [nan, pinf, ninf] = p.specials(l, h);
+                    v[row] = if nan > 0 || pinf > 0 || ninf > 0 {
+                        if nan > 0 || (pinf > 0 && ninf > 0) || moments {
+                            f64::NAN
+                        } else if pinf > 0 {
+                            f64::INFINITY
+                        } else {
+                            f64::NEG_INFINITY
+                        }
+                    } else {
+                        let sum = p.p1[h].sub(p.p1[l]);
+                        match agg {
+                            Agg::Sum => sum.to_f64(),
+                            Agg::Mean => sum.div_f64(c as f64).to_f64(),
+                            _ => {
+                                let sq = p.p2[h].sub(p.p2[l]);
+                                let var = sq
+                                    .sub(sum.mul(sum).div_f64(c as f64))
+                                    .div_f64((c - 1) as f64)
+                                    .to_f64()
+                                    .max(0.0);
+                                if *agg == Agg::Var { var } else { var.sqrt() }
+                            }
+                        }
+                    };
+                    valid.set_bit(row, true);
+                }
+            }
+            _ => return Err(internal("feature output of the wrong shape")),
+        }
+        Ok(())
+    }
+
+    /// The finished column: values, or states for features that keep them.
+    fn finish(self) -> Result<ArrayRef> {
+        let Job {
+            op,
+            state,
+            n,
+            col,
+            out,
+            ..
+        } = self;
+        let value: ArrayRef = match out {
+            Out::Count(v) => {
+                if state == Some(StateKind::Count) {
+                    return state::with_value(StateKind::Count, v, None);
+                }
+                Arc::new(Int64Array::from(v))
+            }
+            Out::I128(s) => return state::int_sum(n, s),
+            Out::Parts(parts) => {
+                return parts.build(matches!(state, Some(StateKind::Float { moments: true })));
+            }
+            Out::I64(v, mut valid) => {
+                let a = Int64Array::new(v.into(), Some(NullBuffer::new(valid.finish())));
+                match (&op, &col) {
+                    (Op::ExtremeI64(..), Some(c)) => cast(&a, c.data_type())?,
+                    _ => Arc::new(a),
+                }
+            }
+            Out::F64(v, mut valid) => {
+                let a = Float64Array::new(v.into(), Some(NullBuffer::new(valid.finish())));
+                match (&op, &col) {
+                    (Op::ExtremeF64(..), Some(c)) => cast(&a, c.data_type())?,
+                    _ => Arc::new(a),
+                }
+            }
+            Out::Idx(v) => {
+                let idx = v.into_iter().map(|i| (i != NULL_ID).then_some(i));
+                take_values(col.as_ref(), idx)?
+            }
+        };
+        match state {
+            None => Ok(value),
+            // a latest value's window holds one event, counted when its value is present
+            Some(StateKind::Latest) => {
+                let n = (0..value.len()).map(|r| value.is_valid(r) as i64).collect();
+                state::with_value(StateKind::Latest, n, Some(value))
+            }
+            Some(kind) => state::with_value(kind, n, Some(value)),
+        }
+    }
+}
+
+/// Buffers reused by every min/max feature of a partition.
+#[derive(Default)]
+struct Scratch {
+    sfx: Vec<i64>,
+    ext: Vec<Option<i64>>,
+    best: Vec<Option<u32>>,
+}
+
 /// Sliding-window extreme with a monotonic deque: for each window (as a range of indices
 /// into `vpos`, both ends non-decreasing), the position of the best value, or `None` when the
 /// window is empty. The deque keeps values beside positions so comparisons read no arrays.
@@ -827,13 +1200,14 @@ fn sliding_best<T: Copy>(
     vpos: &[u32],
     value: impl Fn(usize) -> T,
     better: impl Fn(T, T) -> bool,
-) -> Vec<Option<u32>> {
+    out: &mut Vec<Option<u32>>,
+) {
     // A queue in a Vec: `head` is the front; popped fronts are dropped in bulk when they
     // dominate, so pushes and pops are plain Vec operations without wrap-around.
     let mut q: Vec<(T, u32)> = Vec::new();
     let mut head = 0usize;
     let mut next = 0usize;
-    let mut out = Vec::with_capacity(ranges.size_hint().0);
+    out.clear();
     for (a, b) in ranges {
         while next < b {
             let x = value(vpos[next] as usize);
@@ -852,7 +1226,6 @@ fn sliding_best<T: Copy>(
         }
         out.push((a < b && head < q.len()).then(|| vpos[q[head].1 as usize]));
     }
-    out
 }
 
 /// An i64 whose order is the IEEE total order of the f64 (and back: the map is its own inverse).
@@ -871,11 +1244,12 @@ fn sliding_extreme(
     key: impl Fn(usize) -> i64,
     sfx: &mut Vec<i64>,
     max: bool,
-) -> Vec<Option<i64>> {
+    out: &mut Vec<Option<i64>>,
+) {
     if max {
-        sliding_extreme_by(ranges, key, sfx, i64::MIN, i64::max)
+        sliding_extreme_by(ranges, key, sfx, i64::MIN, i64::max, out)
     } else {
-        sliding_extreme_by(ranges, key, sfx, i64::MAX, i64::min)
+        sliding_extreme_by(ranges, key, sfx, i64::MAX, i64::min, out)
     }
 }
 
@@ -888,9 +1262,10 @@ fn sliding_extreme_by(
     sfx: &mut Vec<i64>,
     identity: i64,
     ext: impl Fn(i64, i64) -> i64,
-) -> Vec<Option<i64>> {
+    out: &mut Vec<Option<i64>>,
+) {
     let (mut base, mut mid, mut next, mut back) = (0usize, 0usize, 0usize, identity);
-    let mut out = Vec::with_capacity(ranges.size_hint().0);
+    out.clear();
     for (a, b) in ranges {
         while next < b {
             back = ext(back, key(next));
@@ -911,7 +1286,6 @@ fn sliding_extreme_by(
         }
         out.push((a < b).then(|| ext(sfx[a - base], back)));
     }
-    out
 }
 
 #[inline]
