@@ -72,6 +72,9 @@ fn gen_case(seed: u64) -> Case {
     let n_ev = rng.random_range(0..250usize);
     let n_sp = rng.random_range(0..60usize);
     let span = rng.random_range(5..120i64);
+    // Spread keys apart in some cases: a narrow key range is looked up in a table, a wide
+    // one in a hash map.
+    let scale = [1i64, 1, 100_003, -100_003][rng.random_range(0..4usize)];
     let mut k = Vec::new();
     let mut t = Vec::new();
     let mut c = Vec::new();
@@ -79,7 +82,7 @@ fn gen_case(seed: u64) -> Case {
     let mut iv = Vec::new();
     let mut s = Vec::new();
     for _ in 0..n_ev {
-        let key = skewed_key(&mut rng, nkeys);
+        let key = skewed_key(&mut rng, nkeys) * scale;
         k.push(opt(&mut rng, 0.03, key));
         let et = rng.random_range(0..span) * H;
         t.push(opt(&mut rng, 0.03, et));
@@ -103,7 +106,7 @@ fn gen_case(seed: u64) -> Case {
     let mut sk = Vec::new();
     let mut st = Vec::new();
     for _ in 0..n_sp {
-        let key = skewed_key(&mut rng, nkeys + 2) as i32;
+        let key = (skewed_key(&mut rng, nkeys + 2) * scale) as i32;
         sk.push(opt(&mut rng, 0.04, key));
         let stv = rng.random_range(-5..span + 10) * H;
         st.push(opt(&mut rng, 0.04, stv));

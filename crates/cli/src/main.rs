@@ -410,6 +410,7 @@ fn print_values(
 }
 
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -678,6 +679,7 @@ async fn run_engine(command: Command) -> Result<()> {
                 opts.target_partitions = p;
             }
             opts.memory_limit = memory_limit;
+            opts.after_sweep = Some(alloc::trim);
             if !no_reuse {
                 opts.reuse_budget = Some(
                     reuse_budget

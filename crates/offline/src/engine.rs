@@ -42,6 +42,9 @@ pub struct EngineOptions {
     /// Take every stored state that can serve, without the cost gate (tests and benchmarks
     /// that exercise the reuse paths on any layout).
     pub reuse_always: bool,
+    /// Called after each view's partitions are swept, before their results are gathered:
+    /// the process can hand the memory they freed back (the CLI trims malloc's heap).
+    pub after_sweep: Option<fn()>,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +57,7 @@ impl Default for EngineOptions {
             memory_limit: None,
             reuse_budget: None,
             reuse_always: false,
+            after_sweep: None,
         }
     }
 }
@@ -145,6 +149,7 @@ pub struct Engine {
     versions: HashMap<String, SourceVersion>,
     reuse: Option<ReuseCatalog>,
     reuse_always: bool,
+    after_sweep: Option<fn()>,
     /// States being written behind the join that computed them.
     pending: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// The last failure of a background store, reported by the next join.
@@ -185,6 +190,7 @@ impl Engine {
             versions: HashMap::new(),
             reuse,
             reuse_always: opts.reuse_always,
+            after_sweep: opts.after_sweep,
             pending: Default::default(),
             store_error: Default::default(),
         })
@@ -1287,6 +1293,9 @@ impl Engine {
         crate::profile::stage(format_args!("view {}: planned", view.name));
         let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
         crate::profile::stage(format_args!("view {}: joined", view.name));
+        if let Some(hook) = self.after_sweep {
+            hook();
+        }
         let spills = phys.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
         if spills > 0 {
             explain.push(format!("  {spills} partition(s) exceeded the memory pool and were swept from disk in buckets"));
@@ -1329,15 +1338,45 @@ impl Engine {
                 "join returned {seen} rows for {n} spine rows"
             )));
         }
-        let mut cols = Vec::new();
-        for (j, f) in features.iter().enumerate() {
-            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(j + 1).as_ref()).collect();
-            cols.push(if parts.is_empty() {
-                datafusion::arrow::array::new_empty_array(&f.output_type)
-            } else {
-                interleave_columns(&parts, &pos)?
-            });
+        // Columns are gathered in parallel, each from the partitions' pieces, which are freed
+        // as soon as their column is done so the result does not double the memory.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut jobs: Vec<Vec<(usize, Vec<ArrayRef>)>> = (0..threads).map(|_| Vec::new()).collect();
+        for j in 0..features.len() {
+            let pieces = batches.iter().map(|b| b.column(j + 1).clone()).collect();
+            jobs[j % threads].push((j, pieces));
         }
+        drop(batches);
+        let pos = &pos;
+        let cols: Vec<ArrayRef> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .into_iter()
+                .map(|job| {
+                    scope.spawn(move || {
+                        job.into_iter()
+                            .map(|(j, pieces)| {
+                                if pieces.is_empty() {
+                                    let t = &features[j].output_type;
+                                    return Ok((j, datafusion::arrow::array::new_empty_array(t)));
+                                }
+                                let parts: Vec<&dyn Array> =
+                                    pieces.iter().map(|a| a.as_ref()).collect();
+                                gather_column(&parts, pos).map(|c| (j, c))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(
+                    h.join()
+                        .map_err(|_| Error::Internal("a column gather panicked".into()))??,
+                );
+            }
+            all.sort_by_key(|(j, _)| *j);
+            Ok::<_, Error>(all.into_iter().map(|(_, c)| c).collect())
+        })?;
         Ok((cols, explain, spills, scanned, distinct))
     }
 
@@ -1574,6 +1613,33 @@ fn few_keys(sbatch: &RecordBatch, cap: usize) -> (Option<Vec<Expr>>, u64) {
     (Some(seen.into_iter().map(lit).collect()), n)
 }
 
+/// Rows `pos` (partition batch, row) of a column, for the common primitive types without
+/// `interleave`'s per-element indirection; other types go through [`interleave_columns`].
+fn gather_column(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<ArrayRef> {
+    use datafusion::arrow::array::{AsArray, PrimitiveArray};
+    use datafusion::arrow::buffer::NullBuffer;
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+    macro_rules! prim {
+        ($t:ty) => {{
+            let arrs: Vec<&PrimitiveArray<$t>> =
+                parts.iter().map(|p| p.as_primitive::<$t>()).collect();
+            let values: Vec<_> = pos.iter().map(|&(b, r)| arrs[b].values()[r]).collect();
+            let nulls = arrs
+                .iter()
+                .any(|a| a.null_count() > 0)
+                .then(|| NullBuffer::from_iter(pos.iter().map(|&(b, r)| arrs[b].is_valid(r))));
+            let a = PrimitiveArray::<$t>::new(values.into(), nulls)
+                .with_data_type(parts[0].data_type().clone());
+            Ok(Arc::new(a) as ArrayRef)
+        }};
+    }
+    match parts[0].data_type() {
+        DataType::Float64 => prim!(Float64Type),
+        DataType::Int64 => prim!(Int64Type),
+        _ => interleave_columns(parts, pos),
+    }
+}
+
 /// `interleave`, child by child for struct columns (the reuse states): arrow's generic path
 /// for nested types is several times slower than its primitive kernels.
 fn interleave_columns(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<ArrayRef> {
@@ -1588,7 +1654,7 @@ fn interleave_columns(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<Ar
     let children = (0..fields.len())
         .map(|c| {
             let col: Vec<&dyn Array> = structs.iter().map(|s| s.column(c).as_ref()).collect();
-            interleave_columns(&col, pos)
+            gather_column(&col, pos)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(StructArray::try_new(fields, children, None)?))

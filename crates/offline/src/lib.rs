@@ -26,6 +26,7 @@ mod engine;
 mod error;
 pub mod gate;
 pub mod layout;
+mod pack;
 pub mod plan;
 pub mod profile;
 pub mod reuse;

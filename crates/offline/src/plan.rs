@@ -46,7 +46,6 @@ use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
-use datafusion::common::hash_utils::create_hashes_with_hasher;
 use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
@@ -54,7 +53,8 @@ use futures::{StreamExt, TryStreamExt};
 use quiver_core::Duration;
 
 use crate::Error;
-use crate::sweep::{EventSide, FeatureSpec, SpineSide, sweep};
+use crate::pack::{BUCKETS, Pack, buckets_of};
+use crate::sweep::{FeatureSpec, Layout, sweep};
 
 pub const RID: &str = "__rid";
 pub const TIME: &str = "__t";
@@ -383,13 +383,19 @@ impl ExecutionPlan for PitJoinExec {
 /// What the sweep needs beside the input arrays, per event: order, sorted times, key ids,
 /// prefix counts and sums. Reserved up front so that the pool bounds the whole operator.
 const SWEEP_BYTES_PER_EVENT: usize = 48;
-/// Sub-partitions a partition is split into when it does not fit the memory pool.
-const SPILL_BUCKETS: usize = 128;
 
-/// Collect a partition and sweep it. When the memory pool refuses the events, switch to
-/// spilling: route every event by a hash of its key (a different hash from DataFusion's
-/// partitioning) into one of [`SPILL_BUCKETS`] files, split the spine the same way, and sweep
-/// the buckets one at a time, so memory is bounded by a bucket, not by the partition.
+/// What the operator holds: the spine, the packed events, and the sweep of the largest
+/// bucket (its packed lanes again, sorted, plus order and prefix sums).
+fn held(spine: usize, pack: &Pack) -> usize {
+    let (all, largest) = pack.bytes();
+    spine + all + largest + largest / 2
+}
+
+/// Collect a partition and sweep it. Events are packed into key-hash buckets as they
+/// arrive ([`crate::pack`]) and swept a bucket at a time. When the memory pool refuses
+/// more events, switch to spilling: every later batch is split by the same bucket hash into
+/// one file per bucket, and each bucket reads its file back just before it is swept, so
+/// memory is bounded by what was packed plus one bucket, not by the partition.
 async fn run(
     spec: &ViewSpec,
     schema: &SchemaRef,
@@ -407,9 +413,20 @@ async fn run(
     }
     let spine = concat_batches(&spine_schema, &spine_batches)?;
     drop(spine_batches);
+    let spine_bytes = reservation.size();
     let ev_schema = events.schema();
-    let mut buffered = Vec::new();
-    let mut held = 0usize;
+    let first_value = spec.key_count + 1 + spec.created_column.is_some() as usize;
+    let types: Vec<DataType> = (0..spec.value_count)
+        .map(|j| ev_schema.field(first_value + j).data_type().clone())
+        .collect();
+    let layout = Layout::new(&spec.features, &types, spec.filter_created)?;
+    let mut pack = Pack::new(
+        &layout,
+        &spine,
+        spec.key_count,
+        spec.created_column.is_some(),
+    )?;
+    drop(spine);
     let mut spill: Option<Spill> = None;
     while let Some(b) = events.next().await {
         let b = b?;
@@ -418,129 +435,49 @@ async fn run(
             continue;
         }
         let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
+        // The batch as it arrives must fit; once packed, it holds far less.
         if reservation.try_grow(need).is_ok() {
-            held += need;
-            buffered.push(b);
+            push_batch(spec, &mut pack, &b)?;
+            reservation.resize(held(spine_bytes, &pack));
         } else {
             let mut sp = Spill::try_new(ev_schema.clone(), spec.key_count)?;
-            for bb in buffered.drain(..) {
-                sp.write(&bb)?;
-            }
             sp.write(&b)?;
-            reservation.shrink(held);
-            held = 0;
             spills.add(1);
             spill = Some(sp);
         }
     }
-    crate::profile::stage(format_args!("{}: partition inputs collected", spec.view));
-    let Some(sp) = spill else {
-        let events = concat_batches(&ev_schema, &buffered)?;
-        drop(buffered);
-        crate::profile::stage(format_args!(
-            "{}: {} events concatenated",
-            spec.view,
-            events.num_rows()
-        ));
-        return Ok(vec![run_partition(spec, schema, spine, events)?]);
-    };
-    let spine_parts = split_by_key(&spine, 1, spec.key_count)?;
-    drop(spine);
+    crate::profile::stage(format_args!(
+        "{}: {} events packed",
+        spec.view,
+        pack.events()
+    ));
+    let mut files = spill.map(Spill::finish).transpose()?;
     let mut out = Vec::new();
-    for (k, events) in sp.finish()?.into_iter().enumerate() {
-        let need = events.get_array_memory_size() + events.num_rows() * SWEEP_BYTES_PER_EVENT;
-        reservation.try_grow(need)?;
-        out.push(run_partition(spec, schema, spine_parts[k].clone(), events)?);
-        reservation.shrink(need);
+    for b in 0..BUCKETS {
+        if let Some(files) = files.as_mut() {
+            for batch in read_spilled(&mut files[b])? {
+                reservation.try_grow(batch.get_array_memory_size())?;
+                push_batch(spec, &mut pack, &batch)?;
+                reservation.try_resize(held(spine_bytes, &pack))?;
+            }
+        }
+        let (sp, ev) = pack.take_bucket(b, spec.filter_count)?;
+        if !sp.rid.is_empty() {
+            let (rid, cols) = sweep(&spec.features, &layout, spec.ttl, &sp, ev)?;
+            let mut all = vec![rid];
+            all.extend(cols);
+            out.push(RecordBatch::try_new(schema.clone(), all)?);
+        }
+        reservation.resize(held(spine_bytes, &pack));
     }
+    crate::profile::stage(format_args!("{}: buckets swept", spec.view));
     Ok(out)
 }
 
-/// The bucket of each row: a hash of the key columns `offset..offset + n`.
-fn buckets(batch: &RecordBatch, offset: usize, n: usize) -> DFResult<Vec<Vec<u32>>> {
-    let mut hashes = vec![0u64; batch.num_rows()];
-    let seeds = ahash::RandomState::with_seeds(0x51ed, 0x9e37, 0x79b9, 0x7f4a);
-    create_hashes_with_hasher(&batch.columns()[offset..offset + n], &seeds, &mut hashes)?;
-    let mut idx = vec![Vec::new(); SPILL_BUCKETS];
-    for (i, h) in hashes.iter().enumerate() {
-        idx[(h % SPILL_BUCKETS as u64) as usize].push(i as u32);
-    }
-    Ok(idx)
-}
-
-fn split_by_key(batch: &RecordBatch, offset: usize, n: usize) -> DFResult<Vec<RecordBatch>> {
-    buckets(batch, offset, n)?
-        .into_iter()
-        .map(|idx| Ok(take_record_batch(batch, &UInt32Array::from(idx))?))
-        .collect()
-}
-
-/// Events of one partition spilled to disk in Arrow IPC, one anonymous temp file per bucket.
-struct Spill {
-    key_count: usize,
-    schema: SchemaRef,
-    writers: Vec<StreamWriter<std::io::BufWriter<std::fs::File>>>,
-}
-
-impl Spill {
-    fn try_new(schema: SchemaRef, key_count: usize) -> DFResult<Self> {
-        let writers = (0..SPILL_BUCKETS)
-            .map(|_| {
-                let f = tempfile::tempfile().map_err(|e| DataFusionError::External(Box::new(e)))?;
-                Ok(StreamWriter::try_new(std::io::BufWriter::new(f), &schema)?)
-            })
-            .collect::<DFResult<Vec<_>>>()?;
-        Ok(Self {
-            key_count,
-            schema,
-            writers,
-        })
-    }
-
-    fn write(&mut self, batch: &RecordBatch) -> DFResult<()> {
-        for (k, idx) in buckets(batch, 0, self.key_count)?.into_iter().enumerate() {
-            if !idx.is_empty() {
-                self.writers[k].write(&take_record_batch(batch, &UInt32Array::from(idx))?)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Read the buckets back, each as one batch, in source order within the bucket.
-    fn finish(self) -> DFResult<Vec<RecordBatch>> {
-        let schema = self.schema;
-        self.writers
-            .into_iter()
-            .map(|mut w| {
-                w.finish()?;
-                let mut f = w
-                    .into_inner()?
-                    .into_inner()
-                    .map_err(|e| DataFusionError::External(Box::new(e.into_error())))?;
-                f.seek(std::io::SeekFrom::Start(0))
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let reader = StreamReader::try_new(std::io::BufReader::new(f), None)?;
-                let batches = reader.collect::<Result<Vec<_>, _>>()?;
-                Ok(concat_batches(&schema, &batches)?)
-            })
-            .collect()
-    }
-}
-
-fn run_partition(
-    spec: &ViewSpec,
-    schema: &SchemaRef,
-    spine: RecordBatch,
-    events: RecordBatch,
-) -> DFResult<RecordBatch> {
+/// Pack one batch of the events input (keys, time, created, values, filters, seq).
+fn push_batch(spec: &ViewSpec, pack: &mut Pack, batch: &RecordBatch) -> DFResult<()> {
     let k = spec.key_count;
-    let sc = spine.columns();
-    let spine_side = SpineSide {
-        rid: downcast::<UInt64Array>(&sc[0])?.clone(),
-        keys: sc[1..1 + k].to_vec(),
-        t: downcast::<Int64Array>(&sc[1 + k])?.clone(),
-    };
-    let ec = events.columns();
+    let ec = batch.columns();
     let source_time = |a: &ArrayRef, col: &str| -> DFResult<Int64Array> {
         quiver_core::time::to_micros(a.as_ref(), col, 0).map_err(|e| {
             let msg = match e {
@@ -563,33 +500,72 @@ fn run_partition(
         }
         None => None,
     };
-    let values = ec[i..i + spec.value_count].to_vec();
+    let values = &ec[i..i + spec.value_count];
     i += spec.value_count;
     let filters = ec[i..i + spec.filter_count]
         .iter()
         .map(|a| downcast::<BooleanArray>(a).cloned())
         .collect::<DFResult<Vec<_>>>()?;
     i += spec.filter_count;
-    let seq = downcast::<UInt64Array>(&ec[i])?.clone();
-    let ev = EventSide {
-        keys: ec[..k].to_vec(),
-        t,
-        created,
-        seq,
-        values,
-        filters,
-    };
-    drop(events);
-    let (rid, cols) = sweep(
-        &spec.features,
-        spec.ttl,
-        spec.filter_created,
-        &spine_side,
-        &ev,
-    )?;
-    let mut all = vec![rid];
-    all.extend(cols);
-    Ok(RecordBatch::try_new(schema.clone(), all)?)
+    let seq = downcast::<UInt64Array>(&ec[i])?;
+    pack.push(&ec[..k], &t, created.as_ref(), seq, values, &filters)?;
+    Ok(())
+}
+
+/// Events of one partition spilled to disk in Arrow IPC, one anonymous temp file per bucket
+/// of [`crate::pack`].
+struct Spill {
+    key_count: usize,
+    writers: Vec<StreamWriter<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl Spill {
+    fn try_new(schema: SchemaRef, key_count: usize) -> DFResult<Self> {
+        let writers = (0..BUCKETS)
+            .map(|_| {
+                let f = tempfile::tempfile().map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok(StreamWriter::try_new(std::io::BufWriter::new(f), &schema)?)
+            })
+            .collect::<DFResult<Vec<_>>>()?;
+        Ok(Self { key_count, writers })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> DFResult<()> {
+        let keys = &batch.columns()[..self.key_count];
+        let mut rows = vec![Vec::new(); BUCKETS];
+        for (i, b) in buckets_of(keys, batch.num_rows())?.into_iter().enumerate() {
+            rows[b as usize].push(i as u32);
+        }
+        for (k, idx) in rows.into_iter().enumerate() {
+            if !idx.is_empty() {
+                self.writers[k].write(&take_record_batch(batch, &UInt32Array::from(idx))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the files, rewound for reading.
+    fn finish(self) -> DFResult<Vec<std::fs::File>> {
+        self.writers
+            .into_iter()
+            .map(|mut w| {
+                w.finish()?;
+                let mut f = w
+                    .into_inner()?
+                    .into_inner()
+                    .map_err(|e| DataFusionError::External(Box::new(e.into_error())))?;
+                f.seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok(f)
+            })
+            .collect()
+    }
+}
+
+/// A bucket's spilled batches, in the order they were written.
+fn read_spilled(f: &mut std::fs::File) -> DFResult<Vec<RecordBatch>> {
+    let reader = StreamReader::try_new(std::io::BufReader::new(f), None)?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 fn downcast<T: Array + 'static>(a: &ArrayRef) -> DFResult<&T> {

@@ -1,15 +1,16 @@
-//! The per-partition point-in-time sweep (DESIGN §4).
+//! The point-in-time sweep of one bucket of a partition (DESIGN §4; buckets come from
+//! [`crate::pack`]).
 //!
-//! One partition's events are grouped by entity key with a counting sort on dense key ids —
-//! times and every numeric input carried along in one scatter, so later passes read
-//! contiguous memory — and ordered inside each key by (event time, created time, source
-//! order), skipped where the source is already in that order. Then each key is swept as one
-//! block held in small reused buffers: moving pointers give each spine row its window as a
-//! range of the block; prefix sums (double-double for floats, i128 for integers) answer
+//! Events are grouped by entity key with a counting sort on dense key ids — times and every
+//! lane of the [`Layout`] carried along in one scatter, so later passes read contiguous
+//! memory — and ordered inside each key by (event time, created time, source order), skipped
+//! where the source is already in that order. Then each key is swept as one block held in
+//! small reused buffers: moving pointers give each spine row its window as a range of the
+//! block; prefix sums (double-double for floats, i128 for integers) answer
 //! count/sum/mean/var/stddev, positions of valid values answer first/last/latest, a
 //! branch-free two-stack queue answers min/max and a sliding multiset count_distinct. Keys
-//! without spine rows are skipped. Results are written in key order and put back in spine
-//! order by the caller.
+//! without spine rows are skipped. A bucket's results fit in cache, so they are written
+//! straight at their spine rows.
 //!
 //! Window edges come from `quiver_core::semantics`; nothing here decides what is in a window.
 
@@ -32,7 +33,7 @@ use crate::dd::Dd;
 use crate::state::{self, StateKind};
 use crate::{Error, Result};
 
-const NULL_ID: u32 = u32::MAX;
+pub(crate) const NULL_ID: u32 = u32::MAX;
 
 /// What a feature computes, resolved against the event columns of its view.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
@@ -58,40 +59,188 @@ pub enum Kind {
     Latest,
 }
 
-/// The spine rows of one partition. `t` is microseconds; keys are already normalized.
+/// The spine rows of one bucket of a partition ([`crate::pack`]): key ids local to the
+/// bucket (`NULL_ID` where a key or the time is null) and times in microseconds.
 pub struct SpineSide {
     pub rid: UInt64Array,
-    pub keys: Vec<ArrayRef>,
-    pub t: Int64Array,
+    pub ids: Vec<u32>,
+    pub t: Vec<i64>,
+    pub nkeys: usize,
 }
 
-/// The events of one partition, in arrival order; `seq` is the source order.
+/// The events of one bucket, in arrival order, as [`crate::pack`] keeps them: only events
+/// whose key is in the spine and whose time is set; `seq` is the source order.
+#[derive(Default)]
 pub struct EventSide {
-    pub keys: Vec<ArrayRef>,
-    pub t: Int64Array,
-    pub created: Option<Int64Array>,
-    pub seq: UInt64Array,
-    pub values: Vec<ArrayRef>,
-    pub filters: Vec<BooleanArray>,
+    pub ids: Vec<u32>,
+    pub t: Vec<i64>,
+    /// Created times, null as `i64::MIN` (earliest).
+    pub created: Option<Vec<i64>>,
+    pub seq: Vec<u64>,
+    /// The lanes of [`Layout`].
+    pub floats: Vec<Vec<f64>>,
+    pub ints: Vec<Vec<i64>>,
+    pub masks: Vec<Option<Vec<u8>>>,
+    /// Per value column, the Arrow array where the layout keeps it.
+    pub raw: Vec<Option<ArrayRef>>,
+    /// Filters as Arrow arrays (`filter_created` sources only).
+    pub filters: Vec<Option<BooleanArray>>,
 }
 
-/// Compute every feature for every spine row of the partition. Returns the spine row ids
-/// and one array per feature, row-aligned with them (rows grouped by key: consecutive
-/// writes, where spine order would scatter every result to a random cache line).
+/// Where the sweep finds each input, decided once per view from its features and the
+/// event column types: numeric columns travel as f64 / i64 lanes and each (column, filter)
+/// pair as a byte mask, so a packed event costs a few bytes per input; columns whose values
+/// are returned as they are (other types), count_distinct's and `filter_created`'s inputs
+/// stay Arrow arrays.
+pub struct Layout {
+    /// The value column of each float / int lane.
+    pub floats: Vec<usize>,
+    pub ints: Vec<usize>,
+    /// A feature label per int lane, for the message when values do not fit in Int64.
+    pub int_labels: Vec<String>,
+    /// (value column, filter) of each mask; a mask with neither keeps every event.
+    pub masks: Vec<(Option<usize>, Option<usize>)>,
+    /// Per value column: kept as an Arrow array.
+    pub raw: Vec<bool>,
+    /// Filters kept as Arrow arrays (`filter_created`).
+    pub raw_filters: bool,
+    pub types: Vec<DataType>,
+    /// Per feature: what it computes from which input, and its mask.
+    inputs: Vec<(Input, usize)>,
+}
+
+/// Where a returned value comes from.
+#[derive(Clone, Copy, PartialEq)]
+enum Src {
+    Float(usize),
+    Int(usize),
+    Raw(usize),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Pick {
+    First,
+    Last,
+    Latest,
+}
+
+#[derive(Clone, Copy)]
+enum Input {
+    Count,
+    Distinct(usize),
+    Pick(Pick, Src),
+    Extreme(Src, bool),
+    IntSum(usize),
+    Float(Agg, usize),
+}
+
+impl Layout {
+    pub fn new(
+        features: &[FeatureSpec],
+        types: &[DataType],
+        filter_created: bool,
+    ) -> Result<Layout> {
+        let mut l = Layout {
+            floats: Vec::new(),
+            ints: Vec::new(),
+            int_labels: Vec::new(),
+            masks: Vec::new(),
+            raw: vec![filter_created; types.len()],
+            raw_filters: filter_created,
+            types: types.to_vec(),
+            inputs: Vec::new(),
+        };
+        if filter_created {
+            return Ok(l);
+        }
+        for f in features {
+            let c = f.column;
+            let col = || c.ok_or_else(|| internal("feature without a column"));
+            let input = match f.kind {
+                Kind::Latest => Input::Pick(Pick::Latest, l.value_src(col()?, &f.label)),
+                Kind::Agg(agg, _) => match agg {
+                    Agg::Count => Input::Count,
+                    Agg::First => Input::Pick(Pick::First, l.value_src(col()?, &f.label)),
+                    Agg::Last => Input::Pick(Pick::Last, l.value_src(col()?, &f.label)),
+                    Agg::CountDistinct => {
+                        let c = col()?;
+                        l.raw[c] = true;
+                        Input::Distinct(c)
+                    }
+                    Agg::Min | Agg::Max => {
+                        let c = col()?;
+                        let src = match types[c] {
+                            DataType::Int64
+                            | DataType::Int32
+                            | DataType::Int16
+                            | DataType::Int8 => Src::Int(l.int_lane(c, &f.label)),
+                            DataType::Float64 | DataType::Float32 => {
+                                Src::Float(slot(&mut l.floats, c))
+                            }
+                            _ => {
+                                l.raw[c] = true;
+                                Src::Raw(c)
+                            }
+                        };
+                        Input::Extreme(src, agg == Agg::Max)
+                    }
+                    Agg::Sum if types[col()?].is_integer() => {
+                        Input::IntSum(l.int_lane(col()?, &f.label))
+                    }
+                    Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
+                        Input::Float(agg, slot(&mut l.floats, col()?))
+                    }
+                },
+            };
+            // A latest value is the last event whatever its value: its mask only tells
+            // whether that value is present.
+            let mask = match f.kind {
+                Kind::Latest => (c, None),
+                Kind::Agg(..) => (c, f.filter),
+            };
+            let mask = slot(&mut l.masks, mask);
+            l.inputs.push((input, mask));
+        }
+        Ok(l)
+    }
+
+    fn int_lane(&mut self, c: usize, label: &str) -> usize {
+        let i = slot(&mut self.ints, c);
+        if self.int_labels.len() < self.ints.len() {
+            self.int_labels.push(label.to_string());
+        }
+        i
+    }
+
+    /// A returned value's source: a lane when the lane holds the column's exact type.
+    fn value_src(&mut self, c: usize, label: &str) -> Src {
+        match self.types[c] {
+            DataType::Float64 => Src::Float(slot(&mut self.floats, c)),
+            DataType::Int64 => Src::Int(self.int_lane(c, label)),
+            _ => {
+                self.raw[c] = true;
+                Src::Raw(c)
+            }
+        }
+    }
+}
+
+/// Compute every feature for every spine row of a bucket. Returns the spine row ids and one
+/// array per feature, row-aligned with them.
 pub fn sweep(
     features: &[FeatureSpec],
+    layout: &Layout,
     ttl: Option<Duration>,
-    filter_created: bool,
     spine: &SpineSide,
-    ev: &EventSide,
+    mut ev: EventSide,
 ) -> Result<(ArrayRef, Vec<ArrayRef>)> {
-    if !filter_created {
-        let blocks = Blocks::new(features, ttl, spine, ev)?;
-        let s = Sorted::new(spine, ev, blocks.lanes())?;
-        let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
-        return Ok((rid, blocks.run(&s, spine)?));
+    let s = Sorted::new(spine, &mut ev);
+    if !layout.raw_filters {
+        // A bucket's results fit in cache, so they are written straight at their spine rows,
+        // and the caller merges buckets by reading each sequentially.
+        let blocks = Blocks::new(features, layout, ttl, spine.rid.len(), &ev)?;
+        return Ok((Arc::new(spine.rid.clone()), blocks.run(&s, spine)?));
     }
-    let s = Sorted::new(spine, ev, Lanes::default())?;
     let rid = take(&spine.rid, &UInt32Array::from(s.srows.clone()), None)?;
     let mut ranges: HashMap<Window, (Vec<u32>, Vec<u32>)> = HashMap::new();
     let mut latest: Option<(Vec<u32>, Vec<u32>)> = None;
@@ -103,12 +252,16 @@ pub fn sweep(
         if let Some(c) = f.column
             && !cols.contains_key(&c)
         {
-            cols.insert(c, take(ev.values[c].as_ref(), &order, None)?);
+            let raw = ev.raw[c].as_ref().ok_or_else(|| internal("raw column"))?;
+            cols.insert(c, take(raw.as_ref(), &order, None)?);
         }
         if let Some(i) = f.filter
             && !filters.contains_key(&i)
         {
-            let sorted = take(&ev.filters[i], &order, None)?;
+            let raw = ev.filters[i]
+                .as_ref()
+                .ok_or_else(|| internal("raw filter"))?;
+            let sorted = take(raw, &order, None)?;
             filters.insert(i, sorted.as_boolean().clone());
         }
     }
@@ -121,19 +274,8 @@ pub fn sweep(
         let col = f.column.map(|c| &cols[&c]);
         let filter = f.filter.map(|i| &filters[&i]);
         out.push(s.direct(f, col, filter, lo, hi, spine)?);
-        crate::profile::stage(format_args!("sweep: feature {}", f.name));
     }
     Ok((rid, out))
-}
-
-/// Event columns the block sweep reads, in the partition's arrival order, to be carried into
-/// sorted order alongside the times.
-#[derive(Default)]
-struct Lanes<'x> {
-    floats: Vec<&'x [f64]>,
-    ints: Vec<&'x [i64]>,
-    /// Per mask, 1 where the event counts (`None`: every event counts).
-    masks: Vec<Option<Vec<u8>>>,
 }
 
 struct Sorted {
@@ -171,22 +313,21 @@ fn scatter<T: Copy + Default>(src: impl Iterator<Item = T>, dest: &[u32], len: u
     out
 }
 
-/// Reorder `lane[..perm.len()]` by `perm` (each entry's last field is the old position).
-fn permute<T: Copy>(lane: &mut [T], perm: &[(i64, i64, u64, u32)], tmp: &mut Vec<T>) {
+/// Reorder `lane[..perm.len()]` by `perm` (the old position of each new one).
+fn permute<T: Copy>(lane: &mut [T], perm: &[u32], tmp: &mut Vec<T>) {
     tmp.clear();
-    tmp.extend(perm.iter().map(|p| lane[p.3 as usize]));
+    tmp.extend(perm.iter().map(|&p| lane[p as usize]));
     lane[..tmp.len()].copy_from_slice(tmp);
 }
 
 impl Sorted {
-    fn new(spine: &SpineSide, ev: &EventSide, lanes: Lanes) -> Result<Sorted> {
-        let (sid, eid, nkeys) = key_ids(&spine.keys, &ev.keys)?;
-        crate::profile::stage(format_args!("sweep: key ids"));
+    fn new(spine: &SpineSide, ev: &mut EventSide) -> Sorted {
+        let nkeys = spine.nkeys;
         // Counting sort by key id: each event's position in key-grouped order, arrival order
-        // within a key; events with a null key or time get none.
+        // within a key.
         let mut eblock = vec![0u32; nkeys + 1];
-        for (i, &id) in eid.iter().enumerate() {
-            if id != NULL_ID && ev.t.is_valid(i) {
+        for &id in &ev.ids {
+            if id != NULL_ID {
                 eblock[id as usize + 1] += 1;
             }
         }
@@ -195,11 +336,11 @@ impl Sorted {
         }
         let total = eblock[nkeys] as usize;
         let mut fill = eblock.clone();
-        let dest: Vec<u32> = eid
+        let dest: Vec<u32> = ev
+            .ids
             .iter()
-            .enumerate()
-            .map(|(i, &id)| {
-                if id == NULL_ID || !ev.t.is_valid(i) {
+            .map(|&id| {
+                if id == NULL_ID {
                     return NULL_ID;
                 }
                 let d = fill[id as usize];
@@ -207,47 +348,64 @@ impl Sorted {
                 d
             })
             .collect();
-        drop((eid, fill));
-        let mut ts = scatter(ev.t.values().iter().copied(), &dest, total);
-        let seq = scatter(ev.seq.values().iter().copied(), &dest, total);
+        drop(fill);
+        // Each lane is freed as soon as it is carried over, so a bucket never holds two
+        // copies of more than one lane.
+        let mut ts = scatter(std::mem::take(&mut ev.t).into_iter(), &dest, total);
+        let seq = scatter(std::mem::take(&mut ev.seq).into_iter(), &dest, total);
         let mut order = scatter(0..dest.len() as u32, &dest, total);
-        let mut created = ev.created.as_ref().map(|c| {
-            let v = (0..c.len()).map(|i| if c.is_valid(i) { c.value(i) } else { i64::MIN });
-            scatter(v, &dest, total)
-        });
-        let mut floats: Vec<Vec<f64>> = lanes
-            .floats
-            .iter()
-            .map(|x| scatter(x.iter().copied(), &dest, total))
+        let mut created = ev
+            .created
+            .take()
+            .map(|c| scatter(c.into_iter(), &dest, total));
+        let mut floats: Vec<Vec<f64>> = std::mem::take(&mut ev.floats)
+            .into_iter()
+            .map(|x| scatter(x.into_iter(), &dest, total))
             .collect();
-        let mut ints: Vec<Vec<i64>> = lanes
-            .ints
-            .iter()
-            .map(|x| scatter(x.iter().copied(), &dest, total))
+        let mut ints: Vec<Vec<i64>> = std::mem::take(&mut ev.ints)
+            .into_iter()
+            .map(|x| scatter(x.into_iter(), &dest, total))
             .collect();
-        let mut masks: Vec<Option<Vec<u8>>> = lanes
-            .masks
-            .iter()
-            .map(|m| m.as_ref().map(|x| scatter(x.iter().copied(), &dest, total)))
+        let mut masks: Vec<Option<Vec<u8>>> = std::mem::take(&mut ev.masks)
+            .into_iter()
+            .map(|m| m.map(|x| scatter(x.into_iter(), &dest, total)))
             .collect();
         drop(dest);
-        crate::profile::stage(format_args!("sweep: events grouped by key"));
-        // Each key's events are sorted as a contiguous run of cached sort keys, and every lane
-        // follows the same permutation.
-        let mut scratch: Vec<(i64, i64, u64, u32)> = Vec::new();
+        // Each key's events are sorted as a contiguous run of cached (time, created, position)
+        // keys — source order only breaks the rare ties afterwards, which keeps the sorted
+        // items small — and every lane follows the same permutation.
+        let mut scratch: Vec<(i64, i64, u32)> = Vec::new();
+        let mut perm: Vec<u32> = Vec::new();
         let (mut tf, mut ti, mut tu, mut tb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for k in 0..nkeys {
             let (bs, be) = (eblock[k] as usize, eblock[k + 1] as usize);
             scratch.clear();
             scratch.extend((bs..be).map(|p| {
                 let c = created.as_ref().map_or(0, |c| c[p]);
-                (ts[p], c, seq[p], (p - bs) as u32)
+                (ts[p], c, (p - bs) as u32)
             }));
+            let src = |x: &(i64, i64, u32)| seq[bs + x.2 as usize];
+            let before =
+                |x: &(i64, i64, u32), y: &(i64, i64, u32)| (x.0, x.1, src(x)) <= (y.0, y.1, src(y));
             // Sources stored sorted by (key, time) skip the sort: checking is one pass.
-            if scratch.windows(2).all(|w| w[0] <= w[1]) {
+            if scratch.windows(2).all(|w| before(&w[0], &w[1])) {
                 continue;
             }
             scratch.sort_unstable();
+            let mut i = 0;
+            while i < scratch.len() {
+                let mut e = i + 1;
+                while e < scratch.len()
+                    && scratch[e].0 == scratch[i].0
+                    && scratch[e].1 == scratch[i].1
+                {
+                    e += 1;
+                }
+                if e - i > 1 {
+                    scratch[i..e].sort_unstable_by_key(src);
+                }
+                i = e;
+            }
             for (j, x) in scratch.iter().enumerate() {
                 ts[bs + j] = x.0;
             }
@@ -256,23 +414,25 @@ impl Sorted {
                     c[bs + j] = x.1;
                 }
             }
-            permute(&mut order[bs..be], &scratch, &mut tu);
+            perm.clear();
+            perm.extend(scratch.iter().map(|x| x.2));
+            permute(&mut order[bs..be], &perm, &mut tu);
             for lane in &mut floats {
-                permute(&mut lane[bs..be], &scratch, &mut tf);
+                permute(&mut lane[bs..be], &perm, &mut tf);
             }
             for lane in &mut ints {
-                permute(&mut lane[bs..be], &scratch, &mut ti);
+                permute(&mut lane[bs..be], &perm, &mut ti);
             }
             for lane in masks.iter_mut().flatten() {
-                permute(&mut lane[bs..be], &scratch, &mut tb);
+                permute(&mut lane[bs..be], &perm, &mut tb);
             }
         }
         drop(seq);
-        crate::profile::stage(format_args!("sweep: events sorted by time within keys"));
 
-        let stv = spine.t.values();
-        let sp_ok = |i: usize| sid[i] != NULL_ID && spine.t.is_valid(i);
-        let (sblock, mut srows) = group_by_key(&sid, nkeys, sp_ok);
+        let stv = &spine.t;
+        let sid = &spine.ids;
+        let sp_ok = |i: usize| sid[i] != NULL_ID;
+        let (sblock, mut srows) = group_by_key(sid, nkeys, sp_ok);
         for k in 0..nkeys {
             srows[sblock[k] as usize..sblock[k + 1] as usize]
                 .sort_unstable_by_key(|&i| stv[i as usize]);
@@ -280,7 +440,7 @@ impl Sorted {
         let n_valid = srows.len();
         let st = srows.iter().map(|&i| stv[i as usize]).collect();
         srows.extend((0..sid.len() as u32).filter(|&i| !sp_ok(i as usize)));
-        Ok(Sorted {
+        Sorted {
             order,
             ts,
             created,
@@ -292,7 +452,7 @@ impl Sorted {
             n_valid,
             sblock,
             st,
-        })
+        }
     }
 
     /// For each valid spine row (in `srows` order) the range `lo..hi` of sorted event
@@ -462,16 +622,14 @@ enum PrefixKind {
     Moments,
 }
 
-/// What one feature computes for a key's block. Numeric inputs are indices into the
-/// per-key gathered value buffers (`Blocks::floats` / `Blocks::ints`).
+/// What one feature computes for a key's block. Numeric inputs are lanes of the sorted
+/// bucket ([`Sorted::floats`] / [`Sorted::ints`]).
 enum Op {
     Count,
     IntSum,
     /// sum / mean / var / stddev as floats.
     Float(Agg),
-    First,
-    Last,
-    Latest,
+    Pick(Pick, Src),
     ExtremeF64(usize, bool),
     ExtremeI64(usize, bool),
     ExtremeDyn(Better),
@@ -479,7 +637,7 @@ enum Op {
     Distinct(Vec<u32>, Vec<u32>),
 }
 
-/// One output column, filled in `srows` order (spine rows grouped by key).
+/// One output column of a bucket, filled at each spine row's index in the bucket.
 enum Out {
     /// Counts: never null, 0 by default.
     Count(Vec<i64>),
@@ -501,8 +659,10 @@ struct Job<'a> {
     state: Option<StateKind>,
     /// Valid events per window, for states that keep a value.
     n: Vec<i64>,
-    /// The value column, for results taken from it (and min/max's output type).
+    /// The value column, for results taken from it.
     col: Option<ArrayRef>,
+    /// The value column's type (min/max return it).
+    col_type: Option<DataType>,
     out: Out,
 }
 
@@ -543,8 +703,6 @@ struct Block<'a> {
     st: &'a [i64],
     /// Partition spine row of each of the key's rows, in time order.
     rows: &'a [u32],
-    /// Position of the block's first row in `srows` order, where its results are written.
-    first: usize,
 }
 
 /// The block-at-a-time sweep: each key's events are gathered into small reused buffers and
@@ -554,10 +712,8 @@ struct Blocks<'a> {
     jobs: Vec<Job<'a>>,
     edges: Vec<Edges>,
     ttl: Option<Duration>,
-    masks: Vec<(Option<NullBuffer>, Option<BooleanArray>)>,
+    masks: usize,
     prefixes: Vec<PrefixDef>,
-    floats: Vec<Float64Array>,
-    ints: Vec<Int64Array>,
 }
 
 fn unset(rows: usize) -> BooleanBufferBuilder {
@@ -576,89 +732,56 @@ fn slot<T: PartialEq>(list: &mut Vec<T>, item: T) -> usize {
 impl<'a> Blocks<'a> {
     fn new(
         features: &'a [FeatureSpec],
+        layout: &Layout,
         ttl: Option<Duration>,
-        spine: &SpineSide,
+        rows: usize,
         ev: &EventSide,
     ) -> Result<Blocks<'a>> {
-        let rows = spine.rid.len();
         let mut edges = Vec::new();
-        let mut mask_keys: Vec<(Option<usize>, Option<usize>)> = Vec::new();
         let mut prefix_keys: Vec<(usize, PrefixKind, usize)> = Vec::new();
-        let (mut float_cols, mut int_cols): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
-        let (mut floats, mut ints) = (Vec::new(), Vec::new());
         let mut jobs = Vec::with_capacity(features.len());
-        for f in features {
-            let col = f.column.map(|c| ev.values[c].clone());
-            let mut float_input = |c: usize| -> Result<usize> {
-                if let Some(i) = float_cols.iter().position(|&x| x == c) {
-                    return Ok(i);
+        let raw = |c: usize| ev.raw[c].clone().ok_or_else(|| internal("raw column"));
+        for (f, &(input, mask)) in features.iter().zip(&layout.inputs) {
+            let col_type = f.column.map(|c| layout.types[c].clone());
+            let e = match f.kind {
+                Kind::Latest => Edges::Latest,
+                Kind::Agg(_, w) => Edges::Window(w),
+            };
+            let mut col = None;
+            let (op, prefix) = match input {
+                Input::Count => (Op::Count, None),
+                Input::Distinct(c) => {
+                    let (ids, n) = value_ids(&raw(c)?)?;
+                    (Op::Distinct(ids, vec![0; n]), None)
                 }
-                float_cols.push(c);
-                floats.push(as_f64(&ev.values[c])?);
-                Ok(floats.len() - 1)
-            };
-            let mut int_input = |c: usize| -> Result<usize> {
-                if let Some(i) = int_cols.iter().position(|&x| x == c) {
-                    return Ok(i);
+                Input::Pick(p, src) => {
+                    if let Src::Raw(c) = src {
+                        col = Some(raw(c)?);
+                    }
+                    (Op::Pick(p, src), None)
                 }
-                int_cols.push(c);
-                ints.push(as_i64(&ev.values[c], &f.label)?);
-                Ok(ints.len() - 1)
-            };
-            let need_col = || {
-                col.as_ref()
-                    .ok_or_else(|| internal("feature without a column"))
-            };
-            let (op, e, prefix) = match f.kind {
-                Kind::Latest => (Op::Latest, Edges::Latest, None),
-                Kind::Agg(agg, w) => {
-                    let op_prefix = match agg {
-                        Agg::Count => (Op::Count, None),
-                        Agg::First => (Op::First, None),
-                        Agg::Last => (Op::Last, None),
-                        Agg::CountDistinct => {
-                            let (ids, n) = value_ids(need_col()?)?;
-                            (Op::Distinct(ids, vec![0; n]), None)
-                        }
-                        Agg::Min | Agg::Max => {
-                            let c = need_col()?;
-                            let max = agg == Agg::Max;
-                            let ci = f.column.ok_or_else(|| internal("min/max column"))?;
-                            let op = match c.data_type() {
-                                DataType::Int64
-                                | DataType::Int32
-                                | DataType::Int16
-                                | DataType::Int8 => Op::ExtremeI64(int_input(ci)?, max),
-                                DataType::Float64 | DataType::Float32 => {
-                                    Op::ExtremeF64(float_input(ci)?, max)
-                                }
-                                _ => Op::ExtremeDyn(Better::new(c, max)?),
-                            };
-                            (op, None)
-                        }
-                        Agg::Sum | Agg::Mean | Agg::Var | Agg::Stddev => {
-                            let c = need_col()?;
-                            let ci = f.column.ok_or_else(|| internal("sum column"))?;
-                            if agg == Agg::Sum && c.data_type().is_integer() {
-                                (Op::IntSum, Some((PrefixKind::Int, int_input(ci)?)))
-                            } else {
-                                let kind = if matches!(agg, Agg::Var | Agg::Stddev) {
-                                    PrefixKind::Moments
-                                } else {
-                                    PrefixKind::Float
-                                };
-                                (Op::Float(agg), Some((kind, float_input(ci)?)))
-                            }
-                        }
+                Input::Extreme(Src::Float(g), max) => (Op::ExtremeF64(g, max), None),
+                Input::Extreme(Src::Int(g), max) => (Op::ExtremeI64(g, max), None),
+                Input::Extreme(Src::Raw(c), max) => {
+                    let a = raw(c)?;
+                    let better = Better::new(&a, max)?;
+                    col = Some(a);
+                    (Op::ExtremeDyn(better), None)
+                }
+                Input::IntSum(g) => (Op::IntSum, Some((PrefixKind::Int, g))),
+                Input::Float(agg, g) => {
+                    let kind = if matches!(agg, Agg::Var | Agg::Stddev) {
+                        PrefixKind::Moments
+                    } else {
+                        PrefixKind::Float
                     };
-                    (op_prefix.0, Edges::Window(w), op_prefix.1)
+                    (Op::Float(agg), Some((kind, g)))
                 }
             };
-            let mask = slot(&mut mask_keys, (f.column, f.filter));
             let prefix = prefix.map(|(kind, input)| slot(&mut prefix_keys, (mask, kind, input)));
             let state = if f.state {
                 Some(match f.kind {
-                    Kind::Agg(agg, _) => StateKind::of(agg, col.as_ref().map(|c| c.data_type()))
+                    Kind::Agg(agg, _) => StateKind::of(agg, col_type.as_ref())
                         .ok_or_else(|| internal("state of an aggregate without one"))?,
                     Kind::Latest => StateKind::Latest,
                 })
@@ -668,7 +791,9 @@ impl<'a> Blocks<'a> {
             let out = match (&op, state) {
                 (Op::Count | Op::Distinct(..), _) => Out::Count(vec![0; rows]),
                 (Op::IntSum, Some(_)) => Out::I128(vec![0; rows]),
-                (Op::IntSum | Op::ExtremeI64(..), _) => Out::I64(vec![0; rows], unset(rows)),
+                (Op::IntSum | Op::ExtremeI64(..) | Op::Pick(_, Src::Int(_)), _) => {
+                    Out::I64(vec![0; rows], unset(rows))
+                }
                 (Op::Float(agg), Some(_)) => {
                     let moments = matches!(agg, Agg::Var | Agg::Stddev);
                     let m = if moments { rows } else { 0 };
@@ -680,10 +805,10 @@ impl<'a> Blocks<'a> {
                         special: vec![[0; 3]; rows],
                     })
                 }
-                (Op::Float(_) | Op::ExtremeF64(..), _) => Out::F64(vec![0.0; rows], unset(rows)),
-                (Op::First | Op::Last | Op::Latest | Op::ExtremeDyn(_), _) => {
-                    Out::Idx(vec![NULL_ID; rows])
+                (Op::Float(_) | Op::ExtremeF64(..) | Op::Pick(_, Src::Float(_)), _) => {
+                    Out::F64(vec![0.0; rows], unset(rows))
                 }
+                (Op::Pick(_, Src::Raw(_)) | Op::ExtremeDyn(_), _) => Out::Idx(vec![NULL_ID; rows]),
             };
             let keeps_value = matches!(
                 state,
@@ -702,18 +827,10 @@ impl<'a> Blocks<'a> {
                     Vec::new()
                 },
                 col,
+                col_type,
                 out,
             });
         }
-        let masks = mask_keys
-            .iter()
-            .map(|&(c, fl)| {
-                (
-                    c.and_then(|c| ev.values[c].logical_nulls()),
-                    fl.map(|i| ev.filters[i].clone()),
-                )
-            })
-            .collect();
         let prefixes = prefix_keys
             .into_iter()
             .map(|(mask, kind, input)| PrefixDef { mask, kind, input })
@@ -722,49 +839,15 @@ impl<'a> Blocks<'a> {
             jobs,
             edges,
             ttl,
-            masks,
+            masks: layout.masks.len(),
             prefixes,
-            floats,
-            ints,
         })
-    }
-
-    /// The columns to carry into sorted order: numeric inputs, and which events each mask keeps.
-    fn lanes(&self) -> Lanes<'_> {
-        let masks = self
-            .masks
-            .iter()
-            .map(|(nulls, filter)| {
-                if nulls.is_none() && filter.is_none() {
-                    return None;
-                }
-                let len = nulls
-                    .as_ref()
-                    .map(|n| n.len())
-                    .or(filter.as_ref().map(|f| f.len()))
-                    .unwrap_or(0);
-                Some(
-                    (0..len)
-                        .map(|i| {
-                            (nulls.as_ref().is_none_or(|n| n.is_valid(i))
-                                && filter.as_ref().is_none_or(|f| f.is_valid(i) && f.value(i)))
-                                as u8
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
-        Lanes {
-            floats: self.floats.iter().map(|x| x.values().as_ref()).collect(),
-            ints: self.ints.iter().map(|x| x.values().as_ref()).collect(),
-            masks,
-        }
     }
 
     fn run(mut self, s: &Sorted, spine: &SpineSide) -> Result<Vec<ArrayRef>> {
         let nkeys = s.sblock.len() - 1;
         let mut ranges: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.edges.len()];
-        let mut masks: Vec<LocalMask> = (0..self.masks.len()).map(|_| Default::default()).collect();
+        let mut masks: Vec<LocalMask> = (0..self.masks).map(|_| Default::default()).collect();
         let mut prefixes: Vec<LocalPrefix> = (0..self.prefixes.len())
             .map(|_| Default::default())
             .collect();
@@ -780,7 +863,6 @@ impl<'a> Blocks<'a> {
                 idx: &s.order[bs..be],
                 st: &s.st[ss..se],
                 rows: &s.srows[ss..se],
-                first: ss,
             };
             for (w, e) in self.edges.iter().enumerate() {
                 match *e {
@@ -828,7 +910,6 @@ impl<'a> Blocks<'a> {
                 )?;
             }
         }
-        crate::profile::stage(format_args!("sweep: features"));
         self.jobs.into_iter().map(Job::finish).collect()
     }
 }
@@ -967,14 +1048,13 @@ impl Job<'_> {
             let (a, c) = vr(r);
             (c - a) as i64
         };
-        let rows = b.first..b.first + b.rows.len();
+        let rows = b.rows.iter().map(|&row| row as usize);
         if !self.n.is_empty() {
             for (r, row) in rows.clone().enumerate() {
                 self.n[row] = count(r);
             }
         }
         let nrows = b.rows.len();
-        let first = matches!(self.op, Op::First);
         match (&mut self.op, &mut self.out) {
             (Op::Count, Out::Count(v)) => {
                 for (r, row) in rows.enumerate() {
@@ -1003,20 +1083,39 @@ impl Job<'_> {
                     counts[id(j)] -= 1;
                 }
             }
-            (Op::First | Op::Last, Out::Idx(v)) => {
+            (Op::Pick(pick, src), out) => {
+                let (pick, src) = (*pick, *src);
                 for (r, row) in rows.enumerate() {
-                    let (a, c) = vr(r);
-                    if a < c {
-                        let j = if first { a } else { c - 1 };
-                        v[row] = b.idx[m.vpos[j] as usize];
-                    }
-                }
-            }
-            (Op::Latest, Out::Idx(v)) => {
-                for (r, row) in rows.enumerate() {
-                    let (l, h) = rg[r];
-                    if l < h {
-                        v[row] = b.idx[h as usize - 1];
+                    // the block position picked, if any
+                    let p = match pick {
+                        Pick::First | Pick::Last => {
+                            let (a, c) = vr(r);
+                            let j = if pick == Pick::First {
+                                a
+                            } else {
+                                c.wrapping_sub(1)
+                            };
+                            (a < c).then(|| m.vpos[j] as usize)
+                        }
+                        // the last event; from a lane, present only if its value is
+                        Pick::Latest => {
+                            let (l, h) = (rg[r].0 as usize, rg[r].1 as usize);
+                            (l < h).then(|| h - 1)
+                        }
+                    };
+                    let Some(p) = p else { continue };
+                    let present = pick != Pick::Latest || m.cnt[p + 1] > m.cnt[p];
+                    match (src, &mut *out) {
+                        (Src::Raw(_), Out::Idx(v)) => v[row] = b.idx[p],
+                        (Src::Float(g), Out::F64(v, valid)) if present => {
+                            v[row] = fx[g][p];
+                            valid.set_bit(row, true);
+                        }
+                        (Src::Int(g), Out::I64(v, valid)) if present => {
+                            v[row] = ix[g][p];
+                            valid.set_bit(row, true);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1067,7 +1166,7 @@ impl Job<'_> {
                         Out::I64(v, valid) if count(r) > 0 => {
                             v[row] = i64::try_from(s).map_err(|_| Error::SumOverflow {
                                 feature: self.spec.label.clone(),
-                                row: spine.rid.value(b.rows[r] as usize),
+                                row: spine.rid.value(row),
                             })?;
                             valid.set_bit(row, true);
                         }
@@ -1139,6 +1238,7 @@ impl Job<'_> {
             state,
             n,
             col,
+            col_type,
             out,
             ..
         } = self;
@@ -1155,15 +1255,15 @@ impl Job<'_> {
             }
             Out::I64(v, mut valid) => {
                 let a = Int64Array::new(v.into(), Some(NullBuffer::new(valid.finish())));
-                match (&op, &col) {
-                    (Op::ExtremeI64(..), Some(c)) => cast(&a, c.data_type())?,
+                match (&op, &col_type) {
+                    (Op::ExtremeI64(..), Some(t)) => cast(&a, t)?,
                     _ => Arc::new(a),
                 }
             }
             Out::F64(v, mut valid) => {
                 let a = Float64Array::new(v.into(), Some(NullBuffer::new(valid.finish())));
-                match (&op, &col) {
-                    (Op::ExtremeF64(..), Some(c)) => cast(&a, c.data_type())?,
+                match (&op, &col_type) {
+                    (Op::ExtremeF64(..), Some(t)) => cast(&a, t)?,
                     _ => Arc::new(a),
                 }
             }
@@ -1324,7 +1424,7 @@ fn take_values(col: Option<&ArrayRef>, idx: impl Iterator<Item = Option<u32>>) -
     Ok(take(col.as_ref(), &idx, None)?)
 }
 
-fn as_i64(col: &ArrayRef, label: &str) -> Result<Int64Array> {
+pub(crate) fn as_i64(col: &ArrayRef, label: &str) -> Result<Int64Array> {
     let opts = CastOptions {
         safe: false,
         ..Default::default()
@@ -1340,7 +1440,7 @@ fn as_i64(col: &ArrayRef, label: &str) -> Result<Int64Array> {
         .ok_or_else(|| internal("i64 cast"))
 }
 
-fn as_f64(col: &ArrayRef) -> Result<Float64Array> {
+pub(crate) fn as_f64(col: &ArrayRef) -> Result<Float64Array> {
     let a = cast(col, &DataType::Float64)?;
     a.as_any()
         .downcast_ref::<Float64Array>()
@@ -1408,62 +1508,6 @@ fn value_ids(col: &ArrayRef) -> Result<(Vec<u32>, usize)> {
         })
         .collect();
     Ok((ids, map.len()))
-}
-
-/// Dense key ids shared by the spine and the events of a partition; `NULL_ID` where any key
-/// column is null.
-fn key_ids(spine: &[ArrayRef], ev: &[ArrayRef]) -> Result<(Vec<u32>, Vec<u32>, usize)> {
-    if spine.len() == 1
-        && let (Some(s), Some(e)) = (
-            spine[0].as_any().downcast_ref::<Int64Array>(),
-            ev[0].as_any().downcast_ref::<Int64Array>(),
-        )
-    {
-        let mut map: HashMap<i64, u32, ahash::RandomState> = HashMap::default();
-        let mut id = |a: &Int64Array| -> Vec<u32> {
-            let vals = a.values();
-            (0..a.len())
-                .map(|i| {
-                    if a.is_null(i) {
-                        return NULL_ID;
-                    }
-                    let next = map.len() as u32;
-                    *map.entry(vals[i]).or_insert(next)
-                })
-                .collect()
-        };
-        let e = id(e);
-        let s = id(s);
-        return Ok((s, e, map.len()));
-    }
-    let fields = spine
-        .iter()
-        .map(|a| SortField::new(a.data_type().clone()))
-        .collect();
-    let conv = RowConverter::new(fields)?;
-    let srows = conv.convert_columns(spine)?;
-    let erows = conv.convert_columns(ev)?;
-    let mut map: HashMap<&[u8], u32, ahash::RandomState> = HashMap::default();
-    let e = assign_ids(&mut map, &erows, ev);
-    let s = assign_ids(&mut map, &srows, spine);
-    let n = map.len();
-    Ok((s, e, n))
-}
-
-fn assign_ids<'a>(
-    map: &mut HashMap<&'a [u8], u32, ahash::RandomState>,
-    rows: &'a arrow::row::Rows,
-    cols: &[ArrayRef],
-) -> Vec<u32> {
-    (0..rows.num_rows())
-        .map(|i| {
-            if cols.iter().any(|c| c.is_null(i)) {
-                return NULL_ID;
-            }
-            let next = map.len() as u32;
-            *map.entry(rows.row(i).data()).or_insert(next)
-        })
-        .collect()
 }
 
 /// Counting sort of the rows that pass `ok` by key id: `(block starts, row indices)`, rows

@@ -1,0 +1,480 @@
+//! A partition's events packed as they arrive (DESIGN §4).
+//!
+//! Each event whose key is in the spine and whose time is set is appended to one of
+//! [`BUCKETS`] buckets, chosen by a hash of its key: a bucket-local key id, its time, its
+//! source order and the lanes of the view's [`Layout`] — about 30 bytes for a typical view,
+//! against the ~40 of the Arrow batch it came in — and the batch is dropped. Events of keys
+//! the spine does not ask for are never kept. Buckets are then swept one at a time, so the
+//! sort's second copy is one bucket, not the partition. The hash is the one the spill files
+//! use, so a spilled bucket reads back into the same bucket.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
+    new_empty_array,
+};
+use datafusion::arrow::compute::{concat, max, min, take};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::create_hashes_with_hasher;
+
+use crate::sweep::{EventSide, Layout, NULL_ID, SpineSide, as_f64, as_i64};
+use crate::{Error, Result};
+
+/// Buckets per partition: the unit swept at once, and of spilling.
+pub const BUCKETS: usize = 32;
+/// Elements per chunk of a packed column.
+const CHUNK: usize = 4096;
+
+/// The bucket of each row: a hash of the key columns with fixed seeds.
+pub fn buckets_of(keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+    let mut hashes = vec![0u64; rows];
+    let seeds = ahash::RandomState::with_seeds(0x51ed, 0x9e37, 0x79b9, 0x7f4a);
+    create_hashes_with_hasher(keys, &seeds, &mut hashes)?;
+    Ok(hashes.iter().map(|h| (h % BUCKETS as u64) as u32).collect())
+}
+
+/// A column grown in fixed chunks: no doubling slack and no copy on growth.
+struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy> Chunked<T> {
+    #[inline]
+    fn push(&mut self, x: T) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(x),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK);
+                c.push(x);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        let mut v = Vec::with_capacity(self.len);
+        for c in self.chunks {
+            v.extend_from_slice(&c);
+        }
+        v
+    }
+}
+
+#[derive(Default)]
+struct Bucket {
+    ids: Chunked<u32>,
+    t: Chunked<i64>,
+    created: Chunked<i64>,
+    seq: Chunked<u64>,
+    floats: Vec<Chunked<f64>>,
+    ints: Vec<Chunked<i64>>,
+    masks: Vec<Option<Chunked<u8>>>,
+    /// Per value column / filter: the bucket's rows of each batch, where the layout keeps
+    /// the Arrow array.
+    raw: Vec<Vec<ArrayRef>>,
+    filters: Vec<Vec<ArrayRef>>,
+    /// Memory the bucket holds.
+    bytes: usize,
+}
+
+/// A key's bucket and its id in the bucket, as `id << 32 | bucket`.
+type Slot = u64;
+const NO_SLOT: Slot = u64::MAX;
+
+/// Spine keys to their slots: events find their bucket here instead of hashing again.
+enum Keys {
+    /// Integer keys in a narrow range (ids, mostly): a table indexed by key − min, so an
+    /// event costs an array read instead of a hash lookup.
+    Dense {
+        min: i64,
+        table: Vec<Slot>,
+    },
+    Int(HashMap<i64, Slot, ahash::RandomState>),
+    Rows(RowConverter, HashMap<Vec<u8>, Slot, ahash::RandomState>),
+}
+
+impl Keys {
+    /// The slot of each row's key (`NO_SLOT` for null keys); `new` gives unknown keys one.
+    fn slots(
+        &mut self,
+        keys: &[ArrayRef],
+        mut new: impl FnMut(usize) -> Option<Slot>,
+    ) -> Result<Vec<Slot>> {
+        let n = keys.first().map_or(0, |k| k.len());
+        let null = |i: usize| keys.iter().any(|k| k.is_null(i));
+        let int = || {
+            keys[0]
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| Error::Internal("key type".into()))
+        };
+        Ok(match self {
+            Keys::Dense { min, table } => {
+                let k = int()?;
+                let v = k.values();
+                (0..n)
+                    .map(|i| {
+                        let off = v[i].wrapping_sub(*min) as u64;
+                        if k.is_null(i) || off >= table.len() as u64 {
+                            return NO_SLOT;
+                        }
+                        let s = &mut table[off as usize];
+                        if *s == NO_SLOT {
+                            *s = new(i).unwrap_or(NO_SLOT);
+                        }
+                        *s
+                    })
+                    .collect()
+            }
+            Keys::Int(map) => {
+                let v = int()?.values();
+                (0..n)
+                    .map(|i| {
+                        if null(i) {
+                            return NO_SLOT;
+                        }
+                        match map.get(&v[i]) {
+                            Some(&id) => id,
+                            None => new(i)
+                                .inspect(|&id| {
+                                    map.insert(v[i], id);
+                                })
+                                .unwrap_or(NO_SLOT),
+                        }
+                    })
+                    .collect()
+            }
+            Keys::Rows(conv, map) => {
+                let rows = conv.convert_columns(keys)?;
+                (0..n)
+                    .map(|i| {
+                        if null(i) {
+                            return NO_SLOT;
+                        }
+                        let r = rows.row(i);
+                        match map.get(r.as_ref()) {
+                            Some(&id) => id,
+                            None => new(i)
+                                .inspect(|&id| {
+                                    map.insert(r.as_ref().to_vec(), id);
+                                })
+                                .unwrap_or(NO_SLOT),
+                        }
+                    })
+                    .collect()
+            }
+        })
+    }
+}
+
+/// One partition's spine, split into buckets, and its events packed into the same buckets.
+pub struct Pack<'l> {
+    layout: &'l Layout,
+    keys: Keys,
+    rid: UInt64Array,
+    spine_t: Int64Array,
+    spine_rows: Vec<Vec<u32>>,
+    spine_ids: Vec<Vec<u32>>,
+    nkeys: Vec<u32>,
+    buckets: Vec<Bucket>,
+    has_created: bool,
+    events: usize,
+    /// Packed bytes per event.
+    per_event: usize,
+}
+
+impl<'l> Pack<'l> {
+    /// `spine` holds the row id, the key columns and the time in microseconds.
+    pub fn new(
+        layout: &'l Layout,
+        spine: &RecordBatch,
+        key_count: usize,
+        has_created: bool,
+    ) -> Result<Pack<'l>> {
+        let sc = spine.columns();
+        let keys = &sc[1..1 + key_count];
+        let rid = sc[0]
+            .as_primitive_opt()
+            .cloned()
+            .ok_or_else(|| Error::Internal("rid".into()))?;
+        let spine_t: Int64Array = sc[1 + key_count]
+            .as_primitive_opt()
+            .cloned()
+            .ok_or_else(|| Error::Internal("spine time".into()))?;
+        let mut map = if let (1, Some(k)) = (key_count, keys[0].as_primitive_opt::<Int64Type>()) {
+            let (lo, hi) = (min(k), max(k));
+            match (lo, hi) {
+                // at most 8 slots per spine row (and a floor for small spines)
+                (Some(lo), Some(hi))
+                    if (hi as i128 - lo as i128) < (8 * k.len() as i128).max(1 << 16) =>
+                {
+                    Keys::Dense {
+                        min: lo,
+                        table: vec![NO_SLOT; (hi as i128 - lo as i128 + 1) as usize],
+                    }
+                }
+                _ => Keys::Int(HashMap::default()),
+            }
+        } else {
+            let fields = keys
+                .iter()
+                .map(|k| SortField::new(k.data_type().clone()))
+                .collect();
+            Keys::Rows(RowConverter::new(fields)?, HashMap::default())
+        };
+        let n = spine.num_rows();
+        let bucket = buckets_of(keys, n)?;
+        let mut nkeys = vec![0u32; BUCKETS];
+        let slots = map.slots(keys, |i| {
+            let b = bucket[i] as usize;
+            nkeys[b] += 1;
+            Some(((nkeys[b] - 1) as u64) << 32 | b as u64)
+        })?;
+        let (mut spine_rows, mut spine_ids) =
+            (vec![Vec::new(); BUCKETS], vec![Vec::new(); BUCKETS]);
+        for i in 0..n {
+            // rows without a key or a time match nothing; they go with bucket 0
+            let (b, id) = if slots[i] == NO_SLOT || spine_t.is_null(i) {
+                (0, NULL_ID)
+            } else {
+                (bucket[i] as usize, (slots[i] >> 32) as u32)
+            };
+            spine_rows[b].push(i as u32);
+            spine_ids[b].push(id);
+        }
+        let lanes = |b: &mut Bucket| {
+            b.floats = (0..layout.floats.len())
+                .map(|_| Chunked::default())
+                .collect();
+            b.ints = (0..layout.ints.len()).map(|_| Chunked::default()).collect();
+            b.masks = layout
+                .masks
+                .iter()
+                .map(|(c, f)| (c.is_some() || f.is_some()).then(Chunked::default))
+                .collect();
+            b.raw = vec![Vec::new(); layout.raw.len()];
+        };
+        let buckets = (0..BUCKETS)
+            .map(|_| {
+                let mut b = Bucket::default();
+                lanes(&mut b);
+                b
+            })
+            .collect();
+        Ok(Pack {
+            layout,
+            keys: map,
+            rid,
+            spine_t,
+            spine_rows,
+            spine_ids,
+            nkeys,
+            buckets,
+            has_created,
+            events: 0,
+            per_event: 4
+                + 8
+                + 8
+                + 8 * has_created as usize
+                + 8 * (layout.floats.len() + layout.ints.len())
+                + layout
+                    .masks
+                    .iter()
+                    .filter(|(c, f)| c.is_some() || f.is_some())
+                    .count(),
+        })
+    }
+
+    /// Events packed so far.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Memory the packed events hold, and the most any one bucket holds.
+    pub fn bytes(&self) -> (usize, usize) {
+        let each = self.buckets.iter().map(|b| b.bytes);
+        (each.clone().sum(), each.max().unwrap_or(0))
+    }
+
+    /// Pack one batch of events: the key columns, then `values` and `filters`, with the
+    /// times already in microseconds.
+    pub fn push(
+        &mut self,
+        keys: &[ArrayRef],
+        t: &Int64Array,
+        created: Option<&Int64Array>,
+        seq: &UInt64Array,
+        values: &[ArrayRef],
+        filters: &[BooleanArray],
+    ) -> Result<()> {
+        let n = t.len();
+        let layout = self.layout;
+        let slots = self.keys.slots(keys, |_| None)?;
+        let floats = layout
+            .floats
+            .iter()
+            .map(|&c| as_f64(&values[c]))
+            .collect::<Result<Vec<_>>>()?;
+        let ints = layout
+            .ints
+            .iter()
+            .zip(&layout.int_labels)
+            .map(|(&c, label)| as_i64(&values[c], label))
+            .collect::<Result<Vec<_>>>()?;
+        let masks: Vec<Option<Vec<u8>>> = layout
+            .masks
+            .iter()
+            .map(|&(c, f)| {
+                if c.is_none() && f.is_none() {
+                    return None;
+                }
+                let nulls = c.and_then(|c| values[c].logical_nulls());
+                let filter = f.map(|f| &filters[f]);
+                Some(
+                    (0..n)
+                        .map(|i| {
+                            (nulls.as_ref().is_none_or(|x| x.is_valid(i))
+                                && filter.is_none_or(|x| x.is_valid(i) && x.value(i)))
+                                as u8
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let keep_raw = layout.raw.iter().any(|&r| r) || layout.raw_filters;
+        let mut raw_rows: Vec<Vec<u32>> = vec![Vec::new(); if keep_raw { BUCKETS } else { 0 }];
+        // `seq` is kept whole: DataFusion may deal an input partition's batches round-robin
+        // before hashing them, so arrival order is not source order.
+        let (tv, sv) = (t.values(), seq.values());
+        for i in 0..n {
+            let slot = slots[i];
+            if slot == NO_SLOT || t.is_null(i) {
+                continue;
+            }
+            let (b, id) = ((slot & 0xffff_ffff) as usize, (slot >> 32) as u32);
+            let bk = &mut self.buckets[b];
+            bk.ids.push(id);
+            bk.t.push(tv[i]);
+            bk.seq.push(sv[i]);
+            if let Some(c) = created {
+                bk.created
+                    .push(if c.is_valid(i) { c.value(i) } else { i64::MIN });
+            }
+            for (lane, x) in bk.floats.iter_mut().zip(&floats) {
+                lane.push(x.values()[i]);
+            }
+            for (lane, x) in bk.ints.iter_mut().zip(&ints) {
+                lane.push(x.values()[i]);
+            }
+            for (lane, m) in bk.masks.iter_mut().zip(&masks) {
+                if let (Some(lane), Some(m)) = (lane, m) {
+                    lane.push(m[i]);
+                }
+            }
+            if keep_raw {
+                raw_rows[b].push(i as u32);
+            }
+            bk.bytes += self.per_event;
+            self.events += 1;
+        }
+        for (b, rows) in raw_rows.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let idx = UInt32Array::from(rows);
+            let bk = &mut self.buckets[b];
+            for (c, keep) in layout.raw.iter().enumerate() {
+                if *keep {
+                    let a = take(values[c].as_ref(), &idx, None)?;
+                    bk.bytes += a.get_array_memory_size();
+                    bk.raw[c].push(a);
+                }
+            }
+            if layout.raw_filters {
+                bk.filters.resize(filters.len(), Vec::new());
+                for (j, f) in filters.iter().enumerate() {
+                    let a = take(f, &idx, None)?;
+                    bk.bytes += a.get_array_memory_size();
+                    bk.filters[j].push(a);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Take bucket `b` out of the pack, ready to sweep.
+    pub fn take_bucket(&mut self, b: usize, filter_count: usize) -> Result<(SpineSide, EventSide)> {
+        let rows = std::mem::take(&mut self.spine_rows[b]);
+        let ids = std::mem::take(&mut self.spine_ids[b]);
+        let t = self.spine_t.values();
+        let spine = SpineSide {
+            t: rows.iter().map(|&r| t[r as usize]).collect(),
+            rid: take(&self.rid, &UInt32Array::from(rows), None)?
+                .as_primitive_opt()
+                .cloned()
+                .ok_or_else(|| Error::Internal("rid".into()))?,
+            ids,
+            nkeys: self.nkeys[b] as usize,
+        };
+        let bk = std::mem::take(&mut self.buckets[b]);
+        let layout = self.layout;
+        let joined = |parts: Vec<ArrayRef>, ty: &DataType| -> Result<ArrayRef> {
+            if parts.is_empty() {
+                return Ok(new_empty_array(ty));
+            }
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            Ok(concat(&refs)?)
+        };
+        let raw = bk
+            .raw
+            .into_iter()
+            .enumerate()
+            .map(|(c, parts)| {
+                layout
+                    .raw
+                    .get(c)
+                    .copied()
+                    .unwrap_or(false)
+                    .then(|| joined(parts, &layout.types[c]))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut filters = Vec::new();
+        if layout.raw_filters {
+            let mut parts = bk.filters;
+            parts.resize(filter_count, Vec::new());
+            for p in parts {
+                filters.push(Some(joined(p, &DataType::Boolean)?.as_boolean().clone()));
+            }
+        }
+        let ev = EventSide {
+            ids: bk.ids.into_vec(),
+            t: bk.t.into_vec(),
+            created: self.has_created.then(|| bk.created.into_vec()),
+            seq: bk.seq.into_vec(),
+            floats: bk.floats.into_iter().map(Chunked::into_vec).collect(),
+            ints: bk.ints.into_iter().map(Chunked::into_vec).collect(),
+            masks: bk
+                .masks
+                .into_iter()
+                .map(|m| m.map(Chunked::into_vec))
+                .collect(),
+            raw,
+            filters,
+        };
+        Ok((spine, ev))
+    }
+}
