@@ -1322,14 +1322,23 @@ impl Engine {
         // partitions' batches.
         let mut pos = vec![(usize::MAX, 0usize); n];
         let mut seen = 0usize;
+        // When every piece lists its rows in ascending spine order (the block sweep's buckets
+        // do), a row's piece is enough: each piece is then read front to back, a k-way merge.
+        let mut merge = (batches.len() <= u16::MAX as usize).then(|| vec![0u16; n]);
         for (bi, b) in batches.iter().enumerate() {
             let rid = b
                 .column(0)
                 .as_any()
                 .downcast_ref::<UInt64Array>()
                 .ok_or_else(|| Error::Internal("rid".into()))?;
+            if !rid.values().windows(2).all(|w| w[0] < w[1]) {
+                merge = None;
+            }
             for (row, r) in rid.values().iter().enumerate() {
                 pos[*r as usize] = (bi, row);
+                if let Some(m) = merge.as_mut() {
+                    m[*r as usize] = bi as u16;
+                }
                 seen += 1;
             }
         }
@@ -1347,7 +1356,7 @@ impl Engine {
             jobs[j % threads].push((j, pieces));
         }
         drop(batches);
-        let pos = &pos;
+        let (pos, merge) = (&pos, merge.as_deref());
         let cols: Vec<ArrayRef> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .into_iter()
@@ -1361,7 +1370,7 @@ impl Engine {
                                 }
                                 let parts: Vec<&dyn Array> =
                                     pieces.iter().map(|a| a.as_ref()).collect();
-                                gather_column(&parts, pos).map(|c| (j, c))
+                                gather_column(&parts, pos, merge).map(|c| (j, c))
                             })
                             .collect::<Result<Vec<_>>>()
                     })
@@ -1614,8 +1623,13 @@ fn few_keys(sbatch: &RecordBatch, cap: usize) -> (Option<Vec<Expr>>, u64) {
 }
 
 /// Rows `pos` (partition batch, row) of a column, for the common primitive types without
-/// `interleave`'s per-element indirection; other types go through [`interleave_columns`].
-fn gather_column(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<ArrayRef> {
+/// `interleave`'s per-element indirection — by merging when `merge` names each row's piece
+/// and pieces are in row order; other types go through [`interleave_columns`].
+fn gather_column(
+    parts: &[&dyn Array],
+    pos: &[(usize, usize)],
+    merge: Option<&[u16]>,
+) -> Result<ArrayRef> {
     use datafusion::arrow::array::{AsArray, PrimitiveArray};
     use datafusion::arrow::buffer::NullBuffer;
     use datafusion::arrow::datatypes::{Float64Type, Int64Type};
@@ -1623,11 +1637,35 @@ fn gather_column(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<ArrayRe
         ($t:ty) => {{
             let arrs: Vec<&PrimitiveArray<$t>> =
                 parts.iter().map(|p| p.as_primitive::<$t>()).collect();
-            let values: Vec<_> = pos.iter().map(|&(b, r)| arrs[b].values()[r]).collect();
-            let nulls = arrs
-                .iter()
-                .any(|a| a.null_count() > 0)
-                .then(|| NullBuffer::from_iter(pos.iter().map(|&(b, r)| arrs[b].is_valid(r))));
+            let has_nulls = arrs.iter().any(|a| a.null_count() > 0);
+            let (values, nulls): (Vec<_>, _) = match merge {
+                Some(m) => {
+                    let mut at = vec![0usize; arrs.len()];
+                    let values = m
+                        .iter()
+                        .map(|&b| {
+                            let b = b as usize;
+                            at[b] += 1;
+                            arrs[b].values()[at[b] - 1]
+                        })
+                        .collect();
+                    let nulls = has_nulls.then(|| {
+                        at.fill(0);
+                        NullBuffer::from_iter(m.iter().map(|&b| {
+                            let b = b as usize;
+                            at[b] += 1;
+                            arrs[b].is_valid(at[b] - 1)
+                        }))
+                    });
+                    (values, nulls)
+                }
+                None => (
+                    pos.iter().map(|&(b, r)| arrs[b].values()[r]).collect(),
+                    has_nulls.then(|| {
+                        NullBuffer::from_iter(pos.iter().map(|&(b, r)| arrs[b].is_valid(r)))
+                    }),
+                ),
+            };
             let a = PrimitiveArray::<$t>::new(values.into(), nulls)
                 .with_data_type(parts[0].data_type().clone());
             Ok(Arc::new(a) as ArrayRef)
@@ -1654,7 +1692,7 @@ fn interleave_columns(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<Ar
     let children = (0..fields.len())
         .map(|c| {
             let col: Vec<&dyn Array> = structs.iter().map(|s| s.column(c).as_ref()).collect();
-            gather_column(&col, pos)
+            gather_column(&col, pos, None)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(StructArray::try_new(fields, children, None)?))

@@ -630,6 +630,8 @@ enum Op {
     /// sum / mean / var / stddev as floats.
     Float(Agg),
     Pick(Pick, Src),
+    /// Min or max over a block's order-preserving i64 keys (`Blocks::keys`) of a float or
+    /// integer lane.
     ExtremeF64(usize, bool),
     ExtremeI64(usize, bool),
     ExtremeDyn(Better),
@@ -714,6 +716,9 @@ struct Blocks<'a> {
     ttl: Option<Duration>,
     masks: usize,
     prefixes: Vec<PrefixDef>,
+    /// (mask, lane) of each array of min/max keys, built once per block and shared by every
+    /// window.
+    keys: Vec<(usize, Src)>,
 }
 
 fn unset(rows: usize) -> BooleanBufferBuilder {
@@ -739,6 +744,7 @@ impl<'a> Blocks<'a> {
     ) -> Result<Blocks<'a>> {
         let mut edges = Vec::new();
         let mut prefix_keys: Vec<(usize, PrefixKind, usize)> = Vec::new();
+        let mut keys: Vec<(usize, Src)> = Vec::new();
         let mut jobs = Vec::with_capacity(features.len());
         let raw = |c: usize| ev.raw[c].clone().ok_or_else(|| internal("raw column"));
         for (f, &(input, mask)) in features.iter().zip(&layout.inputs) {
@@ -760,8 +766,12 @@ impl<'a> Blocks<'a> {
                     }
                     (Op::Pick(p, src), None)
                 }
-                Input::Extreme(Src::Float(g), max) => (Op::ExtremeF64(g, max), None),
-                Input::Extreme(Src::Int(g), max) => (Op::ExtremeI64(g, max), None),
+                Input::Extreme(src @ Src::Float(_), max) => {
+                    (Op::ExtremeF64(slot(&mut keys, (mask, src)), max), None)
+                }
+                Input::Extreme(src @ Src::Int(_), max) => {
+                    (Op::ExtremeI64(slot(&mut keys, (mask, src)), max), None)
+                }
                 Input::Extreme(Src::Raw(c), max) => {
                     let a = raw(c)?;
                     let better = Better::new(&a, max)?;
@@ -840,6 +850,7 @@ impl<'a> Blocks<'a> {
             edges,
             ttl,
             masks: layout.masks.len(),
+            keys,
             prefixes,
         })
     }
@@ -852,6 +863,7 @@ impl<'a> Blocks<'a> {
             .map(|_| Default::default())
             .collect();
         let mut scratch = Scratch::default();
+        let mut kvs: Vec<Vec<i64>> = vec![Vec::new(); self.keys.len()];
         for k in 0..nkeys {
             let (ss, se) = (s.sblock[k] as usize, s.sblock[k + 1] as usize);
             if ss == se {
@@ -898,13 +910,22 @@ impl<'a> Blocks<'a> {
                     kind => prefixes[p].floats(fx[def.input], m, kind == PrefixKind::Moments),
                 }
             }
+            for (kv, &(mask, src)) in kvs.iter_mut().zip(&self.keys) {
+                let vpos = &masks[mask].vpos;
+                kv.clear();
+                match src {
+                    Src::Float(g) => kv.extend(vpos.iter().map(|&p| f64_key(fx[g][p as usize]))),
+                    Src::Int(g) => kv.extend(vpos.iter().map(|&p| ix[g][p as usize])),
+                    Src::Raw(_) => {}
+                }
+            }
             for job in &mut self.jobs {
                 job.block(
                     &b,
                     &ranges[job.edges],
                     &masks[job.mask],
                     job.prefix.map(|p| &prefixes[p]),
-                    (&fx, &ix),
+                    (&fx, &ix, &kvs),
                     &mut scratch,
                     spine,
                 )?;
@@ -1035,7 +1056,7 @@ impl Job<'_> {
         rg: &[(u32, u32)],
         m: &LocalMask,
         prefix: Option<&LocalPrefix>,
-        (fx, ix): (&[&[f64]], &[&[i64]]),
+        (fx, ix, kvs): (&[&[f64]], &[&[i64]], &[Vec<i64>]),
         sc: &mut Scratch,
         spine: &SpineSide,
     ) -> Result<()> {
@@ -1119,10 +1140,15 @@ impl Job<'_> {
                     }
                 }
             }
-            (Op::ExtremeF64(g, max), Out::F64(v, valid)) => {
-                let x = fx[*g];
-                let key = |j: usize| f64_key(x[m.vpos[j] as usize]);
-                sliding_extreme((0..nrows).map(vr), key, &mut sc.sfx, *max, &mut sc.ext);
+            (Op::ExtremeF64(k, max), Out::F64(v, valid)) => {
+                let kv = &kvs[*k];
+                sliding_extreme(
+                    (0..nrows).map(vr),
+                    |j| kv[j],
+                    &mut sc.sfx,
+                    *max,
+                    &mut sc.ext,
+                );
                 for (row, e) in rows.zip(&sc.ext) {
                     if let Some(k) = e {
                         v[row] = key_f64(*k);
@@ -1130,10 +1156,15 @@ impl Job<'_> {
                     }
                 }
             }
-            (Op::ExtremeI64(g, max), Out::I64(v, valid)) => {
-                let x = ix[*g];
-                let key = |j: usize| x[m.vpos[j] as usize];
-                sliding_extreme((0..nrows).map(vr), key, &mut sc.sfx, *max, &mut sc.ext);
+            (Op::ExtremeI64(k, max), Out::I64(v, valid)) => {
+                let kv = &kvs[*k];
+                sliding_extreme(
+                    (0..nrows).map(vr),
+                    |j| kv[j],
+                    &mut sc.sfx,
+                    *max,
+                    &mut sc.ext,
+                );
                 for (row, e) in rows.zip(&sc.ext) {
                     if let Some(k) = e {
                         v[row] = *k;
