@@ -697,6 +697,9 @@ struct PrefixDef {
     input: usize,
 }
 
+/// A block's float and int lanes, and its min/max keys.
+type BlockLanes<'x> = (&'x [&'x [f64]], &'x [&'x [i64]], &'x [Vec<i64>]);
+
 /// One key's sorted events and spine rows.
 struct Block<'a> {
     ts: &'a [i64],
@@ -1056,7 +1059,7 @@ impl Job<'_> {
         rg: &[(u32, u32)],
         m: &LocalMask,
         prefix: Option<&LocalPrefix>,
-        (fx, ix, kvs): (&[&[f64]], &[&[i64]], &[Vec<i64>]),
+        (fx, ix, kvs): BlockLanes,
         sc: &mut Scratch,
         spine: &SpineSide,
     ) -> Result<()> {
