@@ -84,4 +84,13 @@ async fn small_memory_pool_spills_and_agrees() {
         "a 2 MB pool must force spilling"
     );
     assert_eq!(bounded.batch, free.batch);
+    // Pools of every size between "nothing fits" and "everything fits" finish and agree: a
+    // pool the operator fills would make DataFusion 55's RepartitionExec spill, and that
+    // can hang (apache/datafusion#24883), so each run has a deadline.
+    for limit in [1 << 20, 3 << 20, 4 << 20, 6 << 20, 8 << 20, 12 << 20] {
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), run(Some(limit)))
+            .await
+            .unwrap_or_else(|_| panic!("the join with a {limit}-byte pool did not finish"));
+        assert_eq!(out.batch, free.batch, "pool of {limit} bytes");
+    }
 }

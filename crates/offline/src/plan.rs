@@ -24,7 +24,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::context::QueryPlanner;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
@@ -366,12 +366,33 @@ impl ExecutionPlan for PitJoinExec {
         let spills = MetricBuilder::new(&self.metrics).spill_count(partition);
         let spec = self.spec.clone();
         let schema = self.schema();
+        let pool = context.memory_pool();
+        // Each partition packs events in memory up to half its share of a bounded pool; the
+        // rest is for the inputs' repartitioning and for sweeping spilled buckets.
+        let partitions = self
+            .properties()
+            .output_partitioning()
+            .partition_count()
+            .max(1);
+        let cap = match pool.memory_limit() {
+            MemoryLimit::Finite(n) => n / (2 * partitions),
+            _ => usize::MAX,
+        };
         let reservation = MemoryConsumer::new(format!("PitJoinExec[{partition}]"))
             .with_can_spill(true)
-            .register(context.memory_pool());
+            .register(pool);
         let out_schema = schema.clone();
         let fut = async move {
-            let batches = run(&spec, &out_schema, spine, events, &reservation, &spills).await;
+            let batches = run(
+                &spec,
+                &out_schema,
+                spine,
+                events,
+                &reservation,
+                cap,
+                &spills,
+            )
+            .await;
             reservation.free();
             batches.map(|b| futures::stream::iter(b.into_iter().map(Ok)))
         };
@@ -392,16 +413,20 @@ fn held(spine: usize, pack: &Pack) -> usize {
 }
 
 /// Collect a partition and sweep it. Events are packed into key-hash buckets as they
-/// arrive ([`crate::pack`]) and swept a bucket at a time. When the memory pool refuses
-/// more events, switch to spilling: every later batch is split by the same bucket hash into
-/// one file per bucket, and each bucket reads its file back just before it is swept, so
-/// memory is bounded by what was packed plus one bucket, not by the partition.
+/// arrive ([`crate::pack`]) and swept a bucket at a time. When the partition would hold more
+/// than `cap` bytes, or the memory pool refuses another batch, switch to spilling: every
+/// later batch is split by the same bucket hash into one file per bucket, and each bucket
+/// reads its file back just before it is swept, so memory is bounded by what was packed plus
+/// one bucket, not by the partition. The cap also keeps the inputs' own repartitioning from
+/// running out of memory: DataFusion 55's `RepartitionExec` can deadlock once it spills
+/// (apache/datafusion#24883).
 async fn run(
     spec: &ViewSpec,
     schema: &SchemaRef,
     mut spine: SendableRecordBatchStream,
     mut events: SendableRecordBatchStream,
     reservation: &MemoryReservation,
+    cap: usize,
     spills: &Count,
 ) -> DFResult<Vec<RecordBatch>> {
     let spine_schema = spine.schema();
@@ -436,7 +461,7 @@ async fn run(
         }
         let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
         // The batch as it arrives must fit; once packed, it holds far less.
-        if reservation.try_grow(need).is_ok() {
+        if reservation.size() + need <= cap && reservation.try_grow(need).is_ok() {
             push_batch(spec, &mut pack, &b)?;
             reservation.resize(held(spine_bytes, &pack));
         } else {
