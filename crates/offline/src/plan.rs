@@ -481,9 +481,11 @@ async fn run(
     for b in 0..BUCKETS {
         if let Some(files) = files.as_mut() {
             for batch in read_spilled(&mut files[b])? {
-                reservation.try_grow(batch.get_array_memory_size())?;
+                grow_waiting(reservation, batch.get_array_memory_size()).await?;
                 push_batch(spec, &mut pack, &batch)?;
-                reservation.try_resize(held(spine_bytes, &pack))?;
+                let now = held(spine_bytes, &pack);
+                grow_waiting(reservation, now.saturating_sub(reservation.size())).await?;
+                reservation.resize(now);
             }
         }
         let (sp, ev) = pack.take_bucket(b, spec.filter_count)?;
@@ -498,6 +500,23 @@ async fn run(
     crate::profile::stage(format_args!("{}: buckets swept", spec.view));
     Ok(out)
 }
+
+/// Grow a reservation, waiting while other consumers hold the pool: the inputs'
+/// repartitioning frees its buffers as the other partitions drain them. Gives up with the
+/// pool's error after [`MEMORY_WAIT`].
+async fn grow_waiting(reservation: &MemoryReservation, bytes: usize) -> DFResult<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match reservation.try_grow(bytes) {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() > MEMORY_WAIT => return Err(e),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// How long a spilled bucket waits for memory before the join fails.
+const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Pack one batch of the events input (keys, time, created, values, filters, seq).
 fn push_batch(spec: &ViewSpec, pack: &mut Pack, batch: &RecordBatch) -> DFResult<()> {
