@@ -19,9 +19,9 @@ rss() { grep "Maximum resident" "$1" | awk '{print $6/1024 " MB"}'; }
 secs() { grep "Elapsed (wall" "$1" | awk '{print $8}'; }
 echo "== Quiver's own stage timings (the floor: read + repartition, then the per-key sort)"
 QUIVER_PROFILE=1 "$q" join --repo "$dir" --spine "$dir/labels.parquet" --spine-timestamp ts --service w1 \
-  --out "$dir/quiver.parquet" 2>&1 | grep -vE "feature"
+  --out "$dir/quiver.parquet" --no-reuse 2>&1 | grep -vE "feature"
 /usr/bin/time -v "$q" join --repo "$dir" --spine "$dir/labels.parquet" --spine-timestamp ts --service w1 \
-  --out "$dir/quiver.parquet" 2> "$dir/quiver.time"
+  --out "$dir/quiver.parquet" --no-reuse 2> "$dir/quiver.time"
 echo "quiver: $(secs "$dir/quiver.time") wall, peak $(rss "$dir/quiver.time")"
 for e in $peers; do
   /usr/bin/time -v "$P" "$bench/peers.py" "$e" "$dir" "$dir/$e.parquet" 2> "$dir/$e.time"
