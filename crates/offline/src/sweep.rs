@@ -1143,7 +1143,7 @@ impl Job<'_> {
                     }
                 }
             }
-            (Op::ExtremeF64(k, max), Out::F64(v, valid)) => {
+            (Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max), out) => {
                 let kv = &kvs[*k];
                 sliding_extreme(
                     (0..nrows).map(vr),
@@ -1153,25 +1153,17 @@ impl Job<'_> {
                     &mut sc.ext,
                 );
                 for (row, e) in rows.zip(&sc.ext) {
-                    if let Some(k) = e {
-                        v[row] = key_f64(*k);
-                        valid.set_bit(row, true);
-                    }
-                }
-            }
-            (Op::ExtremeI64(k, max), Out::I64(v, valid)) => {
-                let kv = &kvs[*k];
-                sliding_extreme(
-                    (0..nrows).map(vr),
-                    |j| kv[j],
-                    &mut sc.sfx,
-                    *max,
-                    &mut sc.ext,
-                );
-                for (row, e) in rows.zip(&sc.ext) {
-                    if let Some(k) = e {
-                        v[row] = *k;
-                        valid.set_bit(row, true);
+                    let Some(k) = *e else { continue };
+                    match out {
+                        Out::F64(v, valid) => {
+                            v[row] = key_f64(k);
+                            valid.set_bit(row, true);
+                        }
+                        Out::I64(v, valid) => {
+                            v[row] = k;
+                            valid.set_bit(row, true);
+                        }
+                        _ => return Err(internal("min/max output")),
                     }
                 }
             }
