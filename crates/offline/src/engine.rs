@@ -1101,7 +1101,7 @@ impl Engine {
                     arrays.push(rest);
                     let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
                     let last = arrays.len() - 1;
-                    let idx: Vec<(usize, usize)> = c
+                    let idx = c
                         .rows
                         .iter()
                         .enumerate()
@@ -1110,7 +1110,7 @@ impl Engine {
                             None => (last, in_sub[r] as usize),
                         })
                         .collect();
-                    interleave_columns(&refs, &idx)?
+                    interleave_columns(&refs, &Rows::Pos(idx))?
                 }
                 (gate::Source::Cold, None, Some(c)) => c,
                 (gate::Source::Exact(e), None, _) => load(e)?,
@@ -1320,29 +1320,40 @@ impl Engine {
             .collect();
         // Put each row back at its spine position: one gather per feature, straight from the
         // partitions' batches.
-        let mut pos = vec![(usize::MAX, 0usize); n];
-        let mut seen = 0usize;
+        let rids = batches
+            .iter()
+            .map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map(|a| a.values())
+                    .ok_or_else(|| Error::Internal("rid".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
         // When every piece lists its rows in ascending spine order (the block sweep's buckets
         // do), a row's piece is enough: each piece is then read front to back, a k-way merge.
-        let mut merge = (batches.len() <= u16::MAX as usize).then(|| vec![0u16; n]);
-        for (bi, b) in batches.iter().enumerate() {
-            let rid = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .ok_or_else(|| Error::Internal("rid".into()))?;
-            if !rid.values().windows(2).all(|w| w[0] < w[1]) {
-                merge = None;
-            }
-            for (row, r) in rid.values().iter().enumerate() {
-                pos[*r as usize] = (bi, row);
-                if let Some(m) = merge.as_mut() {
-                    m[*r as usize] = bi as u16;
+        let ascending = batches.len() < u16::MAX as usize
+            && rids.iter().all(|r| r.windows(2).all(|w| w[0] < w[1]));
+        let mut rows = if ascending {
+            Rows::Merge(vec![u16::MAX; n])
+        } else {
+            Rows::Pos(vec![(usize::MAX, 0); n])
+        };
+        let mut seen = 0usize;
+        for (bi, rid) in rids.iter().enumerate() {
+            for (row, &r) in rid.iter().enumerate() {
+                match &mut rows {
+                    Rows::Merge(m) => m[r as usize] = bi as u16,
+                    Rows::Pos(p) => p[r as usize] = (bi, row),
                 }
                 seen += 1;
             }
         }
-        if seen != n || pos.iter().any(|p| p.0 == usize::MAX) {
+        let unset = match &rows {
+            Rows::Merge(m) => m.contains(&u16::MAX),
+            Rows::Pos(p) => p.iter().any(|p| p.0 == usize::MAX),
+        };
+        if seen != n || unset {
             return Err(Error::Internal(format!(
                 "join returned {seen} rows for {n} spine rows"
             )));
@@ -1356,7 +1367,7 @@ impl Engine {
             jobs[j % threads].push((j, pieces));
         }
         drop(batches);
-        let (pos, merge) = (&pos, merge.as_deref());
+        let rows = &rows;
         let cols: Vec<ArrayRef> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .into_iter()
@@ -1370,7 +1381,7 @@ impl Engine {
                                 }
                                 let parts: Vec<&dyn Array> =
                                     pieces.iter().map(|a| a.as_ref()).collect();
-                                gather_column(&parts, pos, merge).map(|c| (j, c))
+                                gather_column(&parts, rows).map(|c| (j, c))
                             })
                             .collect::<Result<Vec<_>>>()
                     })
@@ -1622,14 +1633,37 @@ fn few_keys(sbatch: &RecordBatch, cap: usize) -> (Option<Vec<Expr>>, u64) {
     (Some(seen.into_iter().map(lit).collect()), n)
 }
 
-/// Rows `pos` (partition batch, row) of a column, for the common primitive types without
-/// `interleave`'s per-element indirection — by merging when `merge` names each row's piece
-/// and pieces are in row order; other types go through [`interleave_columns`].
-fn gather_column(
-    parts: &[&dyn Array],
-    pos: &[(usize, usize)],
-    merge: Option<&[u16]>,
-) -> Result<ArrayRef> {
+/// Where each output row comes from.
+enum Rows {
+    /// Its piece, when every piece lists its rows in output order.
+    Merge(Vec<u16>),
+    /// Its (piece, row).
+    Pos(Vec<(usize, usize)>),
+}
+
+impl Rows {
+    fn positions(&self) -> std::borrow::Cow<'_, [(usize, usize)]> {
+        match self {
+            Rows::Pos(p) => std::borrow::Cow::Borrowed(p),
+            Rows::Merge(m) => {
+                let mut at = vec![0usize; m.iter().map(|&b| b as usize + 1).max().unwrap_or(0)];
+                std::borrow::Cow::Owned(
+                    m.iter()
+                        .map(|&b| {
+                            at[b as usize] += 1;
+                            (b as usize, at[b as usize] - 1)
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+/// A column's rows in output order, for the common primitive types without `interleave`'s
+/// per-element indirection — merging when pieces are in row order; other types go through
+/// [`interleave_columns`].
+fn gather_column(parts: &[&dyn Array], rows: &Rows) -> Result<ArrayRef> {
     use datafusion::arrow::array::{AsArray, PrimitiveArray};
     use datafusion::arrow::buffer::NullBuffer;
     use datafusion::arrow::datatypes::{Float64Type, Int64Type};
@@ -1638,8 +1672,8 @@ fn gather_column(
             let arrs: Vec<&PrimitiveArray<$t>> =
                 parts.iter().map(|p| p.as_primitive::<$t>()).collect();
             let has_nulls = arrs.iter().any(|a| a.null_count() > 0);
-            let (values, nulls): (Vec<_>, _) = match merge {
-                Some(m) => {
+            let (values, nulls): (Vec<_>, _) = match rows {
+                Rows::Merge(m) => {
                     let mut at = vec![0usize; arrs.len()];
                     let values = m
                         .iter()
@@ -1659,7 +1693,7 @@ fn gather_column(
                     });
                     (values, nulls)
                 }
-                None => (
+                Rows::Pos(pos) => (
                     pos.iter().map(|&(b, r)| arrs[b].values()[r]).collect(),
                     has_nulls.then(|| {
                         NullBuffer::from_iter(pos.iter().map(|&(b, r)| arrs[b].is_valid(r)))
@@ -1674,25 +1708,25 @@ fn gather_column(
     match parts[0].data_type() {
         DataType::Float64 => prim!(Float64Type),
         DataType::Int64 => prim!(Int64Type),
-        _ => interleave_columns(parts, pos),
+        _ => interleave_columns(parts, rows),
     }
 }
 
 /// `interleave`, child by child for struct columns (the reuse states): arrow's generic path
 /// for nested types is several times slower than its primitive kernels.
-fn interleave_columns(parts: &[&dyn Array], pos: &[(usize, usize)]) -> Result<ArrayRef> {
+fn interleave_columns(parts: &[&dyn Array], rows: &Rows) -> Result<ArrayRef> {
     use datafusion::arrow::array::{AsArray, StructArray};
     let Some(DataType::Struct(fields)) = parts.first().map(|p| p.data_type().clone()) else {
-        return Ok(interleave(parts, pos)?);
+        return Ok(interleave(parts, &rows.positions())?);
     };
     let structs: Vec<&StructArray> = parts.iter().map(|p| p.as_struct()).collect();
     if structs.iter().any(|s| s.nulls().is_some()) {
-        return Ok(interleave(parts, pos)?);
+        return Ok(interleave(parts, &rows.positions())?);
     }
     let children = (0..fields.len())
         .map(|c| {
             let col: Vec<&dyn Array> = structs.iter().map(|s| s.column(c).as_ref()).collect();
-            gather_column(&col, pos, None)
+            gather_column(&col, rows)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(StructArray::try_new(fields, children, None)?))
