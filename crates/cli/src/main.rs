@@ -715,6 +715,7 @@ async fn run_engine(command: Command) -> Result<()> {
                     register.as_deref(),
                 )
                 .await
+                .map(|(batch, plan, registered)| (batch.into(), plan, registered))
             } else {
                 let engine = engine_alive.insert(Engine::new(repo, opts)?);
                 let req = JoinRequest {
@@ -722,8 +723,10 @@ async fn run_engine(command: Command) -> Result<()> {
                     spine_timestamp,
                     full_names,
                 };
+                // The features stay in the sweep's pieces and are gathered as they are
+                // written.
                 engine
-                    .join_file(std::path::Path::new(&spine), &req)
+                    .join_file_table(std::path::Path::new(&spine), &req)
                     .await
                     .map(|o| {
                         let mut plan = o.explain;

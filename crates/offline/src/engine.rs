@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
-use datafusion::arrow::compute::{cast, concat_batches, interleave};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, DFSchema, ScalarValue};
@@ -26,6 +26,7 @@ use crate::reuse::{self, ReuseCatalog};
 use crate::state::{self, StateKind};
 use crate::stats::ScanStats;
 use crate::sweep::{FeatureSpec, Kind};
+use crate::table::{self, Column as OutColumn, Order, Table};
 use crate::{Error, Result, gate, source};
 
 /// How a session runs.
@@ -107,10 +108,10 @@ pub struct JoinRequest {
     pub full_names: bool,
 }
 
-/// The training set and what was done to build it.
-#[derive(Debug)]
-pub struct JoinOutput {
-    pub batch: RecordBatch,
+/// The training set and what was done to build it: a `RecordBatch`, or from
+/// [`Engine::join_table`] a [`Table`] whose features are gathered as they are written.
+pub struct JoinOutput<T = RecordBatch> {
+    pub batch: T,
     /// Human-readable plan: per view, the pruning applied and the physical plan.
     pub explain: Vec<String>,
     /// Partitions that did not fit the memory pool and were swept from disk in buckets.
@@ -121,6 +122,33 @@ pub struct JoinOutput {
     pub stored_bytes_read: u64,
     /// Features produced from stored states (exact, widened or narrowed).
     pub reused: usize,
+}
+
+impl JoinOutput<Table> {
+    /// The same output with every column gathered.
+    pub fn gathered(self) -> Result<JoinOutput> {
+        Ok(JoinOutput {
+            batch: self.batch.into_batch()?,
+            explain: self.explain,
+            spilled_partitions: self.spilled_partitions,
+            bytes_scanned: self.bytes_scanned,
+            stored_bytes_read: self.stored_bytes_read,
+            reused: self.reused,
+        })
+    }
+}
+
+impl std::fmt::Debug for JoinOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinOutput")
+            .field("batch", &self.batch)
+            .field("explain", &self.explain)
+            .field("spilled_partitions", &self.spilled_partitions)
+            .field("bytes_scanned", &self.bytes_scanned)
+            .field("stored_bytes_read", &self.stored_bytes_read)
+            .field("reused", &self.reused)
+            .finish()
+    }
 }
 
 /// A named version of a source and its files (for statistics).
@@ -453,8 +481,18 @@ impl Engine {
 
     /// Read a spine file (Parquet or CSV) and join.
     pub async fn join_file(&self, spine: &Path, req: &JoinRequest) -> Result<JoinOutput> {
+        self.join_file_table(spine, req).await?.gathered()
+    }
+
+    /// [`Engine::join_file`], its features left in the sweep's pieces for a writer to
+    /// gather (see [`Table`]).
+    pub async fn join_file_table(
+        &self,
+        spine: &Path,
+        req: &JoinRequest,
+    ) -> Result<JoinOutput<Table>> {
         let (schema, batches) = source::read_table(&self.ctx, spine).await?;
-        self.join(schema, batches, req).await
+        self.join_table(schema, batches, req).await
     }
 
     /// Build the training set for a spine: one row per spine row, in spine order, spine
@@ -465,6 +503,16 @@ impl Engine {
         batches: Vec<RecordBatch>,
         req: &JoinRequest,
     ) -> Result<JoinOutput> {
+        self.join_table(schema, batches, req).await?.gathered()
+    }
+
+    /// [`Engine::join`], its features left in the sweep's pieces for a writer to gather.
+    pub async fn join_table(
+        &self,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        req: &JoinRequest,
+    ) -> Result<JoinOutput<Table>> {
         if req.features.is_empty() {
             return Err(Error::Core(quiver_core::Error::Request(
                 "no features requested".into(),
@@ -531,7 +579,7 @@ impl Engine {
             .iter()
             .flatten()
             .fold((i64::MAX, i64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-        let mut columns: Vec<Option<ArrayRef>> = vec![None; req.features.len()];
+        let mut columns: Vec<Option<OutColumn>> = vec![None; req.features.len()];
         let mut spilled_partitions = 0;
         let (mut bytes_scanned, mut stored_bytes_read, mut reused) = (0, 0, 0);
         for (p, idx) in parts {
@@ -546,14 +594,18 @@ impl Engine {
             }
         }
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut arrays = spine.columns().to_vec();
+        let mut arrays: Vec<OutColumn> = spine
+            .columns()
+            .iter()
+            .cloned()
+            .map(OutColumn::Ready)
+            .collect();
         for (i, c) in columns.into_iter().enumerate() {
             let c = c.ok_or_else(|| Error::Internal("feature not computed".into()))?;
             fields.push(Field::new(&names[i], c.data_type().clone(), true));
             arrays.push(c);
         }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
-        debug_assert_eq!(batch.num_rows(), n);
+        let batch = Table::new(Arc::new(Schema::new(fields)), arrays, n)?;
         Ok(JoinOutput {
             batch,
             explain,
@@ -1047,6 +1099,11 @@ impl Engine {
             in_sub[r as usize] = j as u32;
         }
 
+        // States are combined, finished and stored whole: gather them (in parallel) now.
+        // Plain values stay in their pieces for the writer.
+        let cols = states_gathered(cols, &work)?;
+        let sub_cols = states_gathered(sub_cols, &sub_work)?;
+
         // Finish every feature; keep the states worth storing.
         let mut out = Vec::with_capacity(p.features.len());
         let mut to_store = Vec::new();
@@ -1067,6 +1124,7 @@ impl Engine {
                 out.push(computed.ok_or_else(|| Error::Internal("feature not computed".into()))?);
                 continue;
             };
+            let computed = computed.map(|c| c.array()).transpose()?;
             // latest values finish as their value, whatever the aggregate
             let agg = match f.kind {
                 Kind::Agg(agg, _) => agg,
@@ -1099,7 +1157,6 @@ impl Engine {
                         .map(&mut load)
                         .collect::<Result<Vec<_>>>()?;
                     arrays.push(rest);
-                    let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
                     let last = arrays.len() - 1;
                     let idx = c
                         .rows
@@ -1110,7 +1167,7 @@ impl Engine {
                             None => (last, in_sub[r] as usize),
                         })
                         .collect();
-                    interleave_columns(&refs, &Rows::Pos(idx))?
+                    OutColumn::from_positions(arrays, idx).array()?
                 }
                 (gate::Source::Cold, None, Some(c)) => c,
                 (gate::Source::Exact(e), None, _) => load(e)?,
@@ -1125,7 +1182,9 @@ impl Engine {
             if !matches!(options[i], gate::Source::Cold) || cross[i].is_some() {
                 reused += 1;
             }
-            out.push(state::finish(agg, kind, &state, &f.label)?);
+            out.push(OutColumn::Ready(state::finish(
+                agg, kind, &state, &f.label,
+            )?));
             if !matches!(options[i], gate::Source::Exact(_)) {
                 to_store.push((
                     reuse::Entry {
@@ -1201,7 +1260,7 @@ impl Engine {
         key_types: &[DataType],
         range: Option<(Option<i64>, i64)>,
         time_type: &DataType,
-    ) -> Result<(Vec<ArrayRef>, Vec<String>, usize, u64, u64)> {
+    ) -> Result<(Vec<OutColumn>, Vec<String>, usize, u64, u64)> {
         let n = sbatch.num_rows();
         let view = p.view;
         let src = p.source;
@@ -1318,85 +1377,32 @@ impl Engine {
             .flatten()
             .filter(|b| b.num_rows() > 0)
             .collect();
-        // Put each row back at its spine position: one gather per feature, straight from the
-        // partitions' batches.
-        let rids = batches
+        // Where each spine row sits among the pieces.
+        let ids = batches
             .iter()
             .map(|b| {
                 b.column(0)
                     .as_any()
                     .downcast_ref::<UInt64Array>()
-                    .map(|a| a.values())
+                    .map(|a| a.values().clone())
                     .ok_or_else(|| Error::Internal("rid".into()))
             })
             .collect::<Result<Vec<_>>>()?;
-        // When every piece lists its rows in ascending spine order (the block sweep's buckets
-        // do), a row's piece is enough: each piece is then read front to back, a k-way merge.
-        let ascending = batches.len() < u16::MAX as usize
-            && rids.iter().all(|r| r.windows(2).all(|w| w[0] < w[1]));
-        let mut rows = if ascending {
-            Rows::Merge(vec![u16::MAX; n])
-        } else {
-            Rows::Pos(vec![(usize::MAX, 0); n])
-        };
-        let mut seen = 0usize;
-        for (bi, rid) in rids.iter().enumerate() {
-            for (row, &r) in rid.iter().enumerate() {
-                match &mut rows {
-                    Rows::Merge(m) => m[r as usize] = bi as u16,
-                    Rows::Pos(p) => p[r as usize] = (bi, row),
+        let order = Arc::new(Order::from_row_ids(ids, n)?);
+        // The columns stay in their pieces: whoever reads the result gathers them in spine
+        // order (the Parquet writer a slice at a time, see `table`).
+        let cols: Vec<OutColumn> = (0..features.len())
+            .map(|j| {
+                if batches.is_empty() {
+                    let t = &features[j].output_type;
+                    return OutColumn::Ready(datafusion::arrow::array::new_empty_array(t));
                 }
-                seen += 1;
-            }
-        }
-        let unset = match &rows {
-            Rows::Merge(m) => m.contains(&u16::MAX),
-            Rows::Pos(p) => p.iter().any(|p| p.0 == usize::MAX),
-        };
-        if seen != n || unset {
-            return Err(Error::Internal(format!(
-                "join returned {seen} rows for {n} spine rows"
-            )));
-        }
-        // Columns are gathered in parallel, each from the partitions' pieces, which are freed
-        // as soon as their column is done so the result does not double the memory.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut jobs: Vec<Vec<(usize, Vec<ArrayRef>)>> = (0..threads).map(|_| Vec::new()).collect();
-        for j in 0..features.len() {
-            let pieces = batches.iter().map(|b| b.column(j + 1).clone()).collect();
-            jobs[j % threads].push((j, pieces));
-        }
-        drop(batches);
-        let rows = &rows;
-        let cols: Vec<ArrayRef> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .into_iter()
-                .map(|job| {
-                    scope.spawn(move || {
-                        job.into_iter()
-                            .map(|(j, pieces)| {
-                                if pieces.is_empty() {
-                                    let t = &features[j].output_type;
-                                    return Ok((j, datafusion::arrow::array::new_empty_array(t)));
-                                }
-                                let parts: Vec<&dyn Array> =
-                                    pieces.iter().map(|a| a.as_ref()).collect();
-                                gather_column(&parts, rows).map(|c| (j, c))
-                            })
-                            .collect::<Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for h in handles {
-                all.extend(
-                    h.join()
-                        .map_err(|_| Error::Internal("a column gather panicked".into()))??,
-                );
-            }
-            all.sort_by_key(|(j, _)| *j);
-            Ok::<_, Error>(all.into_iter().map(|(_, c)| c).collect())
-        })?;
+                OutColumn::Scattered {
+                    pieces: Arc::new(batches.iter().map(|b| b.column(j + 1).clone()).collect()),
+                    order: Arc::clone(&order),
+                }
+            })
+            .collect();
         Ok((cols, explain, spills, scanned, distinct))
     }
 
@@ -1424,7 +1430,7 @@ impl Engine {
 
 /// What one view contributed to a join.
 struct ViewResult {
-    columns: Vec<ArrayRef>,
+    columns: Vec<OutColumn>,
     explain: Vec<String>,
     spills: usize,
     bytes_scanned: u64,
@@ -1633,103 +1639,19 @@ fn few_keys(sbatch: &RecordBatch, cap: usize) -> (Option<Vec<Expr>>, u64) {
     (Some(seen.into_iter().map(lit).collect()), n)
 }
 
-/// Where each output row comes from.
-enum Rows {
-    /// Its piece, when every piece lists its rows in output order.
-    Merge(Vec<u16>),
-    /// Its (piece, row).
-    Pos(Vec<(usize, usize)>),
-}
-
-impl Rows {
-    fn positions(&self) -> std::borrow::Cow<'_, [(usize, usize)]> {
-        match self {
-            Rows::Pos(p) => std::borrow::Cow::Borrowed(p),
-            Rows::Merge(m) => {
-                let mut at = vec![0usize; m.iter().map(|&b| b as usize + 1).max().unwrap_or(0)];
-                std::borrow::Cow::Owned(
-                    m.iter()
-                        .map(|&b| {
-                            at[b as usize] += 1;
-                            (b as usize, at[b as usize] - 1)
-                        })
-                        .collect(),
-                )
-            }
-        }
+/// `cols` with the columns of the features swept as states gathered whole, in parallel;
+/// each one's pieces are released as it is done.
+fn states_gathered(mut cols: Vec<OutColumn>, feats: &[FeatureSpec]) -> Result<Vec<OutColumn>> {
+    let empty = || OutColumn::Ready(datafusion::arrow::array::new_null_array(&DataType::Null, 0));
+    let idx: Vec<usize> = (0..cols.len()).filter(|&j| feats[j].state).collect();
+    let states = idx
+        .iter()
+        .map(|&j| std::mem::replace(&mut cols[j], empty()))
+        .collect();
+    for (j, a) in idx.into_iter().zip(table::gather_all(states)?) {
+        cols[j] = OutColumn::Ready(a);
     }
-}
-
-/// A column's rows in output order, for the common primitive types without `interleave`'s
-/// per-element indirection — merging when pieces are in row order; other types go through
-/// [`interleave_columns`].
-fn gather_column(parts: &[&dyn Array], rows: &Rows) -> Result<ArrayRef> {
-    use datafusion::arrow::array::{AsArray, PrimitiveArray};
-    use datafusion::arrow::buffer::NullBuffer;
-    use datafusion::arrow::datatypes::{Float64Type, Int64Type};
-    macro_rules! prim {
-        ($t:ty) => {{
-            let arrs: Vec<&PrimitiveArray<$t>> =
-                parts.iter().map(|p| p.as_primitive::<$t>()).collect();
-            let has_nulls = arrs.iter().any(|a| a.null_count() > 0);
-            let (values, nulls): (Vec<_>, _) = match rows {
-                Rows::Merge(m) => {
-                    let mut at = vec![0usize; arrs.len()];
-                    let values = m
-                        .iter()
-                        .map(|&b| {
-                            let b = b as usize;
-                            at[b] += 1;
-                            arrs[b].values()[at[b] - 1]
-                        })
-                        .collect();
-                    let nulls = has_nulls.then(|| {
-                        at.fill(0);
-                        NullBuffer::from_iter(m.iter().map(|&b| {
-                            let b = b as usize;
-                            at[b] += 1;
-                            arrs[b].is_valid(at[b] - 1)
-                        }))
-                    });
-                    (values, nulls)
-                }
-                Rows::Pos(pos) => (
-                    pos.iter().map(|&(b, r)| arrs[b].values()[r]).collect(),
-                    has_nulls.then(|| {
-                        NullBuffer::from_iter(pos.iter().map(|&(b, r)| arrs[b].is_valid(r)))
-                    }),
-                ),
-            };
-            let a = PrimitiveArray::<$t>::new(values.into(), nulls)
-                .with_data_type(parts[0].data_type().clone());
-            Ok(Arc::new(a) as ArrayRef)
-        }};
-    }
-    match parts[0].data_type() {
-        DataType::Float64 => prim!(Float64Type),
-        DataType::Int64 => prim!(Int64Type),
-        _ => interleave_columns(parts, rows),
-    }
-}
-
-/// `interleave`, child by child for struct columns (the reuse states): arrow's generic path
-/// for nested types is several times slower than its primitive kernels.
-fn interleave_columns(parts: &[&dyn Array], rows: &Rows) -> Result<ArrayRef> {
-    use datafusion::arrow::array::{AsArray, StructArray};
-    let Some(DataType::Struct(fields)) = parts.first().map(|p| p.data_type().clone()) else {
-        return Ok(interleave(parts, &rows.positions())?);
-    };
-    let structs: Vec<&StructArray> = parts.iter().map(|p| p.as_struct()).collect();
-    if structs.iter().any(|s| s.nulls().is_some()) {
-        return Ok(interleave(parts, &rows.positions())?);
-    }
-    let children = (0..fields.len())
-        .map(|c| {
-            let col: Vec<&dyn Array> = structs.iter().map(|s| s.column(c).as_ref()).collect();
-            gather_column(&col, rows)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Arc::new(StructArray::try_new(fields, children, None)?))
+    Ok(cols)
 }
 
 /// The sum of a named metric over a physical plan and its children.

@@ -34,8 +34,10 @@ pub mod source;
 pub mod state;
 pub mod stats;
 pub mod sweep;
+pub mod table;
 
 pub use engine::{
     Engine, EngineOptions, JoinOutput, JoinRequest, SourceVersion, session, spine_time_column,
 };
 pub use error::{Error, Result};
+pub use table::{Columns, Table};

@@ -417,8 +417,22 @@ impl<'l> Pack<'l> {
 
     /// Take bucket `b` out of the pack, ready to sweep.
     pub fn take_bucket(&mut self, b: usize, filter_count: usize) -> Result<(SpineSide, EventSide)> {
-        let rows = std::mem::take(&mut self.spine_rows[b]);
-        let ids = std::mem::take(&mut self.spine_ids[b]);
+        let mut rows = std::mem::take(&mut self.spine_rows[b]);
+        let mut ids = std::mem::take(&mut self.spine_ids[b]);
+        // The bucket's spine rows in spine order, so its results are too and the caller
+        // merges buckets, reading each front to back, instead of fetching rows at random.
+        // They arrive as a few ascending runs (one per batch the repartitioning dealt), which
+        // the stable sort merges in near-linear time.
+        let rid = self.rid.values();
+        if !rows
+            .windows(2)
+            .all(|w| rid[w[0] as usize] < rid[w[1] as usize])
+        {
+            let mut pairs: Vec<(u32, u32)> =
+                rows.iter().copied().zip(ids.iter().copied()).collect();
+            pairs.sort_by_key(|&(r, _)| rid[r as usize]);
+            (rows, ids) = pairs.into_iter().unzip();
+        }
         let t = self.spine_t.values();
         let spine = SpineSide {
             t: rows.iter().map(|&r| t[r as usize]).collect(),

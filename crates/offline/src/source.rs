@@ -15,6 +15,7 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::SessionContext;
 use quiver_core::Source;
 
+use crate::table::Columns;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,7 +304,7 @@ pub async fn collect_table(
 
 /// Write a table as Parquet or CSV (by extension) through a temporary file in the same
 /// folder, renamed into place only when complete, so a failed join never replaces the output.
-pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
+pub fn write_table<C: Columns + ?Sized>(path: &Path, data: &C) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -317,13 +318,24 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
     let result = (|| -> Result<()> {
         let file = std::fs::File::create(&tmp).map_err(io)?;
         match Format::of(path) {
-            Format::Parquet => write_parquet(file, batch)
-                .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?,
+            Format::Parquet => write_parquet(file, data).map_err(|e| match e {
+                WriteError::Data(e) => e,
+                WriteError::Parquet(e) => Error::Source(format!("{}: {e}", path.display())),
+            })?,
             Format::Csv => {
                 let mut w = arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(file);
-                w.write(batch)?;
+                let rows = data.num_rows();
+                let mut off = 0;
+                while off < rows || off == 0 {
+                    let len = SLICE.min(rows - off);
+                    w.write(&data.slice_batch(off, len)?)?;
+                    off += len;
+                    if rows == 0 {
+                        break;
+                    }
+                }
             }
         }
         std::fs::rename(&tmp, path).map_err(io)
@@ -334,16 +346,48 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<()> {
     result
 }
 
+/// Rows a writer takes from each column at a time: small enough for the slice to stay in
+/// cache while it is encoded, large enough that per-call overheads vanish.
+const SLICE: usize = 1 << 14;
+
+/// Rows per Parquet row group, as Polars writes them: a row group's encoded pages are held
+/// until it is complete, and smaller groups reuse that memory instead of touching more.
+const ROW_GROUP: usize = 1 << 18;
+
+enum WriteError {
+    /// Gathering the rows failed.
+    Data(Error),
+    Parquet(parquet::errors::ParquetError),
+}
+
+impl From<parquet::errors::ParquetError> for WriteError {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        WriteError::Parquet(e)
+    }
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        WriteError::Data(e)
+    }
+}
+
 /// Parquet with the columns of each row group encoded in parallel, one thread per core: a
-/// training set is wide (a column per feature) and encoding is most of the time it takes to write.
-fn write_parquet(file: std::fs::File, batch: &RecordBatch) -> parquet::errors::Result<()> {
+/// training set is wide (a column per feature) and encoding is most of the time it takes to
+/// write. Each thread takes its columns a slice at a time, so a result whose features are
+/// still in the sweep's pieces ([`crate::table::Table`]) is reordered into a small buffer
+/// that is reused rather than into whole new columns.
+fn write_parquet<C: Columns + ?Sized>(
+    file: std::fs::File,
+    data: &C,
+) -> std::result::Result<(), WriteError> {
     use parquet::arrow::ArrowSchemaConverter;
     use parquet::arrow::arrow_writer::{
         ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves,
     };
     use parquet::file::writer::SerializedFileWriter;
 
-    let schema = batch.schema();
+    let schema = data.schema();
     let mut props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY);
     // Feature values are mostly distinct floats: dictionaries and compression cost time and
@@ -353,7 +397,11 @@ fn write_parquet(file: std::fs::File, batch: &RecordBatch) -> parquet::errors::R
             let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
             props = props
                 .set_column_dictionary_enabled(col.clone(), false)
-                .set_column_compression(col, parquet::basic::Compression::UNCOMPRESSED);
+                .set_column_compression(col.clone(), parquet::basic::Compression::UNCOMPRESSED)
+                .set_column_statistics_enabled(
+                    col,
+                    parquet::file::properties::EnabledStatistics::Chunk,
+                );
         }
     }
     let mut props = props.build();
@@ -369,35 +417,54 @@ fn write_parquet(file: std::fs::File, batch: &RecordBatch) -> parquet::errors::R
         props.clone(),
     )?;
     let factory = ArrowRowGroupWriterFactory::new(&writer, schema.clone());
+    // Leaf columns per field (a struct has several), from an empty array of its type.
+    let leaves_per_field = schema
+        .fields()
+        .iter()
+        .map(|f| Ok(compute_leaves(f, &arrow::array::new_empty_array(f.data_type()))?.len()))
+        .collect::<std::result::Result<Vec<_>, WriteError>>()?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let rows = 1 << 20;
+    let rows = data.num_rows();
     let mut off = 0;
     let mut rg = 0;
-    while off < batch.num_rows() || (rg == 0 && batch.num_rows() == 0) {
-        let len = rows.min(batch.num_rows() - off);
-        let part = batch.slice(off, len);
-        let mut leaves = Vec::new();
-        for (field, col) in schema.fields().iter().zip(part.columns()) {
-            leaves.extend(compute_leaves(field, col)?);
-        }
-        let writers = factory.create_column_writers(rg)?;
-        let mut jobs: Vec<Vec<(usize, _, _)>> = (0..threads).map(|_| Vec::new()).collect();
-        for (i, (w, leaf)) in writers.into_iter().zip(leaves).enumerate() {
-            jobs[i % threads].push((i, w, leaf));
+    while off < rows || (rg == 0 && rows == 0) {
+        let len = ROW_GROUP.min(rows - off);
+        let mut writers = factory.create_column_writers(rg)?.into_iter();
+        let mut jobs: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut leaf = 0;
+        for (i, &k) in leaves_per_field.iter().enumerate() {
+            let ws: Vec<_> = writers.by_ref().take(k).collect();
+            jobs[i % threads].push((i, leaf, ws));
+            leaf += k;
         }
         let mut chunks: Vec<(usize, ArrowColumnChunk)> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .into_iter()
                 .map(|job| {
+                    let schema = &schema;
                     scope.spawn(move || {
-                        job.into_iter()
-                            .map(|(i, mut w, leaf)| {
-                                w.write(&leaf)?;
-                                Ok((i, w.close()?))
-                            })
-                            .collect::<parquet::errors::Result<Vec<_>>>()
+                        let mut done = Vec::new();
+                        for (i, leaf, mut ws) in job {
+                            let field = schema.field(i);
+                            let mut at = 0;
+                            while at < len || at == 0 {
+                                let n = SLICE.min(len - at);
+                                let arr = data.column_slice(i, off + at, n)?;
+                                for (w, l) in ws.iter_mut().zip(compute_leaves(field, &arr)?) {
+                                    w.write(&l)?;
+                                }
+                                at += n;
+                                if len == 0 {
+                                    break;
+                                }
+                            }
+                            for (j, w) in ws.into_iter().enumerate() {
+                                done.push((leaf + j, w.close()?));
+                            }
+                        }
+                        Ok::<_, WriteError>(done)
                     })
                 })
                 .collect();
@@ -408,17 +475,19 @@ fn write_parquet(file: std::fs::File, batch: &RecordBatch) -> parquet::errors::R
                 })??;
                 all.extend(done);
             }
-            Ok::<_, parquet::errors::ParquetError>(all)
+            Ok::<_, WriteError>(all)
         })?;
         chunks.sort_by_key(|(i, _)| *i);
+        crate::profile::stage(format_args!("row group {rg} encoded"));
         let mut rgw = writer.next_row_group()?;
         for (_, chunk) in chunks {
             chunk.append_to_row_group(&mut rgw)?;
         }
         rgw.close()?;
+        crate::profile::stage(format_args!("row group {rg} written"));
         off += len;
         rg += 1;
-        if batch.num_rows() == 0 {
+        if rows == 0 {
             break;
         }
     }

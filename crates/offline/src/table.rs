@@ -1,0 +1,467 @@
+//! A training set whose feature columns may still lie in the sweep's pieces.
+//!
+//! The sweep returns each feature as pieces (one per bucket swept) plus where each spine row
+//! sits among them. Gathering a 2M-row, 21-feature result into whole new columns touched
+//! 336 MB of fresh memory, and on the machines Quiver is measured on those first touches
+//! (page faults zeroing pages) were most of that step's time. A [`Table`] keeps the pieces
+//! and gathers on demand: the Parquet writer asks for one slice of a column at a time into a
+//! buffer that is reused, so the reordered result never exists whole; [`Table::into_batch`]
+//! gathers everything for callers that want a `RecordBatch`.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use datafusion::arrow::array::BooleanBufferBuilder;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, PrimitiveArray, RecordBatch, StructArray, new_empty_array,
+};
+use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
+use datafusion::arrow::compute::interleave;
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Float64Type, Int64Type, SchemaRef,
+};
+
+use crate::{Error, Result};
+
+/// Where each output row comes from.
+pub(crate) enum Rows {
+    /// Each piece's output rows, ascending (the block sweep's buckets list theirs so): a
+    /// slice of the output takes a contiguous run of every piece, read front to back and
+    /// scattered into a buffer small enough to stay in cache.
+    Ascending(Vec<ScalarBuffer<u64>>),
+    /// Each output row's (piece, row).
+    Pos(Vec<(usize, usize)>),
+}
+
+/// [`Rows`] for an output of `len` rows, each drawn exactly once.
+pub(crate) struct Order {
+    rows: Rows,
+    len: usize,
+}
+
+impl Order {
+    /// The order of `n` output rows given each piece's output row ids; every row must come
+    /// from exactly one piece row.
+    pub(crate) fn from_row_ids(ids: Vec<ScalarBuffer<u64>>, n: usize) -> Result<Order> {
+        let count: usize = ids.iter().map(|r| r.len()).sum();
+        let wrong = || Error::Internal(format!("join returned {count} rows for {n} spine rows"));
+        if count != n || ids.iter().flatten().any(|&r| r as usize >= n) {
+            return Err(wrong());
+        }
+        let ascending = ids.iter().all(|r| r.windows(2).all(|w| w[0] < w[1]));
+        if ascending {
+            let mut seen = vec![false; n];
+            for &r in ids.iter().flatten() {
+                if std::mem::replace(&mut seen[r as usize], true) {
+                    return Err(wrong());
+                }
+            }
+            return Ok(Order {
+                rows: Rows::Ascending(ids),
+                len: n,
+            });
+        }
+        let mut pos = vec![(usize::MAX, 0); n];
+        for (b, rid) in ids.iter().enumerate() {
+            for (row, &r) in rid.iter().enumerate() {
+                pos[r as usize] = (b, row);
+            }
+        }
+        if pos.iter().any(|p| p.0 == usize::MAX) {
+            return Err(wrong());
+        }
+        Ok(Order::from(Rows::Pos(pos)))
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// For ascending pieces: the run of each piece's rows that lands in `off..off + len`.
+    fn runs(ids: &[ScalarBuffer<u64>], off: usize, len: usize) -> Vec<Range<usize>> {
+        let (lo, hi) = (off as u64, (off + len) as u64);
+        ids.iter()
+            .map(|r| r.partition_point(|&x| x < lo)..r.partition_point(|&x| x < hi))
+            .collect()
+    }
+
+    /// (piece, row) of output rows `off..off + len`.
+    fn positions(&self, off: usize, len: usize) -> Vec<(usize, usize)> {
+        match &self.rows {
+            Rows::Pos(p) => p[off..off + len].to_vec(),
+            Rows::Ascending(ids) => {
+                let mut pos = vec![(0, 0); len];
+                for (b, run) in Order::runs(ids, off, len).into_iter().enumerate() {
+                    for i in run {
+                        pos[ids[b][i] as usize - off] = (b, i);
+                    }
+                }
+                pos
+            }
+        }
+    }
+}
+
+impl From<Rows> for Order {
+    fn from(rows: Rows) -> Order {
+        let len = match &rows {
+            Rows::Ascending(ids) => ids.iter().map(|r| r.len()).sum(),
+            Rows::Pos(p) => p.len(),
+        };
+        Order { rows, len }
+    }
+}
+
+/// One output column: whole, or pieces and the order to read them in.
+#[derive(Clone)]
+pub(crate) enum Column {
+    Ready(ArrayRef),
+    Scattered {
+        pieces: Arc<Vec<ArrayRef>>,
+        order: Arc<Order>,
+    },
+}
+
+impl Column {
+    /// A column of rows drawn from any pieces by (piece, row).
+    pub(crate) fn from_positions(pieces: Vec<ArrayRef>, pos: Vec<(usize, usize)>) -> Column {
+        Column::Scattered {
+            pieces: Arc::new(pieces),
+            order: Arc::new(Order::from(Rows::Pos(pos))),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Column::Ready(a) => a.len(),
+            Column::Scattered { order, .. } => order.len(),
+        }
+    }
+
+    pub(crate) fn data_type(&self) -> &DataType {
+        match self {
+            Column::Ready(a) => a.data_type(),
+            Column::Scattered { pieces, .. } => {
+                pieces.first().map_or(&DataType::Null, |p| p.data_type())
+            }
+        }
+    }
+
+    /// Rows `off..off + len` as one array.
+    pub(crate) fn slice(&self, off: usize, len: usize) -> Result<ArrayRef> {
+        match self {
+            Column::Ready(a) => Ok(a.slice(off, len)),
+            Column::Scattered { pieces, order } => {
+                let parts: Vec<&dyn Array> = pieces.iter().map(|a| a.as_ref()).collect();
+                gather(&parts, order, off, len)
+            }
+        }
+    }
+
+    /// The whole column as one array.
+    pub(crate) fn array(&self) -> Result<ArrayRef> {
+        self.slice(0, self.len())
+    }
+}
+
+/// Output rows `off..off + len` of pieces read in `order`. Primitive columns are merged
+/// without `interleave`'s per-element indirection; structs (the reuse states) child by
+/// child, since arrow's generic path for nested types is several times slower.
+fn gather(parts: &[&dyn Array], order: &Order, off: usize, len: usize) -> Result<ArrayRef> {
+    let Some(first) = parts.first() else {
+        return Err(Error::Internal("a scattered column without pieces".into()));
+    };
+    match first.data_type() {
+        DataType::Float64 => Ok(gather_primitive::<Float64Type>(parts, order, off, len)),
+        DataType::Int64 => Ok(gather_primitive::<Int64Type>(parts, order, off, len)),
+        DataType::Struct(fields) => {
+            let structs: Vec<&StructArray> = parts.iter().map(|p| p.as_struct()).collect();
+            if structs.iter().any(|s| s.nulls().is_some()) {
+                return Ok(interleave(parts, &order.positions(off, len))?);
+            }
+            let children = (0..fields.len())
+                .map(|c| {
+                    let col: Vec<&dyn Array> =
+                        structs.iter().map(|s| s.column(c).as_ref()).collect();
+                    gather(&col, order, off, len)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Arc::new(StructArray::try_new(
+                fields.clone(),
+                children,
+                None,
+            )?))
+        }
+        _ => Ok(interleave(parts, &order.positions(off, len))?),
+    }
+}
+
+fn gather_primitive<T: ArrowPrimitiveType>(
+    parts: &[&dyn Array],
+    order: &Order,
+    off: usize,
+    len: usize,
+) -> ArrayRef {
+    let arrs: Vec<&PrimitiveArray<T>> = parts.iter().map(|p| p.as_primitive::<T>()).collect();
+    let mut values: Vec<T::Native> = vec![T::Native::default(); len];
+    let has_nulls = arrs.iter().any(|a| a.null_count() > 0);
+    let mut bits = BooleanBufferBuilder::new(if has_nulls { len } else { 0 });
+    if has_nulls {
+        bits.append_n(len, true);
+    }
+    match &order.rows {
+        Rows::Ascending(ids) => {
+            for (b, run) in Order::runs(ids, off, len).into_iter().enumerate() {
+                let (ids, vals) = (&ids[b][run.clone()], &arrs[b].values()[run.clone()]);
+                for (&r, &v) in ids.iter().zip(vals) {
+                    values[r as usize - off] = v;
+                }
+                if let Some(nulls) = arrs[b].nulls().filter(|n| n.null_count() > 0) {
+                    for (k, &r) in ids.iter().enumerate() {
+                        if nulls.is_null(run.start + k) {
+                            bits.set_bit(r as usize - off, false);
+                        }
+                    }
+                }
+            }
+        }
+        Rows::Pos(pos) => {
+            for (k, &(b, r)) in pos[off..off + len].iter().enumerate() {
+                values[k] = arrs[b].values()[r];
+                if has_nulls && arrs[b].is_null(r) {
+                    bits.set_bit(k, false);
+                }
+            }
+        }
+    }
+    let nulls = has_nulls.then(|| NullBuffer::new(bits.finish()));
+    Arc::new(
+        PrimitiveArray::<T>::new(values.into(), nulls).with_data_type(parts[0].data_type().clone()),
+    )
+}
+
+/// Whole columns, gathered in parallel; each column's pieces are released as soon as it is
+/// done (when nothing else holds them), so the result does not double the memory.
+pub(crate) fn gather_all(columns: Vec<Column>) -> Result<Vec<ArrayRef>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut jobs: Vec<Vec<(usize, Column)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (j, c) in columns.into_iter().enumerate() {
+        jobs[j % threads].push((j, c));
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                scope.spawn(move || {
+                    job.into_iter()
+                        .map(|(j, c)| c.array().map(|a| (j, a)))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| Error::Internal("a column gather panicked".into()))??,
+            );
+        }
+        all.sort_by_key(|(j, _)| *j);
+        Ok(all.into_iter().map(|(_, c)| c).collect())
+    })
+}
+
+/// A result's columns, read in slices: what the output writers take.
+pub trait Columns: Sync {
+    fn schema(&self) -> SchemaRef;
+    fn num_rows(&self) -> usize;
+    /// Rows `off..off + len` of column `i`.
+    fn column_slice(&self, i: usize, off: usize, len: usize) -> Result<ArrayRef>;
+    /// Rows `off..off + len` of every column.
+    fn slice_batch(&self, off: usize, len: usize) -> Result<RecordBatch> {
+        let cols = (0..self.schema().fields().len())
+            .map(|i| self.column_slice(i, off, len))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(self.schema(), cols)?)
+    }
+}
+
+impl Columns for RecordBatch {
+    fn schema(&self) -> SchemaRef {
+        RecordBatch::schema(self)
+    }
+    fn num_rows(&self) -> usize {
+        RecordBatch::num_rows(self)
+    }
+    fn column_slice(&self, i: usize, off: usize, len: usize) -> Result<ArrayRef> {
+        Ok(self.column(i).slice(off, len))
+    }
+}
+
+/// A training set: the spine's columns, then the features, some still in pieces.
+pub struct Table {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+    rows: usize,
+}
+
+impl Table {
+    pub(crate) fn new(schema: SchemaRef, columns: Vec<Column>, rows: usize) -> Result<Table> {
+        if columns.len() != schema.fields().len() || columns.iter().any(|c| c.len() != rows) {
+            return Err(Error::Internal(
+                "a training set's columns do not match its schema or row count".into(),
+            ));
+        }
+        Ok(Table {
+            schema,
+            columns,
+            rows,
+        })
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn num_columns(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Every column gathered, in parallel.
+    pub fn into_batch(self) -> Result<RecordBatch> {
+        let cols = gather_all(self.columns)?;
+        if cols.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema));
+        }
+        Ok(RecordBatch::try_new(self.schema, cols)?)
+    }
+}
+
+impl From<RecordBatch> for Table {
+    fn from(b: RecordBatch) -> Table {
+        Table {
+            schema: b.schema(),
+            rows: b.num_rows(),
+            columns: b.columns().iter().cloned().map(Column::Ready).collect(),
+        }
+    }
+}
+
+impl Columns for Table {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn num_rows(&self) -> usize {
+        self.rows
+    }
+    fn column_slice(&self, i: usize, off: usize, len: usize) -> Result<ArrayRef> {
+        if len == 0 {
+            return Ok(new_empty_array(self.schema.field(i).data_type()));
+        }
+        self.columns[i].slice(off, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    /// Pieces whose rows are ascending output rows, sliced anywhere, against the same rows
+    /// picked one by one.
+    #[test]
+    fn slices_of_ascending_pieces_equal_the_rows_they_name() {
+        let n = 70_001;
+        // three pieces dealt unevenly, each listing its rows ascending
+        let piece_of = |r: usize| (r * 7919 % 13 % 3) as u64;
+        let ids: Vec<Vec<u64>> = (0..3)
+            .map(|p| {
+                (0..n as u64)
+                    .filter(|&r| piece_of(r as usize) == p)
+                    .collect()
+            })
+            .collect();
+        let value = |r: u64| (!r.is_multiple_of(11)).then_some(r as f64 * 0.5);
+        let pieces: Vec<ArrayRef> = ids
+            .iter()
+            .map(|rs| Arc::new(Float64Array::from_iter(rs.iter().map(|&r| value(r)))) as ArrayRef)
+            .collect();
+        let order =
+            Order::from_row_ids(ids.into_iter().map(ScalarBuffer::from).collect(), n).unwrap();
+        assert!(matches!(order.rows, Rows::Ascending(_)));
+        let col = Column::Scattered {
+            pieces: Arc::new(pieces),
+            order: Arc::new(order),
+        };
+        let expected = Float64Array::from_iter((0..n as u64).map(value));
+        assert_eq!(
+            col.array().unwrap().as_primitive::<Float64Type>(),
+            &expected
+        );
+        for (off, len) in [(0, 1), (5, 16_384), (16_383, 3), (n - 9, 9), (40_000, 0)] {
+            let got = col.slice(off, len).unwrap();
+            assert_eq!(
+                got.as_primitive::<Float64Type>(),
+                &expected.slice(off, len),
+                "{off}+{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn row_ids_that_miss_or_repeat_a_row_are_refused() {
+        let ids = |v: Vec<Vec<u64>>| v.into_iter().map(ScalarBuffer::from).collect::<Vec<_>>();
+        assert!(Order::from_row_ids(ids(vec![vec![0, 2], vec![1]]), 3).is_ok());
+        // out of order within a piece: read by position instead
+        let o = Order::from_row_ids(ids(vec![vec![2, 0], vec![1]]), 3).unwrap();
+        assert_eq!(o.positions(0, 3), vec![(0, 1), (1, 0), (0, 0)]);
+        for bad in [
+            vec![vec![0, 1], vec![1]],
+            vec![vec![0, 3], vec![1]],
+            vec![vec![0], vec![1]],
+        ] {
+            assert!(Order::from_row_ids(ids(bad.clone()), 3).is_err(), "{bad:?}");
+        }
+        assert!(Order::from_row_ids(ids(vec![vec![1, 0], vec![1]]), 3).is_err());
+    }
+
+    #[test]
+    fn positions_gather_any_type_and_tables_write_slices() {
+        let pieces: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![Some("a"), None])),
+            Arc::new(StringArray::from(vec!["b", "c"])),
+        ];
+        let col = Column::from_positions(pieces, vec![(1, 1), (0, 0), (0, 1), (1, 0)]);
+        let ints = Column::from_positions(
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(Int64Array::from(vec![3, 4])),
+            ],
+            vec![(1, 1), (0, 0), (0, 1), (1, 0)],
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("i", DataType::Int64, true),
+        ]));
+        let t = Table::new(schema, vec![col, ints], 4).unwrap();
+        let b = t.slice_batch(1, 3).unwrap();
+        assert_eq!(
+            b.column(0).as_string::<i32>(),
+            &StringArray::from(vec![Some("a"), None, Some("b")])
+        );
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![1, 2, 3])
+        );
+        let all = t.into_batch().unwrap();
+        assert_eq!(
+            all.column(1).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![4, 1, 2, 3])
+        );
+    }
+}
