@@ -231,7 +231,8 @@ impl Engine {
         table: Arc<dyn TableProvider>,
         version: SourceVersion,
     ) -> Self {
-        self.tables.insert(source.to_string(), table);
+        self.tables
+            .insert(source.to_string(), in_source_order(table));
         self.versions.insert(source.to_string(), version);
         self
     }
@@ -257,7 +258,8 @@ impl Engine {
     /// Read a source from this table instead of its files (tests, embedding). Its version
     /// is unknown, so nothing computed from it is reused.
     pub fn with_source_table(mut self, source: &str, table: Arc<dyn TableProvider>) -> Self {
-        self.tables.insert(source.to_string(), table);
+        self.tables
+            .insert(source.to_string(), in_source_order(table));
         self.versions.remove(source);
         self
     }
@@ -1317,6 +1319,10 @@ impl Engine {
         for (i, f) in p.filters.iter().enumerate() {
             proj.push(coalesce(vec![f.clone(), lit(false)]).alias(plan::filter_col(i)));
         }
+        // an in-memory source numbered its rows itself (`in_source_order`)
+        if tschema.field_with_name(plan::SEQ).is_ok() {
+            proj.push(column(plan::SEQ));
+        }
         let mut read: Vec<&str> = view.join_keys.iter().map(|s| s.as_str()).collect();
         read.push(&src.timestamp);
         read.extend(src.created_timestamp.as_deref());
@@ -1667,11 +1673,53 @@ fn metric_sum(plan: &dyn datafusion::physical_plan::ExecutionPlan, name: &str) -
         .sum::<u64>()
 }
 
+/// An in-memory table with its source order attached as `__seq` (the row's place, partition
+/// by partition), in one partition. DataFusion deals a `MemTable`'s batches out to more
+/// partitions sorted by size, and round-robins them when it cannot, so numbering rows after
+/// the scan ([`plan::SeqExec`], right for files) would not be the table's order; ties on
+/// event time are broken by that order (DESIGN §3). Other providers are returned as they are.
+fn in_source_order(table: Arc<dyn TableProvider>) -> Arc<dyn TableProvider> {
+    let Some(mem) = table.downcast_ref::<MemTable>() else {
+        return table;
+    };
+    let schema = mem.schema();
+    if schema.field_with_name(plan::SEQ).is_ok() {
+        return table;
+    }
+    let mut batches = Vec::new();
+    for part in &mem.batches {
+        let Ok(part) = part.try_read() else {
+            return table;
+        };
+        batches.extend(part.iter().cloned());
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(plan::SEQ, DataType::UInt64, false));
+    let numbered = Arc::new(Schema::new(fields));
+    let mut next = 0u64;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let n = b.num_rows() as u64;
+        let mut cols = b.columns().to_vec();
+        cols.push(Arc::new(UInt64Array::from_iter_values(next..next + n)));
+        next += n;
+        match RecordBatch::try_new(numbered.clone(), cols) {
+            Ok(b) => out.push(b),
+            Err(_) => return table,
+        }
+    }
+    match MemTable::try_new(numbered, vec![out]) {
+        Ok(t) => Arc::new(t),
+        Err(_) => table,
+    }
+}
+
 /// A schema's column names, for messages.
 fn column_names(schema: &Schema) -> String {
     schema
         .fields()
         .iter()
+        .filter(|f| f.name() != plan::SEQ)
         .map(|f| f.name().as_str())
         .collect::<Vec<_>>()
         .join(", ")

@@ -624,6 +624,8 @@ fn downcast<T: Array + 'static>(a: &ArrayRef) -> DFResult<&T> {
 /// Appends `__seq`: the input partition in the high bits, the row within it in the low bits.
 /// DataFusion gives file scans contiguous, ordered slices of the sorted file list, so this
 /// number orders events as the source does (file, then row) even after hash repartitioning.
+/// An input that already carries `__seq` (in-memory sources number their rows themselves)
+/// passes through unchanged.
 #[derive(Debug)]
 pub struct SeqExec {
     input: Arc<dyn ExecutionPlan>,
@@ -638,7 +640,9 @@ impl SeqExec {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        fields.push(Field::new(SEQ, DataType::UInt64, false));
+        if !fields.iter().any(|f| f.name() == SEQ) {
+            fields.push(Field::new(SEQ, DataType::UInt64, false));
+        }
         let schema = Arc::new(Schema::new(fields));
         let cache = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
@@ -713,6 +717,9 @@ impl ExecutionPlan for SeqExec {
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
+        if self.input.schema().field_with_name(SEQ).is_ok() {
+            return Ok(input);
+        }
         let schema = self.schema();
         let out = schema.clone();
         let mut next = (partition as u64) << 40;
