@@ -320,6 +320,47 @@ fn permute<T: Copy>(lane: &mut [T], perm: &[u32], tmp: &mut Vec<T>) {
     lane[..tmp.len()].copy_from_slice(tmp);
 }
 
+/// Bits that hold a position below `n`.
+fn position_bits(n: usize) -> u32 {
+    usize::BITS - n.saturating_sub(1).leading_zeros()
+}
+
+/// `(t − min) << bits | position` for each time, when the span of times and the positions
+/// fit in 64 bits together (a key's events over a few years, at microseconds, do).
+fn pack_keys(ts: &[i64], out: &mut Vec<u64>) -> bool {
+    let (Some(&lo), Some(&hi)) = (ts.iter().min(), ts.iter().max()) else {
+        return false;
+    };
+    let bits = position_bits(ts.len());
+    let span = (hi as i128 - lo as i128) as u128;
+    if bits >= 64 || span >= 1u128 << (64 - bits) {
+        return false;
+    }
+    out.clear();
+    out.extend(
+        ts.iter()
+            .enumerate()
+            .map(|(p, &t)| ((t.wrapping_sub(lo) as u64) << bits) | p as u64),
+    );
+    true
+}
+
+/// Order each run of `perm` whose items tie (`same(i, j)` on their indices in `perm`) by
+/// source order.
+fn sort_ties(perm: &mut [u32], same: impl Fn(usize, usize) -> bool, src: impl Fn(u32) -> u64) {
+    let mut i = 0;
+    while i < perm.len() {
+        let mut e = i + 1;
+        while e < perm.len() && same(i, e) {
+            e += 1;
+        }
+        if e - i > 1 {
+            perm[i..e].sort_unstable_by_key(|&x| src(x));
+        }
+        i = e;
+    }
+}
+
 impl Sorted {
     fn new(spine: &SpineSide, ev: &mut EventSide) -> Sorted {
         let nkeys = spine.nkeys;
@@ -375,47 +416,49 @@ impl Sorted {
         // keys — source order only breaks the rare ties afterwards, which keeps the sorted
         // items small — and every lane follows the same permutation.
         let mut scratch: Vec<(i64, i64, u32)> = Vec::new();
+        let mut packed: Vec<u64> = Vec::new();
         let mut perm: Vec<u32> = Vec::new();
-        let (mut tf, mut ti, mut tu, mut tb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut tf, mut ti, mut tu, mut tb, mut tt) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for k in 0..nkeys {
             let (bs, be) = (eblock[k] as usize, eblock[k + 1] as usize);
-            scratch.clear();
-            scratch.extend((bs..be).map(|p| {
-                let c = created.as_ref().map_or(0, |c| c[p]);
-                (ts[p], c, (p - bs) as u32)
-            }));
-            let src = |x: &(i64, i64, u32)| seq[bs + x.2 as usize];
-            let before =
-                |x: &(i64, i64, u32), y: &(i64, i64, u32)| (x.0, x.1, src(x)) <= (y.0, y.1, src(y));
+            let c = |p: usize| created.as_ref().map_or(0, |c| c[p]);
+            let key = |p: usize| (ts[p], c(p), seq[p]);
             // Sources stored sorted by (key, time) skip the sort: checking is one pass.
-            if scratch.windows(2).all(|w| before(&w[0], &w[1])) {
+            if (bs + 1..be).all(|p| key(p - 1) <= key(p)) {
                 continue;
             }
-            scratch.sort_unstable();
-            let mut i = 0;
-            while i < scratch.len() {
-                let mut e = i + 1;
-                while e < scratch.len()
-                    && scratch[e].0 == scratch[i].0
-                    && scratch[e].1 == scratch[i].1
-                {
-                    e += 1;
-                }
-                if e - i > 1 {
-                    scratch[i..e].sort_unstable_by_key(src);
-                }
-                i = e;
-            }
-            for (j, x) in scratch.iter().enumerate() {
-                ts[bs + j] = x.0;
-            }
-            if let Some(c) = created.as_mut() {
-                for (j, x) in scratch.iter().enumerate() {
-                    c[bs + j] = x.1;
-                }
-            }
+            let src = |x: u32| seq[bs + x as usize];
             perm.clear();
-            perm.extend(scratch.iter().map(|x| x.2));
+            if created.is_none() && pack_keys(&ts[bs..be], &mut packed) {
+                // (time, position) packed in a u64 sorts about twice as fast as a tuple.
+                packed.sort_unstable();
+                let bits = position_bits(be - bs);
+                let mask = (1u64 << bits) - 1;
+                perm.extend(packed.iter().map(|&x| (x & mask) as u32));
+                sort_ties(
+                    &mut perm,
+                    |a, b| packed[a] >> bits == packed[b] >> bits,
+                    src,
+                );
+            } else {
+                // Source order only breaks the rare ties afterwards, which keeps the sorted
+                // items small.
+                scratch.clear();
+                scratch.extend((bs..be).map(|p| (ts[p], c(p), (p - bs) as u32)));
+                scratch.sort_unstable();
+                perm.extend(scratch.iter().map(|x| x.2));
+                sort_ties(
+                    &mut perm,
+                    |a, b| scratch[a].0 == scratch[b].0 && scratch[a].1 == scratch[b].1,
+                    src,
+                );
+            }
+            // every lane follows the same permutation
+            permute(&mut ts[bs..be], &perm, &mut tt);
+            if let Some(c) = created.as_mut() {
+                permute(&mut c[bs..be], &perm, &mut tt);
+            }
             permute(&mut order[bs..be], &perm, &mut tu);
             for lane in &mut floats {
                 permute(&mut lane[bs..be], &perm, &mut tf);
