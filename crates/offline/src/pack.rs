@@ -196,6 +196,28 @@ pub struct Pack<'l> {
     per_event: usize,
 }
 
+/// The positions of `rid` in ascending order of their values (distinct spine row ids): a
+/// scatter through a table when they are dense, as a partition's share of a spine is, else a
+/// sort.
+fn spine_order(rid: &[u64]) -> Vec<u32> {
+    let (Some(&lo), Some(&hi)) = (rid.iter().min(), rid.iter().max()) else {
+        return Vec::new();
+    };
+    if ((hi - lo) as u128) < 4 * rid.len() as u128 + 1024 {
+        let mut at = vec![u32::MAX; (hi - lo + 1) as usize];
+        for (i, &r) in rid.iter().enumerate() {
+            at[(r - lo) as usize] = i as u32;
+        }
+        at.retain(|&i| i != u32::MAX);
+        if at.len() == rid.len() {
+            return at;
+        }
+    }
+    let mut order: Vec<u32> = (0..rid.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| rid[i as usize]);
+    order
+}
+
 impl<'l> Pack<'l> {
     /// `spine` holds the row id, the key columns and the time in microseconds.
     pub fn new(
@@ -245,7 +267,10 @@ impl<'l> Pack<'l> {
         })?;
         let (mut spine_rows, mut spine_ids) =
             (vec![Vec::new(); BUCKETS], vec![Vec::new(); BUCKETS]);
-        for i in 0..n {
+        // Rows are dealt to buckets in spine order, so each bucket's results come out in
+        // spine order and the buckets merge front to back (`table`).
+        for i in spine_order(rid.values()) {
+            let i = i as usize;
             // rows without a key or a time match nothing; they go with bucket 0
             let (b, id) = if slots[i] == NO_SLOT || spine_t.is_null(i) {
                 (0, NULL_ID)
@@ -419,10 +444,8 @@ impl<'l> Pack<'l> {
     pub fn take_bucket(&mut self, b: usize, filter_count: usize) -> Result<(SpineSide, EventSide)> {
         let mut rows = std::mem::take(&mut self.spine_rows[b]);
         let mut ids = std::mem::take(&mut self.spine_ids[b]);
-        // The bucket's spine rows in spine order, so its results are too and the caller
-        // merges buckets, reading each front to back, instead of fetching rows at random.
-        // They arrive as a few ascending runs (one per batch the repartitioning dealt), which
-        // the stable sort merges in near-linear time.
+        // The bucket's spine rows in spine order (as `new` dealt them; sorted here only if
+        // ids repeat), so its results are too and the caller merges buckets front to back.
         let rid = self.rid.values();
         if !rows
             .windows(2)
@@ -430,7 +453,7 @@ impl<'l> Pack<'l> {
         {
             let mut pairs: Vec<(u32, u32)> =
                 rows.iter().copied().zip(ids.iter().copied()).collect();
-            pairs.sort_by_key(|&(r, _)| rid[r as usize]);
+            pairs.sort_unstable_by_key(|&(r, _)| rid[r as usize]);
             (rows, ids) = pairs.into_iter().unzip();
         }
         let t = self.spine_t.values();
@@ -490,5 +513,24 @@ impl<'l> Pack<'l> {
             filters,
         };
         Ok((spine, ev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spine_order;
+
+    #[test]
+    fn spine_order_lists_positions_by_ascending_row_id() {
+        let check = |rid: &[u64]| {
+            let order = spine_order(rid);
+            assert_eq!(order.len(), rid.len());
+            let ids: Vec<u64> = order.iter().map(|&i| rid[i as usize]).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{rid:?} -> {order:?}");
+        };
+        check(&[]);
+        check(&[5]);
+        check(&[4, 0, 2, 8, 6]); // dense: through the table
+        check(&[3, 1 << 40, 7, u64::MAX, 0]); // sparse: sorted
     }
 }

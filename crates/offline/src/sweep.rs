@@ -910,6 +910,7 @@ impl<'a> Blocks<'a> {
             .collect();
         let mut scratch = Scratch::default();
         let mut kvs: Vec<Vec<i64>> = vec![Vec::new(); self.keys.len()];
+        let mut segs: Vec<((usize, bool, usize), Segments)> = Vec::new();
         for k in 0..nkeys {
             let (ss, se) = (s.sblock[k] as usize, s.sblock[k + 1] as usize);
             if ss == se {
@@ -965,13 +966,42 @@ impl<'a> Blocks<'a> {
                     Src::Raw(_) => {}
                 }
             }
+            // Min/max features whose windows end together (a sum's 1d and 90d windows do)
+            // share one pass over the key's values: see `Segments`.
+            segs.clear();
+            for job in &self.jobs {
+                let (Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max)) = job.op else {
+                    continue;
+                };
+                let hi = |w: usize| ranges[w].iter().map(|x| x.1);
+                let g = (0..job.edges)
+                    .find(|&w| hi(w).eq(hi(job.edges)))
+                    .unwrap_or(job.edges);
+                if !segs.iter().any(|(key, _)| *key == (k, max, g)) {
+                    let cnt = &masks[job.mask].cnt;
+                    let ends = hi(g).map(|h| cnt[h as usize]).collect();
+                    segs.push(((k, max, g), Segments::new(&kvs[k], ends, max)));
+                }
+            }
             for job in &mut self.jobs {
+                let seg = match job.op {
+                    Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max) => {
+                        let hi = |w: usize| ranges[w].iter().map(|x| x.1);
+                        segs.iter()
+                            .find(|((k2, m2, g), _)| {
+                                (*k2, *m2) == (k, max) && hi(*g).eq(hi(job.edges))
+                            })
+                            .map(|(_, s)| s)
+                    }
+                    _ => None,
+                };
                 job.block(
                     &b,
                     &ranges[job.edges],
                     &masks[job.mask],
                     job.prefix.map(|p| &prefixes[p]),
                     (&fx, &ix, &kvs),
+                    seg,
                     &mut scratch,
                     spine,
                 )?;
@@ -1103,6 +1133,7 @@ impl Job<'_> {
         m: &LocalMask,
         prefix: Option<&LocalPrefix>,
         (fx, ix, kvs): BlockLanes,
+        seg: Option<&Segments>,
         sc: &mut Scratch,
         spine: &SpineSide,
     ) -> Result<()> {
@@ -1187,14 +1218,19 @@ impl Job<'_> {
                 }
             }
             (Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max), out) => {
-                let kv = &kvs[*k];
-                sliding_extreme(
-                    (0..nrows).map(vr),
-                    |j| kv[j],
-                    &mut sc.sfx,
-                    *max,
-                    &mut sc.ext,
-                );
+                match seg {
+                    Some(seg) => seg.query((0..nrows).map(vr), sc),
+                    None => {
+                        let kv = &kvs[*k];
+                        sliding_extreme(
+                            (0..nrows).map(vr),
+                            |j| kv[j],
+                            &mut sc.sfx,
+                            *max,
+                            &mut sc.ext,
+                        )
+                    }
+                }
                 for (row, e) in rows.zip(&sc.ext) {
                     let Some(k) = *e else { continue };
                     match out {
@@ -1359,6 +1395,88 @@ struct Scratch {
     sfx: Vec<i64>,
     ext: Vec<Option<i64>>,
     best: Vec<Option<u32>>,
+    tails: Vec<Option<i64>>,
+    spans: Vec<(usize, usize)>,
+}
+
+/// Sliding min or max for windows that all end where a spine row's window ends, in one pass
+/// over the values shared by every such window. The values split into segments, segment `r`
+/// running from the previous spine row's window end to row `r`'s; a window `a..end(r)` is
+/// then the suffix of the segment holding `a` (kept per value) plus whole segments up to `r`,
+/// whose extremes slide over a list as long as the rows, not the values. A min/max costs
+/// about one step per spine row instead of two per event; the values are read once for all.
+struct Segments {
+    ends: Vec<u32>,
+    max: bool,
+    /// `suffix[j]`: the extreme of values `j..` to the end of j's segment.
+    suffix: Vec<i64>,
+    /// Each segment's extreme (the identity when empty).
+    whole: Vec<i64>,
+}
+
+impl Segments {
+    fn new(keys: &[i64], ends: Vec<u32>, max: bool) -> Segments {
+        let (identity, ext): (i64, fn(i64, i64) -> i64) = if max {
+            (i64::MIN, i64::max)
+        } else {
+            (i64::MAX, i64::min)
+        };
+        let last = ends.last().map_or(0, |&e| e as usize);
+        let mut suffix = vec![identity; last];
+        let mut whole = Vec::with_capacity(ends.len());
+        let mut start = 0usize;
+        for &e in &ends {
+            let e = e as usize;
+            let mut acc = identity;
+            for j in (start..e).rev() {
+                acc = ext(acc, keys[j]);
+                suffix[j] = acc;
+            }
+            whole.push(acc);
+            start = start.max(e);
+        }
+        Segments {
+            ends,
+            max,
+            suffix,
+            whole,
+        }
+    }
+
+    /// The extreme of each window `a..b` (row `r`'s, with `b` its window end), into `sc.ext`.
+    fn query(&self, windows: impl Iterator<Item = (usize, usize)>, sc: &mut Scratch) {
+        sc.ext.clear();
+        sc.spans.clear();
+        let (mut s, mut first) = (0usize, 0usize);
+        for (r, (a, b)) in windows.enumerate() {
+            debug_assert_eq!(b, self.ends[r] as usize);
+            if a >= b {
+                sc.ext.push(None);
+                // empty, and keeping both ends where they were keeps them non-decreasing
+                sc.spans.push((first, first));
+                continue;
+            }
+            while self.ends[s] as usize <= a {
+                s += 1;
+            }
+            sc.ext.push(Some(self.suffix[a]));
+            first = s + 1;
+            sc.spans.push((first, r + 1));
+        }
+        let whole = &self.whole;
+        sliding_extreme(
+            sc.spans.iter().copied(),
+            |j| whole[j],
+            &mut sc.sfx,
+            self.max,
+            &mut sc.tails,
+        );
+        for (e, t) in sc.ext.iter_mut().zip(&sc.tails) {
+            if let (Some(e), Some(t)) = (e.as_mut(), t) {
+                *e = if self.max { (*e).max(*t) } else { (*e).min(*t) };
+            }
+        }
+    }
 }
 
 /// Sliding-window extreme with a monotonic deque: for each window (as a range of indices
