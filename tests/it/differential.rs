@@ -45,6 +45,16 @@ struct Case {
     spine: RecordBatch,
 }
 
+impl Case {
+    /// The requested features as `view:feature`.
+    fn refs(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .map(|f| format!("{}:{}", f.view, f.name))
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 struct Feat {
     view: &'static str,
@@ -379,11 +389,7 @@ async fn run(case: &Case, batch_size: usize, partitions: usize) -> RecordBatch {
         "ev",
         split_table(&case.events, batch_size, 1 + batch_size % 3),
     );
-    let refs: Vec<String> = case
-        .features
-        .iter()
-        .map(|f| format!("{}:{}", f.view, f.name))
-        .collect();
+    let refs = case.refs();
     let refs: Vec<&str> = refs.iter().map(|s| s.as_str()).collect();
     join(&e, &case.spine, &refs)
         .await
@@ -450,11 +456,7 @@ async fn written_training_sets_equal_the_gathered_result() {
         )
         .unwrap();
         let e = engine(repo(&case.yaml), &[("ev", &case.events)], 64, 3);
-        let refs: Vec<String> = case
-            .features
-            .iter()
-            .map(|f| format!("{}:{}", f.view, f.name))
-            .collect();
+        let refs = case.refs();
         let refs: Vec<&str> = refs.iter().map(|s| s.as_str()).collect();
         let req = JoinRequest {
             features: e.repo().resolve_refs(&refs).unwrap(),

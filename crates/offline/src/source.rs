@@ -478,13 +478,11 @@ fn write_parquet<C: Columns + ?Sized>(
             Ok::<_, WriteError>(all)
         })?;
         chunks.sort_by_key(|(i, _)| *i);
-        crate::profile::stage(format_args!("row group {rg} encoded"));
         let mut rgw = writer.next_row_group()?;
         for (_, chunk) in chunks {
             chunk.append_to_row_group(&mut rgw)?;
         }
         rgw.close()?;
-        crate::profile::stage(format_args!("row group {rg} written"));
         off += len;
         rg += 1;
         if rows == 0 {
