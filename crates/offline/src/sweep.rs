@@ -904,6 +904,7 @@ impl<'a> Blocks<'a> {
     fn run(mut self, s: &Sorted, spine: &SpineSide) -> Result<Vec<ArrayRef>> {
         let nkeys = s.sblock.len() - 1;
         let mut ranges: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.edges.len()];
+        let mut bounds: Vec<Vec<(i128, i128)>> = vec![Vec::new(); self.edges.len()];
         let mut masks: Vec<LocalMask> = (0..self.masks).map(|_| Default::default()).collect();
         let mut prefixes: Vec<LocalPrefix> = (0..self.prefixes.len())
             .map(|_| Default::default())
@@ -925,9 +926,15 @@ impl<'a> Blocks<'a> {
             };
             for (w, e) in self.edges.iter().enumerate() {
                 match *e {
-                    Edges::Window(w0) => b.ranges(|t| w0.edges(t), &mut ranges[w]),
-                    Edges::Latest => b.ranges(|t| latest_edges(self.ttl, t), &mut ranges[w]),
+                    Edges::Window(w0) => b.bounds(|t| w0.edges(t), &mut bounds[w]),
+                    Edges::Latest => b.bounds(|t| latest_edges(self.ttl, t), &mut bounds[w]),
                 }
+                // Windows with the same ends (1d and 90d without offsets) share the walk
+                // to their ends.
+                let last = |v: usize| bounds[v].iter().map(|x| x.1);
+                let same = (0..w).find(|&v| last(v).eq(last(w)));
+                let (done, rest) = ranges.split_at_mut(w);
+                b.ranges(&bounds[w], same.map(|v| &done[v][..]), &mut rest[0]);
             }
             for (lm, lane) in masks.iter_mut().zip(&s.masks) {
                 lm.cnt.clear();
@@ -1012,14 +1019,12 @@ impl<'a> Blocks<'a> {
 }
 
 impl Block<'_> {
-    /// For each spine row of the block, the range `lo..hi` of block positions in its window.
-    /// The edges become the first and last admitted microsecond (as i128, so no edge
-    /// overflows), which keeps the pointer walks to one comparison per step.
-    fn ranges(&self, edges: impl Fn(i64) -> (Lower, Upper), out: &mut Vec<(u32, u32)>) {
+    /// For each spine row of the block, the first and last admitted microsecond of its
+    /// window (as i128, so no edge overflows), which keeps the pointer walks of
+    /// [`Block::ranges`] to one comparison per step.
+    fn bounds(&self, edges: impl Fn(i64) -> (Lower, Upper), out: &mut Vec<(i128, i128)>) {
         out.clear();
-        let (mut lo, mut hi) = (0usize, 0usize);
-        let ts = self.ts;
-        for &t in self.st {
+        out.extend(self.st.iter().map(|&t| {
             let (l, u) = edges(t);
             let first = match l {
                 Lower::Unbounded => i128::MIN,
@@ -1030,8 +1035,30 @@ impl Block<'_> {
                 Upper::Exclusive(x) => x as i128 - 1,
                 Upper::Inclusive(x) => x as i128,
             };
-            while hi < ts.len() && ts[hi] as i128 <= last {
-                hi += 1;
+            (first, last)
+        }));
+    }
+
+    /// For each spine row of the block, the range `lo..hi` of block positions in its window
+    /// given its [`Block::bounds`]; `same_ends` are ranges of windows with the same last
+    /// microseconds, whose ends are taken instead of walked again.
+    fn ranges(
+        &self,
+        bounds: &[(i128, i128)],
+        same_ends: Option<&[(u32, u32)]>,
+        out: &mut Vec<(u32, u32)>,
+    ) {
+        out.clear();
+        let (mut lo, mut hi) = (0usize, 0usize);
+        let ts = self.ts;
+        for (r, &(first, last)) in bounds.iter().enumerate() {
+            match same_ends {
+                Some(s) => hi = s[r].1 as usize,
+                None => {
+                    while hi < ts.len() && ts[hi] as i128 <= last {
+                        hi += 1;
+                    }
+                }
             }
             while lo < hi && (ts[lo] as i128) < first {
                 lo += 1;
