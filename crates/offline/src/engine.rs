@@ -110,6 +110,7 @@ pub struct JoinRequest {
 
 /// The training set and what was done to build it: a `RecordBatch`, or from
 /// [`Engine::join_table`] a [`Table`] whose features are gathered as they are written.
+#[derive(Debug)]
 pub struct JoinOutput<T = RecordBatch> {
     pub batch: T,
     /// Human-readable plan: per view, the pruning applied and the physical plan.
@@ -135,19 +136,6 @@ impl JoinOutput<Table> {
             stored_bytes_read: self.stored_bytes_read,
             reused: self.reused,
         })
-    }
-}
-
-impl std::fmt::Debug for JoinOutput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinOutput")
-            .field("batch", &self.batch)
-            .field("explain", &self.explain)
-            .field("spilled_partitions", &self.spilled_partitions)
-            .field("bytes_scanned", &self.bytes_scanned)
-            .field("stored_bytes_read", &self.stored_bytes_read)
-            .field("reused", &self.reused)
-            .finish()
     }
 }
 

@@ -442,20 +442,9 @@ impl<'l> Pack<'l> {
 
     /// Take bucket `b` out of the pack, ready to sweep.
     pub fn take_bucket(&mut self, b: usize, filter_count: usize) -> Result<(SpineSide, EventSide)> {
-        let mut rows = std::mem::take(&mut self.spine_rows[b]);
-        let mut ids = std::mem::take(&mut self.spine_ids[b]);
-        // The bucket's spine rows in spine order (as `new` dealt them; sorted here only if
-        // ids repeat), so its results are too and the caller merges buckets front to back.
-        let rid = self.rid.values();
-        if !rows
-            .windows(2)
-            .all(|w| rid[w[0] as usize] < rid[w[1] as usize])
-        {
-            let mut pairs: Vec<(u32, u32)> =
-                rows.iter().copied().zip(ids.iter().copied()).collect();
-            pairs.sort_unstable_by_key(|&(r, _)| rid[r as usize]);
-            (rows, ids) = pairs.into_iter().unzip();
-        }
+        // in spine order, as `new` dealt them
+        let rows = std::mem::take(&mut self.spine_rows[b]);
+        let ids = std::mem::take(&mut self.spine_ids[b]);
         let t = self.spine_t.values();
         let spine = SpineSide {
             t: rows.iter().map(|&r| t[r as usize]).collect(),

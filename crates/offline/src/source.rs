@@ -15,7 +15,7 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::SessionContext;
 use quiver_core::Source;
 
-use crate::table::Columns;
+use crate::table::{Columns, on_cores, spans};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,15 +326,8 @@ pub fn write_table<C: Columns + ?Sized>(path: &Path, data: &C) -> Result<()> {
                 let mut w = arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(file);
-                let rows = data.num_rows();
-                let mut off = 0;
-                while off < rows || off == 0 {
-                    let len = SLICE.min(rows - off);
+                for (off, len) in spans(data.num_rows(), SLICE) {
                     w.write(&data.slice_batch(off, len)?)?;
-                    off += len;
-                    if rows == 0 {
-                        break;
-                    }
                 }
             }
         }
@@ -383,7 +376,7 @@ fn write_parquet<C: Columns + ?Sized>(
 ) -> std::result::Result<(), WriteError> {
     use parquet::arrow::ArrowSchemaConverter;
     use parquet::arrow::arrow_writer::{
-        ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves,
+        ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
     };
     use parquet::file::writer::SerializedFileWriter;
 
@@ -423,71 +416,35 @@ fn write_parquet<C: Columns + ?Sized>(
         .iter()
         .map(|f| Ok(compute_leaves(f, &arrow::array::new_empty_array(f.data_type()))?.len()))
         .collect::<std::result::Result<Vec<_>, WriteError>>()?;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let rows = data.num_rows();
-    let mut off = 0;
-    let mut rg = 0;
-    while off < rows || (rg == 0 && rows == 0) {
-        let len = ROW_GROUP.min(rows - off);
+    for (rg, (off, len)) in spans(data.num_rows(), ROW_GROUP).enumerate() {
         let mut writers = factory.create_column_writers(rg)?.into_iter();
-        let mut jobs: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
-        let mut leaf = 0;
-        for (i, &k) in leaves_per_field.iter().enumerate() {
-            let ws: Vec<_> = writers.by_ref().take(k).collect();
-            jobs[i % threads].push((i, leaf, ws));
-            leaf += k;
-        }
-        let mut chunks: Vec<(usize, ArrowColumnChunk)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .into_iter()
-                .map(|job| {
-                    let schema = &schema;
-                    scope.spawn(move || {
-                        let mut done = Vec::new();
-                        for (i, leaf, mut ws) in job {
-                            let field = schema.field(i);
-                            let mut at = 0;
-                            while at < len || at == 0 {
-                                let n = SLICE.min(len - at);
-                                let arr = data.column_slice(i, off + at, n)?;
-                                for (w, l) in ws.iter_mut().zip(compute_leaves(field, &arr)?) {
-                                    w.write(&l)?;
-                                }
-                                at += n;
-                                if len == 0 {
-                                    break;
-                                }
-                            }
-                            for (j, w) in ws.into_iter().enumerate() {
-                                done.push((leaf + j, w.close()?));
-                            }
-                        }
-                        Ok::<_, WriteError>(done)
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for h in handles {
-                let done = h.join().map_err(|_| {
-                    parquet::errors::ParquetError::General("a column encoder panicked".into())
-                })??;
-                all.extend(done);
+        let fields: Vec<(usize, Vec<_>)> = leaves_per_field
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (i, writers.by_ref().take(k).collect()))
+            .collect();
+        let encode = |(i, mut ws): (usize, Vec<ArrowColumnWriter>)| {
+            let field = schema.field(i);
+            for (at, n) in spans(len, SLICE) {
+                let arr = data.column_slice(i, off + at, n)?;
+                for (w, l) in ws.iter_mut().zip(compute_leaves(field, &arr)?) {
+                    w.write(&l)?;
+                }
             }
-            Ok::<_, WriteError>(all)
+            ws.into_iter()
+                .map(|w| Ok(w.close()?))
+                .collect::<std::result::Result<Vec<ArrowColumnChunk>, WriteError>>()
+        };
+        let chunks = on_cores(fields, encode, || {
+            WriteError::Parquet(parquet::errors::ParquetError::General(
+                "a column encoder panicked".into(),
+            ))
         })?;
-        chunks.sort_by_key(|(i, _)| *i);
         let mut rgw = writer.next_row_group()?;
-        for (_, chunk) in chunks {
+        for chunk in chunks.into_iter().flatten() {
             chunk.append_to_row_group(&mut rgw)?;
         }
         rgw.close()?;
-        off += len;
-        rg += 1;
-        if rows == 0 {
-            break;
-        }
     }
     writer.close()?;
     Ok(())

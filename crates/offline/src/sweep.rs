@@ -905,6 +905,8 @@ impl<'a> Blocks<'a> {
         let nkeys = s.sblock.len() - 1;
         let mut ranges: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.edges.len()];
         let mut bounds: Vec<Vec<(i128, i128)>> = vec![Vec::new(); self.edges.len()];
+        // per window, the first window with the same ends (itself if none)
+        let mut ends_of: Vec<usize> = vec![0; self.edges.len()];
         let mut masks: Vec<LocalMask> = (0..self.masks).map(|_| Default::default()).collect();
         let mut prefixes: Vec<LocalPrefix> = (0..self.prefixes.len())
             .map(|_| Default::default())
@@ -932,9 +934,10 @@ impl<'a> Blocks<'a> {
                 // Windows with the same ends (1d and 90d without offsets) share the walk
                 // to their ends.
                 let last = |v: usize| bounds[v].iter().map(|x| x.1);
-                let same = (0..w).find(|&v| last(v).eq(last(w)));
+                ends_of[w] = (0..w).find(|&v| last(v).eq(last(w))).unwrap_or(w);
                 let (done, rest) = ranges.split_at_mut(w);
-                b.ranges(&bounds[w], same.map(|v| &done[v][..]), &mut rest[0]);
+                let same = (ends_of[w] < w).then(|| &done[ends_of[w]][..]);
+                b.ranges(&bounds[w], same, &mut rest[0]);
             }
             for (lm, lane) in masks.iter_mut().zip(&s.masks) {
                 lm.cnt.clear();
@@ -973,33 +976,26 @@ impl<'a> Blocks<'a> {
                     Src::Raw(_) => {}
                 }
             }
-            // Min/max features whose windows end together (a sum's 1d and 90d windows do)
+            // Min/max features whose windows end together (1d and 90d without offsets do)
             // share one pass over the key's values: see `Segments`.
             segs.clear();
             for job in &self.jobs {
                 let (Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max)) = job.op else {
                     continue;
                 };
-                let hi = |w: usize| ranges[w].iter().map(|x| x.1);
-                let g = (0..job.edges)
-                    .find(|&w| hi(w).eq(hi(job.edges)))
-                    .unwrap_or(job.edges);
+                let g = ends_of[job.edges];
                 if !segs.iter().any(|(key, _)| *key == (k, max, g)) {
                     let cnt = &masks[job.mask].cnt;
-                    let ends = hi(g).map(|h| cnt[h as usize]).collect();
+                    let ends = ranges[g].iter().map(|&(_, h)| cnt[h as usize]).collect();
                     segs.push(((k, max, g), Segments::new(&kvs[k], ends, max)));
                 }
             }
             for job in &mut self.jobs {
                 let seg = match job.op {
-                    Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max) => {
-                        let hi = |w: usize| ranges[w].iter().map(|x| x.1);
-                        segs.iter()
-                            .find(|((k2, m2, g), _)| {
-                                (*k2, *m2) == (k, max) && hi(*g).eq(hi(job.edges))
-                            })
-                            .map(|(_, s)| s)
-                    }
+                    Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max) => segs
+                        .iter()
+                        .find(|(key, _)| *key == (k, max, ends_of[job.edges]))
+                        .map(|(_, s)| s),
                     _ => None,
                 };
                 job.block(

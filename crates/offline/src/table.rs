@@ -23,20 +23,14 @@ use datafusion::arrow::datatypes::{
 
 use crate::{Error, Result};
 
-/// Where each output row comes from.
-pub(crate) enum Rows {
+/// Where each output row comes from; every row is drawn exactly once.
+pub(crate) enum Order {
     /// Each piece's output rows, ascending (the block sweep's buckets list theirs so): a
     /// slice of the output takes a contiguous run of every piece, read front to back and
     /// scattered into a buffer small enough to stay in cache.
     Ascending(Vec<ScalarBuffer<u64>>),
     /// Each output row's (piece, row).
     Pos(Vec<(usize, usize)>),
-}
-
-/// [`Rows`] for an output of `len` rows, each drawn exactly once.
-pub(crate) struct Order {
-    rows: Rows,
-    len: usize,
 }
 
 impl Order {
@@ -56,10 +50,7 @@ impl Order {
                     return Err(wrong());
                 }
             }
-            return Ok(Order {
-                rows: Rows::Ascending(ids),
-                len: n,
-            });
+            return Ok(Order::Ascending(ids));
         }
         let mut pos = vec![(usize::MAX, 0); n];
         for (b, rid) in ids.iter().enumerate() {
@@ -70,11 +61,14 @@ impl Order {
         if pos.iter().any(|p| p.0 == usize::MAX) {
             return Err(wrong());
         }
-        Ok(Order::from(Rows::Pos(pos)))
+        Ok(Order::Pos(pos))
     }
 
     fn len(&self) -> usize {
-        self.len
+        match self {
+            Order::Ascending(ids) => ids.iter().map(|r| r.len()).sum(),
+            Order::Pos(p) => p.len(),
+        }
     }
 
     /// For ascending pieces: the run of each piece's rows that lands in `off..off + len`.
@@ -87,9 +81,9 @@ impl Order {
 
     /// (piece, row) of output rows `off..off + len`.
     fn positions(&self, off: usize, len: usize) -> Vec<(usize, usize)> {
-        match &self.rows {
-            Rows::Pos(p) => p[off..off + len].to_vec(),
-            Rows::Ascending(ids) => {
+        match self {
+            Order::Pos(p) => p[off..off + len].to_vec(),
+            Order::Ascending(ids) => {
                 let mut pos = vec![(0, 0); len];
                 for (b, run) in Order::runs(ids, off, len).into_iter().enumerate() {
                     for i in run {
@@ -99,16 +93,6 @@ impl Order {
                 pos
             }
         }
-    }
-}
-
-impl From<Rows> for Order {
-    fn from(rows: Rows) -> Order {
-        let len = match &rows {
-            Rows::Ascending(ids) => ids.iter().map(|r| r.len()).sum(),
-            Rows::Pos(p) => p.len(),
-        };
-        Order { rows, len }
     }
 }
 
@@ -127,7 +111,7 @@ impl Column {
     pub(crate) fn from_positions(pieces: Vec<ArrayRef>, pos: Vec<(usize, usize)>) -> Column {
         Column::Scattered {
             pieces: Arc::new(pieces),
-            order: Arc::new(Order::from(Rows::Pos(pos))),
+            order: Arc::new(Order::Pos(pos)),
         }
     }
 
@@ -209,8 +193,8 @@ fn gather_primitive<T: ArrowPrimitiveType>(
     if has_nulls {
         bits.append_n(len, true);
     }
-    match &order.rows {
-        Rows::Ascending(ids) => {
+    match order {
+        Order::Ascending(ids) => {
             for (b, run) in Order::runs(ids, off, len).into_iter().enumerate() {
                 let (ids, vals) = (&ids[b][run.clone()], &arrs[b].values()[run.clone()]);
                 for (&r, &v) in ids.iter().zip(vals) {
@@ -225,7 +209,7 @@ fn gather_primitive<T: ArrowPrimitiveType>(
                 }
             }
         }
-        Rows::Pos(pos) => {
+        Order::Pos(pos) => {
             for (k, &(b, r)) in pos[off..off + len].iter().enumerate() {
                 values[k] = arrs[b].values()[r];
                 if has_nulls && arrs[b].is_null(r) {
@@ -243,32 +227,51 @@ fn gather_primitive<T: ArrowPrimitiveType>(
 /// Whole columns, gathered in parallel; each column's pieces are released as soon as it is
 /// done (when nothing else holds them), so the result does not double the memory.
 pub(crate) fn gather_all(columns: Vec<Column>) -> Result<Vec<ArrayRef>> {
+    on_cores(
+        columns,
+        |c| c.array(),
+        || Error::Internal("a column gather panicked".into()),
+    )
+}
+
+/// `f` over `items` on one thread per core (item `i` on thread `i` mod cores: the items of
+/// a training set are its columns, alike in cost), the results in item order.
+pub(crate) fn on_cores<T: Send, R: Send, E: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> std::result::Result<R, E> + Sync,
+    panicked: impl Fn() -> E,
+) -> std::result::Result<Vec<R>, E> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut jobs: Vec<Vec<(usize, Column)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (j, c) in columns.into_iter().enumerate() {
-        jobs[j % threads].push((j, c));
+    let mut jobs: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (j, item) in items.into_iter().enumerate() {
+        jobs[j % threads].push((j, item));
     }
+    let f = &f;
     std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .into_iter()
             .map(|job| {
                 scope.spawn(move || {
                     job.into_iter()
-                        .map(|(j, c)| c.array().map(|a| (j, a)))
-                        .collect::<Result<Vec<_>>>()
+                        .map(|(j, item)| f(item).map(|r| (j, r)))
+                        .collect::<std::result::Result<Vec<_>, E>>()
                 })
             })
             .collect();
         let mut all = Vec::new();
         for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| Error::Internal("a column gather panicked".into()))??,
-            );
+            all.extend(h.join().map_err(|_| panicked())??);
         }
         all.sort_by_key(|(j, _)| *j);
-        Ok(all.into_iter().map(|(_, c)| c).collect())
+        Ok(all.into_iter().map(|(_, r)| r).collect())
     })
+}
+
+/// `(offset, length)` of consecutive spans of at most `step` rows covering `rows`; one empty
+/// span when there are none, so a writer still writes the (empty) table once.
+pub(crate) fn spans(rows: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = rows.div_ceil(step).max(1);
+    (0..n).map(move |k| (k * step, step.min(rows - k * step)))
 }
 
 /// A result's columns, read in slices: what the output writers take.
@@ -393,7 +396,7 @@ mod tests {
             .collect();
         let order =
             Order::from_row_ids(ids.into_iter().map(ScalarBuffer::from).collect(), n).unwrap();
-        assert!(matches!(order.rows, Rows::Ascending(_)));
+        assert!(matches!(order, Order::Ascending(_)));
         let col = Column::Scattered {
             pieces: Arc::new(pieces),
             order: Arc::new(order),
