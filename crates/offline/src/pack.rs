@@ -25,7 +25,7 @@ use crate::{Error, Result};
 /// Buckets per partition: the unit swept at once, and of spilling.
 pub const BUCKETS: usize = 32;
 /// Elements per chunk of a packed column.
-const CHUNK: usize = 4096;
+const CHUNK: usize = 1 << 14;
 
 /// The bucket of each row: a hash of the key columns with fixed seeds.
 pub fn buckets_of(keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
@@ -51,17 +51,19 @@ impl<T> Default for Chunked<T> {
 }
 
 impl<T: Copy> Chunked<T> {
-    #[inline]
-    fn push(&mut self, x: T) {
-        match self.chunks.last_mut() {
-            Some(c) if c.len() < CHUNK => c.push(x),
-            _ => {
-                let mut c = Vec::with_capacity(CHUNK);
-                c.push(x);
-                self.chunks.push(c);
-            }
+    /// The chunk the next `n` values go to, with room for all of them: a batch's values
+    /// for one bucket are appended without a capacity check per value.
+    fn room(&mut self, n: usize) -> &mut Vec<T> {
+        if self
+            .chunks
+            .last()
+            .is_none_or(|c| c.capacity() - c.len() < n)
+        {
+            self.chunks.push(Vec::with_capacity(n.max(CHUNK)));
         }
-        self.len += 1;
+        self.len += n;
+        let last = self.chunks.len() - 1;
+        &mut self.chunks[last]
     }
 
     fn into_vec(self) -> Vec<T> {
@@ -70,6 +72,31 @@ impl<T: Copy> Chunked<T> {
             v.extend_from_slice(&c);
         }
         v
+    }
+}
+
+/// `dest` of a row that no bucket keeps.
+const SKIP: u8 = u8::MAX;
+const _: () = assert!(BUCKETS < SKIP as usize);
+
+/// Append `value(i)` of every kept row `i` to its bucket's lane; `count` is how many rows
+/// each bucket receives.
+fn lane<'a, T: Copy + 'a>(
+    lanes: impl Iterator<Item = &'a mut Chunked<T>>,
+    count: &[usize; BUCKETS],
+    dest: &[u8],
+    value: impl Fn(usize) -> T,
+) {
+    let mut tails: Vec<Option<&mut Vec<T>>> = lanes
+        .zip(count)
+        .map(|(l, &c)| (c > 0).then(|| l.room(c)))
+        .collect();
+    for (i, &d) in dest.iter().enumerate() {
+        if d != SKIP
+            && let Some(tail) = tails[d as usize].as_mut()
+        {
+            tail.push(value(i));
+        }
     }
 }
 
@@ -88,6 +115,25 @@ struct Bucket {
     filters: Vec<Vec<ArrayRef>>,
     /// Memory the bucket holds.
     bytes: usize,
+}
+
+impl Bucket {
+    /// An empty bucket with the lanes of `layout`.
+    fn new(layout: &Layout) -> Bucket {
+        Bucket {
+            floats: (0..layout.floats.len())
+                .map(|_| Chunked::default())
+                .collect(),
+            ints: (0..layout.ints.len()).map(|_| Chunked::default()).collect(),
+            masks: layout
+                .masks
+                .iter()
+                .map(|(c, f)| (c.is_some() || f.is_some()).then(Chunked::default))
+                .collect(),
+            raw: vec![Vec::new(); layout.raw.len()],
+            ..Bucket::default()
+        }
+    }
 }
 
 /// A key's bucket and its id in the bucket, as `id << 32 | bucket`.
@@ -280,25 +326,7 @@ impl<'l> Pack<'l> {
             spine_rows[b].push(i as u32);
             spine_ids[b].push(id);
         }
-        let lanes = |b: &mut Bucket| {
-            b.floats = (0..layout.floats.len())
-                .map(|_| Chunked::default())
-                .collect();
-            b.ints = (0..layout.ints.len()).map(|_| Chunked::default()).collect();
-            b.masks = layout
-                .masks
-                .iter()
-                .map(|(c, f)| (c.is_some() || f.is_some()).then(Chunked::default))
-                .collect();
-            b.raw = vec![Vec::new(); layout.raw.len()];
-        };
-        let buckets = (0..BUCKETS)
-            .map(|_| {
-                let mut b = Bucket::default();
-                lanes(&mut b);
-                b
-            })
-            .collect();
+        let buckets = (0..BUCKETS).map(|_| Bucket::new(layout)).collect();
         Ok(Pack {
             layout,
             keys: map,
@@ -345,75 +373,93 @@ impl<'l> Pack<'l> {
         values: &[ArrayRef],
         filters: &[BooleanArray],
     ) -> Result<()> {
-        let n = t.len();
         let layout = self.layout;
         let slots = self.keys.slots(keys, |_| None)?;
-        let floats = layout
-            .floats
+        // Column at a time: each row's bucket first, then every lane is appended with one
+        // tight loop over the batch (a row at a time, each row's lanes were as many
+        // scattered appends).
+        let mut count = [0usize; BUCKETS];
+        let dest: Vec<u8> = slots
             .iter()
-            .map(|&c| as_f64(&values[c]))
-            .collect::<Result<Vec<_>>>()?;
-        let ints = layout
-            .ints
-            .iter()
-            .zip(&layout.int_labels)
-            .map(|(&c, label)| as_i64(&values[c], label))
-            .collect::<Result<Vec<_>>>()?;
-        let masks: Vec<Option<Vec<u8>>> = layout
-            .masks
-            .iter()
-            .map(|&(c, f)| {
-                if c.is_none() && f.is_none() {
-                    return None;
+            .enumerate()
+            .map(|(i, &slot)| {
+                if slot == NO_SLOT || t.is_null(i) {
+                    return SKIP;
                 }
-                let nulls = c.and_then(|c| values[c].logical_nulls());
-                let filter = f.map(|f| &filters[f]);
-                Some(
-                    (0..n)
-                        .map(|i| {
-                            (nulls.as_ref().is_none_or(|x| x.is_valid(i))
-                                && filter.is_none_or(|x| x.is_valid(i) && x.value(i)))
-                                as u8
-                        })
-                        .collect(),
-                )
+                let b = (slot & 0xffff_ffff) as usize;
+                count[b] += 1;
+                b as u8
             })
             .collect();
-        let keep_raw = layout.raw.iter().any(|&r| r) || layout.raw_filters;
-        let mut raw_rows: Vec<Vec<u32>> = vec![Vec::new(); if keep_raw { BUCKETS } else { 0 }];
+        let buckets = &mut self.buckets;
+        lane(buckets.iter_mut().map(|b| &mut b.ids), &count, &dest, |i| {
+            (slots[i] >> 32) as u32
+        });
+        let (tv, sv) = (t.values(), seq.values());
+        lane(buckets.iter_mut().map(|b| &mut b.t), &count, &dest, |i| {
+            tv[i]
+        });
         // `seq` is kept whole: DataFusion may deal an input partition's batches round-robin
         // before hashing them, so arrival order is not source order.
-        let (tv, sv) = (t.values(), seq.values());
-        for i in 0..n {
-            let slot = slots[i];
-            if slot == NO_SLOT || t.is_null(i) {
+        lane(buckets.iter_mut().map(|b| &mut b.seq), &count, &dest, |i| {
+            sv[i]
+        });
+        if let Some(c) = created {
+            lane(
+                buckets.iter_mut().map(|b| &mut b.created),
+                &count,
+                &dest,
+                |i| {
+                    if c.is_valid(i) { c.value(i) } else { i64::MIN }
+                },
+            );
+        }
+        for (j, &c) in layout.floats.iter().enumerate() {
+            let x = as_f64(&values[c])?;
+            let v = x.values();
+            lane(
+                buckets.iter_mut().map(|b| &mut b.floats[j]),
+                &count,
+                &dest,
+                |i| v[i],
+            );
+        }
+        for (j, (&c, label)) in layout.ints.iter().zip(&layout.int_labels).enumerate() {
+            let x = as_i64(&values[c], label)?;
+            let v = x.values();
+            lane(
+                buckets.iter_mut().map(|b| &mut b.ints[j]),
+                &count,
+                &dest,
+                |i| v[i],
+            );
+        }
+        for (j, &(c, f)) in layout.masks.iter().enumerate() {
+            if c.is_none() && f.is_none() {
                 continue;
             }
-            let (b, id) = ((slot & 0xffff_ffff) as usize, (slot >> 32) as u32);
-            let bk = &mut self.buckets[b];
-            bk.ids.push(id);
-            bk.t.push(tv[i]);
-            bk.seq.push(sv[i]);
-            if let Some(c) = created {
-                bk.created
-                    .push(if c.is_valid(i) { c.value(i) } else { i64::MIN });
-            }
-            for (lane, x) in bk.floats.iter_mut().zip(&floats) {
-                lane.push(x.values()[i]);
-            }
-            for (lane, x) in bk.ints.iter_mut().zip(&ints) {
-                lane.push(x.values()[i]);
-            }
-            for (lane, m) in bk.masks.iter_mut().zip(&masks) {
-                if let (Some(lane), Some(m)) = (lane, m) {
-                    lane.push(m[i]);
+            let nulls = c.and_then(|c| values[c].logical_nulls());
+            let filter = f.map(|f| &filters[f]);
+            let lanes = buckets.iter_mut().filter_map(|b| b.masks[j].as_mut());
+            lane(lanes, &count, &dest, |i| {
+                (nulls.as_ref().is_none_or(|x| x.is_valid(i))
+                    && filter.is_none_or(|x| x.is_valid(i) && x.value(i))) as u8
+            });
+        }
+        let mut kept = 0;
+        for (bk, &c) in buckets.iter_mut().zip(&count) {
+            bk.bytes += c * self.per_event;
+            kept += c;
+        }
+        self.events += kept;
+        let keep_raw = layout.raw.iter().any(|&r| r) || layout.raw_filters;
+        let mut raw_rows: Vec<Vec<u32>> = vec![Vec::new(); if keep_raw { BUCKETS } else { 0 }];
+        if keep_raw {
+            for (i, &d) in dest.iter().enumerate() {
+                if d != SKIP {
+                    raw_rows[d as usize].push(i as u32);
                 }
             }
-            if keep_raw {
-                raw_rows[b].push(i as u32);
-            }
-            bk.bytes += self.per_event;
-            self.events += 1;
         }
         for (b, rows) in raw_rows.into_iter().enumerate() {
             if rows.is_empty() {
@@ -455,8 +501,9 @@ impl<'l> Pack<'l> {
             ids,
             nkeys: self.nkeys[b] as usize,
         };
-        let bk = std::mem::take(&mut self.buckets[b]);
         let layout = self.layout;
+        // batches read back from later buckets' spill files still find every lane here
+        let bk = std::mem::replace(&mut self.buckets[b], Bucket::new(layout));
         let joined = |parts: Vec<ArrayRef>, ty: &DataType| -> Result<ArrayRef> {
             if parts.is_empty() {
                 return Ok(new_empty_array(ty));
