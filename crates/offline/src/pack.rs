@@ -4,7 +4,9 @@
 //! [`BUCKETS`] buckets, chosen by a hash of its key: a bucket-local key id, its time, its
 //! source order and the lanes of the view's [`Layout`] — about 30 bytes for a typical view,
 //! against the ~40 of the Arrow batch it came in — and the batch is dropped. Events of keys
-//! the spine does not ask for are never kept. Buckets are then swept one at a time, so the
+//! the spine does not ask for are never kept, and events older than every finite window of
+//! the partition's spine rows only as the one event per key that each lifetime first / last /
+//! latest-value feature needs ([`OldEvents`]). Buckets are then swept one at a time, so the
 //! sort's second copy is one bucket, not the partition. The hash is the one the spill files
 //! use, so a spilled bucket reads back into the same bucket.
 
@@ -19,7 +21,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::hash_utils::create_hashes_with_hasher;
 
-use crate::sweep::{EventSide, Layout, NULL_ID, SpineSide, as_f64, as_i64};
+use crate::sweep::{EventSide, Keep, Layout, NULL_ID, OldEvents, SpineSide, as_f64, as_i64};
 use crate::{Error, Result};
 
 /// Buckets per partition: the unit swept at once, and of spilling.
@@ -66,36 +68,35 @@ impl<T: Copy> Chunked<T> {
         &mut self.chunks[last]
     }
 
-    fn into_vec(self) -> Vec<T> {
-        let mut v = Vec::with_capacity(self.len);
+    /// The values, then `more`.
+    fn into_vec(self, more: &[T]) -> Vec<T> {
+        let mut v = Vec::with_capacity(self.len + more.len());
         for c in self.chunks {
             v.extend_from_slice(&c);
         }
+        v.extend_from_slice(more);
         v
     }
 }
 
-/// `dest` of a row that no bucket keeps.
-const SKIP: u8 = u8::MAX;
-const _: () = assert!(BUCKETS < SKIP as usize);
+// a bucket fits the `u8` of a row's destination
+const _: () = assert!(BUCKETS <= 256);
 
-/// Append `value(i)` of every kept row `i` to its bucket's lane; `count` is how many rows
-/// each bucket receives.
+/// Append `value(i)` of each kept row `rows[k]` to the lane of its bucket `dest[k]`;
+/// `count` is how many rows each bucket receives.
 fn lane<'a, T: Copy + 'a>(
     lanes: impl Iterator<Item = &'a mut Chunked<T>>,
     count: &[usize; BUCKETS],
-    dest: &[u8],
+    (rows, dest): (&[u32], &[u8]),
     value: impl Fn(usize) -> T,
 ) {
     let mut tails: Vec<Option<&mut Vec<T>>> = lanes
         .zip(count)
         .map(|(l, &c)| (c > 0).then(|| l.room(c)))
         .collect();
-    for (i, &d) in dest.iter().enumerate() {
-        if d != SKIP
-            && let Some(tail) = tails[d as usize].as_mut()
-        {
-            tail.push(value(i));
+    for (&i, &d) in rows.iter().zip(dest) {
+        if let Some(tail) = tails[d as usize].as_mut() {
+            tail.push(value(i as usize));
         }
     }
 }
@@ -132,6 +133,39 @@ impl Bucket {
                 .collect(),
             raw: vec![Vec::new(); layout.raw.len()],
             ..Bucket::default()
+        }
+    }
+}
+
+/// The old events ([`OldEvents`]) a bucket keeps: for each of its keys, one event per
+/// [`Keep`], overwritten in place when a better one arrives.
+#[derive(Default)]
+struct Kept {
+    /// Position of each (key id, keep) event in the lanes below, `NONE` until one is seen.
+    at: Vec<u32>,
+    /// (time, created, seq) of each position: the sweep's order.
+    rank: Vec<(i64, i64, u64)>,
+    ids: Vec<u32>,
+    floats: Vec<Vec<f64>>,
+    ints: Vec<Vec<i64>>,
+    masks: Vec<Option<Vec<u8>>>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Kept {
+    /// Room for `slots` (key id, keep) events, with the lanes of `layout`.
+    fn new(layout: &Layout, slots: usize) -> Kept {
+        Kept {
+            at: vec![NONE; slots],
+            floats: vec![Vec::new(); layout.floats.len()],
+            ints: vec![Vec::new(); layout.ints.len()],
+            masks: layout
+                .masks
+                .iter()
+                .map(|(c, f)| (c.is_some() || f.is_some()).then(Vec::new))
+                .collect(),
+            ..Kept::default()
         }
     }
 }
@@ -240,6 +274,9 @@ pub struct Pack<'l> {
     events: usize,
     /// Packed bytes per event.
     per_event: usize,
+    /// Events older than every finite window, reduced to the few each key needs.
+    old: Option<OldEvents>,
+    kept: Vec<Kept>,
 }
 
 /// The positions of `rid` in ascending order of their values (distinct spine row ids): a
@@ -265,12 +302,15 @@ fn spine_order(rid: &[u64]) -> Vec<u32> {
 }
 
 impl<'l> Pack<'l> {
-    /// `spine` holds the row id, the key columns and the time in microseconds.
+    /// `spine` holds the row id, the key columns and the time in microseconds; `old` says
+    /// which events older than the spine's earliest window a key still needs, given that
+    /// earliest spine time.
     pub fn new(
         layout: &'l Layout,
         spine: &RecordBatch,
         key_count: usize,
         has_created: bool,
+        old: impl FnOnce(i64) -> Option<OldEvents>,
     ) -> Result<Pack<'l>> {
         let sc = spine.columns();
         let keys = &sc[1..1 + key_count];
@@ -327,6 +367,14 @@ impl<'l> Pack<'l> {
             spine_ids[b].push(id);
         }
         let buckets = (0..BUCKETS).map(|_| Bucket::new(layout)).collect();
+        let old = min(&spine_t).and_then(old);
+        let kept = nkeys
+            .iter()
+            .map(|&n| {
+                let keeps = old.as_ref().map_or(0, |o| o.keep.len());
+                Kept::new(layout, n as usize * keeps)
+            })
+            .collect();
         Ok(Pack {
             layout,
             keys: map,
@@ -348,6 +396,8 @@ impl<'l> Pack<'l> {
                     .iter()
                     .filter(|(c, f)| c.is_some() || f.is_some())
                     .count(),
+            old,
+            kept,
         })
     }
 
@@ -375,77 +425,164 @@ impl<'l> Pack<'l> {
     ) -> Result<()> {
         let layout = self.layout;
         let slots = self.keys.slots(keys, |_| None)?;
+        let (tv, sv) = (t.values(), seq.values());
+        let cutoff = self.old.as_ref().map_or(i64::MIN, |o| o.cutoff);
         // Column at a time: each row's bucket first, then every lane is appended with one
         // tight loop over the batch (a row at a time, each row's lanes were as many
         // scattered appends).
         let mut count = [0usize; BUCKETS];
-        let dest: Vec<u8> = slots
+        let mut old_rows = Vec::new();
+        // the rows kept and their buckets, so the lane loops below do not branch on skips
+        let (mut rows, mut dest) = (Vec::with_capacity(slots.len()), Vec::new());
+        for (i, &slot) in slots.iter().enumerate() {
+            if slot == NO_SLOT || t.is_null(i) {
+                continue;
+            }
+            if tv[i] < cutoff {
+                old_rows.push(i);
+                continue;
+            }
+            let b = (slot & 0xffff_ffff) as usize;
+            count[b] += 1;
+            rows.push(i as u32);
+            dest.push(b as u8);
+        }
+        let floats = layout
+            .floats
             .iter()
-            .enumerate()
-            .map(|(i, &slot)| {
-                if slot == NO_SLOT || t.is_null(i) {
-                    return SKIP;
-                }
-                let b = (slot & 0xffff_ffff) as usize;
-                count[b] += 1;
-                b as u8
+            .map(|&c| as_f64(&values[c]))
+            .collect::<Result<Vec<_>>>()?;
+        let ints = layout
+            .ints
+            .iter()
+            .zip(&layout.int_labels)
+            .map(|(&c, label)| as_i64(&values[c], label))
+            .collect::<Result<Vec<_>>>()?;
+        let masks: Vec<Option<_>> = layout
+            .masks
+            .iter()
+            .map(|&(c, f)| {
+                (c.is_some() || f.is_some()).then(|| {
+                    (
+                        c.and_then(|c| values[c].logical_nulls()),
+                        f.map(|f| &filters[f]),
+                    )
+                })
             })
             .collect();
+        let admits = |j: usize, i: usize| -> bool {
+            masks[j].as_ref().is_none_or(|(nulls, filter)| {
+                nulls.as_ref().is_none_or(|x| x.is_valid(i))
+                    && filter.is_none_or(|x| x.is_valid(i) && x.value(i))
+            })
+        };
         let buckets = &mut self.buckets;
-        lane(buckets.iter_mut().map(|b| &mut b.ids), &count, &dest, |i| {
-            (slots[i] >> 32) as u32
-        });
-        let (tv, sv) = (t.values(), seq.values());
-        lane(buckets.iter_mut().map(|b| &mut b.t), &count, &dest, |i| {
-            tv[i]
-        });
+        lane(
+            buckets.iter_mut().map(|b| &mut b.ids),
+            &count,
+            (&rows, &dest),
+            |i| (slots[i] >> 32) as u32,
+        );
+        lane(
+            buckets.iter_mut().map(|b| &mut b.t),
+            &count,
+            (&rows, &dest),
+            |i| tv[i],
+        );
         // `seq` is kept whole: DataFusion may deal an input partition's batches round-robin
         // before hashing them, so arrival order is not source order.
-        lane(buckets.iter_mut().map(|b| &mut b.seq), &count, &dest, |i| {
-            sv[i]
-        });
-        if let Some(c) = created {
+        lane(
+            buckets.iter_mut().map(|b| &mut b.seq),
+            &count,
+            (&rows, &dest),
+            |i| sv[i],
+        );
+        let created_at =
+            |i: usize| created.map_or(0, |c| if c.is_valid(i) { c.value(i) } else { i64::MIN });
+        if created.is_some() {
             lane(
                 buckets.iter_mut().map(|b| &mut b.created),
                 &count,
-                &dest,
-                |i| {
-                    if c.is_valid(i) { c.value(i) } else { i64::MIN }
-                },
+                (&rows, &dest),
+                created_at,
             );
         }
-        for (j, &c) in layout.floats.iter().enumerate() {
-            let x = as_f64(&values[c])?;
+        for (j, x) in floats.iter().enumerate() {
             let v = x.values();
             lane(
                 buckets.iter_mut().map(|b| &mut b.floats[j]),
                 &count,
-                &dest,
+                (&rows, &dest),
                 |i| v[i],
             );
         }
-        for (j, (&c, label)) in layout.ints.iter().zip(&layout.int_labels).enumerate() {
-            let x = as_i64(&values[c], label)?;
+        for (j, x) in ints.iter().enumerate() {
             let v = x.values();
             lane(
                 buckets.iter_mut().map(|b| &mut b.ints[j]),
                 &count,
-                &dest,
+                (&rows, &dest),
                 |i| v[i],
             );
         }
-        for (j, &(c, f)) in layout.masks.iter().enumerate() {
-            if c.is_none() && f.is_none() {
+        for (j, m) in masks.iter().enumerate() {
+            if m.is_none() {
                 continue;
             }
-            let nulls = c.and_then(|c| values[c].logical_nulls());
-            let filter = f.map(|f| &filters[f]);
             let lanes = buckets.iter_mut().filter_map(|b| b.masks[j].as_mut());
-            lane(lanes, &count, &dest, |i| {
-                (nulls.as_ref().is_none_or(|x| x.is_valid(i))
-                    && filter.is_none_or(|x| x.is_valid(i) && x.value(i))) as u8
-            });
+            lane(lanes, &count, (&rows, &dest), |i| admits(j, i) as u8);
         }
+        // Old events: each replaces the one its key keeps for a `Keep` when it comes later
+        // (earlier, for `First`) in the sweep's order.
+        if let Some(old) = self.old.as_ref().filter(|o| !o.keep.is_empty()) {
+            let nk = old.keep.len();
+            for i in old_rows {
+                let slot = slots[i];
+                let (b, id) = ((slot & 0xffff_ffff) as usize, (slot >> 32) as usize);
+                let rank = (tv[i], created_at(i), sv[i]);
+                let kp = &mut self.kept[b];
+                for (r, keep) in old.keep.iter().enumerate() {
+                    let at = kp.at[id * nk + r];
+                    let better = |cur: (i64, i64, u64)| match keep {
+                        Keep::First(_) => rank < cur,
+                        Keep::Last(_) | Keep::Latest => rank > cur,
+                    };
+                    let wanted = match *keep {
+                        Keep::First(j) | Keep::Last(j) => admits(j, i),
+                        Keep::Latest => true,
+                    };
+                    if !wanted || (at != NONE && !better(kp.rank[at as usize])) {
+                        continue;
+                    }
+                    let p = if at == NONE {
+                        kp.at[id * nk + r] = kp.rank.len() as u32;
+                        kp.rank.push(rank);
+                        kp.ids.push(id as u32);
+                        kp.floats.iter_mut().for_each(|l| l.push(0.0));
+                        kp.ints.iter_mut().for_each(|l| l.push(0));
+                        kp.masks.iter_mut().flatten().for_each(|l| l.push(0));
+                        self.buckets[b].bytes += self.per_event;
+                        self.events += 1;
+                        kp.rank.len() - 1
+                    } else {
+                        at as usize
+                    };
+                    kp.rank[p] = rank;
+                    for (l, x) in kp.floats.iter_mut().zip(&floats) {
+                        l[p] = x.values()[i];
+                    }
+                    for (l, x) in kp.ints.iter_mut().zip(&ints) {
+                        l[p] = x.values()[i];
+                    }
+                    for (j, l) in kp.masks.iter_mut().enumerate() {
+                        if let Some(l) = l {
+                            l[p] = admits(j, i) as u8;
+                        }
+                    }
+                }
+            }
+        }
+        let buckets = &mut self.buckets;
         let mut kept = 0;
         for (bk, &c) in buckets.iter_mut().zip(&count) {
             bk.bytes += c * self.per_event;
@@ -455,10 +592,8 @@ impl<'l> Pack<'l> {
         let keep_raw = layout.raw.iter().any(|&r| r) || layout.raw_filters;
         let mut raw_rows: Vec<Vec<u32>> = vec![Vec::new(); if keep_raw { BUCKETS } else { 0 }];
         if keep_raw {
-            for (i, &d) in dest.iter().enumerate() {
-                if d != SKIP {
-                    raw_rows[d as usize].push(i as u32);
-                }
+            for (&i, &d) in rows.iter().zip(&dest) {
+                raw_rows[d as usize].push(i);
             }
         }
         for (b, rows) in raw_rows.into_iter().enumerate() {
@@ -533,17 +668,34 @@ impl<'l> Pack<'l> {
                 filters.push(Some(joined(p, &DataType::Boolean)?.as_boolean().clone()));
             }
         }
+        let kp = std::mem::replace(&mut self.kept[b], Kept::new(layout, 0));
+        // a key's kept old events join its others; the sweep sorts them into place
+        let rank = |f: fn(&(i64, i64, u64)) -> i64| kp.rank.iter().map(f).collect::<Vec<_>>();
+        let seqs: Vec<u64> = kp.rank.iter().map(|r| r.2).collect();
         let ev = EventSide {
-            ids: bk.ids.into_vec(),
-            t: bk.t.into_vec(),
-            created: self.has_created.then(|| bk.created.into_vec()),
-            seq: bk.seq.into_vec(),
-            floats: bk.floats.into_iter().map(Chunked::into_vec).collect(),
-            ints: bk.ints.into_iter().map(Chunked::into_vec).collect(),
+            ids: bk.ids.into_vec(&kp.ids),
+            t: bk.t.into_vec(&rank(|r| r.0)),
+            created: self
+                .has_created
+                .then(|| bk.created.into_vec(&rank(|r| r.1))),
+            seq: bk.seq.into_vec(&seqs),
+            floats: bk
+                .floats
+                .into_iter()
+                .zip(&kp.floats)
+                .map(|(c, o)| c.into_vec(o))
+                .collect(),
+            ints: bk
+                .ints
+                .into_iter()
+                .zip(&kp.ints)
+                .map(|(c, o)| c.into_vec(o))
+                .collect(),
             masks: bk
                 .masks
                 .into_iter()
-                .map(|m| m.map(Chunked::into_vec))
+                .zip(&kp.masks)
+                .map(|(m, o)| m.map(|c| c.into_vec(o.as_deref().unwrap_or(&[]))))
                 .collect(),
             raw,
             filters,

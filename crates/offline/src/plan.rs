@@ -450,6 +450,7 @@ async fn run(
         &spine,
         spec.key_count,
         spec.created_column.is_some(),
+        |min_t| layout.old_events(&spec.features, spec.ttl, min_t),
     )?;
     drop(spine);
     let mut spill: Option<Spill> = None;

@@ -225,6 +225,82 @@ impl Layout {
     }
 }
 
+/// What a partition still needs of its events older than every finite window: nothing,
+/// except that lifetime first / last / latest-value features need a key's earliest or latest
+/// such event. [`crate::pack`] keeps only those, so a spine covering the last months of a
+/// long history sorts and sweeps only those months.
+pub struct OldEvents {
+    /// Events before this microsecond are old.
+    pub cutoff: i64,
+    /// The events each key keeps of its old ones.
+    pub keep: Vec<Keep>,
+}
+
+/// One old event a key keeps, in (time, created, source order) order — the sweep's order.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Keep {
+    /// The earliest whose mask lane (an index into [`Layout::masks`]) admits it.
+    First(usize),
+    /// The latest such.
+    Last(usize),
+    /// The latest of all.
+    Latest,
+}
+
+impl Layout {
+    /// How the events of a partition whose earliest spine time is `min_t` can be reduced;
+    /// `None` when every event must be kept: a lifetime feature that needs more than one
+    /// event (count, sum, min, …), a state kept for reuse (it counts the window's events),
+    /// or values kept as Arrow arrays.
+    pub fn old_events(
+        &self,
+        features: &[FeatureSpec],
+        ttl: Option<Duration>,
+        min_t: i64,
+    ) -> Option<OldEvents> {
+        if self.raw_filters || self.raw.iter().any(|&r| r) {
+            return None;
+        }
+        // Edges only grow with the spine time, so the earliest spine row bounds them all.
+        let mut cutoff = i64::MAX;
+        let mut keep = Vec::new();
+        for (f, &(input, mask)) in features.iter().zip(&self.inputs) {
+            if f.state {
+                return None;
+            }
+            let (lower, upper) = match f.kind {
+                Kind::Agg(_, w) => w.edges(min_t),
+                Kind::Latest => latest_edges(ttl, min_t),
+            };
+            let first_in = match lower {
+                Lower::Inclusive(x) => x,
+                Lower::Exclusive(x) => x.saturating_add(1),
+                Lower::Unbounded => {
+                    keep.push(match input {
+                        Input::Pick(Pick::First, _) => Keep::First(mask),
+                        Input::Pick(Pick::Last, _) => Keep::Last(mask),
+                        Input::Pick(Pick::Latest, _) => Keep::Latest,
+                        _ => return None,
+                    });
+                    // every old event must lie before the window's end, for every row
+                    match upper {
+                        Upper::Inclusive(x) => x.saturating_add(1),
+                        Upper::Exclusive(x) => x,
+                    }
+                }
+            };
+            cutoff = cutoff.min(first_in);
+        }
+        let mut seen = Vec::new();
+        keep.retain(|k| {
+            let new = !seen.contains(k);
+            seen.push(*k);
+            new
+        });
+        Some(OldEvents { cutoff, keep })
+    }
+}
+
 /// Compute every feature for every spine row of a bucket. Returns the spine row ids and one
 /// array per feature, row-aligned with them.
 pub fn sweep(
@@ -1741,4 +1817,105 @@ fn group_by_key(ids: &[u32], nkeys: usize, ok: impl Fn(usize) -> bool) -> (Vec<u
         }
     }
     (block, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_core::semantics::Closed;
+
+    const H: i64 = 3_600_000_000;
+
+    fn feature(kind: Kind) -> FeatureSpec {
+        FeatureSpec {
+            name: "f".into(),
+            label: "v:f".into(),
+            kind,
+            column: Some(0),
+            filter: None,
+            output_type: DataType::Float64,
+            state: false,
+        }
+    }
+
+    fn window(length: Option<i64>, offset: i64, closed: Closed) -> Window {
+        Window {
+            length: length.map(Duration::from_micros),
+            offset: Duration::from_micros(offset),
+            closed,
+        }
+    }
+
+    /// The cutoff is exact: an event a microsecond before it is in no finite window of any
+    /// spine row from `min_t` on and inside every lifetime window's end, and the cutoff
+    /// itself is in the earliest row's window of the feature that sets it.
+    #[test]
+    fn old_events_end_exactly_where_the_earliest_window_begins() {
+        let closed = [Closed::Right, Closed::Left, Closed::Both, Closed::Neither];
+        let min_t = 1000 * H;
+        for len in [Some(H), Some(3 * H)] {
+            for offset in [0, 2 * H, 5 * H] {
+                for &c in &closed {
+                    for &lc in &closed {
+                        // a lifetime window that ends before every finite one starts sets it
+                        for (ttl, loff) in [(None, 0), (Some(2 * H), 0), (None, 10 * H)] {
+                            let mut fs = vec![
+                                feature(Kind::Agg(Agg::Sum, window(len, offset, c))),
+                                feature(Kind::Agg(Agg::Last, window(None, loff, lc))),
+                            ];
+                            if ttl.is_some() {
+                                fs.push(feature(Kind::Latest));
+                            }
+                            let types = [DataType::Float64];
+                            let layout = Layout::new(&fs, &types, false).unwrap();
+                            let ttl = ttl.map(Duration::from_micros);
+                            let old = layout.old_events(&fs, ttl, min_t).unwrap();
+                            assert_eq!(old.keep, vec![Keep::Last(0)]);
+                            let cut = old.cutoff;
+                            let edges = |f: &FeatureSpec, t| match f.kind {
+                                Kind::Agg(_, w) => w.edges(t),
+                                Kind::Latest => latest_edges(ttl, t),
+                            };
+                            let mut tight = false;
+                            for f in &fs {
+                                for t in [min_t, min_t + 1, min_t + H, min_t + 50 * H] {
+                                    let (lo, hi) = edges(f, t);
+                                    match lo {
+                                        Lower::Unbounded => assert!(hi.admits(cut - 1)),
+                                        _ => assert!(!(lo.admits(cut - 1) && hi.admits(cut - 1))),
+                                    }
+                                }
+                                let (lo, hi) = edges(f, min_t);
+                                tight |= match lo {
+                                    Lower::Unbounded => !hi.admits(cut),
+                                    _ => lo.admits(cut),
+                                };
+                            }
+                            assert!(tight, "cutoff {cut} is not where a window begins");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lifetime_aggregates_of_many_events_keep_every_event() {
+        let lifetime = window(None, 0, Closed::Right);
+        let types = [DataType::Float64];
+        for agg in [Agg::Count, Agg::Sum, Agg::Min, Agg::Mean] {
+            let fs = vec![feature(Kind::Agg(agg, lifetime))];
+            let layout = Layout::new(&fs, &types, false).unwrap();
+            assert!(layout.old_events(&fs, None, 0).is_none(), "{agg:?}");
+        }
+        // a kept state counts the window's events
+        let mut f = feature(Kind::Agg(Agg::Last, window(Some(H), 0, Closed::Right)));
+        f.state = true;
+        let layout = Layout::new(std::slice::from_ref(&f), &types, false).unwrap();
+        assert!(layout.old_events(&[f], None, 0).is_none());
+        // values kept as Arrow arrays
+        let fs = vec![feature(Kind::Latest)];
+        let layout = Layout::new(&fs, &[DataType::Utf8], false).unwrap();
+        assert!(layout.old_events(&fs, None, 0).is_none());
+    }
 }
