@@ -384,8 +384,13 @@ fn write_parquet<C: Columns + ?Sized>(
     let mut props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY);
     // Feature values are mostly distinct floats: dictionaries and compression cost time and
-    // save little.
+    // save little. Numbers and times are not worth a dictionary either (the writer would hash
+    // every value until the dictionary overflows, mostly to fall back to plain pages).
     for f in schema.fields() {
+        if f.data_type().is_primitive() && !f.data_type().is_floating() {
+            let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+            props = props.set_column_dictionary_enabled(col, false);
+        }
         if f.data_type().is_floating() {
             let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
             props = props
@@ -416,38 +421,60 @@ fn write_parquet<C: Columns + ?Sized>(
         .iter()
         .map(|f| Ok(compute_leaves(f, &arrow::array::new_empty_array(f.data_type()))?.len()))
         .collect::<std::result::Result<Vec<_>, WriteError>>()?;
-    for (rg, (off, len)) in spans(data.num_rows(), ROW_GROUP).enumerate() {
-        let mut writers = factory.create_column_writers(rg)?.into_iter();
-        let fields: Vec<(usize, Vec<_>)> = leaves_per_field
-            .iter()
-            .enumerate()
-            .map(|(i, &k)| (i, writers.by_ref().take(k).collect()))
-            .collect();
-        let encode = |(i, mut ws): (usize, Vec<ArrowColumnWriter>)| {
-            let field = schema.field(i);
-            for (at, n) in spans(len, SLICE) {
-                let arr = data.column_slice(i, off + at, n)?;
-                for (w, l) in ws.iter_mut().zip(compute_leaves(field, &arr)?) {
-                    w.write(&l)?;
+    // A row group's encoded chunks go to the file on a thread of their own, so the encoders
+    // go on with the next row group instead of waiting for the copy into the file.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ArrowColumnChunk>>(1);
+        let appender = scope.spawn(move || -> std::result::Result<(), WriteError> {
+            for chunks in rx {
+                let mut rgw = writer.next_row_group()?;
+                for chunk in chunks {
+                    chunk.append_to_row_group(&mut rgw)?;
+                }
+                rgw.close()?;
+            }
+            writer.close()?;
+            Ok(())
+        });
+        let encoded = (|| {
+            for (rg, (off, len)) in spans(data.num_rows(), ROW_GROUP).enumerate() {
+                let mut writers = factory.create_column_writers(rg)?.into_iter();
+                let fields: Vec<(usize, Vec<_>)> = leaves_per_field
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &k)| (i, writers.by_ref().take(k).collect()))
+                    .collect();
+                let encode = |(i, mut ws): (usize, Vec<ArrowColumnWriter>)| {
+                    let field = schema.field(i);
+                    for (at, n) in spans(len, SLICE) {
+                        let arr = data.column_slice(i, off + at, n)?;
+                        for (w, l) in ws.iter_mut().zip(compute_leaves(field, &arr)?) {
+                            w.write(&l)?;
+                        }
+                    }
+                    ws.into_iter()
+                        .map(|w| Ok(w.close()?))
+                        .collect::<std::result::Result<Vec<ArrowColumnChunk>, WriteError>>()
+                };
+                let chunks = on_cores(fields, encode, || {
+                    WriteError::Parquet(parquet::errors::ParquetError::General(
+                        "a column encoder panicked".into(),
+                    ))
+                })?;
+                if tx.send(chunks.into_iter().flatten().collect()).is_err() {
+                    break; // the appender failed; its error is returned below
                 }
             }
-            ws.into_iter()
-                .map(|w| Ok(w.close()?))
-                .collect::<std::result::Result<Vec<ArrowColumnChunk>, WriteError>>()
-        };
-        let chunks = on_cores(fields, encode, || {
-            WriteError::Parquet(parquet::errors::ParquetError::General(
-                "a column encoder panicked".into(),
-            ))
-        })?;
-        let mut rgw = writer.next_row_group()?;
-        for chunk in chunks.into_iter().flatten() {
-            chunk.append_to_row_group(&mut rgw)?;
-        }
-        rgw.close()?;
-    }
-    writer.close()?;
-    Ok(())
+            Ok(())
+        })();
+        drop(tx);
+        let appended = appender.join().unwrap_or_else(|_| {
+            Err(WriteError::Parquet(parquet::errors::ParquetError::General(
+                "the row group writer panicked".into(),
+            )))
+        });
+        encoded.and(appended)
+    })
 }
 
 #[cfg(test)]
