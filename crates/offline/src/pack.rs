@@ -79,24 +79,49 @@ impl<T: Copy> Chunked<T> {
     }
 }
 
-// a bucket fits the `u8` of a row's destination
-const _: () = assert!(BUCKETS <= 256);
+/// A batch's kept rows grouped by bucket: bucket `b`'s rows are `rows[at[b]..at[b + 1]]`,
+/// in batch order.
+struct ByBucket {
+    rows: Vec<u32>,
+    at: [usize; BUCKETS + 1],
+}
 
-/// Append `value(i)` of each kept row `rows[k]` to the lane of its bucket `dest[k]`;
-/// `count` is how many rows each bucket receives.
-fn lane<'a, T: Copy + 'a>(
-    lanes: impl Iterator<Item = &'a mut Chunked<T>>,
-    count: &[usize; BUCKETS],
-    (rows, dest): (&[u32], &[u8]),
-    value: impl Fn(usize) -> T,
-) {
-    let mut tails: Vec<Option<&mut Vec<T>>> = lanes
-        .zip(count)
-        .map(|(l, &c)| (c > 0).then(|| l.room(c)))
-        .collect();
-    for (&i, &d) in rows.iter().zip(dest) {
-        if let Some(tail) = tails[d as usize].as_mut() {
-            tail.push(value(i as usize));
+impl ByBucket {
+    /// A counting sort of `(row, bucket)` pairs.
+    fn new(kept: &[(u32, u32)]) -> ByBucket {
+        let mut at = [0usize; BUCKETS + 1];
+        for &(_, b) in kept {
+            at[b as usize + 1] += 1;
+        }
+        for b in 0..BUCKETS {
+            at[b + 1] += at[b];
+        }
+        let mut fill = at;
+        let mut rows = vec![0u32; kept.len()];
+        for &(i, b) in kept {
+            rows[fill[b as usize]] = i;
+            fill[b as usize] += 1;
+        }
+        ByBucket { rows, at }
+    }
+
+    fn of(&self, b: usize) -> &[u32] {
+        &self.rows[self.at[b]..self.at[b + 1]]
+    }
+
+    /// Append `value(i)` of each of a bucket's rows `i` to that bucket's lane: one `extend`
+    /// per bucket, without a capacity check or a length update per value.
+    fn lane<'a, T: Copy + 'a>(
+        &self,
+        lanes: impl Iterator<Item = &'a mut Chunked<T>>,
+        value: impl Fn(usize) -> T,
+    ) {
+        for (b, l) in lanes.enumerate() {
+            let rows = self.of(b);
+            if !rows.is_empty() {
+                l.room(rows.len())
+                    .extend(rows.iter().map(|&i| value(i as usize)));
+            }
         }
     }
 }
@@ -430,10 +455,8 @@ impl<'l> Pack<'l> {
         // Column at a time: each row's bucket first, then every lane is appended with one
         // tight loop over the batch (a row at a time, each row's lanes were as many
         // scattered appends).
-        let mut count = [0usize; BUCKETS];
         let mut old_rows = Vec::new();
-        // the rows kept and their buckets, so the lane loops below do not branch on skips
-        let (mut rows, mut dest) = (Vec::with_capacity(slots.len()), Vec::new());
+        let mut kept = Vec::with_capacity(slots.len());
         for (i, &slot) in slots.iter().enumerate() {
             if slot == NO_SLOT || t.is_null(i) {
                 continue;
@@ -442,11 +465,13 @@ impl<'l> Pack<'l> {
                 old_rows.push(i);
                 continue;
             }
-            let b = (slot & 0xffff_ffff) as usize;
-            count[b] += 1;
-            rows.push(i as u32);
-            dest.push(b as u8);
+            kept.push((i as u32, (slot & 0xffff_ffff) as u32));
         }
+        // Column at a time: the kept rows are grouped by bucket once, then each lane is
+        // appended bucket by bucket (a row at a time, each row's lanes were as many scattered
+        // appends).
+        let by = ByBucket::new(&kept);
+        drop(kept);
         let floats = layout
             .floats
             .iter()
@@ -477,60 +502,32 @@ impl<'l> Pack<'l> {
             })
         };
         let buckets = &mut self.buckets;
-        lane(
-            buckets.iter_mut().map(|b| &mut b.ids),
-            &count,
-            (&rows, &dest),
-            |i| (slots[i] >> 32) as u32,
-        );
-        lane(
-            buckets.iter_mut().map(|b| &mut b.t),
-            &count,
-            (&rows, &dest),
-            |i| tv[i],
-        );
+        by.lane(buckets.iter_mut().map(|b| &mut b.ids), |i| {
+            (slots[i] >> 32) as u32
+        });
+        by.lane(buckets.iter_mut().map(|b| &mut b.t), |i| tv[i]);
         // `seq` is kept whole: DataFusion may deal an input partition's batches round-robin
         // before hashing them, so arrival order is not source order.
-        lane(
-            buckets.iter_mut().map(|b| &mut b.seq),
-            &count,
-            (&rows, &dest),
-            |i| sv[i],
-        );
+        by.lane(buckets.iter_mut().map(|b| &mut b.seq), |i| sv[i]);
         let created_at =
             |i: usize| created.map_or(0, |c| if c.is_valid(i) { c.value(i) } else { i64::MIN });
         if created.is_some() {
-            lane(
-                buckets.iter_mut().map(|b| &mut b.created),
-                &count,
-                (&rows, &dest),
-                created_at,
-            );
+            by.lane(buckets.iter_mut().map(|b| &mut b.created), created_at);
         }
         for (j, x) in floats.iter().enumerate() {
             let v = x.values();
-            lane(
-                buckets.iter_mut().map(|b| &mut b.floats[j]),
-                &count,
-                (&rows, &dest),
-                |i| v[i],
-            );
+            by.lane(buckets.iter_mut().map(|b| &mut b.floats[j]), |i| v[i]);
         }
         for (j, x) in ints.iter().enumerate() {
             let v = x.values();
-            lane(
-                buckets.iter_mut().map(|b| &mut b.ints[j]),
-                &count,
-                (&rows, &dest),
-                |i| v[i],
-            );
+            by.lane(buckets.iter_mut().map(|b| &mut b.ints[j]), |i| v[i]);
         }
         for (j, m) in masks.iter().enumerate() {
             if m.is_none() {
                 continue;
             }
             let lanes = buckets.iter_mut().filter_map(|b| b.masks[j].as_mut());
-            lane(lanes, &count, (&rows, &dest), |i| admits(j, i) as u8);
+            by.lane(lanes, |i| admits(j, i) as u8);
         }
         // Old events: each replaces the one its key keeps for a `Keep` when it comes later
         // (earlier, for `First`) in the sweep's order.
@@ -583,24 +580,17 @@ impl<'l> Pack<'l> {
             }
         }
         let buckets = &mut self.buckets;
-        let mut kept = 0;
-        for (bk, &c) in buckets.iter_mut().zip(&count) {
-            bk.bytes += c * self.per_event;
-            kept += c;
+        for (b, bk) in buckets.iter_mut().enumerate() {
+            bk.bytes += by.of(b).len() * self.per_event;
         }
-        self.events += kept;
+        self.events += by.rows.len();
         let keep_raw = layout.raw.iter().any(|&r| r) || layout.raw_filters;
-        let mut raw_rows: Vec<Vec<u32>> = vec![Vec::new(); if keep_raw { BUCKETS } else { 0 }];
-        if keep_raw {
-            for (&i, &d) in rows.iter().zip(&dest) {
-                raw_rows[d as usize].push(i);
-            }
-        }
-        for (b, rows) in raw_rows.into_iter().enumerate() {
+        for b in 0..if keep_raw { BUCKETS } else { 0 } {
+            let rows = by.of(b);
             if rows.is_empty() {
                 continue;
             }
-            let idx = UInt32Array::from(rows);
+            let idx = UInt32Array::from(rows.to_vec());
             let bk = &mut self.buckets[b];
             for (c, keep) in layout.raw.iter().enumerate() {
                 if *keep {
