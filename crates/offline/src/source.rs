@@ -384,10 +384,11 @@ fn write_parquet<C: Columns + ?Sized>(
     let mut props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY);
     // Feature values are mostly distinct floats: dictionaries and compression cost time and
-    // save little. Numbers and times are not worth a dictionary either (the writer would hash
-    // every value until the dictionary overflows, mostly to fall back to plain pages).
+    // save little. Times are mostly distinct too: the writer would hash every value until the
+    // dictionary overflows, only to fall back to plain pages. (Counts and keys repeat, and
+    // keep theirs.)
     for f in schema.fields() {
-        if f.data_type().is_primitive() && !f.data_type().is_floating() {
+        if f.data_type().is_temporal() {
             let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
             props = props.set_column_dictionary_enabled(col, false);
         }
