@@ -79,6 +79,15 @@ impl<T: Copy> Chunked<T> {
     }
 }
 
+/// Each lane's values followed by the same lane of a bucket's kept old events.
+fn with_kept<T: Copy>(lanes: Vec<Chunked<T>>, kept: &[Vec<T>]) -> Vec<Vec<T>> {
+    lanes
+        .into_iter()
+        .zip(kept)
+        .map(|(c, o)| c.into_vec(o))
+        .collect()
+}
+
 /// A batch's kept rows grouped by bucket: bucket `b`'s rows are `rows[at[b]..at[b + 1]]`,
 /// in batch order.
 struct ByBucket {
@@ -669,18 +678,8 @@ impl<'l> Pack<'l> {
                 .has_created
                 .then(|| bk.created.into_vec(&rank(|r| r.1))),
             seq: bk.seq.into_vec(&seqs),
-            floats: bk
-                .floats
-                .into_iter()
-                .zip(&kp.floats)
-                .map(|(c, o)| c.into_vec(o))
-                .collect(),
-            ints: bk
-                .ints
-                .into_iter()
-                .zip(&kp.ints)
-                .map(|(c, o)| c.into_vec(o))
-                .collect(),
+            floats: with_kept(bk.floats, &kp.floats),
+            ints: with_kept(bk.ints, &kp.ints),
             masks: bk
                 .masks
                 .into_iter()

@@ -7,8 +7,9 @@
 //! where the source is already in that order. Then each key is swept as one block held in
 //! small reused buffers: moving pointers give each spine row its window as a range of the
 //! block; prefix sums (double-double for floats, i128 for integers) answer
-//! count/sum/mean/var/stddev, positions of valid values answer first/last/latest, a
-//! branch-free two-stack queue answers min/max and a sliding multiset count_distinct. Keys
+//! count/sum/mean/var/stddev, positions of valid values answer first/last/latest, segment
+//! extremes shared by the windows that end together answer min/max (a branch-free two-stack
+//! queue where ends differ) and a sliding multiset count_distinct. Keys
 //! without spine rows are skipped. A bucket's results fit in cache, so they are written
 //! straight at their spine rows.
 //!
