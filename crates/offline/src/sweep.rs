@@ -311,7 +311,9 @@ pub fn sweep(
     spine: &SpineSide,
     mut ev: EventSide,
 ) -> Result<(ArrayRef, Vec<ArrayRef>)> {
-    let s = Sorted::new(spine, &mut ev);
+    // event indices are read only where values stay Arrow arrays
+    let need_idx = layout.raw_filters || layout.raw.iter().any(|&r| r);
+    let s = Sorted::new(spine, &mut ev, need_idx);
     if !layout.raw_filters {
         // A bucket's results fit in cache, so they are written straight at their spine rows,
         // and the caller merges buckets by reading each sequentially.
@@ -356,7 +358,7 @@ pub fn sweep(
 }
 
 struct Sorted {
-    /// Event indices in (key, time, created, seq) order.
+    /// Event indices in (key, time, created, seq) order; empty when no feature reads them.
     order: Vec<u32>,
     /// Event times in that order.
     ts: Vec<i64>,
@@ -439,7 +441,8 @@ fn sort_ties(perm: &mut [u32], same: impl Fn(usize, usize) -> bool, src: impl Fn
 }
 
 impl Sorted {
-    fn new(spine: &SpineSide, ev: &mut EventSide) -> Sorted {
+    /// `need_idx`: keep [`Sorted::order`] (else it stays empty).
+    fn new(spine: &SpineSide, ev: &mut EventSide, need_idx: bool) -> Sorted {
         let nkeys = spine.nkeys;
         // Counting sort by key id: each event's position in key-grouped order, arrival order
         // within a key.
@@ -471,7 +474,11 @@ impl Sorted {
         // copies of more than one lane.
         let mut ts = scatter(std::mem::take(&mut ev.t).into_iter(), &dest, total);
         let seq = scatter(std::mem::take(&mut ev.seq).into_iter(), &dest, total);
-        let mut order = scatter(0..dest.len() as u32, &dest, total);
+        let mut order = if need_idx {
+            scatter(0..dest.len() as u32, &dest, total)
+        } else {
+            Vec::new()
+        };
         let mut created = ev
             .created
             .take()
@@ -536,7 +543,9 @@ impl Sorted {
             if let Some(c) = created.as_mut() {
                 permute(&mut c[bs..be], &perm, &mut tt);
             }
-            permute(&mut order[bs..be], &perm, &mut tu);
+            if need_idx {
+                permute(&mut order[bs..be], &perm, &mut tu);
+            }
             for lane in &mut floats {
                 permute(&mut lane[bs..be], &perm, &mut tf);
             }
@@ -999,7 +1008,7 @@ impl<'a> Blocks<'a> {
             let (bs, be) = (s.eblock[k] as usize, s.eblock[k + 1] as usize);
             let b = Block {
                 ts: &s.ts[bs..be],
-                idx: &s.order[bs..be],
+                idx: s.order.get(bs..be).unwrap_or_default(),
                 st: &s.st[ss..se],
                 rows: &s.srows[ss..se],
             };
