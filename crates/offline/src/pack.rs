@@ -175,8 +175,9 @@ impl Bucket {
 /// [`Keep`], overwritten in place when a better one arrives.
 #[derive(Default)]
 struct Kept {
-    /// Position of each (key id, keep) event in the lanes below, `NONE` until one is seen.
-    at: Vec<u32>,
+    /// Position of each (key id, keep) event in the lanes below (`NONE` until one is seen),
+    /// beside its rank: most old events lose to it, and are turned away after one read.
+    at: Vec<(u32, (i64, i64, u64))>,
     /// (time, created, seq) of each position: the sweep's order.
     rank: Vec<(i64, i64, u64)>,
     ids: Vec<u32>,
@@ -191,7 +192,7 @@ impl Kept {
     /// Room for `slots` (key id, keep) events, with the lanes of `layout`.
     fn new(layout: &Layout, slots: usize) -> Kept {
         Kept {
-            at: vec![NONE; slots],
+            at: vec![(NONE, (0, 0, 0)); slots],
             floats: vec![Vec::new(); layout.floats.len()],
             ints: vec![Vec::new(); layout.ints.len()],
             masks: layout
@@ -464,18 +465,22 @@ impl<'l> Pack<'l> {
         // Column at a time: each row's bucket first, then every lane is appended with one
         // tight loop over the batch (a row at a time, each row's lanes were as many
         // scattered appends).
-        let mut old_rows = Vec::new();
-        let mut kept = Vec::with_capacity(slots.len());
+        // Old and kept rows are split without a branch on the time: in a source not sorted by
+        // time, which side a row falls on is a coin toss the CPU cannot predict.
+        let (mut old_rows, mut kept) = (vec![0u32; slots.len()], vec![(0u32, 0u32); slots.len()]);
+        let (mut n_old, mut n_kept) = (0, 0);
         for (i, &slot) in slots.iter().enumerate() {
             if slot == NO_SLOT || t.is_null(i) {
                 continue;
             }
-            if tv[i] < cutoff {
-                old_rows.push(i);
-                continue;
-            }
-            kept.push((i as u32, (slot & 0xffff_ffff) as u32));
+            let old = tv[i] < cutoff;
+            old_rows[n_old] = i as u32;
+            kept[n_kept] = (i as u32, (slot & 0xffff_ffff) as u32);
+            n_old += old as usize;
+            n_kept += !old as usize;
         }
+        old_rows.truncate(n_old);
+        kept.truncate(n_kept);
         // Column at a time: the kept rows are grouped by bucket once, then each lane is
         // appended bucket by bucket (a row at a time, each row's lanes were as many scattered
         // appends).
@@ -543,13 +548,14 @@ impl<'l> Pack<'l> {
         if let Some(old) = self.old.as_ref().filter(|o| !o.keep.is_empty()) {
             let nk = old.keep.len();
             for i in old_rows {
+                let i = i as usize;
                 let slot = slots[i];
                 let (b, id) = ((slot & 0xffff_ffff) as usize, (slot >> 32) as usize);
                 let rank = (tv[i], created_at(i), sv[i]);
                 let kp = &mut self.kept[b];
                 for (r, keep) in old.keep.iter().enumerate() {
-                    let at = kp.at[id * nk + r];
-                    let better = |cur: (i64, i64, u64)| match keep {
+                    let (at, cur) = kp.at[id * nk + r];
+                    let better = match keep {
                         Keep::First(_) => rank < cur,
                         Keep::Last(_) | Keep::Latest => rank > cur,
                     };
@@ -557,11 +563,12 @@ impl<'l> Pack<'l> {
                         Keep::First(j) | Keep::Last(j) => admits(j, i),
                         Keep::Latest => true,
                     };
-                    if !wanted || (at != NONE && !better(kp.rank[at as usize])) {
+                    if !wanted || (at != NONE && !better) {
                         continue;
                     }
+                    kp.at[id * nk + r].1 = rank;
                     let p = if at == NONE {
-                        kp.at[id * nk + r] = kp.rank.len() as u32;
+                        kp.at[id * nk + r].0 = kp.rank.len() as u32;
                         kp.rank.push(rank);
                         kp.ids.push(id as u32);
                         kp.floats.iter_mut().for_each(|l| l.push(0.0));
