@@ -1031,12 +1031,16 @@ impl<'a> Blocks<'a> {
                 lm.cnt.push(0);
                 match lane {
                     Some(lane) => {
-                        for (p, &ok) in lane[bs..be].iter().enumerate() {
-                            if ok != 0 {
-                                lm.vpos.push(p as u32);
-                            }
-                            lm.cnt.push(lm.vpos.len() as u32);
-                        }
+                        // `extend` over a mapped slice sizes once: no capacity check per value
+                        let lane = &lane[bs..be];
+                        let mut c = 0u32;
+                        lm.cnt.extend(lane.iter().map(|&ok| {
+                            c += (ok != 0) as u32;
+                            c
+                        }));
+                        lm.vpos.reserve(c as usize);
+                        lm.vpos
+                            .extend((0..lane.len() as u32).filter(|&p| lane[p as usize] != 0));
                     }
                     None => {
                         lm.vpos.extend(0..(be - bs) as u32);
