@@ -462,9 +462,6 @@ impl<'l> Pack<'l> {
         let slots = self.keys.slots(keys, |_| None)?;
         let (tv, sv) = (t.values(), seq.values());
         let cutoff = self.old.as_ref().map_or(i64::MIN, |o| o.cutoff);
-        // Column at a time: each row's bucket first, then every lane is appended with one
-        // tight loop over the batch (a row at a time, each row's lanes were as many
-        // scattered appends).
         // Old and kept rows are split without a branch on the time: in a source not sorted by
         // time, which side a row falls on is a coin toss the CPU cannot predict.
         let (mut old_rows, mut kept) = (vec![0u32; slots.len()], vec![(0u32, 0u32); slots.len()]);
