@@ -160,10 +160,8 @@ impl Bucket {
                 .map(|_| Chunked::default())
                 .collect(),
             ints: (0..layout.ints.len()).map(|_| Chunked::default()).collect(),
-            masks: layout
-                .masks
-                .iter()
-                .map(|(c, f)| (c.is_some() || f.is_some()).then(Chunked::default))
+            masks: (0..layout.masks.len())
+                .map(|j| layout.mask_lane(j).then(Chunked::default))
                 .collect(),
             raw: vec![Vec::new(); layout.raw.len()],
             ..Bucket::default()
@@ -177,16 +175,30 @@ impl Bucket {
 struct Kept {
     /// Position of each (key id, keep) event in the lanes below (`NONE` until one is seen),
     /// beside its rank: most old events lose to it, and are turned away after one read.
-    at: Vec<(u32, (i64, i64, u64))>,
-    /// (time, created, seq) of each position: the sweep's order.
-    rank: Vec<(i64, i64, u64)>,
+    at: Vec<(u32, Rank)>,
+    /// The lanes of [`Bucket`], a position per kept event.
     ids: Vec<u32>,
+    t: Vec<i64>,
+    created: Vec<i64>,
+    seq: Vec<u64>,
     floats: Vec<Vec<f64>>,
     ints: Vec<Vec<i64>>,
     masks: Vec<Option<Vec<u8>>>,
 }
 
 const NONE: u32 = u32::MAX;
+
+/// (time, created, seq): the sweep's order of events.
+type Rank = (i64, i64, u64);
+
+/// `lane[p] = x`, where `p` is either a position of the lane or the next one.
+fn set<T>(lane: &mut Vec<T>, p: usize, x: T) {
+    if p == lane.len() {
+        lane.push(x);
+    } else {
+        lane[p] = x;
+    }
+}
 
 impl Kept {
     /// Room for `slots` (key id, keep) events, with the lanes of `layout`.
@@ -195,13 +207,37 @@ impl Kept {
             at: vec![(NONE, (0, 0, 0)); slots],
             floats: vec![Vec::new(); layout.floats.len()],
             ints: vec![Vec::new(); layout.ints.len()],
-            masks: layout
-                .masks
-                .iter()
-                .map(|(c, f)| (c.is_some() || f.is_some()).then(Vec::new))
+            masks: (0..layout.masks.len())
+                .map(|j| layout.mask_lane(j).then(Vec::new))
                 .collect(),
             ..Kept::default()
         }
+    }
+
+    /// Offer the old event of key `id` with `rank` for slot `r` of `n` keeps: the position
+    /// whose lanes it is to fill when it beats the event kept there (comes `later` or
+    /// earlier in the sweep's order), or when none is kept yet — then the next position.
+    fn offer(
+        &mut self,
+        (id, r, n): (usize, usize, usize),
+        rank: Rank,
+        later: bool,
+    ) -> Option<usize> {
+        let (at, cur) = self.at[id * n + r];
+        if at != NONE && (if later { rank <= cur } else { rank >= cur }) {
+            return None;
+        }
+        let p = if at == NONE {
+            self.t.len()
+        } else {
+            at as usize
+        };
+        self.at[id * n + r] = (p as u32, rank);
+        set(&mut self.ids, p, id as u32);
+        set(&mut self.t, p, rank.0);
+        set(&mut self.created, p, rank.1);
+        set(&mut self.seq, p, rank.2);
+        Some(p)
     }
 }
 
@@ -403,12 +439,10 @@ impl<'l> Pack<'l> {
         }
         let buckets = (0..BUCKETS).map(|_| Bucket::new(layout)).collect();
         let old = min(&spine_t).and_then(old);
+        let keeps = old.as_ref().map_or(0, |o| o.keep.len());
         let kept = nkeys
             .iter()
-            .map(|&n| {
-                let keeps = old.as_ref().map_or(0, |o| o.keep.len());
-                Kept::new(layout, n as usize * keeps)
-            })
+            .map(|&n| Kept::new(layout, n as usize * keeps))
             .collect();
         Ok(Pack {
             layout,
@@ -426,10 +460,8 @@ impl<'l> Pack<'l> {
                 + 8
                 + 8 * has_created as usize
                 + 8 * (layout.floats.len() + layout.ints.len())
-                + layout
-                    .masks
-                    .iter()
-                    .filter(|(c, f)| c.is_some() || f.is_some())
+                + (0..layout.masks.len())
+                    .filter(|&j| layout.mask_lane(j))
                     .count(),
             old,
             kept,
@@ -464,25 +496,26 @@ impl<'l> Pack<'l> {
         let cutoff = self.old.as_ref().map_or(i64::MIN, |o| o.cutoff);
         // Old and kept rows are split without a branch on the time: in a source not sorted by
         // time, which side a row falls on is a coin toss the CPU cannot predict.
-        let (mut old_rows, mut kept) = (vec![0u32; slots.len()], vec![(0u32, 0u32); slots.len()]);
-        let (mut n_old, mut n_kept) = (0, 0);
+        let n = slots.len();
+        let (mut old_rows, mut recent) = (vec![0u32; n], vec![(0u32, 0u32); n]);
+        let (mut n_old, mut n_recent) = (0, 0);
         for (i, &slot) in slots.iter().enumerate() {
             if slot == NO_SLOT || t.is_null(i) {
                 continue;
             }
             let old = tv[i] < cutoff;
             old_rows[n_old] = i as u32;
-            kept[n_kept] = (i as u32, (slot & 0xffff_ffff) as u32);
+            recent[n_recent] = (i as u32, (slot & 0xffff_ffff) as u32);
             n_old += old as usize;
-            n_kept += !old as usize;
+            n_recent += !old as usize;
         }
         old_rows.truncate(n_old);
-        kept.truncate(n_kept);
-        // Column at a time: the kept rows are grouped by bucket once, then each lane is
+        recent.truncate(n_recent);
+        // Column at a time: the recent rows are grouped by bucket once, then each lane is
         // appended bucket by bucket (a row at a time, each row's lanes were as many scattered
         // appends).
-        let by = ByBucket::new(&kept);
-        drop(kept);
+        let by = ByBucket::new(&recent);
+        drop(recent);
         let floats = layout
             .floats
             .iter()
@@ -497,8 +530,9 @@ impl<'l> Pack<'l> {
         let masks: Vec<Option<_>> = layout
             .masks
             .iter()
-            .map(|&(c, f)| {
-                (c.is_some() || f.is_some()).then(|| {
+            .enumerate()
+            .map(|(j, &(c, f))| {
+                layout.mask_lane(j).then(|| {
                     (
                         c.and_then(|c| values[c].logical_nulls()),
                         f.map(|f| &filters[f]),
@@ -550,43 +584,30 @@ impl<'l> Pack<'l> {
                 let (b, id) = ((slot & 0xffff_ffff) as usize, (slot >> 32) as usize);
                 let rank = (tv[i], created_at(i), sv[i]);
                 let kp = &mut self.kept[b];
-                for (r, keep) in old.keep.iter().enumerate() {
-                    let (at, cur) = kp.at[id * nk + r];
-                    let better = match keep {
-                        Keep::First(_) => rank < cur,
-                        Keep::Last(_) | Keep::Latest => rank > cur,
+                for (r, &keep) in old.keep.iter().enumerate() {
+                    let (wanted, later) = match keep {
+                        Keep::First(j) => (admits(j, i), false),
+                        Keep::Last(j) => (admits(j, i), true),
+                        Keep::Latest => (true, true),
                     };
-                    let wanted = match *keep {
-                        Keep::First(j) | Keep::Last(j) => admits(j, i),
-                        Keep::Latest => true,
-                    };
-                    if !wanted || (at != NONE && !better) {
+                    let new_at = kp.t.len();
+                    let Some(p) = wanted.then(|| kp.offer((id, r, nk), rank, later)).flatten()
+                    else {
                         continue;
-                    }
-                    kp.at[id * nk + r].1 = rank;
-                    let p = if at == NONE {
-                        kp.at[id * nk + r].0 = kp.rank.len() as u32;
-                        kp.rank.push(rank);
-                        kp.ids.push(id as u32);
-                        kp.floats.iter_mut().for_each(|l| l.push(0.0));
-                        kp.ints.iter_mut().for_each(|l| l.push(0));
-                        kp.masks.iter_mut().flatten().for_each(|l| l.push(0));
+                    };
+                    if p == new_at {
                         self.buckets[b].bytes += self.per_event;
                         self.events += 1;
-                        kp.rank.len() - 1
-                    } else {
-                        at as usize
-                    };
-                    kp.rank[p] = rank;
+                    }
                     for (l, x) in kp.floats.iter_mut().zip(&floats) {
-                        l[p] = x.values()[i];
+                        set(l, p, x.values()[i]);
                     }
                     for (l, x) in kp.ints.iter_mut().zip(&ints) {
-                        l[p] = x.values()[i];
+                        set(l, p, x.values()[i]);
                     }
                     for (j, l) in kp.masks.iter_mut().enumerate() {
                         if let Some(l) = l {
-                            l[p] = admits(j, i) as u8;
+                            set(l, p, admits(j, i) as u8);
                         }
                     }
                 }
@@ -597,8 +618,13 @@ impl<'l> Pack<'l> {
             bk.bytes += by.of(b).len() * self.per_event;
         }
         self.events += by.rows.len();
-        let keep_raw = layout.raw.iter().any(|&r| r) || layout.raw_filters;
-        for b in 0..if keep_raw { BUCKETS } else { 0 } {
+        // inputs kept as Arrow arrays: each bucket's rows of the batch, taken
+        let array_buckets = if layout.keeps_arrays() {
+            0..BUCKETS
+        } else {
+            0..0
+        };
+        for b in array_buckets {
             let rows = by.of(b);
             if rows.is_empty() {
                 continue;
@@ -673,15 +699,11 @@ impl<'l> Pack<'l> {
         }
         let kp = std::mem::replace(&mut self.kept[b], Kept::new(layout, 0));
         // a key's kept old events join its others; the sweep sorts them into place
-        let rank = |f: fn(&(i64, i64, u64)) -> i64| kp.rank.iter().map(f).collect::<Vec<_>>();
-        let seqs: Vec<u64> = kp.rank.iter().map(|r| r.2).collect();
         let ev = EventSide {
             ids: bk.ids.into_vec(&kp.ids),
-            t: bk.t.into_vec(&rank(|r| r.0)),
-            created: self
-                .has_created
-                .then(|| bk.created.into_vec(&rank(|r| r.1))),
-            seq: bk.seq.into_vec(&seqs),
+            t: bk.t.into_vec(&kp.t),
+            created: self.has_created.then(|| bk.created.into_vec(&kp.created)),
+            seq: bk.seq.into_vec(&kp.seq),
             floats: with_kept(bk.floats, &kp.floats),
             ints: with_kept(bk.ints, &kp.ints),
             masks: bk

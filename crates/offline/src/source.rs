@@ -388,14 +388,15 @@ fn write_parquet<C: Columns + ?Sized>(
     // dictionary overflows, only to fall back to plain pages. (Counts and keys repeat, and
     // keep theirs.)
     for f in schema.fields() {
-        if f.data_type().is_temporal() {
-            let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
-            props = props.set_column_dictionary_enabled(col, false);
+        let (ty, col) = (
+            f.data_type(),
+            parquet::schema::types::ColumnPath::from(f.name().as_str()),
+        );
+        if ty.is_temporal() || ty.is_floating() {
+            props = props.set_column_dictionary_enabled(col.clone(), false);
         }
-        if f.data_type().is_floating() {
-            let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+        if ty.is_floating() {
             props = props
-                .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_compression(col.clone(), parquet::basic::Compression::UNCOMPRESSED)
                 .set_column_statistics_enabled(
                     col,

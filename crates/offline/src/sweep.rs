@@ -205,6 +205,13 @@ impl Layout {
         Ok(l)
     }
 
+    /// Whether mask `j` is a lane: a mask with neither a column nor a filter admits every
+    /// event and is not stored.
+    pub fn mask_lane(&self, j: usize) -> bool {
+        let (c, f) = self.masks[j];
+        c.is_some() || f.is_some()
+    }
+
     fn int_lane(&mut self, c: usize, label: &str) -> usize {
         let i = slot(&mut self.ints, c);
         if self.int_labels.len() < self.ints.len() {
@@ -248,7 +255,28 @@ pub enum Keep {
     Latest,
 }
 
+/// The first and last microsecond a window's edges admit, as i128 so that no edge
+/// overflows; an unbounded start is `i128::MIN`.
+fn admitted((lower, upper): (Lower, Upper)) -> (i128, i128) {
+    let first = match lower {
+        Lower::Unbounded => i128::MIN,
+        Lower::Exclusive(x) => x as i128 + 1,
+        Lower::Inclusive(x) => x as i128,
+    };
+    let last = match upper {
+        Upper::Exclusive(x) => x as i128 - 1,
+        Upper::Inclusive(x) => x as i128,
+    };
+    (first, last)
+}
+
 impl Layout {
+    /// Whether any input stays an Arrow array (strings, count_distinct, `filter_created`):
+    /// those are read by event index, not from lanes.
+    pub fn keeps_arrays(&self) -> bool {
+        self.raw_filters || self.raw.iter().any(|&r| r)
+    }
+
     /// How the events of a partition whose earliest spine time is `min_t` can be reduced;
     /// `None` when every event must be kept: a lifetime feature that needs more than one
     /// event (count, sum, min, …), a state kept for reuse (it counts the window's events),
@@ -259,45 +287,38 @@ impl Layout {
         ttl: Option<Duration>,
         min_t: i64,
     ) -> Option<OldEvents> {
-        if self.raw_filters || self.raw.iter().any(|&r| r) {
+        if self.keeps_arrays() {
             return None;
         }
         // Edges only grow with the spine time, so the earliest spine row bounds them all.
-        let mut cutoff = i64::MAX;
+        let mut cutoff = i64::MAX as i128;
         let mut keep = Vec::new();
         for (f, &(input, mask)) in features.iter().zip(&self.inputs) {
             if f.state {
                 return None;
             }
-            let (lower, upper) = match f.kind {
+            let (first, last) = admitted(match f.kind {
                 Kind::Agg(_, w) => w.edges(min_t),
                 Kind::Latest => latest_edges(ttl, min_t),
-            };
-            let first_in = match lower {
-                Lower::Inclusive(x) => x,
-                Lower::Exclusive(x) => x.saturating_add(1),
-                Lower::Unbounded => {
-                    keep.push(match input {
-                        Input::Pick(Pick::First, _) => Keep::First(mask),
-                        Input::Pick(Pick::Last, _) => Keep::Last(mask),
-                        Input::Pick(Pick::Latest, _) => Keep::Latest,
-                        _ => return None,
-                    });
-                    // every old event must lie before the window's end, for every row
-                    match upper {
-                        Upper::Inclusive(x) => x.saturating_add(1),
-                        Upper::Exclusive(x) => x,
-                    }
+            });
+            let first_in = if first == i128::MIN {
+                let k = match input {
+                    Input::Pick(Pick::First, _) => Keep::First(mask),
+                    Input::Pick(Pick::Last, _) => Keep::Last(mask),
+                    Input::Pick(Pick::Latest, _) => Keep::Latest,
+                    _ => return None,
+                };
+                if !keep.contains(&k) {
+                    keep.push(k);
                 }
+                // a lifetime window: every old event must lie before its end, for every row
+                last + 1
+            } else {
+                first
             };
             cutoff = cutoff.min(first_in);
         }
-        let mut seen = Vec::new();
-        keep.retain(|k| {
-            let new = !seen.contains(k);
-            seen.push(*k);
-            new
-        });
+        let cutoff = cutoff.max(i64::MIN as i128) as i64;
         Some(OldEvents { cutoff, keep })
     }
 }
@@ -312,7 +333,7 @@ pub fn sweep(
     mut ev: EventSide,
 ) -> Result<(ArrayRef, Vec<ArrayRef>)> {
     // event indices are read only where values stay Arrow arrays
-    let need_idx = layout.raw_filters || layout.raw.iter().any(|&r| r);
+    let need_idx = layout.keeps_arrays();
     let s = Sorted::new(spine, &mut ev, need_idx);
     if !layout.raw_filters {
         // A bucket's results fit in cache, so they are written straight at their spine rows,
@@ -1110,19 +1131,7 @@ impl Block<'_> {
     /// [`Block::ranges`] to one comparison per step.
     fn bounds(&self, edges: impl Fn(i64) -> (Lower, Upper), out: &mut Vec<(i128, i128)>) {
         out.clear();
-        out.extend(self.st.iter().map(|&t| {
-            let (l, u) = edges(t);
-            let first = match l {
-                Lower::Unbounded => i128::MIN,
-                Lower::Exclusive(x) => x as i128 + 1,
-                Lower::Inclusive(x) => x as i128,
-            };
-            let last = match u {
-                Upper::Exclusive(x) => x as i128 - 1,
-                Upper::Inclusive(x) => x as i128,
-            };
-            (first, last)
-        }));
+        out.extend(self.st.iter().map(|&t| admitted(edges(t))));
     }
 
     /// For each spine row of the block, the range `lo..hi` of block positions in its window
