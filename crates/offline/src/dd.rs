@@ -93,6 +93,30 @@ impl Dd {
     }
 }
 
+/// A running sum of f64 whose loop-carried chain is one add. Each step's rounding error is
+/// exact (two_sum) and gathers apart in `lo` (Neumaier's scheme); [`RunningSum::value`]
+/// normalizes without feeding back. `Dd::add_f64` renormalizes every step, a chain of seven
+/// dependent adds per value, which made a key's prefix sums latency-bound.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunningSum {
+    hi: f64,
+    lo: f64,
+}
+
+impl RunningSum {
+    #[inline]
+    pub fn add(&mut self, v: f64) {
+        let (s, e) = two_sum(self.hi, v);
+        self.hi = s;
+        self.lo += e;
+    }
+
+    #[inline]
+    pub fn value(self) -> Dd {
+        quick_two_sum(self.hi, self.lo)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +132,26 @@ mod tests {
         }
         let w = p.sub(before).to_f64();
         assert_eq!(w, 0.1 + 0.2 + 0.3);
+    }
+
+    #[test]
+    fn running_sum_keeps_what_plain_addition_loses() {
+        let mut r = RunningSum::default();
+        let mut d = Dd::ZERO;
+        for x in [1e17, 0.1, 0.2, 0.3, -1e17, 3.0] {
+            r.add(x);
+            d = d.add_f64(x);
+        }
+        assert_eq!(r.value().to_f64(), 0.1 + 0.2 + 0.3 + 3.0);
+        assert_eq!(r.value().to_f64(), d.to_f64());
+        // the prefix difference of a small window after a huge value stays exact
+        let mut p = RunningSum::default();
+        p.add(1e17);
+        let before = p.value();
+        for x in [0.1, 0.2, 0.3] {
+            p.add(x);
+        }
+        assert_eq!(p.value().sub(before).to_f64(), 0.1 + 0.2 + 0.3);
     }
 
     #[test]

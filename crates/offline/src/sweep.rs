@@ -30,7 +30,7 @@ use arrow::row::{RowConverter, SortField};
 use quiver_core::Duration;
 use quiver_core::semantics::{Agg, Lower, Upper, Window, latest_edges};
 
-use crate::dd::Dd;
+use crate::dd::{Dd, RunningSum};
 use crate::state::{self, StateKind};
 use crate::{Error, Result};
 
@@ -848,7 +848,7 @@ struct PrefixDef {
 }
 
 /// A block's float and int lanes, and its min/max keys.
-type BlockLanes<'x> = (&'x [&'x [f64]], &'x [&'x [i64]], &'x [Vec<i64>]);
+type BlockLanes<'x> = (&'x [&'x [f64]], &'x [&'x [i64]]);
 
 /// One key's sorted events and spine rows.
 struct Block<'a> {
@@ -1020,7 +1020,9 @@ impl<'a> Blocks<'a> {
             .collect();
         let mut scratch = Scratch::default();
         let mut kvs: Vec<Vec<i64>> = vec![Vec::new(); self.keys.len()];
-        let mut segs: Vec<((usize, bool, usize), Segments)> = Vec::new();
+        // per (key lane, window end group) and per (key lane, window)
+        let mut segs: Vec<((usize, usize), Segments)> = Vec::new();
+        let mut exts: Vec<((usize, usize), WindowExtremes)> = Vec::new();
         for k in 0..nkeys {
             let (ss, se) = (s.sblock[k] as usize, s.sblock[k + 1] as usize);
             if ss == se {
@@ -1088,25 +1090,39 @@ impl<'a> Blocks<'a> {
                 }
             }
             // Min/max features whose windows end together (1d and 90d without offsets do)
-            // share one pass over the key's values: see `Segments`.
+            // share one pass over the key's values, and the min and the max of one window
+            // one query: see `Segments`.
             segs.clear();
+            exts.clear();
             for job in &self.jobs {
-                let (Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max)) = job.op else {
+                let (Op::ExtremeF64(k, _) | Op::ExtremeI64(k, _)) = job.op else {
                     continue;
                 };
-                let g = ends_of[job.edges];
-                if !segs.iter().any(|(key, _)| *key == (k, max, g)) {
-                    let cnt = &masks[job.mask].cnt;
-                    let ends = ranges[g].iter().map(|&(_, h)| cnt[h as usize]).collect();
-                    segs.push(((k, max, g), Segments::new(&kvs[k], ends, max)));
+                let (g, w, m) = (ends_of[job.edges], job.edges, &masks[job.mask]);
+                if exts.iter().any(|(key, _)| *key == (k, w)) {
+                    continue;
                 }
+                let s = match segs.iter().position(|(key, _)| *key == (k, g)) {
+                    Some(s) => s,
+                    None => {
+                        let ends = ranges[g].iter().map(|&(_, h)| m.cnt[h as usize]).collect();
+                        segs.push(((k, g), Segments::new(&kvs[k], ends)));
+                        segs.len() - 1
+                    }
+                };
+                let windows = ranges[w]
+                    .iter()
+                    .map(|&(l, h)| (m.cnt[l as usize] as usize, m.cnt[h as usize] as usize));
+                let mut out = Vec::new();
+                segs[s].1.query(windows, &mut scratch, &mut out);
+                exts.push(((k, w), out));
             }
             for job in &mut self.jobs {
-                let seg = match job.op {
-                    Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max) => segs
+                let ext = match job.op {
+                    Op::ExtremeF64(k, _) | Op::ExtremeI64(k, _) => exts
                         .iter()
-                        .find(|(key, _)| *key == (k, max, ends_of[job.edges]))
-                        .map(|(_, s)| s),
+                        .find(|(key, _)| *key == (k, job.edges))
+                        .map(|(_, e)| &e[..]),
                     _ => None,
                 };
                 job.block(
@@ -1114,8 +1130,8 @@ impl<'a> Blocks<'a> {
                     &ranges[job.edges],
                     &masks[job.mask],
                     job.prefix.map(|p| &prefixes[p]),
-                    (&fx, &ix, &kvs),
-                    seg,
+                    (&fx, &ix),
+                    ext,
                     &mut scratch,
                     spine,
                 )?;
@@ -1196,6 +1212,7 @@ impl LocalPrefix {
         self.has_special = false;
         // Infinities and NaN are counted apart: they would turn every later prefix into NaN.
         let (mut s1, mut s2, mut sp) = (Dd::ZERO, Dd::ZERO, [0u32; 3]);
+        let mut sum = RunningSum::default();
         self.p1.push(s1);
         if moments {
             self.p2.push(s2);
@@ -1211,7 +1228,7 @@ impl LocalPrefix {
                         s1 = s1.add(y);
                         s2 = s2.add(y.mul(y));
                     } else {
-                        s1 = s1.add_f64(v);
+                        sum.add(v);
                     }
                 } else {
                     if !self.has_special {
@@ -1227,9 +1244,11 @@ impl LocalPrefix {
                     }] += 1;
                 }
             }
-            self.p1.push(s1);
             if moments {
+                self.p1.push(s1);
                 self.p2.push(s2);
+            } else {
+                self.p1.push(sum.value());
             }
             if self.has_special {
                 self.special.push(sp);
@@ -1254,8 +1273,8 @@ impl Job<'_> {
         rg: &[(u32, u32)],
         m: &LocalMask,
         prefix: Option<&LocalPrefix>,
-        (fx, ix, kvs): BlockLanes,
-        seg: Option<&Segments>,
+        (fx, ix): BlockLanes,
+        ext: Option<&[Option<MinMax>]>,
         sc: &mut Scratch,
         spine: &SpineSide,
     ) -> Result<()> {
@@ -1339,22 +1358,11 @@ impl Job<'_> {
                     }
                 }
             }
-            (Op::ExtremeF64(k, max) | Op::ExtremeI64(k, max), out) => {
-                match seg {
-                    Some(seg) => seg.query((0..nrows).map(vr), sc),
-                    None => {
-                        let kv = &kvs[*k];
-                        sliding_extreme(
-                            (0..nrows).map(vr),
-                            |j| kv[j],
-                            &mut sc.sfx,
-                            *max,
-                            &mut sc.ext,
-                        )
-                    }
-                }
-                for (row, e) in rows.zip(&sc.ext) {
-                    let Some(k) = *e else { continue };
+            (Op::ExtremeF64(_, max) | Op::ExtremeI64(_, max), out) => {
+                let ext = ext.ok_or_else(|| internal("min/max without its window extremes"))?;
+                for (row, e) in rows.zip(ext) {
+                    let Some((lo, hi)) = *e else { continue };
+                    let k = if *max { hi } else { lo };
                     match out {
                         Out::F64(v, valid) => {
                             v[row] = key_f64(k);
@@ -1514,44 +1522,52 @@ impl Job<'_> {
 /// Buffers reused by every min/max feature of a partition.
 #[derive(Default)]
 struct Scratch {
-    sfx: Vec<i64>,
-    ext: Vec<Option<i64>>,
+    sfx: Vec<MinMax>,
     best: Vec<Option<u32>>,
-    tails: Vec<Option<i64>>,
+    tails: Vec<Option<MinMax>>,
     spans: Vec<(usize, usize)>,
 }
 
-/// Sliding min or max for windows that all end where a spine row's window ends, in one pass
+/// A min and a max carried together: one pass and one query serve a window's `min` and
+/// `max` features, which feature sets usually ask for in pairs.
+type MinMax = (i64, i64);
+
+/// Per spine row of a block, its window's min and max (`None` when the window is empty).
+type WindowExtremes = Vec<Option<MinMax>>;
+
+const NO_MIN_MAX: MinMax = (i64::MAX, i64::MIN);
+
+#[inline(always)]
+fn min_max(a: MinMax, b: MinMax) -> MinMax {
+    (a.0.min(b.0), a.1.max(b.1))
+}
+
+/// Sliding min and max for windows that all end where a spine row's window ends, in one pass
 /// over the values shared by every such window. The values split into segments, segment `r`
 /// running from the previous spine row's window end to row `r`'s; a window `a..end(r)` is
 /// then the suffix of the segment holding `a` (kept per value) plus whole segments up to `r`,
-/// whose extremes slide over a list as long as the rows, not the values. A min/max costs
-/// about one step per spine row instead of two per event; the values are read once for all.
+/// whose extremes slide over a list as long as the rows, not the values. A window's min and
+/// max cost about one step per spine row instead of two per event; the values are read once
+/// for all.
 struct Segments {
     ends: Vec<u32>,
-    max: bool,
-    /// `suffix[j]`: the extreme of values `j..` to the end of j's segment.
-    suffix: Vec<i64>,
-    /// Each segment's extreme (the identity when empty).
-    whole: Vec<i64>,
+    /// `suffix[j]`: the extremes of values `j..` to the end of j's segment.
+    suffix: Vec<MinMax>,
+    /// Each segment's extremes ([`NO_MIN_MAX`] when empty).
+    whole: Vec<MinMax>,
 }
 
 impl Segments {
-    fn new(keys: &[i64], ends: Vec<u32>, max: bool) -> Segments {
-        let (identity, ext): (i64, fn(i64, i64) -> i64) = if max {
-            (i64::MIN, i64::max)
-        } else {
-            (i64::MAX, i64::min)
-        };
+    fn new(keys: &[i64], ends: Vec<u32>) -> Segments {
         let last = ends.last().map_or(0, |&e| e as usize);
-        let mut suffix = vec![identity; last];
+        let mut suffix = vec![NO_MIN_MAX; last];
         let mut whole = Vec::with_capacity(ends.len());
         let mut start = 0usize;
         for &e in &ends {
             let e = e as usize;
-            let mut acc = identity;
+            let mut acc = NO_MIN_MAX;
             for j in (start..e).rev() {
-                acc = ext(acc, keys[j]);
+                acc = min_max(acc, (keys[j], keys[j]));
                 suffix[j] = acc;
             }
             whole.push(acc);
@@ -1559,21 +1575,25 @@ impl Segments {
         }
         Segments {
             ends,
-            max,
             suffix,
             whole,
         }
     }
 
-    /// The extreme of each window `a..b` (row `r`'s, with `b` its window end), into `sc.ext`.
-    fn query(&self, windows: impl Iterator<Item = (usize, usize)>, sc: &mut Scratch) {
-        sc.ext.clear();
+    /// The extremes of each window `a..b` (row `r`'s, with `b` its window end), into `out`.
+    fn query(
+        &self,
+        windows: impl Iterator<Item = (usize, usize)>,
+        sc: &mut Scratch,
+        out: &mut Vec<Option<MinMax>>,
+    ) {
+        out.clear();
         sc.spans.clear();
         let (mut s, mut first) = (0usize, 0usize);
         for (r, (a, b)) in windows.enumerate() {
             debug_assert_eq!(b, self.ends[r] as usize);
             if a >= b {
-                sc.ext.push(None);
+                out.push(None);
                 // empty, and keeping both ends where they were keeps them non-decreasing
                 sc.spans.push((first, first));
                 continue;
@@ -1581,7 +1601,7 @@ impl Segments {
             while self.ends[s] as usize <= a {
                 s += 1;
             }
-            sc.ext.push(Some(self.suffix[a]));
+            out.push(Some(self.suffix[a]));
             first = s + 1;
             sc.spans.push((first, r + 1));
         }
@@ -1590,12 +1610,13 @@ impl Segments {
             sc.spans.iter().copied(),
             |j| whole[j],
             &mut sc.sfx,
-            self.max,
+            NO_MIN_MAX,
+            min_max,
             &mut sc.tails,
         );
-        for (e, t) in sc.ext.iter_mut().zip(&sc.tails) {
+        for (e, t) in out.iter_mut().zip(&sc.tails) {
             if let (Some(e), Some(t)) = (e.as_mut(), t) {
-                *e = if self.max { (*e).max(*t) } else { (*e).min(*t) };
+                *e = min_max(*e, *t);
             }
         }
     }
@@ -1644,34 +1665,21 @@ fn f64_key(x: f64) -> i64 {
     bits ^ ((((bits >> 63) as u64) >> 1) as i64)
 }
 
-/// Sliding min or max of `keys` over windows given as index ranges `a..b` with both ends
+/// Sliding extreme of `key` over windows given as index ranges `a..b` with both ends
 /// non-decreasing. A two-stack queue: the back is a running extreme, the front holds suffix
 /// extremes rebuilt (once per element at most) when the window start passes it. No
 /// data-dependent branches, so it runs at memory speed on random data.
-fn sliding_extreme(
-    ranges: impl Iterator<Item = (usize, usize)>,
-    key: impl Fn(usize) -> i64,
-    sfx: &mut Vec<i64>,
-    max: bool,
-    out: &mut Vec<Option<i64>>,
-) {
-    if max {
-        sliding_extreme_by(ranges, key, sfx, i64::MIN, i64::max, out)
-    } else {
-        sliding_extreme_by(ranges, key, sfx, i64::MAX, i64::min, out)
-    }
-}
-
+///
 /// `sfx[j - base]` holds the extreme of `key(j)..key(mid)` for the front `base..mid`; it only
 /// ever spans one window, so it stays small and is reused across windows and features.
 #[inline(always)]
-fn sliding_extreme_by(
+fn sliding_extreme<T: Copy>(
     ranges: impl Iterator<Item = (usize, usize)>,
-    key: impl Fn(usize) -> i64,
-    sfx: &mut Vec<i64>,
-    identity: i64,
-    ext: impl Fn(i64, i64) -> i64,
-    out: &mut Vec<Option<i64>>,
+    key: impl Fn(usize) -> T,
+    sfx: &mut Vec<T>,
+    identity: T,
+    ext: impl Fn(T, T) -> T,
+    out: &mut Vec<Option<T>>,
 ) {
     let (mut base, mut mid, mut next, mut back) = (0usize, 0usize, 0usize, identity);
     out.clear();
