@@ -131,3 +131,63 @@ async fn parquet_round_trip_keeps_spine_column_types() {
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0], spine);
 }
+
+/// The spine's time range prunes a Parquet source's row groups (the scan reads only those
+/// that can hold an event of some window), and the values are those of a full read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_spine_reads_only_the_late_row_groups() {
+    use datafusion::parquet::file::properties::WriterProperties;
+    let dir = tempfile::tempdir().unwrap();
+    // two keys, one event an hour each for 100 days, in time order: 48 row groups of 100 rows
+    let hours = 100 * 24;
+    let uid: Vec<i64> = (0..hours).flat_map(|_| [1, 2]).collect();
+    let t: Vec<Option<i64>> = (0..hours)
+        .flat_map(|h| [Some(h * H), Some(h * H)])
+        .collect();
+    let v: Vec<i64> = (0..2 * hours).collect();
+    let events = batch(vec![
+        ("uid", Arc::new(Int64Array::from(uid)) as ArrayRef),
+        ("t", ts(t)),
+        ("v", Arc::new(Int64Array::from(v.clone()))),
+    ]);
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(100))
+        .build();
+    let f = std::fs::File::create(dir.path().join("ev.parquet")).unwrap();
+    let mut w = ArrowWriter::try_new(f, events.schema(), Some(props)).unwrap();
+    w.write(&events).unwrap();
+    w.close().unwrap();
+    let yaml = "project: p\nentities:\n  u: { join_keys: [uid] }\nsources:\n  ev: { path: ev.parquet, timestamp: t }\nfeature_views:\n  v:\n    entity: u\n    source: ev\n    features:\n      - { name: s, agg: sum, column: v, window: 1d }\n      - { name: n, agg: count, column: \"*\", window: 1d }\n";
+    std::fs::write(dir.path().join("quiver.yaml"), yaml).unwrap();
+    let e = Engine::new(Repo::load(dir.path()).unwrap(), EngineOptions::default()).unwrap();
+    let run = |times: Vec<i64>| {
+        let spine = batch(vec![
+            (
+                "uid",
+                Arc::new(Int64Array::from(vec![1; times.len()])) as ArrayRef,
+            ),
+            ("event_timestamp", ts(times.into_iter().map(Some).collect())),
+        ]);
+        let req = JoinRequest {
+            features: e.repo().resolve_refs(&["v:s", "v:n"]).unwrap(),
+            ..Default::default()
+        };
+        let e = &e;
+        async move { e.join(spine.schema(), vec![spine], &req).await.unwrap() }
+    };
+    // key 1's event of hour h has value 2h; a 1d window (t − 1d, t] at an exact hour holds 24
+    let expect = |t: i64| -> i64 { ((t / H - 23)..=(t / H)).map(|h| 2 * h).sum() };
+    let late = [98 * DAY + 5 * H, 99 * DAY];
+    let out = run(late.to_vec()).await;
+    assert_eq!(i64s(&out.batch, "s"), late.map(|t| Some(expect(t))));
+    assert_eq!(i64s(&out.batch, "n"), [Some(24), Some(24)]);
+    let wide = run(vec![2 * DAY, 99 * DAY]).await;
+    assert_eq!(i64s(&wide.batch, "s")[1], Some(expect(99 * DAY)));
+    // the late spine needs about 2 of the 100 days
+    assert!(
+        out.bytes_scanned * 10 < wide.bytes_scanned,
+        "late {} wide {}",
+        out.bytes_scanned,
+        wide.bytes_scanned
+    );
+}

@@ -1263,8 +1263,12 @@ impl Engine {
             LogicalPlanBuilder::scan("spine", provider_as_source(Arc::new(mem)), None)?.build()?;
 
         let mut explain = Vec::new();
+        let table = Arc::new(source::TimePruned {
+            inner: p.table.clone(),
+            time: src.timestamp.clone(),
+        });
         let mut builder =
-            LogicalPlanBuilder::scan(src.name.as_str(), provider_as_source(p.table.clone()), None)?;
+            LogicalPlanBuilder::scan(src.name.as_str(), provider_as_source(table), None)?;
         if let Some((lo, hi)) = range {
             let mut pred = column(&src.timestamp).lt_eq(time_literal(time_type, hi));
             if let Some(lo) = lo {

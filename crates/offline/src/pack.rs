@@ -345,6 +345,10 @@ pub struct Pack<'l> {
     events: usize,
     /// Packed bytes per event.
     per_event: usize,
+    /// The first and last microsecond a window of this partition's spine rows admits: the
+    /// events outside are dropped here, so the scan's time range only has to prune row groups
+    /// and files, and no filter operator tests and copies every row.
+    span: (i64, i64),
     /// Events older than every finite window, reduced to the few each key needs.
     old: Option<OldEvents>,
     kept: Vec<Kept>,
@@ -381,6 +385,7 @@ impl<'l> Pack<'l> {
         spine: &RecordBatch,
         key_count: usize,
         has_created: bool,
+        span: impl FnOnce(i64, i64) -> (i64, i64),
         old: impl FnOnce(i64) -> Option<OldEvents>,
     ) -> Result<Pack<'l>> {
         let sc = spine.columns();
@@ -438,6 +443,10 @@ impl<'l> Pack<'l> {
             spine_ids[b].push(id);
         }
         let buckets = (0..BUCKETS).map(|_| Bucket::new(layout)).collect();
+        let span = match (min(&spine_t), max(&spine_t)) {
+            (Some(lo), Some(hi)) => span(lo, hi),
+            _ => (i64::MAX, i64::MIN),
+        };
         let old = min(&spine_t).and_then(old);
         let keeps = old.as_ref().map_or(0, |o| o.keep.len());
         let kept = nkeys
@@ -463,6 +472,7 @@ impl<'l> Pack<'l> {
                 + (0..layout.masks.len())
                     .filter(|&j| layout.mask_lane(j))
                     .count(),
+            span,
             old,
             kept,
         })
@@ -494,13 +504,14 @@ impl<'l> Pack<'l> {
         let slots = self.keys.slots(keys, |_| None)?;
         let (tv, sv) = (t.values(), seq.values());
         let cutoff = self.old.as_ref().map_or(i64::MIN, |o| o.cutoff);
+        let (first, last) = self.span;
         // Old and kept rows are split without a branch on the time: in a source not sorted by
         // time, which side a row falls on is a coin toss the CPU cannot predict.
         let n = slots.len();
         let (mut old_rows, mut recent) = (vec![0u32; n], vec![(0u32, 0u32); n]);
         let (mut n_old, mut n_recent) = (0, 0);
         for (i, &slot) in slots.iter().enumerate() {
-            if slot == NO_SLOT || t.is_null(i) {
+            if slot == NO_SLOT || t.is_null(i) || !(first..=last).contains(&tv[i]) {
                 continue;
             }
             let old = tv[i] < cutoff;

@@ -54,7 +54,7 @@ use quiver_core::Duration;
 
 use crate::Error;
 use crate::pack::{BUCKETS, Pack, buckets_of};
-use crate::sweep::{FeatureSpec, Layout, sweep};
+use crate::sweep::{FeatureSpec, Layout, needed_span, sweep};
 
 pub const RID: &str = "__rid";
 pub const TIME: &str = "__t";
@@ -450,6 +450,7 @@ async fn run(
         &spine,
         spec.key_count,
         spec.created_column.is_some(),
+        |lo, hi| needed_span(&spec.features, spec.ttl, lo, hi),
         |min_t| layout.old_events(&spec.features, spec.ttl, min_t),
     )?;
     drop(spine);

@@ -6,17 +6,104 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
+use datafusion::common::DFSchema;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use quiver_core::Source;
 
 use crate::table::{Columns, on_cores, spans};
 use crate::{Error, Result};
+
+/// A source whose event-time filters the engine applies itself: the pack drops every event
+/// no window of its partition's spine rows admits (`sweep::needed_span`), and the scan's
+/// time range never cuts into those windows. Declared exact, such a filter still reaches the
+/// scan, which prunes row groups and files with it, but no filter operator tests and copies
+/// every batch. Other filters are left as the source handles them.
+#[derive(Debug)]
+pub(crate) struct TimePruned {
+    pub inner: Arc<dyn TableProvider>,
+    /// The source's time column.
+    pub time: String,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for TimePruned {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        // A file scan takes no filters from `scan`: DataFusion's physical optimizer pushes a
+        // filter operator's predicate into it. With no operator left to push from, hand the
+        // file source the time filters here, for its row-group and page statistics.
+        // (A Delta table's own scan prunes its files with `filters` already.)
+        let Some(exec) = plan.downcast_ref::<DataSourceExec>() else {
+            return Ok(plan);
+        };
+        let schema = DFSchema::try_from(plan.schema())?;
+        let time = filters
+            .iter()
+            .filter(|f| self.on_time(f))
+            .map(|f| state.create_physical_expr(f.clone(), &schema))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        if time.is_empty() {
+            return Ok(plan);
+        }
+        let pushed = exec
+            .data_source()
+            .try_pushdown_filters(time, state.config_options())?;
+        Ok(match pushed.updated_node {
+            Some(source) => Arc::new(DataSourceExec::new(source)),
+            None => plan,
+        })
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        let inner = self.inner.supports_filters_pushdown(filters)?;
+        Ok(filters
+            .iter()
+            .zip(inner)
+            .map(|(f, how)| {
+                if self.on_time(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    how
+                }
+            })
+            .collect())
+    }
+}
+
+impl TimePruned {
+    /// Whether a filter reads the time column and nothing else.
+    fn on_time(&self, f: &Expr) -> bool {
+        let cols = f.column_refs();
+        !cols.is_empty() && cols.iter().all(|c| c.name == self.time)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

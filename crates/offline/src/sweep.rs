@@ -270,6 +270,30 @@ fn admitted((lower, upper): (Lower, Upper)) -> (i128, i128) {
     (first, last)
 }
 
+/// The first and last microsecond any feature's window admits for spine rows timed from
+/// `min_t` to `max_t`: an event outside them lies in no window of those rows. (Edges only
+/// grow with the spine time, so the earliest and the latest rows bound them all.)
+pub fn needed_span(
+    features: &[FeatureSpec],
+    ttl: Option<Duration>,
+    min_t: i64,
+    max_t: i64,
+) -> (i64, i64) {
+    let admits = |f: &FeatureSpec, t: i64| {
+        admitted(match f.kind {
+            Kind::Agg(_, w) => w.edges(t),
+            Kind::Latest => latest_edges(ttl, t),
+        })
+    };
+    let first = features.iter().map(|f| admits(f, min_t).0).min();
+    let last = features.iter().map(|f| admits(f, max_t).1).max();
+    let clamp = |x: i128| x.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    match (first, last) {
+        (Some(first), Some(last)) => (clamp(first), clamp(last)),
+        _ => (i64::MAX, i64::MIN),
+    }
+}
+
 impl Layout {
     /// Whether any input stays an Arrow array (strings, count_distinct, `filter_created`):
     /// those are read by event index, not from lanes.
@@ -1928,6 +1952,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The span a partition keeps is exact: the microsecond before its start is in no window
+    /// of any row between the earliest and the latest, its first and last microseconds are
+    /// in one, and so is the microsecond after its end of no window.
+    #[test]
+    fn needed_span_holds_every_window_of_the_partition_and_no_more() {
+        let closed = [Closed::Right, Closed::Left, Closed::Both, Closed::Neither];
+        let (min_t, max_t) = (1000 * H, 1200 * H + 7);
+        for len in [Some(H), Some(3 * H), None] {
+            for offset in [0, 2 * H] {
+                for &c in &closed {
+                    for ttl in [None, Some(5 * H)] {
+                        let mut fs = vec![
+                            feature(Kind::Agg(Agg::Sum, window(len, offset, c))),
+                            feature(Kind::Agg(Agg::Min, window(Some(2 * H), 0, Closed::Right))),
+                        ];
+                        if ttl.is_some() {
+                            fs.push(feature(Kind::Latest));
+                        }
+                        let ttl = ttl.map(Duration::from_micros);
+                        let (first, last) = needed_span(&fs, ttl, min_t, max_t);
+                        let in_some = |x: i64| {
+                            fs.iter().any(|f| {
+                                [min_t, min_t + 1, (min_t + max_t) / 2, max_t - 1, max_t]
+                                    .iter()
+                                    .any(|&t| {
+                                        let (lo, hi) = match f.kind {
+                                            Kind::Agg(_, w) => w.edges(t),
+                                            Kind::Latest => latest_edges(ttl, t),
+                                        };
+                                        lo.admits(x) && hi.admits(x)
+                                    })
+                            })
+                        };
+                        assert!(in_some(last) && !in_some(last.saturating_add(1)));
+                        if len.is_none() {
+                            assert_eq!(first, i64::MIN);
+                        } else {
+                            assert!(in_some(first) && !in_some(first - 1), "{first}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(needed_span(&[], None, min_t, max_t), (i64::MAX, i64::MIN));
     }
 
     #[test]
