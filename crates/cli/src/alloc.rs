@@ -9,17 +9,16 @@ use std::alloc::{GlobalAlloc, Layout, System};
 
 pub struct HugePageAlloc;
 
-/// Tune glibc's malloc for a join's lifetime: one arena, so memory the engine's worker
-/// threads free (the packed events) is reused by the main thread's results instead of
-/// staying resident beside them; arrays up to 32 MiB from the heap rather than fresh
-/// zeroed mappings each time, and a heap that keeps its free top, so freed memory is reused
-/// too.
+/// Tune glibc's malloc for a join's lifetime: arrays up to 32 MiB from the heap rather than
+/// fresh zeroed mappings each time, and heaps that keep their free top, so freed memory is
+/// reused. The arenas stay per thread: with one arena shared by the scan, sweep and writer
+/// threads, a W1 join blocked on its lock 6 500 times (52 000 times under a 128 MB pool) and
+/// ran 5–20 % slower, for 50 MB less peak memory.
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called first thing in main, before
     // any thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         // Setting the mmap threshold leaves the trim threshold at 128 KiB: the heap's top was
         // handed back to the kernel whenever a batch was freed and faulted in again (zeroed
