@@ -233,31 +233,42 @@ pub(crate) fn gather_all(columns: Vec<Column>) -> Result<Vec<ArrayRef>> {
     )
 }
 
-/// `f` over `items` on one thread per core (item `i` on thread `i` mod cores: the items of
-/// a training set are its columns, alike in cost), the results in item order.
+/// `f` over `items` on one thread per core, the results in item order. Each thread takes the
+/// next item not yet taken: a training set's columns differ in cost (keys and counts are
+/// dictionary-encoded, floats are not), and dealing them out in turn left one core idle
+/// while the other finished.
 pub(crate) fn on_cores<T: Send, R: Send, E: Send>(
     items: Vec<T>,
     f: impl Fn(T) -> std::result::Result<R, E> + Sync,
     panicked: impl Fn() -> E,
 ) -> std::result::Result<Vec<R>, E> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut jobs: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (j, item) in items.into_iter().enumerate() {
-        jobs[j % threads].push((j, item));
-    }
-    let f = &f;
+    let n = items.len();
+    // each item taken exactly once, by the index a thread draws
+    let items: Vec<Mutex<Option<T>>> = items.into_iter().map(|x| Mutex::new(Some(x))).collect();
+    let next = AtomicUsize::new(0);
+    let (f, items, next) = (&f, &items, &next);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
+        let handles: Vec<_> = (0..threads.min(n))
+            .map(|_| {
                 scope.spawn(move || {
-                    job.into_iter()
-                        .map(|(j, item)| f(item).map(|r| (j, r)))
-                        .collect::<std::result::Result<Vec<_>, E>>()
+                    let mut done = Vec::new();
+                    loop {
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items
+                            .get(j)
+                            .and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).take())
+                        else {
+                            return Ok(done);
+                        };
+                        done.push((j, f(item)?));
+                    }
                 })
             })
             .collect();
-        let mut all = Vec::new();
+        let mut all = Vec::with_capacity(n);
         for h in handles {
             all.extend(h.join().map_err(|_| panicked())??);
         }
