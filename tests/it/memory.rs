@@ -94,3 +94,70 @@ async fn small_memory_pool_spills_and_agrees() {
         assert_eq!(out.batch, free.batch, "pool of {limit} bytes");
     }
 }
+
+/// Batches spilled to disk are cut to the events the pack keeps by time, and lose none a
+/// window admits: a spine in the middle of a long history, with short windows only and events
+/// on every window edge, agrees with the unbounded join when it spills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_batches_cut_by_time_lose_no_event_a_window_admits() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let m = 3_000;
+    let suid: Vec<i64> = (0..m).map(|_| rng.random_range(0..320)).collect();
+    let st: Vec<i64> = (0..m)
+        .map(|_| 150 * DAY + rng.random_range(0..10 * 24) * DAY / 24)
+        .collect();
+    // random events over 200 days, then (read last, so spilled) events on and around the
+    // edges of every spine row's 7-day window: its end, its start, a microsecond either side
+    let n = 60_000;
+    let mut uid: Vec<i64> = (0..n).map(|_| rng.random_range(0..300)).collect();
+    let mut t: Vec<i64> = (0..n)
+        .map(|_| rng.random_range(0..200 * 24) * DAY / 24)
+        .collect();
+    for (&u, &s) in suid.iter().zip(&st) {
+        for at in [s, s + 1, s - 7 * DAY, s - 7 * DAY + 1] {
+            uid.push(u);
+            t.push(at);
+        }
+    }
+    let x: Vec<Option<f64>> = (0..uid.len())
+        .map(|_| Some(rng.random_range(1..1000) as f64))
+        .collect();
+    let ev = batch(vec![
+        ("uid", Arc::new(Int64Array::from(uid)) as ArrayRef),
+        ("t", ts(t.into_iter().map(Some).collect())),
+        ("x", Arc::new(Float64Array::from(x))),
+    ]);
+    let spine = batch(vec![
+        ("uid", Arc::new(Int64Array::from(suid)) as ArrayRef),
+        ("event_timestamp", ts(st.into_iter().map(Some).collect())),
+    ]);
+    let run = |limit: Option<usize>| {
+        let opts = EngineOptions {
+            target_partitions: 2,
+            batch_size: 2048,
+            memory_limit: limit,
+            ..Default::default()
+        };
+        let e = Engine::new(repo(YAML), opts)
+            .unwrap()
+            .with_source_table("ev", mem_table(&ev, 2048));
+        let features = e.repo().resolve_refs(&["v:s7", "v:mx"]).unwrap();
+        let spine = spine.clone();
+        async move {
+            let req = JoinRequest {
+                features,
+                ..Default::default()
+            };
+            e.join(spine.schema(), vec![spine], &req).await.unwrap()
+        }
+    };
+    let free = run(None).await;
+    let bounded = tokio::time::timeout(std::time::Duration::from_secs(60), run(Some(1 << 20)))
+        .await
+        .expect("the bounded join did not finish");
+    assert!(
+        bounded.spilled_partitions > 0,
+        "a 1 MB pool must force spilling"
+    );
+    assert_eq!(bounded.batch, free.batch);
+}

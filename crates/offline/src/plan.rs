@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array,
 };
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -458,7 +458,7 @@ async fn run(
     while let Some(b) = events.next().await {
         let b = b?;
         if let Some(sp) = spill.as_mut() {
-            sp.write(&b)?;
+            sp.write(&in_span(spec, &pack, &b)?)?;
             continue;
         }
         let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
@@ -468,7 +468,7 @@ async fn run(
             reservation.resize(held(spine_bytes, &pack));
         } else {
             let mut sp = Spill::try_new(ev_schema.clone(), spec.key_count)?;
-            sp.write(&b)?;
+            sp.write(&in_span(spec, &pack, &b)?)?;
             spills.add(1);
             spill = Some(sp);
         }
@@ -520,22 +520,41 @@ async fn grow_waiting(reservation: &MemoryReservation, bytes: usize) -> DFResult
 /// How long a spilled bucket waits for memory before the join fails.
 const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// A time column of the events input in microseconds, or an error naming the source.
+fn source_time(spec: &ViewSpec, a: &ArrayRef, col: &str) -> DFResult<Int64Array> {
+    quiver_core::time::to_micros(a.as_ref(), col, 0).map_err(|e| {
+        let msg = match e {
+            quiver_core::Error::BadTime { column, value, .. } => format!(
+                "source `{}`: column `{column}`: cannot read {value:?} as a time (expected RFC 3339 / ISO 8601)",
+                spec.source
+            ),
+            other => format!("source `{}`: {other}", spec.source),
+        };
+        DataFusionError::from(Error::Source(msg))
+    })
+}
+
+/// The rows of an events batch whose time lies in the pack's span. The scan's time filter
+/// does not remove the others (`source::TimePruned`); the pack drops them, but a batch spilled
+/// to disk would carry them there and back.
+fn in_span(spec: &ViewSpec, pack: &Pack, batch: &RecordBatch) -> DFResult<RecordBatch> {
+    let t = source_time(spec, batch.column(spec.key_count), &spec.time_column)?;
+    let span = pack.span();
+    let keep: BooleanArray = t
+        .iter()
+        .map(|v| Some(v.is_some_and(|v| (span.0..=span.1).contains(&v))))
+        .collect();
+    if keep.true_count() == batch.num_rows() {
+        return Ok(batch.clone());
+    }
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
 /// Pack one batch of the events input (keys, time, created, values, filters, seq).
 fn push_batch(spec: &ViewSpec, pack: &mut Pack, batch: &RecordBatch) -> DFResult<()> {
     let k = spec.key_count;
     let ec = batch.columns();
-    let source_time = |a: &ArrayRef, col: &str| -> DFResult<Int64Array> {
-        quiver_core::time::to_micros(a.as_ref(), col, 0).map_err(|e| {
-            let msg = match e {
-                quiver_core::Error::BadTime { column, value, .. } => format!(
-                    "source `{}`: column `{column}`: cannot read {value:?} as a time (expected RFC 3339 / ISO 8601)",
-                    spec.source
-                ),
-                other => format!("source `{}`: {other}", spec.source),
-            };
-            DataFusionError::from(Error::Source(msg))
-        })
-    };
+    let source_time = |a: &ArrayRef, col: &str| source_time(spec, a, col);
     let mut i = k;
     let t = source_time(&ec[i], &spec.time_column)?;
     i += 1;
