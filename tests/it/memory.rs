@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array};
-use quiver_offline::{Engine, EngineOptions, JoinRequest};
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use quiver_offline::{Engine, EngineOptions, JoinOutput, JoinRequest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,6 +26,33 @@ feature_views:
       - { name: mx, agg: max, column: x, window: 3d, closed: both }
       - { name: last_x, agg: last, column: x }
 "#;
+
+/// Join `refs` of `YAML` over `ev` in batches of `batch_size` on 2 partitions, in a pool of
+/// `limit` bytes (unbounded when `None`).
+async fn join_in_pool(
+    ev: &RecordBatch,
+    spine: &RecordBatch,
+    refs: &[&str],
+    batch_size: usize,
+    limit: Option<usize>,
+) -> JoinOutput {
+    let opts = EngineOptions {
+        target_partitions: 2,
+        batch_size,
+        memory_limit: limit,
+        ..Default::default()
+    };
+    let e = Engine::new(repo(YAML), opts)
+        .unwrap()
+        .with_source_table("ev", mem_table(ev, batch_size));
+    let req = JoinRequest {
+        features: e.repo().resolve_refs(refs).unwrap(),
+        ..Default::default()
+    };
+    e.join(spine.schema(), vec![spine.clone()], &req)
+        .await
+        .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_memory_pool_spills_and_agrees() {
@@ -53,27 +80,13 @@ async fn small_memory_pool_spills_and_agrees() {
         ("event_timestamp", ts(st)),
     ]);
     let run = |limit: Option<usize>| {
-        let opts = EngineOptions {
-            target_partitions: 2,
-            batch_size: 4096,
-            memory_limit: limit,
-            ..Default::default()
-        };
-        let e = Engine::new(repo(YAML), opts)
-            .unwrap()
-            .with_source_table("ev", mem_table(&ev, 4096));
-        let features = e
-            .repo()
-            .resolve_refs(&["v:s7", "v:n30", "v:mx", "v:last_x"])
-            .unwrap();
-        let spine = spine.clone();
-        async move {
-            let req = JoinRequest {
-                features,
-                ..Default::default()
-            };
-            e.join(spine.schema(), vec![spine], &req).await.unwrap()
-        }
+        join_in_pool(
+            &ev,
+            &spine,
+            &["v:s7", "v:n30", "v:mx", "v:last_x"],
+            4096,
+            limit,
+        )
     };
     let free = run(None).await;
     assert_eq!(free.spilled_partitions, 0);
@@ -131,26 +144,7 @@ async fn spilled_batches_cut_by_time_lose_no_event_a_window_admits() {
         ("uid", Arc::new(Int64Array::from(suid)) as ArrayRef),
         ("event_timestamp", ts(st.into_iter().map(Some).collect())),
     ]);
-    let run = |limit: Option<usize>| {
-        let opts = EngineOptions {
-            target_partitions: 2,
-            batch_size: 2048,
-            memory_limit: limit,
-            ..Default::default()
-        };
-        let e = Engine::new(repo(YAML), opts)
-            .unwrap()
-            .with_source_table("ev", mem_table(&ev, 2048));
-        let features = e.repo().resolve_refs(&["v:s7", "v:mx"]).unwrap();
-        let spine = spine.clone();
-        async move {
-            let req = JoinRequest {
-                features,
-                ..Default::default()
-            };
-            e.join(spine.schema(), vec![spine], &req).await.unwrap()
-        }
-    };
+    let run = |limit: Option<usize>| join_in_pool(&ev, &spine, &["v:s7", "v:mx"], 2048, limit);
     let free = run(None).await;
     let bounded = tokio::time::timeout(std::time::Duration::from_secs(60), run(Some(1 << 20)))
         .await
