@@ -554,14 +554,13 @@ fn in_span(spec: &ViewSpec, pack: &Pack, batch: &RecordBatch) -> DFResult<Record
 fn push_batch(spec: &ViewSpec, pack: &mut Pack, batch: &RecordBatch) -> DFResult<()> {
     let k = spec.key_count;
     let ec = batch.columns();
-    let source_time = |a: &ArrayRef, col: &str| source_time(spec, a, col);
     let mut i = k;
-    let t = source_time(&ec[i], &spec.time_column)?;
+    let t = source_time(spec, &ec[i], &spec.time_column)?;
     i += 1;
     let created = match &spec.created_column {
         Some(c) => {
             i += 1;
-            Some(source_time(&ec[i - 1], c)?)
+            Some(source_time(spec, &ec[i - 1], c)?)
         }
         None => None,
     };

@@ -270,6 +270,14 @@ fn admitted((lower, upper): (Lower, Upper)) -> (i128, i128) {
     (first, last)
 }
 
+/// A feature's window edges for a spine row at `t` (a latest value's reach back is the TTL).
+fn feature_edges(f: &FeatureSpec, ttl: Option<Duration>, t: i64) -> (Lower, Upper) {
+    match f.kind {
+        Kind::Agg(_, w) => w.edges(t),
+        Kind::Latest => latest_edges(ttl, t),
+    }
+}
+
 /// The first and last microsecond any feature's window admits for spine rows timed from
 /// `min_t` to `max_t`: an event outside them lies in no window of those rows. (Edges only
 /// grow with the spine time, so the earliest and the latest rows bound them all.)
@@ -279,12 +287,7 @@ pub fn needed_span(
     min_t: i64,
     max_t: i64,
 ) -> (i64, i64) {
-    let admits = |f: &FeatureSpec, t: i64| {
-        admitted(match f.kind {
-            Kind::Agg(_, w) => w.edges(t),
-            Kind::Latest => latest_edges(ttl, t),
-        })
-    };
+    let admits = |f: &FeatureSpec, t: i64| admitted(feature_edges(f, ttl, t));
     let first = features.iter().map(|f| admits(f, min_t).0).min();
     let last = features.iter().map(|f| admits(f, max_t).1).max();
     let clamp = |x: i128| x.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
@@ -321,10 +324,7 @@ impl Layout {
             if f.state {
                 return None;
             }
-            let (first, last) = admitted(match f.kind {
-                Kind::Agg(_, w) => w.edges(min_t),
-                Kind::Latest => latest_edges(ttl, min_t),
-            });
+            let (first, last) = admitted(feature_edges(f, ttl, min_t));
             let first_in = if first == i128::MIN {
                 let k = match input {
                     Input::Pick(Pick::First, _) => Keep::First(mask),
@@ -1117,13 +1117,14 @@ impl<'a> Blocks<'a> {
             // share one pass over the key's values, and the min and the max of one window
             // one query: see `Segments`.
             segs.clear();
-            exts.clear();
+            // `exts[..n_exts]` are this key's; the buffers beyond are kept for reuse
+            let mut n_exts = 0;
             for job in &self.jobs {
                 let (Op::ExtremeF64(k, _) | Op::ExtremeI64(k, _)) = job.op else {
                     continue;
                 };
                 let (g, w, m) = (ends_of[job.edges], job.edges, &masks[job.mask]);
-                if exts.iter().any(|(key, _)| *key == (k, w)) {
+                if exts[..n_exts].iter().any(|(key, _)| *key == (k, w)) {
                     continue;
                 }
                 let s = match segs.iter().position(|(key, _)| *key == (k, g)) {
@@ -1137,13 +1138,17 @@ impl<'a> Blocks<'a> {
                 let windows = ranges[w]
                     .iter()
                     .map(|&(l, h)| (m.cnt[l as usize] as usize, m.cnt[h as usize] as usize));
-                let mut out = Vec::new();
-                segs[s].1.query(windows, &mut scratch, &mut out);
-                exts.push(((k, w), out));
+                if n_exts == exts.len() {
+                    exts.push(((k, w), Vec::new()));
+                }
+                let (key, out) = &mut exts[n_exts];
+                *key = (k, w);
+                segs[s].1.query(windows, &mut scratch, out);
+                n_exts += 1;
             }
             for job in &mut self.jobs {
                 let ext = match job.op {
-                    Op::ExtremeF64(k, _) | Op::ExtremeI64(k, _) => exts
+                    Op::ExtremeF64(k, _) | Op::ExtremeI64(k, _) => exts[..n_exts]
                         .iter()
                         .find(|(key, _)| *key == (k, job.edges))
                         .map(|(_, e)| &e[..]),
@@ -1927,10 +1932,7 @@ mod tests {
                             let old = layout.old_events(&fs, ttl, min_t).unwrap();
                             assert_eq!(old.keep, vec![Keep::Last(0)]);
                             let cut = old.cutoff;
-                            let edges = |f: &FeatureSpec, t| match f.kind {
-                                Kind::Agg(_, w) => w.edges(t),
-                                Kind::Latest => latest_edges(ttl, t),
-                            };
+                            let edges = |f: &FeatureSpec, t| feature_edges(f, ttl, t);
                             let mut tight = false;
                             for f in &fs {
                                 for t in [min_t, min_t + 1, min_t + H, min_t + 50 * H] {
@@ -1979,10 +1981,7 @@ mod tests {
                                 [min_t, min_t + 1, (min_t + max_t) / 2, max_t - 1, max_t]
                                     .iter()
                                     .any(|&t| {
-                                        let (lo, hi) = match f.kind {
-                                            Kind::Agg(_, w) => w.edges(t),
-                                            Kind::Latest => latest_edges(ttl, t),
-                                        };
+                                        let (lo, hi) = feature_edges(f, ttl, t);
                                         lo.admits(x) && hi.admits(x)
                                     })
                             })
