@@ -14,6 +14,7 @@ use quiver_core::Repo;
 use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
 
 mod alloc;
+mod init;
 mod models;
 mod table;
 mod versions;
@@ -57,8 +58,57 @@ impl Select {
     }
 }
 
+/// How a join runs: partitions, memory and reuse.
+#[derive(clap::Args)]
+struct RunOptions {
+    /// Partitions to split the join into by entity key (default: the number of cores).
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Memory pool limit, e.g. 512MB or 2GB (default: unbounded).
+    #[arg(long, value_parser = parse_bytes)]
+    memory_limit: Option<usize>,
+    /// Neither reuse stored feature states nor store new ones.
+    #[arg(long)]
+    no_reuse: bool,
+    /// Size budget of the reuse catalog (OFFLINE_STORE/reuse), e.g. 4GB (default 2GB).
+    #[arg(long, value_parser = parse_bytes)]
+    reuse_budget: Option<usize>,
+}
+
+impl RunOptions {
+    fn engine_options(&self) -> EngineOptions {
+        let mut opts = EngineOptions::default();
+        if let Some(p) = self.partitions {
+            opts.target_partitions = p;
+        }
+        opts.memory_limit = self.memory_limit;
+        opts.after_sweep = Some(alloc::trim);
+        if !self.no_reuse {
+            opts.reuse_budget = Some(
+                self.reuse_budget
+                    .map(|b| b as u64)
+                    .unwrap_or(quiver_offline::reuse::DEFAULT_BUDGET),
+            );
+        }
+        opts
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Create a feature repository: the bundled sample (data, spine, a feature service), or
+    /// with --empty a commented quiver.yaml skeleton.
+    Init {
+        /// The folder (made if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The project name (default: the folder's name).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only a quiver.yaml skeleton, no sample data.
+        #[arg(long)]
+        empty: bool,
+    },
     /// Check quiver.yaml and every source's columns, without reading data rows.
     Validate {
         /// The feature repository folder (or its quiver.yaml).
@@ -156,18 +206,27 @@ enum Command {
         /// Print the plan: pruning applied and the physical plan of each view.
         #[arg(long)]
         explain: bool,
-        /// Partitions to split the join into by entity key (default: the number of cores).
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Plan a join without running it: per view, which features come from stored states
+    /// (exact, widened, narrowed, other spines) and which are computed, the cost gate's
+    /// estimates and choice, the scan's pruning, its estimated reads and the physical plan.
+    /// Reads the spine and the sources' footers, no event.
+    Explain {
+        /// The spine: a Parquet or CSV file.
         #[arg(long)]
-        partitions: Option<usize>,
-        /// Memory pool limit, e.g. 512MB or 2GB (default: unbounded).
-        #[arg(long, value_parser = parse_bytes)]
-        memory_limit: Option<usize>,
-        /// Neither reuse stored feature states nor store new ones.
+        spine: PathBuf,
+        #[command(flatten)]
+        select: Select,
         #[arg(long)]
-        no_reuse: bool,
-        /// Size budget of the reuse catalog (OFFLINE_STORE/reuse), e.g. 4GB (default 2GB).
-        #[arg(long, value_parser = parse_bytes)]
-        reuse_budget: Option<usize>,
+        spine_timestamp: Option<String>,
+        #[arg(long)]
+        full_names: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[command(flatten)]
+        run: RunOptions,
     },
     /// Choose a layout for each managed source from the log of past joins (time bucketing
     /// and sort order minimizing the bytes those joins read) and rewrite it as a new version.
@@ -485,6 +544,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Impact { target, json, repo } => models::impact(&target, json, &repo).await?,
         Command::Select { command, repo } => return models::select(command, &repo).await,
         Command::Sql { query, json, repo } => models::sql(&query, json, &repo).await?,
+        Command::Init {
+            dir,
+            project,
+            empty,
+        } => {
+            let created = init::init(&dir, project.as_deref(), empty)?;
+            for line in init::next_steps(&created) {
+                println!("{line}");
+            }
+        }
         other => run_engine(other).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -658,10 +727,7 @@ async fn run_engine(command: Command) -> Result<()> {
             as_of,
             repo,
             explain,
-            partitions,
-            memory_limit,
-            no_reuse,
-            reuse_budget,
+            run,
         } => {
             let started = Instant::now();
             let repo = Repo::load(&repo)?;
@@ -674,19 +740,7 @@ async fn run_engine(command: Command) -> Result<()> {
                     out.display()
                 );
             }
-            let mut opts = EngineOptions::default();
-            if let Some(p) = partitions {
-                opts.target_partitions = p;
-            }
-            opts.memory_limit = memory_limit;
-            opts.after_sweep = Some(alloc::trim);
-            if !no_reuse {
-                opts.reuse_budget = Some(
-                    reuse_budget
-                        .map(|b| b as u64)
-                        .unwrap_or(quiver_offline::reuse::DEFAULT_BUDGET),
-                );
-            }
+            let opts = run.engine_options();
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {elapsed} {msg}")
@@ -778,7 +832,37 @@ async fn run_engine(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Ingest { .. }
+        Command::Explain {
+            spine,
+            select,
+            spine_timestamp,
+            full_names,
+            repo,
+            run,
+        } => {
+            let repo = Repo::load(&repo)?;
+            let refs = select.resolve(&repo)?;
+            let mut opts = run.engine_options();
+            opts.plan_only = true;
+            let engine = Engine::new(repo, opts)?;
+            let req = JoinRequest {
+                features: refs,
+                spine_timestamp,
+                full_names,
+            };
+            let o = engine.join_file_table(&spine, &req).await?;
+            for line in &o.explain {
+                println!("{line}");
+            }
+            println!(
+                "plan only: {} spine rows, {} columns; no event was read (`quiver join` runs it)",
+                o.batch.num_rows(),
+                o.batch.num_columns()
+            );
+            Ok(())
+        }
+        Command::Init { .. }
+        | Command::Ingest { .. }
         | Command::Apply { .. }
         | Command::Datasets { .. }
         | Command::FeatureViews { .. }

@@ -1172,6 +1172,30 @@ fn reuse_explain_and_optimize() {
     let first = join(feats, "a.csv", &[]);
     assert!(first.contains("computed from the scan"), "{first}");
     assert!(first.contains("stored"), "{first}");
+    // `explain` plans the same choices as the join, and changes nothing
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    let manifest = read(".quiver/offline/reuse/manifest.json");
+    let log = read(".quiver/offline/reuse/joins.jsonl");
+    let plan = ok(q(
+        d,
+        &["explain", "--spine", "spine.csv", "--features", feats],
+    ));
+    assert!(plan.contains("exact match"), "{plan}");
+    assert!(plan.contains("no event was read"), "{plan}");
+    let plan = ok(q(
+        d,
+        &[
+            "explain",
+            "--spine",
+            "spine.csv",
+            "--features",
+            "user_purchases:amt_40d",
+        ],
+    ));
+    assert!(plan.contains("cost gate: recompute reads"), "{plan}");
+    assert!(plan.contains("the scan would read ≈"), "{plan}");
+    assert_eq!(read(".quiver/offline/reuse/manifest.json"), manifest);
+    assert_eq!(read(".quiver/offline/reuse/joins.jsonl"), log);
     let again = join(feats, "b.csv", &[]);
     assert!(again.contains("exact match"), "{again}");
     assert!(
@@ -1179,7 +1203,6 @@ fn reuse_explain_and_optimize() {
         "{again}"
     );
     assert!(again.contains("2 feature(s) reused"), "{again}");
-    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
     assert_eq!(read("a.csv"), read("b.csv"));
 
     let wide = join("user_purchases:amt_40d", "c.csv", &[]);
@@ -1211,4 +1234,81 @@ fn reuse_explain_and_optimize() {
     assert!(!manifest.contains("\"source\":\"purchases\""), "{manifest}");
     let after = join(feats, "f.csv", &[]);
     assert!(after.contains("computed from the scan"), "{after}");
+}
+
+#[test]
+fn init_makes_a_working_repository_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("shop");
+    let init = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .arg("init")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("quiver runs")
+    };
+    let out = ok(init(&["shop"]));
+    assert!(out.contains("quiver join --repo"), "{out}");
+    let yaml = std::fs::read_to_string(d.join("quiver.yaml")).unwrap();
+    assert!(
+        yaml.starts_with("project: shop\n") || yaml.contains("\nproject: shop\n"),
+        "{yaml}"
+    );
+    ok(q(&d, &["validate"]));
+    // a plan first: it reads no event, and stores nothing
+    let plan = ok(q(
+        &d,
+        &["explain", "--spine", "spine.csv", "--service", "churn_v1"],
+    ));
+    assert!(plan.contains("view `user_purchases`"), "{plan}");
+    assert!(plan.contains("computed from the scan"), "{plan}");
+    assert!(!d.join(".quiver/offline/reuse/manifest.json").exists());
+    // the sample's join, from the new folder, gives the golden rows
+    ok(q(
+        &d,
+        &[
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--out",
+            "t.csv",
+        ],
+    ));
+    let want = std::fs::read_to_string(root().join("tests/golden/sample_churn_v1.csv")).unwrap();
+    assert_eq!(std::fs::read_to_string(d.join("t.csv")).unwrap(), want);
+
+    // a second init is refused and leaves every file as it was
+    std::fs::write(d.join("quiver.yaml"), "project: mine\n").unwrap();
+    let again = init(&["shop"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("quiver.yaml")).unwrap(),
+        "project: mine\n"
+    );
+    // a folder with some of the sample's files but no quiver.yaml: refused before writing
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("spine.csv"), "mine").unwrap();
+    let partial = init(&["other"]);
+    assert!(
+        stderr(&partial).contains("spine.csv already exists"),
+        "{}",
+        stderr(&partial)
+    );
+    assert!(!other.join("quiver.yaml").exists());
+    assert!(!other.join("data").exists());
+
+    // --empty: a skeleton that validates, named by --project
+    let out = ok(init(&["--empty", "--project", "blank", "blank-dir"]));
+    assert!(out.contains("quiver validate"), "{out}");
+    let v = ok(q(&dir.path().join("blank-dir"), &["validate"]));
+    assert!(v.contains("blank: ok (0 feature views, 0 sources)"), "{v}");
 }
