@@ -1,5 +1,6 @@
-//! Online = offline: materialize random data as of T, look every entity up at T, and compare
-//! with `quiver join` for spine rows (entity, T) — every aggregate kind, windows, ttl.
+//! Online = offline: materialize random data as of T, look every entity up at T and at later
+//! times, and compare with `quiver join` for spine rows (entity, lookup time) over the events
+//! known at T — every aggregate kind, windows, offsets, closures, ttl.
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ feature_views:
       - { name: s, agg: sum, column: x, window: 10h, closed: both }
       - { name: si, agg: sum, column: i }
       - { name: m, agg: mean, column: x, window: 24h, offset: 1h }
+      - { name: ml, agg: sum, column: x, offset: 3h, closed: left }
+      - { name: nn, agg: count, column: x, window: 2h, offset: 30m, closed: neither }
       - { name: lo, agg: min, column: s, window: 30h }
       - { name: hi, agg: max, column: x }
       - { name: f, agg: first, column: s, window: 48h }
@@ -56,7 +59,7 @@ fn close(a: &Scalar, b: &Scalar) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_lookups_equal_the_offline_join() {
-    let (mut present, mut expired) = (0, 0);
+    let (mut present, mut expired, mut moved) = (0, 0, 0);
     for seed in 0..4u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
         let dir = tempfile::tempdir().unwrap();
@@ -99,13 +102,27 @@ async fn online_lookups_equal_the_offline_join() {
                 )),
             ),
         ]);
-        let f = std::fs::File::create(dir.path().join("ev.parquet")).unwrap();
-        let mut w = ArrowWriter::try_new(f, ev.schema(), None).unwrap();
-        w.write(&ev).unwrap();
-        w.close().unwrap();
-        std::fs::write(dir.path().join("quiver.yaml"), YAML).unwrap();
-        let repo = Repo::load(dir.path()).unwrap();
         let end = rng.random_range(20..110) * H;
+        // the offline side of later lookups: the events known at `end`
+        let known = tempfile::tempdir().unwrap();
+        let t = ev
+            .column(1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::TimestampMicrosecondArray>()
+            .unwrap();
+        let keep: datafusion::arrow::array::BooleanArray = t
+            .iter()
+            .map(|v| Some(v.is_some_and(|v| v <= end)))
+            .collect();
+        let ev_known = datafusion::arrow::compute::filter_record_batch(&ev, &keep).unwrap();
+        for (d, b) in [(dir.path(), &ev), (known.path(), &ev_known)] {
+            let f = std::fs::File::create(d.join("ev.parquet")).unwrap();
+            let mut w = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+            w.write(b).unwrap();
+            w.close().unwrap();
+            std::fs::write(d.join("quiver.yaml"), YAML).unwrap();
+        }
+        let repo = Repo::load(dir.path()).unwrap();
         let store = quiver_online::SledStore::open(&repo.online_store).unwrap();
         materialize(&repo, &store, &[], end, EngineOptions::default(), |_, _| {})
             .await
@@ -126,44 +143,63 @@ async fn online_lookups_equal_the_offline_join() {
             .iter()
             .map(|u| vec![("uid".to_string(), KeyValue::Int(*u))])
             .collect();
-        let online = get(&repo, &store, &refs, &entities, end).unwrap();
-
-        let spine = batch(vec![
-            ("uid", Arc::new(Int64Array::from(uids.clone())) as ArrayRef),
-            ("event_timestamp", ts(vec![Some(end); uids.len()])),
-        ]);
-        let engine = Engine::new(repo.clone(), EngineOptions::default()).unwrap();
-        let req = JoinRequest {
-            features: refs.clone(),
-            spine_timestamp: None,
-            full_names: true,
-        };
-        let offline = engine
-            .join(spine.schema(), vec![spine], &req)
-            .await
-            .unwrap()
-            .batch;
-        for (j, r) in refs.iter().enumerate() {
-            let col = Scalar::column(offline.column(2 + j).as_ref(), &r.feature).unwrap();
-            for (e, u) in uids.iter().enumerate() {
-                let on = &online[e][j];
-                assert!(
-                    close(&on.value, &col[e]),
-                    "seed {seed}, uid {u}, {r} at {end}: online {:?} ({:?}), offline {:?}",
-                    on.value,
-                    on.status,
-                    col[e]
-                );
-                present += (on.status == Status::Present) as usize;
-                expired += (on.status == Status::Expired) as usize;
-                if *u >= 30 {
-                    assert_eq!(on.status, Status::NotFound, "uid {u} has no events");
+        // at `end`, then as events leave windows (and enter offset ones), on and around
+        // every edge: a window's value moves at exact microseconds
+        let mut lookups = vec![
+            end,
+            end + 1,
+            end + 30 * 60_000_000 - 1,
+            end + 30 * 60_000_000,
+        ];
+        for _ in 0..12 {
+            let at = end + rng.random_range(0..100 * H);
+            lookups.extend([at, at - at % H, at - at % H - 1, at - at % H + 1]);
+        }
+        lookups.push(end + 1000 * H);
+        lookups.retain(|&at| at >= end);
+        let engine =
+            Engine::new(Repo::load(known.path()).unwrap(), EngineOptions::default()).unwrap();
+        let at_end = get(&repo, &store, &refs, &entities, end).unwrap();
+        for at in lookups {
+            let online = get(&repo, &store, &refs, &entities, at).unwrap();
+            let spine = batch(vec![
+                ("uid", Arc::new(Int64Array::from(uids.clone())) as ArrayRef),
+                ("event_timestamp", ts(vec![Some(at); uids.len()])),
+            ]);
+            let req = JoinRequest {
+                features: refs.clone(),
+                spine_timestamp: None,
+                full_names: true,
+            };
+            let offline = engine
+                .join(spine.schema(), vec![spine], &req)
+                .await
+                .unwrap()
+                .batch;
+            for (j, r) in refs.iter().enumerate() {
+                let col = Scalar::column(offline.column(2 + j).as_ref(), &r.feature).unwrap();
+                for (e, u) in uids.iter().enumerate() {
+                    let on = &online[e][j];
+                    assert!(
+                        close(&on.value, &col[e]),
+                        "seed {seed}, uid {u}, {r} materialized at {end}, looked up at {at}: online {:?} ({:?}), offline {:?}",
+                        on.value,
+                        on.status,
+                        col[e]
+                    );
+                    present += (on.status == Status::Present) as usize;
+                    expired += (on.status == Status::Expired) as usize;
+                    moved += (at > end && on.value != at_end[e][j].value) as usize;
+                    if *u >= 30 {
+                        assert_eq!(on.status, Status::NotFound, "uid {u} has no events");
+                    }
                 }
             }
         }
     }
     assert!(
-        present > 100 && expired > 0,
-        "the cases cover values and expiry: {present} present, {expired} expired"
+        present > 100 && expired > 0 && moved > 100,
+        "the cases cover values, expiry and windows moving after the materialization: \
+         {present} present, {expired} expired, {moved} moved"
     );
 }

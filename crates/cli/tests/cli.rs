@@ -188,6 +188,14 @@ fn copy_dir(from: &Path, to: &Path) {
 fn materialize_then_get_serves_the_join_values() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&root().join("sample-data"), dir.path());
+    // a latest-value view over the CSV source (its times are text)
+    let yaml = std::fs::read_to_string(dir.path().join("quiver.yaml"))
+        .unwrap()
+        .replace(
+            "feature_services:",
+            "  last_purchase:\n    entity: user\n    source: purchases\n    ttl: 30d\n    features:\n      - { name: purchase_amt }\nfeature_services:",
+        );
+    std::fs::write(dir.path().join("quiver.yaml"), yaml).unwrap();
     let repo = dir.path().to_str().unwrap();
     let o = quiver(&[
         "materialize",
@@ -231,6 +239,43 @@ fn materialize_then_get_serves_the_join_values() {
     assert_eq!(rows[1], ["user_id=2", "50", "EXPIRED"]);
     assert_eq!(rows[2], ["user_id=1", "700", "35"]);
     assert_eq!(rows[3], ["user_id=7", "NOT_FOUND", "NOT_FOUND"]);
+
+    // Later lookups: windows lose their events at the exact microsecond the join does (the
+    // 30-day window is closed at both ends), and the latest purchase ages past its ttl.
+    let at = |t: &str| -> Vec<Vec<String>> {
+        let o = quiver(&[
+            "get",
+            "--repo",
+            repo,
+            "--features",
+            "user_purchases:amt_30d,last_purchase:purchase_amt",
+            "--entity",
+            "user_id=1",
+            "--entity",
+            "user_id=2",
+            "--at",
+            t,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().skip(1).map(String::from).collect())
+            .collect()
+    };
+    assert_eq!(at("2024-02-09T00:00:00Z"), [["700", "700"], ["50", "50"]]);
+    assert_eq!(
+        at("2024-02-09T00:00:00.000001Z"),
+        [["700", "700"], ["null", "EXPIRED"]]
+    );
+    assert_eq!(
+        at("2024-03-01T00:00:00Z"),
+        [["700", "700"], ["null", "EXPIRED"]]
+    );
+    assert_eq!(
+        at("2024-03-01T00:00:00.000001Z"),
+        [["null", "EXPIRED"], ["null", "EXPIRED"]]
+    );
     let o = quiver(&[
         "get",
         "--repo",

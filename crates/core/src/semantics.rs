@@ -151,6 +151,25 @@ impl Window {
         lo.admits(ev) && hi.admits(ev)
     }
 
+    /// The spine times at which an event at `ev` is in the window: `[enter, leave)`,
+    /// `leave` = `None` for a lifetime window (the event stays in). A window's value moves
+    /// only at these instants, which is what lets the online path serve any later lookup
+    /// time from values computed at them.
+    pub fn presence(&self, ev: i64) -> (i64, Option<i64>) {
+        // end e = t − offset admits ev when ev ≤ e (or ev < e): t ≥ ev + offset (+ 1)
+        let enter = ev
+            .saturating_add(self.offset.micros())
+            .saturating_add(!self.closed.end_included() as i64);
+        // start s = e − length admits ev when ev ≥ s (or ev > s): t ≤ ev + offset + length
+        // (or t < …)
+        let leave = self.length.map(|w| {
+            ev.saturating_add(self.offset.micros())
+                .saturating_add(w.micros())
+                .saturating_add(self.closed.start_included() as i64)
+        });
+        (enter, leave)
+    }
+
     /// How far before the spine time this window can reach; `None` for lifetime windows.
     pub fn reach(&self) -> Option<i64> {
         self.length
@@ -361,6 +380,30 @@ mod tests {
     use super::*;
 
     const DAY: i64 = 86_400_000_000;
+
+    #[test]
+    fn presence_is_exactly_the_spine_times_whose_window_holds_the_event() {
+        let ev = 1_000_000;
+        for closed in [Closed::Right, Closed::Left, Closed::Both, Closed::Neither] {
+            for (len, off) in [
+                (Some("3us"), "0us"),
+                (Some("1us"), "2us"),
+                (None, "4us"),
+                (None, "0us"),
+            ] {
+                let win = w(len, off, closed);
+                let (enter, leave) = win.presence(ev);
+                for t in ev - 3..ev + 12 {
+                    let inside = t >= enter && leave.is_none_or(|l| t < l);
+                    assert_eq!(
+                        win.contains(t, ev),
+                        inside,
+                        "{win} t={t} presence {enter}..{leave:?}"
+                    );
+                }
+            }
+        }
+    }
 
     fn w(len: Option<&str>, offset: &str, closed: Closed) -> Window {
         Window {

@@ -135,21 +135,41 @@ pub enum Scalar {
 /// The stored value of one (feature view, entity): the view's features as of `as_of`, in the
 /// view's definition order, and the event time of the entity's latest event at or before
 /// `as_of` (latest-value features are served with their ttl checked against it at read time).
+///
+/// `steps` carry the values at later lookup times: `(t, values)` means "from `t` on (until
+/// the next step), the features are `values`". Window aggregates move as events leave (or,
+/// with an offset, enter) their windows; the steps are the join's values at exactly those
+/// instants (`Window::presence`), so a lookup at any time after `as_of` returns what the
+/// offline join returns for it, over the events known at `as_of`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRow {
     pub as_of: i64,
     pub event_time: Option<i64>,
     pub values: Vec<Scalar>,
+    pub steps: Vec<(i64, Vec<Scalar>)>,
 }
 
-/// Format version of [`FeatureRow`] bytes.
-pub const ROW_FORMAT: u8 = 1;
+/// Format version of [`FeatureRow`] bytes (1 had no steps; it is still read).
+pub const ROW_FORMAT: u8 = 2;
 
 impl FeatureRow {
+    /// The values a lookup at `at` sees: those of the last step at or before `at`, else the
+    /// values as of `as_of` (also for lookups before it: the store keeps no earlier values).
+    pub fn values_at(&self, at: i64) -> &[Scalar] {
+        let n = self.steps.partition_point(|(t, _)| *t <= at);
+        match n {
+            0 => &self.values,
+            _ => &self.steps[n - 1].1,
+        }
+    }
+
     /// `[format][as_of i64][has event_time u8][event_time i64]?[n u32]` then per value a tag
-    /// byte and its bytes (little-endian numbers, u32 length + UTF-8 for strings).
+    /// byte and its bytes (little-endian numbers, u32 length + UTF-8 for strings); then
+    /// `[m u32]`, the m step times (i64), the end offset of each step's values (u32, from
+    /// the first step's start) and the steps' values — so a lookup decodes one step, found
+    /// by binary search, not all of them ([`FeatureRow::decode_at`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.values.len() * 9);
+        let mut out = Vec::with_capacity(36 + (1 + self.steps.len()) * self.values.len() * 9);
         out.push(ROW_FORMAT);
         out.extend_from_slice(&self.as_of.to_le_bytes());
         match self.event_time {
@@ -160,40 +180,40 @@ impl FeatureRow {
             None => out.push(0),
         }
         out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
-        for v in &self.values {
-            match v {
-                Scalar::Null => out.push(0),
-                Scalar::Bool(b) => out.extend_from_slice(&[1, *b as u8]),
-                Scalar::Int(i) => {
-                    out.push(2);
-                    out.extend_from_slice(&i.to_le_bytes());
-                }
-                Scalar::Float(f) => {
-                    out.push(3);
-                    out.extend_from_slice(&f.to_le_bytes());
-                }
-                Scalar::Str(s) => {
-                    out.push(4);
-                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
-                Scalar::Time(t) => {
-                    out.push(5);
-                    out.extend_from_slice(&t.to_le_bytes());
-                }
-            }
+        encode_values(&mut out, &self.values);
+        out.extend_from_slice(&(self.steps.len() as u32).to_le_bytes());
+        let mut blocks = Vec::new();
+        let mut ends = Vec::with_capacity(self.steps.len());
+        for (t, values) in &self.steps {
+            out.extend_from_slice(&t.to_le_bytes());
+            encode_values(&mut blocks, values);
+            ends.push(blocks.len() as u32);
         }
+        for e in ends {
+            out.extend_from_slice(&e.to_le_bytes());
+        }
+        out.extend_from_slice(&blocks);
         out
     }
 
     /// Decode [`FeatureRow::encode`]'s bytes; an error names what is wrong with them.
     pub fn decode(bytes: &[u8]) -> Result<FeatureRow> {
+        Self::decode_steps(bytes, None)
+    }
+
+    /// Decode only what a lookup at `at` sees: `values` are [`FeatureRow::values_at`]`(at)`
+    /// and `steps` is empty. One step is decoded, whatever the number stored.
+    pub fn decode_at(bytes: &[u8], at: i64) -> Result<FeatureRow> {
+        Self::decode_steps(bytes, Some(at))
+    }
+
+    fn decode_steps(bytes: &[u8], at: Option<i64>) -> Result<FeatureRow> {
         let bad = |what: &str| crate::Error::Store(format!("stored feature row: {what}"));
         let mut r = Reader(bytes);
         let format = r.u8().ok_or_else(|| bad("empty"))?;
-        if format != ROW_FORMAT {
+        if format != ROW_FORMAT && format != 1 {
             return Err(bad(&format!(
-                "format version {format} is not supported (this build reads {ROW_FORMAT})"
+                "format version {format} is not supported (this build reads 1 and {ROW_FORMAT})"
             )));
         }
         let as_of = r.i64().ok_or_else(|| bad("truncated"))?;
@@ -202,31 +222,104 @@ impl FeatureRow {
             _ => Some(r.i64().ok_or_else(|| bad("truncated"))?),
         };
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-        let mut values = Vec::with_capacity(n.min(4096));
-        for _ in 0..n {
-            let v = match r.u8().ok_or_else(|| bad("truncated"))? {
-                0 => Scalar::Null,
-                1 => Scalar::Bool(r.u8().ok_or_else(|| bad("truncated"))? != 0),
-                2 => Scalar::Int(r.i64().ok_or_else(|| bad("truncated"))?),
-                3 => Scalar::Float(f64::from_bits(
-                    r.i64().ok_or_else(|| bad("truncated"))? as u64
-                )),
-                4 => {
-                    let len = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-                    let s = r.take(len).ok_or_else(|| bad("truncated"))?;
-                    Scalar::Str(String::from_utf8(s.to_vec()).map_err(|_| bad("invalid UTF-8"))?)
-                }
-                5 => Scalar::Time(r.i64().ok_or_else(|| bad("truncated"))?),
-                t => return Err(bad(&format!("unknown value tag {t}"))),
+        let values = decode_values(&mut r, n).map_err(|e| bad(e))?;
+        let mut values = values;
+        let mut steps = Vec::new();
+        if format >= 2 {
+            let m = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+            let times = r
+                .take(m.saturating_mul(8))
+                .ok_or_else(|| bad("truncated"))?;
+            let ends = r
+                .take(m.saturating_mul(4))
+                .ok_or_else(|| bad("truncated"))?;
+            let time = |i: usize| i64::from_le_bytes(times[8 * i..8 * i + 8].try_into().unwrap());
+            let end = |i: usize| u32::from_le_bytes(ends[4 * i..4 * i + 4].try_into().unwrap());
+            let blocks = r.0;
+            let block = |i: usize| -> Result<Vec<Scalar>> {
+                let from = if i == 0 { 0 } else { end(i - 1) as usize };
+                let to = end(i) as usize;
+                let b = blocks.get(from..to).ok_or_else(|| bad("truncated"))?;
+                decode_values(&mut Reader(b), n).map_err(|e| bad(e))
             };
-            values.push(v);
+            match at {
+                None => {
+                    steps.reserve(m.min(4096));
+                    for i in 0..m {
+                        steps.push((time(i), block(i)?));
+                    }
+                }
+                Some(at) => {
+                    // the number of steps at or before `at` (times ascend)
+                    let (mut lo, mut hi) = (0, m);
+                    while lo < hi {
+                        let mid = (lo + hi) / 2;
+                        if time(mid) <= at {
+                            lo = mid + 1;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    if lo > 0 {
+                        values = block(lo - 1)?;
+                    }
+                }
+            }
         }
         Ok(FeatureRow {
             as_of,
             event_time,
             values,
+            steps,
         })
     }
+}
+
+fn encode_values(out: &mut Vec<u8>, values: &[Scalar]) {
+    for v in values {
+        match v {
+            Scalar::Null => out.push(0),
+            Scalar::Bool(b) => out.extend_from_slice(&[1, *b as u8]),
+            Scalar::Int(i) => {
+                out.push(2);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Scalar::Float(f) => {
+                out.push(3);
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            Scalar::Str(s) => {
+                out.push(4);
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Scalar::Time(t) => {
+                out.push(5);
+                out.extend_from_slice(&t.to_le_bytes());
+            }
+        }
+    }
+}
+
+fn decode_values(r: &mut Reader<'_>, n: usize) -> std::result::Result<Vec<Scalar>, &'static str> {
+    let mut values = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let v = match r.u8().ok_or("truncated")? {
+            0 => Scalar::Null,
+            1 => Scalar::Bool(r.u8().ok_or("truncated")? != 0),
+            2 => Scalar::Int(r.i64().ok_or("truncated")?),
+            3 => Scalar::Float(f64::from_bits(r.i64().ok_or("truncated")? as u64)),
+            4 => {
+                let len = r.u32().ok_or("truncated")? as usize;
+                let s = r.take(len).ok_or("truncated")?;
+                Scalar::Str(String::from_utf8(s.to_vec()).map_err(|_| "invalid UTF-8")?)
+            }
+            5 => Scalar::Time(r.i64().ok_or("truncated")?),
+            _ => return Err("unknown value tag"),
+        };
+        values.push(v);
+    }
+    Ok(values)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -272,16 +365,41 @@ mod row_tests {
                 Scalar::Str("é".into()),
                 Scalar::Time(5),
             ],
+            steps: vec![],
         };
-        assert_eq!(FeatureRow::decode(&row.encode()).unwrap(), row);
+        let framed = row.clone();
+        assert_eq!(FeatureRow::decode(&framed.encode()).unwrap(), framed);
+        let mut stepped = framed.clone();
+        stepped.steps = vec![
+            (50, framed.values.clone()),
+            (60, framed.values[..].to_vec()),
+        ];
+        stepped.steps[1].1[2] = Scalar::Int(9);
+        assert_eq!(FeatureRow::decode(&stepped.encode()).unwrap(), stepped);
+        assert_eq!(stepped.values_at(49), &stepped.values[..]);
+        assert_eq!(stepped.values_at(50), &stepped.steps[0].1[..]);
+        assert_eq!(stepped.values_at(59), &stepped.steps[0].1[..]);
+        assert_eq!(stepped.values_at(i64::MAX), &stepped.steps[1].1[..]);
+        let bytes = stepped.encode();
+        for at in [i64::MIN, 49, 50, 59, 60, i64::MAX] {
+            let one = FeatureRow::decode_at(&bytes, at).unwrap();
+            assert_eq!(one.values, stepped.values_at(at), "at {at}");
+            assert!(one.steps.is_empty());
+        }
+        // format 1 (no steps) is still read
+        let mut v1 = framed.encode();
+        v1[0] = 1;
+        v1.truncate(v1.len() - 4);
+        assert_eq!(FeatureRow::decode(&v1).unwrap(), framed);
         let none = FeatureRow {
             as_of: 1,
             event_time: None,
             values: vec![],
+            steps: vec![],
         };
         assert_eq!(FeatureRow::decode(&none.encode()).unwrap(), none);
-        let mut bytes = row.encode();
-        bytes.truncate(bytes.len() - 3);
+        let mut bytes = framed.encode();
+        bytes.truncate(bytes.len() - 7);
         assert!(
             FeatureRow::decode(&bytes)
                 .unwrap_err()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, UInt64Array, new_null_array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array, new_null_array,
 };
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -477,6 +477,94 @@ impl Engine {
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok(concat_batches(&schema, &batches)?)
+    }
+
+    /// The key columns and event times (microseconds, a last Int64 column `__t`) of a view's
+    /// source events in [`start`, `end`]: the events whose windows the online path steps
+    /// through. A text time column cannot be filtered in the scan; its events are read whole
+    /// and cut here.
+    pub async fn events_between(&self, view: &str, start: i64, end: i64) -> Result<RecordBatch> {
+        let v = self.repo.views.get(view).ok_or_else(|| {
+            Error::Core(quiver_core::Error::Request(format!(
+                "unknown feature view `{view}`"
+            )))
+        })?;
+        let src = &self.repo.sources[&v.source];
+        let table = self.table(src).await?;
+        let time_type = table
+            .schema()
+            .field_with_name(&src.timestamp)?
+            .data_type()
+            .clone();
+        let mut df = self.ctx.read_table(table)?;
+        if is_typed_time(&time_type) {
+            df = df.filter(
+                column(&src.timestamp)
+                    .lt_eq(time_literal(&time_type, end))
+                    .and(column(&src.timestamp).gt_eq(time_literal(&time_type, start))),
+            )?;
+        }
+        let mut cols: Vec<Expr> = v.join_keys.iter().map(|k| column(k)).collect();
+        cols.push(column(&src.timestamp));
+        let df = df.select(cols)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batch = concat_batches(&schema, &df.collect().await?)?;
+        let k = v.join_keys.len();
+        let t = to_micros(batch.column(k).as_ref(), &src.timestamp, 0)?;
+        let keep: BooleanArray = t
+            .iter()
+            .map(|x| Some(x.is_some_and(|x| (start..=end).contains(&x))))
+            .collect();
+        let mut fields: Vec<Field> = schema.fields()[..k]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(plan::TIME, DataType::Int64, true));
+        let mut arrays: Vec<ArrayRef> = batch.columns()[..k].to_vec();
+        arrays.push(Arc::new(t));
+        let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+        Ok(datafusion::arrow::compute::filter_record_batch(
+            &out, &keep,
+        )?)
+    }
+
+    /// The same engine with each view's source cut to the events known at `end`: event time
+    /// at or before it and, for `filter_created` sources, created at or before it (or with no
+    /// created time). The online path computes the values a lookup after `end` sees from
+    /// these — what the store was told as of `end`, not events it has not seen. A text time
+    /// column cannot be cut in the scan and is left whole.
+    pub async fn known_at(mut self, end: i64) -> Result<Engine> {
+        let sources: Vec<Source> = self
+            .repo
+            .views
+            .values()
+            .map(|v| self.repo.sources[&v.source].clone())
+            .collect();
+        let mut done: Vec<String> = Vec::new();
+        for src in sources {
+            if done.contains(&src.name) {
+                continue;
+            }
+            done.push(src.name.clone());
+            let table = self.table(&src).await?;
+            let schema = table.schema();
+            let upper = |name: &str| -> Result<Option<Expr>> {
+                let dt = schema.field_with_name(name)?.data_type().clone();
+                Ok(is_typed_time(&dt).then(|| column(name).lt_eq(time_upper(&dt, end))))
+            };
+            let Some(mut cut) = upper(&src.timestamp)? else {
+                continue;
+            };
+            if src.filter_created
+                && let Some(c) = &src.created_timestamp
+                && let Some(known) = upper(c)?
+            {
+                cut = cut.and(column(c).is_null().or(known));
+            }
+            let view = self.ctx.read_table(table)?.filter(cut)?.into_view();
+            self.tables.insert(src.name.clone(), view);
+        }
+        Ok(self)
     }
 
     /// Read a spine file (Parquet or CSV) and join.
@@ -1811,6 +1899,18 @@ pub fn spine_time_column(schema: &Schema, asked: Option<&str>) -> Result<String>
 
 /// A literal in the time column's own type at or before the instant `us` (so pruning never
 /// drops an event the sweep could need).
+/// A literal `x` in the time column's type with `col <= x` exactly when the column's value,
+/// in microseconds, is at or before `us` (nanoseconds keep the sub-microsecond part).
+fn time_upper(dt: &DataType, us: i64) -> Expr {
+    match dt {
+        DataType::Timestamp(TimeUnit::Nanosecond, tz) => lit(ScalarValue::TimestampNanosecond(
+            Some(us.saturating_mul(1_000).saturating_add(999)),
+            tz.clone(),
+        )),
+        _ => time_literal(dt, us),
+    }
+}
+
 fn time_literal(dt: &DataType, us: i64) -> Expr {
     let v = match dt {
         DataType::Timestamp(unit, tz) => {

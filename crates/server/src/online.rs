@@ -4,8 +4,10 @@
 //! every entity of its source as of the end time, plus the time of the entity's latest event.
 //! The online path therefore returns exactly what `quiver join` returns for a spine row
 //! (entity, end). Latest-value features are stored without their ttl and the ttl is applied at
-//! lookup time, so a value that ages past it reads as EXPIRED; window aggregates are served as
-//! of the materialization time until the view is materialized again (docs/adr/0003).
+//! lookup time, so a value that ages past it reads as EXPIRED. Window aggregates move as time
+//! passes: each entity's row also holds the join's values at every later instant where one of
+//! its events leaves (or, with an offset, enters) a window, so a lookup at any time after the
+//! materialization returns what the join returns for that time (docs/adr/0003).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -98,7 +100,8 @@ pub async fn materialize_range(
             )));
         }
     }
-    let engine = Engine::new(serving_repo(repo), opts)?;
+    // Later lookups see the events known at `end`, not events the store was never told of.
+    let engine = Engine::new(serving_repo(repo), opts)?.known_at(end).await?;
     let mut done = Vec::new();
     for view in names {
         let started = Instant::now();
@@ -159,16 +162,60 @@ fn serving_repo(repo: &Repo) -> Repo {
 }
 
 /// The stored rows (encoded key, encoded [`FeatureRow`]) of `entities` (a batch of the view's
-/// key columns) as of `end`, computed by the offline join of a [`serving_repo`] engine.
+/// key columns) as of `end`, computed by the offline join of a [`serving_repo`] engine: one
+/// spine row per entity at `end`, and one at each instant after it where a window of the view
+/// changes for that entity ([`step_times`]); the latter become the row's steps.
 async fn compute_rows(
     engine: &Engine,
     view: &str,
     entities: RecordBatch,
     end: i64,
 ) -> quiver_offline::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let n = entities.num_rows();
+    let steps = step_times(engine, view, &entities, end).await?;
+    // Entities are joined in groups of at most JOIN_ROWS spine rows (an entity's steps stay
+    // together), so memory is bounded by a group, not by every entity's steps at once.
+    let mut rows = Vec::with_capacity(n);
+    let mut from = 0;
+    while from < n {
+        let (mut to, mut size) = (from, 0);
+        while to < n && (to == from || size + 1 + steps[to].len() <= JOIN_ROWS) {
+            size += 1 + steps[to].len();
+            to += 1;
+        }
+        let group = entities.slice(from, to - from);
+        rows.extend(compute_group(engine, view, group, &steps[from..to], end).await?);
+        from = to;
+    }
+    Ok(rows)
+}
+
+/// Spine rows per join of [`compute_rows`].
+const JOIN_ROWS: usize = 4_000_000;
+
+/// [`compute_rows`] for one group of entities and their step times.
+async fn compute_group(
+    engine: &Engine,
+    view: &str,
+    entities: RecordBatch,
+    steps: &[Vec<i64>],
+    end: i64,
+) -> quiver_offline::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use datafusion::arrow::array::{ArrayRef, UInt32Array};
     let def = &engine.repo().views[view];
     let n = entities.num_rows();
-    let mut cols = entities.columns().to_vec();
+    let mut at: Vec<u32> = (0..n as u32).collect();
+    let mut times = vec![end; n];
+    for (i, ts) in steps.iter().enumerate() {
+        at.extend(std::iter::repeat_n(i as u32, ts.len()));
+        times.extend_from_slice(ts);
+    }
+    let at = UInt32Array::from(at);
+    let mut cols = entities
+        .columns()
+        .iter()
+        .map(|c| datafusion::arrow::compute::take(c, &at, None))
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
     let mut fields: Vec<_> = entities
         .schema()
         .fields()
@@ -176,8 +223,7 @@ async fn compute_rows(
         .map(|f| f.as_ref().clone())
         .collect();
     cols.push(Arc::new(
-        datafusion::arrow::array::TimestampMicrosecondArray::from(vec![end; n])
-            .with_timezone("UTC"),
+        datafusion::arrow::array::TimestampMicrosecondArray::from(times).with_timezone("UTC"),
     ));
     fields.push(datafusion::arrow::datatypes::Field::new(
         AS_OF,
@@ -209,27 +255,143 @@ async fn compute_rows(
         (0..k).map(|i| out.column(i).as_ref()).collect();
     let keys = entity_keys(&key_cols, &def.join_keys)?;
     let first = k + 1;
-    let mut values: Vec<Vec<Scalar>> = Vec::new();
-    for (j, f) in def.features.iter().enumerate() {
-        values.push(Scalar::column(out.column(first + j).as_ref(), &f.name)?);
-    }
-    let times = values.pop().unwrap_or_default();
-    quiver_offline::profile::stage(format_args!("materialize {view}: values converted"));
+    let m = def.features.len();
+    // A feature's values of rows `from..from + len`, the hidden event time last.
+    let slice = |from: usize, len: usize| -> quiver_offline::Result<Vec<Vec<Scalar>>> {
+        let mut cols = Vec::with_capacity(m);
+        for (j, f) in def.features.iter().enumerate() {
+            cols.push(Scalar::column(
+                out.column(first + j).slice(from, len).as_ref(),
+                &f.name,
+            )?);
+        }
+        Ok(cols)
+    };
+    let base_cols = slice(0, n)?;
+    let (values, times) = base_cols.split_at(m - 1);
+    let times = &times[0];
     let mut rows = Vec::with_capacity(n);
-    for (i, key) in keys.into_iter().enumerate() {
+    let mut next = n;
+    for (i, key) in keys.into_iter().take(n).enumerate() {
+        let first_step = next;
+        next += steps[i].len();
         let Some(key) = key else { continue };
+        // converted an entity at a time: all steps' values at once would be many times
+        // the joined batch
+        let step_cols = slice(first_step, steps[i].len())?;
+        let row_at = |cols: &[Vec<Scalar>], r: usize| {
+            cols[..m - 1]
+                .iter()
+                .map(|c| c[r].clone())
+                .collect::<Vec<_>>()
+        };
         let event_time = match &times[i] {
             Scalar::Time(t) => Some(*t),
+            // a CSV source's times are text, read as the join reads them
+            Scalar::Str(s) => quiver_core::time::parse_instant(s),
             _ => None,
         };
+        let base: Vec<Scalar> = values.iter().map(|c| c[i].clone()).collect();
+        // only the instants where a value really moves are kept
+        let mut kept: Vec<(i64, Vec<Scalar>)> = Vec::new();
+        for (j, &t) in steps[i].iter().enumerate() {
+            let v = row_at(&step_cols, j);
+            let prev = kept.last().map_or(&base, |(_, p)| p);
+            if !same_values(prev, &v) {
+                kept.push((t, v));
+            }
+        }
         let row = FeatureRow {
             as_of: end,
             event_time,
-            values: values.iter().map(|c| c[i].clone()).collect(),
+            values: base,
+            steps: kept,
         };
         rows.push((encode_entity_key(&key), row.encode()));
     }
     Ok(rows)
+}
+
+/// Equal values, floats compared bit for bit (a window moving from 0.0 to −0.0 is a step).
+fn same_values(a: &[Scalar], b: &[Scalar]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Scalar::Float(x), Scalar::Float(y)) => x.to_bits() == y.to_bits(),
+            _ => x == y,
+        })
+}
+
+/// For each entity (row of `entities`), the instants after `end`, ascending, at which one of
+/// the view's windows gains or loses one of the entity's events (`Window::presence`): between
+/// two of them every window aggregate of the entity is constant. Only events within the
+/// view's longest reach of `end` can still move (a lifetime window reaches back its offset).
+async fn step_times(
+    engine: &Engine,
+    view: &str,
+    entities: &RecordBatch,
+    end: i64,
+) -> quiver_offline::Result<Vec<Vec<i64>>> {
+    let def = &engine.repo().views[view];
+    let n = entities.num_rows();
+    let windows: Vec<quiver_core::semantics::Window> = def
+        .features
+        .iter()
+        .filter_map(|f| match f.kind {
+            FeatureKind::Aggregate { window, .. } => Some(window),
+            FeatureKind::Latest => None,
+        })
+        .collect();
+    let mut out = vec![Vec::new(); n];
+    if windows.is_empty() || n == 0 {
+        return Ok(out);
+    }
+    let back = windows
+        .iter()
+        .map(|w| {
+            w.length
+                .map_or(0, |l| l.micros())
+                .saturating_add(w.offset.micros())
+        })
+        .max()
+        .unwrap_or(0);
+    let events = engine
+        .events_between(view, end.saturating_sub(back).saturating_sub(1), end)
+        .await?;
+    let k = def.join_keys.len();
+    let index: std::collections::HashMap<Vec<u8>, usize> = {
+        let cols: Vec<&dyn datafusion::arrow::array::Array> =
+            entities.columns().iter().map(|c| c.as_ref()).collect();
+        entity_keys(&cols, &def.join_keys)?
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, key)| key.map(|key| (encode_entity_key(&key), i)))
+            .collect()
+    };
+    let cols: Vec<&dyn datafusion::arrow::array::Array> =
+        events.columns()[..k].iter().map(|c| c.as_ref()).collect();
+    let keys = entity_keys(&cols, &def.join_keys)?;
+    let t = events
+        .column(k)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .ok_or_else(|| err("event times are not microseconds".into()))?;
+    for (r, key) in keys.iter().enumerate() {
+        let (Some(key), true) = (key, datafusion::arrow::array::Array::is_valid(t, r)) else {
+            continue;
+        };
+        let Some(&i) = index.get(&encode_entity_key(key)) else {
+            continue;
+        };
+        for w in &windows {
+            let (enter, leave) = w.presence(t.value(r));
+            out[i].extend(std::iter::once(enter).chain(leave).filter(|&s| s > end));
+        }
+    }
+    for s in &mut out {
+        s.sort_unstable();
+        s.dedup();
+    }
+    Ok(out)
 }
 
 /// What a push did.
@@ -276,6 +438,7 @@ pub async fn push(
             .union(ctx.read_table(Arc::new(pushed))?)?;
         engine.with_source_table(&def.source, union.into_view())
     };
+    let engine = engine.known_at(now).await?;
     // The distinct entities pushed.
     let keys: Vec<usize> = def
         .join_keys
@@ -388,7 +551,7 @@ pub fn get(
         let got = store.get_many(view, &keys)?;
         let decoded = got
             .into_iter()
-            .map(|b| b.map(|b| FeatureRow::decode(&b)).transpose())
+            .map(|b| b.map(|b| FeatureRow::decode_at(&b, at)).transpose())
             .collect::<CoreResult<Vec<_>>>()?;
         rows.insert(view, decoded);
     }
