@@ -145,8 +145,7 @@ fn folder_name(dir: &Path) -> Result<String> {
     let abs = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
     let name = abs
         .components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .next_back()
+        .rfind(|c| !matches!(c, std::path::Component::CurDir))
         .and_then(|c| c.as_os_str().to_str())
         .unwrap_or("")
         .to_string();

@@ -222,7 +222,7 @@ impl FeatureRow {
             _ => Some(r.i64().ok_or_else(|| bad("truncated"))?),
         };
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-        let values = decode_values(&mut r, n).map_err(|e| bad(e))?;
+        let values = decode_values(&mut r, n).map_err(&bad)?;
         let mut values = values;
         let mut steps = Vec::new();
         if format >= 2 {
@@ -240,7 +240,7 @@ impl FeatureRow {
                 let from = if i == 0 { 0 } else { end(i - 1) as usize };
                 let to = end(i) as usize;
                 let b = blocks.get(from..to).ok_or_else(|| bad("truncated"))?;
-                decode_values(&mut Reader(b), n).map_err(|e| bad(e))
+                decode_values(&mut Reader(b), n).map_err(&bad)
             };
             match at {
                 None => {
