@@ -444,15 +444,14 @@ impl Engine {
         self.entities_between(view, None, end).await
     }
 
-    /// The distinct entity keys of a view's source with an event in [`start`, `end`]
-    /// (every entity with an event at or before `end` when `start` is `None`, or when the
-    /// time column is text and cannot be filtered in the scan).
-    pub async fn entities_between(
+    /// A view and its source's events in [`start`, `end`] (unbounded below when `start` is
+    /// `None`); a text time column cannot be filtered in the scan and is left whole.
+    async fn source_events(
         &self,
         view: &str,
         start: Option<i64>,
         end: i64,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(&FeatureView, datafusion::dataframe::DataFrame)> {
         let v = self.repo.views.get(view).ok_or_else(|| {
             Error::Core(quiver_core::Error::Request(format!(
                 "unknown feature view `{view}`"
@@ -472,6 +471,19 @@ impl Engine {
                 df = df.filter(column(&src.timestamp).gt_eq(time_literal(&time_type, start)))?;
             }
         }
+        Ok((v, df))
+    }
+
+    /// The distinct entity keys of a view's source with an event in [`start`, `end`]
+    /// (every entity with an event at or before `end` when `start` is `None`, or when the
+    /// time column is text and cannot be filtered in the scan).
+    pub async fn entities_between(
+        &self,
+        view: &str,
+        start: Option<i64>,
+        end: i64,
+    ) -> Result<RecordBatch> {
+        let (v, df) = self.source_events(view, start, end).await?;
         let keys: Vec<Expr> = v.join_keys.iter().map(|k| column(k)).collect();
         let df = df.select(keys)?.distinct()?;
         let schema = Arc::new(df.schema().as_arrow().clone());
@@ -484,26 +496,8 @@ impl Engine {
     /// through. A text time column cannot be filtered in the scan; its events are read whole
     /// and cut here.
     pub async fn events_between(&self, view: &str, start: i64, end: i64) -> Result<RecordBatch> {
-        let v = self.repo.views.get(view).ok_or_else(|| {
-            Error::Core(quiver_core::Error::Request(format!(
-                "unknown feature view `{view}`"
-            )))
-        })?;
+        let (v, df) = self.source_events(view, Some(start), end).await?;
         let src = &self.repo.sources[&v.source];
-        let table = self.table(src).await?;
-        let time_type = table
-            .schema()
-            .field_with_name(&src.timestamp)?
-            .data_type()
-            .clone();
-        let mut df = self.ctx.read_table(table)?;
-        if is_typed_time(&time_type) {
-            df = df.filter(
-                column(&src.timestamp)
-                    .lt_eq(time_literal(&time_type, end))
-                    .and(column(&src.timestamp).gt_eq(time_literal(&time_type, start))),
-            )?;
-        }
         let mut cols: Vec<Expr> = v.join_keys.iter().map(|k| column(k)).collect();
         cols.push(column(&src.timestamp));
         let df = df.select(cols)?;
