@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("quiver/v1/online.proto"),
         root.join("quiver/v1/registry.proto"),
+        root.join("quiver/v1/training.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use quiver_core::Repo;
@@ -731,93 +731,37 @@ async fn run_engine(command: Command) -> Result<()> {
         } => {
             let started = Instant::now();
             let repo = Repo::load(&repo)?;
-            let refs = select.resolve(&repo)?;
-            if let Some(out) = &out
-                && out.is_dir()
-            {
-                bail!(
-                    "--out {} is a folder; give a .parquet or .csv file",
-                    out.display()
-                );
-            }
-            let opts = run.engine_options();
+            let req = quiver_server::training::Request {
+                spine: spine.clone(),
+                features: select.resolve(&repo)?,
+                spine_timestamp,
+                full_names,
+                out: out.clone(),
+                register,
+                pins,
+                as_of: as_of
+                    .as_deref()
+                    .map(|t| instant_arg(Some(t), "--as-of"))
+                    .transpose()?,
+            };
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {elapsed} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.enable_steady_tick(Duration::from_millis(120));
-            bar.set_message(format!("joining {} feature(s) onto {spine}", refs.len()));
-            // A spine that is not a file name is a recorded dataset.
-            let versioned = register.is_some()
-                || !pins.is_empty()
-                || as_of.is_some()
-                || !looks_like_path(&spine);
-            // The engine lives until the output is written: it stores the join's feature
-            // states behind it, and dropping it waits for them.
-            let mut engine_alive = None;
-            let result = if versioned {
-                versioned_join(
-                    repo,
-                    opts,
-                    &spine,
-                    refs,
-                    spine_timestamp,
-                    full_names,
-                    &pins,
-                    as_of.as_deref(),
-                    register.as_deref(),
-                )
-                .await
-                .map(|(batch, plan, registered)| (batch.into(), plan, registered))
-            } else {
-                let engine = engine_alive.insert(Engine::new(repo, opts)?);
-                let req = JoinRequest {
-                    features: refs,
-                    spine_timestamp,
-                    full_names,
-                };
-                // The features stay in the sweep's pieces and are gathered as they are
-                // written.
-                engine
-                    .join_file_table(std::path::Path::new(&spine), &req)
-                    .await
-                    .map(|o| {
-                        let mut plan = o.explain;
-                        plan.push(format!(
-                            "read {} from sources and {} of stored states; {} feature(s) reused",
-                            quiver_offline::gate::bytes(o.bytes_scanned as f64),
-                            quiver_offline::gate::bytes(o.stored_bytes_read as f64),
-                            o.reused
-                        ));
-                        (o.batch, plan, None)
-                    })
-                    .map_err(anyhow::Error::from)
-            };
-            let (batch, plan, registered) = match result {
-                Ok(o) => o,
-                Err(e) => {
-                    bar.finish_and_clear();
-                    return Err(e);
-                }
-            };
-            if let Some(out) = &out {
-                bar.set_message(format!("writing {}", out.display()));
-                let write_started = Instant::now();
-                let written = source::write_table(out, &batch);
-                quiver_offline::profile::stage(format_args!(
-                    "written in {:.3} s",
-                    write_started.elapsed().as_secs_f64()
-                ));
-                bar.finish_and_clear();
-                written.with_context(|| format!("writing {}", out.display()))?;
-            }
+            let built = quiver_server::training::build(repo, run.engine_options(), &req, |m| {
+                bar.set_message(m)
+            })
+            .await;
             bar.finish_and_clear();
+            let built = built?;
             if explain {
-                for line in &plan {
+                for line in &built.plan {
                     println!("{line}");
                 }
             }
+            let registered = built.registered;
             let target = match (&out, &registered) {
                 (Some(o), Some(r)) => format!("{} and {r}", o.display()),
                 (Some(o), None) => o.display().to_string(),
@@ -826,8 +770,8 @@ async fn run_engine(command: Command) -> Result<()> {
             };
             println!(
                 "{} rows, {} columns -> {target} in {:.2} s",
-                batch.num_rows(),
-                batch.num_columns(),
+                built.rows,
+                built.columns,
                 started.elapsed().as_secs_f64()
             );
             Ok(())
@@ -918,96 +862,4 @@ fn print_layouts(
         println!("  {what}");
     }
     Ok(())
-}
-
-/// Whether a `--spine` argument names a file or folder (else it is a dataset NAME[@VER]).
-fn looks_like_path(s: &str) -> bool {
-    let p = std::path::Path::new(s);
-    p.exists()
-        || s.contains(['/', '\\'])
-        || matches!(
-            p.extension()
-                .and_then(|e| e.to_str())
-                .map(|e| e.to_ascii_lowercase())
-                .as_deref(),
-            Some("csv" | "parquet" | "pq")
-        )
-}
-
-/// A join against recorded source versions (pinned, as of a time, or the latest), optionally
-/// registered as a training-set version with its lineage.
-#[allow(clippy::too_many_arguments)]
-async fn versioned_join(
-    repo: Repo,
-    opts: EngineOptions,
-    spine: &str,
-    refs: Vec<quiver_core::FeatureRef>,
-    spine_timestamp: Option<String>,
-    full_names: bool,
-    pins: &[String],
-    as_of: Option<&str>,
-    register: Option<&str>,
-) -> Result<(
-    datafusion::arrow::array::RecordBatch,
-    Vec<String>,
-    Option<String>,
-)> {
-    let cat = quiver_server::catalog::Catalog::open(repo, opts)?;
-    let mut p = quiver_server::catalog::Pins::default();
-    for pin in pins {
-        let (name, v) = quiver_registry::parse_ref(pin)?;
-        let Some(v) = v else {
-            bail!("--source-version {pin:?}: write SOURCE@VERSION");
-        };
-        p.versions.insert(name, v);
-    }
-    if let Some(t) = as_of {
-        p.as_of = Some(instant_arg(Some(t), "--as-of")?);
-    }
-    let spine_v = match register {
-        // A registered training set needs its spine recorded.
-        Some(_) => Some(cat.spine_version(spine).await?),
-        None if !looks_like_path(spine) => Some(cat.spine_version(spine).await?),
-        None => None,
-    };
-    let spine_table = match &spine_v {
-        Some(v) => cat.read(v).await?,
-        None => {
-            let ctx = quiver_offline::session(&EngineOptions::default())?;
-            let (schema, batches) = source::read_table(&ctx, std::path::Path::new(spine)).await?;
-            quiver_server::catalog::Table { schema, batches }
-        }
-    };
-    let (batch, mut record) = cat
-        .join(&spine_table, &refs, spine_timestamp, full_names, &p)
-        .await?;
-    let plan = vec![format!(
-        "sources: {}",
-        record
-            .sources
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )];
-    let registered = match (register, spine_v) {
-        (Some(name), Some(sv)) => {
-            record.spine = sv.reference();
-            let t = quiver_server::catalog::Table {
-                schema: batch.schema(),
-                batches: vec![batch.clone()],
-            };
-            let v = cat
-                .write_dataset(
-                    name,
-                    quiver_registry::DatasetKind::Training,
-                    &t,
-                    quiver_registry::Operation::Join(record),
-                )
-                .await?;
-            Some(format!("{} (hash {})", v.reference(), v.hash))
-        }
-        _ => None,
-    };
-    Ok((batch, plan, registered))
 }

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::online::{self, Status as ValueStatus};
 use crate::proto::online_service_server::{OnlineService, OnlineServiceServer};
 use crate::proto::registry_service_server::RegistryServiceServer;
+use crate::proto::training_service_server::TrainingServiceServer;
 use crate::proto::{self, get_online_features_request::Kind, value::Val};
 use crate::{Error, Result};
 
@@ -47,20 +48,7 @@ impl Online {
                 .service(&name)
                 .map_err(|e| Error::NotFound(e.to_string()))?,
             Some(Kind::Features(list)) => {
-                if list.val.iter().any(|r| !r.contains(':')) {
-                    let bad = list
-                        .val
-                        .iter()
-                        .find(|r| !r.contains(':'))
-                        .cloned()
-                        .unwrap_or_default();
-                    return Err(Error::InvalidArgument(format!(
-                        "features: `{bad}` must be written view:feature"
-                    )));
-                }
-                self.repo
-                    .resolve_refs(&list.val)
-                    .map_err(|e| Error::NotFound(e.to_string()))?
+                crate::grpc_training::feature_refs(&self.repo, &list.val)?
             }
             None => {
                 return Err(Error::InvalidArgument(
@@ -393,8 +381,20 @@ pub async fn serve(
     health_reporter
         .set_serving::<RegistryServiceServer<crate::grpc_registry::Registry>>()
         .await;
-    let registry = RegistryServiceServer::new(crate::grpc_registry::Registry::new(repo.clone()))
-        .max_decoding_message_size(MAX_ARTIFACT_BYTES);
+    health_reporter
+        .set_serving::<TrainingServiceServer<crate::grpc_training::Training>>()
+        .await;
+    // The registry is opened by one call at a time, registry calls and training jobs alike.
+    let registry_lock = Arc::new(tokio::sync::Mutex::new(()));
+    let registry = RegistryServiceServer::new(crate::grpc_registry::Registry::new(
+        repo.clone(),
+        Arc::clone(&registry_lock),
+    ))
+    .max_decoding_message_size(MAX_ARTIFACT_BYTES);
+    let training = TrainingServiceServer::new(crate::grpc_training::Training::new(
+        repo.clone(),
+        registry_lock,
+    ));
     let online = OnlineServiceServer::new(Online::new(repo, store))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     tonic::transport::Server::builder()
@@ -405,6 +405,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(online)
         .add_service(registry)
+        .add_service(training)
         .serve_with_incoming_shutdown(
             // Small responses must not wait for Nagle's algorithm (a 40 ms delayed-ACK stall).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -22,14 +22,15 @@ use crate::{Error, Result};
 /// The service over one repository's registry.
 pub struct Registry {
     repo: Arc<Repo>,
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
-    pub fn new(repo: Repo) -> Self {
+    /// `lock` serializes every use of the registry in this process (training jobs too).
+    pub fn new(repo: Repo, lock: Arc<tokio::sync::Mutex<()>>) -> Self {
         Registry {
             repo: Arc::new(repo),
-            lock: tokio::sync::Mutex::new(()),
+            lock,
         }
     }
 

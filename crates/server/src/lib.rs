@@ -19,9 +19,11 @@ pub mod catalog;
 mod error;
 pub mod grpc;
 pub mod grpc_registry;
+pub mod grpc_training;
 pub mod models;
 pub mod online;
 pub mod sql;
+pub mod training;
 
 pub use error::{Error, Result};
 

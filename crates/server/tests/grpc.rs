@@ -682,3 +682,151 @@ async fn incremental_materialization_rewrites_only_what_changed() {
         Some(T)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_jobs_build_register_and_report_failures() {
+    use quiver_server::proto::training_service_client::TrainingServiceClient;
+    use quiver_server::proto::{
+        GetJobRequest, Job, JobState, ListJobsRequest, TrainingSetRequest,
+        registry_service_client::RegistryServiceClient, training_set_request::Kind as TKind,
+    };
+    let dir = sample_copy();
+    let d = dir.path().to_path_buf();
+    let repo = Repo::load(&d).unwrap();
+    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let server = Server::start(repo, store).await;
+    let channel = connect(&server.url).await;
+    let mut client = TrainingServiceClient::new(channel.clone());
+    let path = |f: &str| d.join(f).display().to_string();
+    let service = |out: &str, register: &str| TrainingSetRequest {
+        spine: path("spine.csv"),
+        kind: Some(TKind::FeatureService("churn_v1".into())),
+        out: out.into(),
+        register: register.into(),
+        ..Default::default()
+    };
+    // a bounded wait for a job's end
+    async fn finish(
+        client: &mut TrainingServiceClient<tonic::transport::Channel>,
+        id: &str,
+    ) -> Job {
+        for _ in 0..40 {
+            let j = client
+                .get_job(GetJobRequest {
+                    id: id.into(),
+                    wait_millis: 500,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if j.state != JobState::Running as i32 {
+                return j;
+            }
+        }
+        panic!("job {id} did not end in 20 s");
+    }
+
+    // the sample's training set, as `quiver join` writes it
+    let started = client
+        .start_training_set(service(&path("t.csv"), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.id, "job-1");
+    let done = finish(&mut client, &started.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{done:?}");
+    assert_eq!((done.rows, done.columns), (4, 10));
+    assert!(
+        done.plan
+            .iter()
+            .any(|l| l.contains("view `user_purchases`")),
+        "{done:?}"
+    );
+    let golden = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/sample_churn_v1.csv"),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(d.join("t.csv")).unwrap(), golden);
+
+    // registered with its lineage: the registry service sees the new dataset version
+    let reg = client
+        .start_training_set(service("", "train"))
+        .await
+        .unwrap()
+        .into_inner();
+    let reg = finish(&mut client, &reg.id).await;
+    assert_eq!(reg.state, JobState::Succeeded as i32, "{reg:?}");
+    assert!(reg.registered.starts_with("train@1"), "{reg:?}");
+    let lineage = RegistryServiceClient::new(channel.clone())
+        .lineage(quiver_server::proto::LineageRequest {
+            artifact: "train@1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(format!("{lineage:?}").contains("spine"), "{lineage:?}");
+
+    // refused before a job exists: each names what is wrong
+    let refused = |r: TrainingSetRequest| {
+        let mut c = client.clone();
+        async move { c.start_training_set(r).await.unwrap_err() }
+    };
+    let e = refused(TrainingSetRequest {
+        kind: Some(TKind::Features(FeatureList {
+            val: vec!["user_purchases:nope".into()],
+        })),
+        ..service(&path("u.csv"), "")
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("nope"), "{e:?}");
+    let e = refused(TrainingSetRequest {
+        spine: path("missing.parquet"),
+        ..service(&path("u.csv"), "")
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("missing.parquet"), "{e:?}");
+    let e = refused(service("", "")).await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = refused(TrainingSetRequest {
+        kind: None,
+        ..service(&path("u.csv"), "")
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(!d.join("u.csv").exists());
+
+    // a job that fails while running says why, and leaves no output
+    std::fs::write(d.join("bad.csv"), "user_id,event_timestamp\n1,not a time\n").unwrap();
+    let bad = client
+        .start_training_set(TrainingSetRequest {
+            spine: path("bad.csv"),
+            ..service(&path("v.csv"), "")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let bad = finish(&mut client, &bad.id).await;
+    assert_eq!(bad.state, JobState::Failed as i32, "{bad:?}");
+    assert!(bad.error.contains("event_timestamp"), "{bad:?}");
+    assert!(!d.join("v.csv").exists());
+
+    let e = client
+        .get_job(GetJobRequest {
+            id: "job-99".into(),
+            wait_millis: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let all = client
+        .list_jobs(ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = all.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["job-3", "job-2", "job-1"]);
+    server.stop().await;
+}

@@ -1,0 +1,244 @@
+//! Building a training set: the one implementation behind `quiver join` and the gRPC
+//! `TrainingService`. A spine given as a file name is joined against the sources as they are
+//! (the engine's reuse catalog applies); a recorded spine dataset, pinned source versions, time
+//! travel or registration go through the [`Catalog`], which records what was read.
+
+use std::path::{Path, PathBuf};
+
+use quiver_core::{FeatureRef, Repo};
+use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
+
+use crate::catalog::{Catalog, Pins, Table};
+use crate::{Error, Result};
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// A Parquet or CSV file, or a recorded dataset NAME[@VERSION].
+    pub spine: String,
+    pub features: Vec<FeatureRef>,
+    pub spine_timestamp: Option<String>,
+    pub full_names: bool,
+    /// Output file, Parquet or CSV by extension; replaced only when the join succeeds.
+    pub out: Option<PathBuf>,
+    /// Record the result as the next version of this dataset, with its lineage.
+    pub register: Option<String>,
+    /// SOURCE@VERSION pins.
+    pub pins: Vec<String>,
+    /// Time travel: read every source as it was at this instant (microseconds).
+    pub as_of: Option<i64>,
+}
+
+/// What was built.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    pub rows: usize,
+    pub columns: usize,
+    /// The plan, as `--explain` prints it.
+    pub plan: Vec<String>,
+    /// `NAME@VERSION (hash …)` when registered.
+    pub registered: Option<String>,
+}
+
+/// Whether a spine argument names a file or folder (else it is a dataset NAME[@VER]).
+pub fn looks_like_path(s: &str) -> bool {
+    let p = Path::new(s);
+    p.exists()
+        || s.contains(['/', '\\'])
+        || matches!(
+            p.extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase())
+                .as_deref(),
+            Some("csv" | "parquet" | "pq")
+        )
+}
+
+/// Check a request before any row is read: features requested, an output or a registration,
+/// an output that is a file in an existing folder, a spine file that exists.
+pub fn check(req: &Request) -> Result<()> {
+    if req.features.is_empty() {
+        return Err(Error::InvalidArgument("no features requested".into()));
+    }
+    if req.out.is_none() && req.register.is_none() {
+        return Err(Error::InvalidArgument(
+            "give an output file, a dataset name to register, or both".into(),
+        ));
+    }
+    if let Some(out) = &req.out {
+        if out.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "out {} is a folder; give a .parquet or .csv file",
+                out.display()
+            )));
+        }
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(d) = dir
+            && !d.is_dir()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "out {}: folder {} does not exist",
+                out.display(),
+                d.display()
+            )));
+        }
+    }
+    if req.spine.is_empty() {
+        return Err(Error::InvalidArgument("spine: empty".into()));
+    }
+    if looks_like_path(&req.spine) && !Path::new(&req.spine).exists() {
+        return Err(Error::NotFound(format!(
+            "spine: {}: no such file or folder",
+            req.spine
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `req` goes through the [`Catalog`] (and so the registry): a recorded spine,
+/// pinned versions, time travel or registration.
+pub fn recorded(req: &Request) -> bool {
+    req.register.is_some()
+        || !req.pins.is_empty()
+        || req.as_of.is_some()
+        || !looks_like_path(&req.spine)
+}
+
+/// Build the training set of `req`, reporting progress through `progress`.
+pub async fn build(
+    repo: Repo,
+    opts: EngineOptions,
+    req: &Request,
+    progress: impl Fn(String),
+) -> Result<Built> {
+    check(req)?;
+    progress(format!(
+        "joining {} feature(s) onto {}",
+        req.features.len(),
+        req.spine
+    ));
+    if recorded(req) {
+        let (batch, plan, registered) = versioned(repo, opts, req).await?;
+        if let Some(out) = &req.out {
+            progress(format!("writing {}", out.display()));
+            source::write_table(out, &batch)?;
+        }
+        return Ok(Built {
+            rows: batch.num_rows(),
+            columns: batch.num_columns(),
+            plan,
+            registered,
+        });
+    }
+    // The engine lives until the output is written: it stores the join's feature states
+    // behind it, and dropping it waits for them.
+    let engine = Engine::new(repo, opts)?;
+    let jr = JoinRequest {
+        features: req.features.clone(),
+        spine_timestamp: req.spine_timestamp.clone(),
+        full_names: req.full_names,
+    };
+    // The features stay in the sweep's pieces and are gathered as they are written.
+    let o = engine.join_file_table(Path::new(&req.spine), &jr).await?;
+    let mut plan = o.explain;
+    plan.push(format!(
+        "read {} from sources and {} of stored states; {} feature(s) reused",
+        quiver_offline::gate::bytes(o.bytes_scanned as f64),
+        quiver_offline::gate::bytes(o.stored_bytes_read as f64),
+        o.reused
+    ));
+    if let Some(out) = &req.out {
+        progress(format!("writing {}", out.display()));
+        let started = std::time::Instant::now();
+        let written = source::write_table(out, &o.batch);
+        quiver_offline::profile::stage(format_args!(
+            "written in {:.3} s",
+            started.elapsed().as_secs_f64()
+        ));
+        written?;
+    }
+    Ok(Built {
+        rows: o.batch.num_rows(),
+        columns: o.batch.num_columns(),
+        plan,
+        registered: None,
+    })
+}
+
+/// A join against recorded source versions (pinned, as of a time, or the latest), optionally
+/// registered as a training-set version with its lineage.
+async fn versioned(
+    repo: Repo,
+    opts: EngineOptions,
+    req: &Request,
+) -> Result<(
+    datafusion::arrow::array::RecordBatch,
+    Vec<String>,
+    Option<String>,
+)> {
+    let cat = Catalog::open(repo, opts)?;
+    let mut p = Pins::default();
+    for pin in &req.pins {
+        let (name, v) = quiver_registry::parse_ref(pin)?;
+        let Some(v) = v else {
+            return Err(Error::InvalidArgument(format!(
+                "source version {pin:?}: write SOURCE@VERSION"
+            )));
+        };
+        p.versions.insert(name, v);
+    }
+    p.as_of = req.as_of;
+    let spine = req.spine.as_str();
+    let spine_v = match &req.register {
+        // A registered training set needs its spine recorded.
+        Some(_) => Some(cat.spine_version(spine).await?),
+        None if !looks_like_path(spine) => Some(cat.spine_version(spine).await?),
+        None => None,
+    };
+    let spine_table = match &spine_v {
+        Some(v) => cat.read(v).await?,
+        None => {
+            let ctx = quiver_offline::session(&EngineOptions::default())?;
+            let (schema, batches) = source::read_table(&ctx, Path::new(spine)).await?;
+            Table { schema, batches }
+        }
+    };
+    let (batch, mut record) = cat
+        .join(
+            &spine_table,
+            &req.features,
+            req.spine_timestamp.clone(),
+            req.full_names,
+            &p,
+        )
+        .await?;
+    let plan = vec![format!(
+        "sources: {}",
+        record
+            .sources
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    let registered = match (&req.register, spine_v) {
+        (Some(name), Some(sv)) => {
+            record.spine = sv.reference();
+            let t = Table {
+                schema: batch.schema(),
+                batches: vec![batch.clone()],
+            };
+            let v = cat
+                .write_dataset(
+                    name,
+                    quiver_registry::DatasetKind::Training,
+                    &t,
+                    quiver_registry::Operation::Join(record),
+                )
+                .await?;
+            Some(format!("{} (hash {})", v.reference(), v.hash))
+        }
+        _ => None,
+    };
+    Ok((batch, plan, registered))
+}
