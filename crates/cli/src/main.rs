@@ -353,10 +353,10 @@ enum Command {
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
-    /// Rebuild a dataset version from its lineage and compare content hashes (exit 1 when
-    /// they differ).
+    /// Rebuild a dataset version (or, as model:NAME@VER, a model Quiver trained) from its
+    /// lineage and compare content hashes (exit 1 when they differ).
     Reproduce {
-        /// NAME@VERSION (NAME = the latest version).
+        /// NAME@VERSION (NAME = the latest version), or model:NAME@VERSION.
         dataset: String,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
@@ -507,7 +507,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
             repo,
         } => versions::lineage(&artifact, upstream, downstream, json, &repo).await?,
-        Command::Reproduce { dataset, repo } => return versions::reproduce(&dataset, &repo).await,
+        Command::Reproduce { dataset, repo } => {
+            return match dataset.strip_prefix("model:") {
+                Some(model) => models::reproduce_model(model, &repo).await,
+                None => versions::reproduce(&dataset, &repo).await,
+            };
+        }
+        Command::Models {
+            command: models::Models::Reproduce { model },
+            repo,
+        } => return models::reproduce_model(&model, &repo).await,
         Command::Models { command, repo } => models::models(command, &repo).await?,
         Command::Train {
             name,

@@ -756,6 +756,21 @@ fn models_train_register_select_and_trace() {
     let (m2, m3) = (model_json(d, "churn@2"), model_json(d, "churn@3"));
     // Same data, params and seed: a byte-identical artifact.
     assert_eq!(m2["artifact"]["hash"], m3["artifact"]["hash"]);
+    // ... and rebuilt from lineage: the split training set from the sources, then the model
+    let r = ok(q(d, &["reproduce", "model:churn@2"]));
+    assert!(
+        r.contains("churn@2: training set churn_set_train@1: identical"),
+        "{r}"
+    );
+    assert!(
+        r.contains(&format!(
+            "churn@2: artifact: identical (hash {})",
+            m2["artifact"]["hash"].as_str().unwrap()
+        )),
+        "{r}"
+    );
+    let r = ok(q(d, &["models", "reproduce", "churn@1"]));
+    assert!(r.contains("artifact: identical"), "{r}");
     let auc = m2["metrics"]
         .as_array()
         .unwrap()
@@ -828,6 +843,14 @@ fn models_train_register_select_and_trace() {
         ],
     ));
     assert!(reg.contains("ext@1"), "{reg}");
+    // Quiver cannot retrain it, and says so
+    let o = q(d, &["reproduce", "model:ext@1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not a model Quiver can run"),
+        "{}",
+        stderr(&o)
+    );
     // Bad input: nothing registered.
     for (args, msg) in [
         (vec!["--metric", "auc@nope@1=0.5"], "unknown dataset `nope`"),

@@ -281,6 +281,41 @@ impl Catalog {
             .await
     }
 
+    /// Rebuild a model version from its lineage (DESIGN §7 "Reproduce"): its training set
+    /// is rebuilt from the sources and definitions it was made from (and its hash compared),
+    /// then the model is trained again on those rebuilt rows with the recorded algorithm,
+    /// label, feature columns, parameters and seed, and its artifact hash compared. Models
+    /// registered from outside Quiver cannot be retrained here, and say so.
+    pub async fn reproduce_model(&self, model: &str) -> Result<ModelReproduction> {
+        let m = self.registry.model(model)?;
+        let stored = self.runnable(&m)?;
+        let (Some(algo), Some(label)) = (&m.algo, &m.label) else {
+            return Err(Error::InvalidArgument(format!(
+                "{}: registered without an algorithm and label; only models `quiver train` made can be rebuilt",
+                m.reference()
+            )));
+        };
+        let target = self
+            .registry
+            .dataset_version(&m.dataset.name, Some(m.dataset.version))?;
+        let rows = self.rebuild(&target).await?;
+        let (data_hash, _) = crate::catalog::hash_table(&rows.schema, &rows.batches)?;
+        let spec = Spec {
+            algo: algo.parse().map_err(train_err)?,
+            label: label.clone(),
+            features: stored.features.clone(),
+            params: m.params.clone(),
+            seed: m.seed.unwrap_or(0),
+        };
+        let rebuilt = quiver_train::train(&rows.concat()?, &spec).map_err(train_err)?;
+        Ok(ModelReproduction {
+            rebuilt: quiver_core::hash::hash_bytes(&rebuilt.to_bytes()),
+            dataset_rebuilt: data_hash,
+            dataset: target,
+            model: m,
+        })
+    }
+
     /// Evaluate a model version (one Quiver trained) on a dataset version and record the
     /// metrics with it.
     pub async fn evaluate(&self, model: &str, eval: &str) -> Result<ModelVersion> {
@@ -356,6 +391,23 @@ fn check_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A model version rebuilt from its lineage.
+#[derive(Debug, Clone)]
+pub struct ModelReproduction {
+    pub model: ModelVersion,
+    /// Its training set as recorded, and the hash of the rebuilt one.
+    pub dataset: quiver_registry::DatasetVersion,
+    pub dataset_rebuilt: quiver_core::hash::ContentHash,
+    /// The hash of the artifact trained again.
+    pub rebuilt: quiver_core::hash::ContentHash,
+}
+
+impl ModelReproduction {
+    pub fn identical(&self) -> bool {
+        self.rebuilt == self.model.artifact.hash && self.dataset_rebuilt == self.dataset.hash
+    }
 }
 
 fn train_err(e: quiver_train::Error) -> Error {
