@@ -399,8 +399,12 @@ fn versioned_datasets_lineage_and_reproduce() {
         "train",
         "--out",
         out1.to_str().unwrap(),
+        "--explain",
     ]));
     assert!(said.contains("train@1"), "{said}");
+    // the plan of a recorded join: the versions read, then the engine's plan
+    assert!(said.contains("sources: purchases@1"), "{said}");
+    assert!(said.contains("view `user_purchases`"), "{said}");
     let between = chrono_now();
     std::thread::sleep(std::time::Duration::from_millis(20));
     assert!(ok(q(d, &["ingest", "purchases", "p2.csv"])).contains("purchases@2"));

@@ -626,6 +626,20 @@ impl Catalog {
         full_names: bool,
         pins: &Pins,
     ) -> Result<(RecordBatch, JoinRecord)> {
+        self.join_explained(spine, features, spine_timestamp, full_names, pins)
+            .await
+            .map(|(b, r, _)| (b, r))
+    }
+
+    /// [`Catalog::join`], with the engine's plan (`--explain` lines).
+    pub async fn join_explained(
+        &self,
+        spine: &Table,
+        features: &[FeatureRef],
+        spine_timestamp: Option<String>,
+        full_names: bool,
+        pins: &Pins,
+    ) -> Result<(RecordBatch, JoinRecord, Vec<String>)> {
         let mut views: Vec<String> = Vec::new();
         for f in features {
             if !views.contains(&f.view) {
@@ -667,10 +681,10 @@ impl Catalog {
             schema: spine.schema.clone(),
             batches: spine.batches.clone(),
         };
-        let batch = self
+        let (batch, plan) = self
             .run_join(&record, self.repo.clone(), Some(spine))
             .await?;
-        Ok((batch, record))
+        Ok((batch, record, plan))
     }
 
     /// Run a recorded join with the given definitions.
@@ -679,7 +693,7 @@ impl Catalog {
         record: &JoinRecord,
         repo: Repo,
         spine: Option<Table>,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(RecordBatch, Vec<String>)> {
         let spine = match spine {
             Some(s) => s,
             None => {
@@ -710,7 +724,8 @@ impl Catalog {
             spine_timestamp: record.spine_timestamp.clone(),
             full_names: record.full_names,
         };
-        Ok(engine.join(spine.schema, spine.batches, &req).await?.batch)
+        let out = engine.join(spine.schema, spine.batches, &req).await?;
+        Ok((out.batch, out.explain))
     }
 
     /// The repository as it was for a recorded join: the recorded view definitions (and their
@@ -749,7 +764,7 @@ impl Catalog {
             match &v.op {
                 Operation::Join(record) => {
                     let repo = self.recorded_repo(record)?;
-                    let batch = self.run_join(record, repo, None).await?;
+                    let (batch, _) = self.run_join(record, repo, None).await?;
                     Ok(Table {
                         schema: batch.schema(),
                         batches: vec![batch],

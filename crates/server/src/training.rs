@@ -203,8 +203,8 @@ async fn versioned(
             Table { schema, batches }
         }
     };
-    let (batch, mut record) = cat
-        .join(
+    let (batch, mut record, engine_plan) = cat
+        .join_explained(
             &spine_table,
             &req.features,
             req.spine_timestamp.clone(),
@@ -212,7 +212,7 @@ async fn versioned(
             &p,
         )
         .await?;
-    let plan = vec![format!(
+    let mut plan = vec![format!(
         "sources: {}",
         record
             .sources
@@ -221,6 +221,7 @@ async fn versioned(
             .collect::<Vec<_>>()
             .join(", ")
     )];
+    plan.extend(engine_plan);
     let registered = match (&req.register, spine_v) {
         (Some(name), Some(sv)) => {
             record.spine = sv.reference();
