@@ -155,3 +155,59 @@ async fn spilled_batches_cut_by_time_lose_no_event_a_window_admits() {
     );
     assert_eq!(bounded.batch, free.batch);
 }
+
+/// A spine larger than the pool: it goes to disk by bucket with every event, each bucket is
+/// packed and swept on its own, and the result is the unbounded one — rows without a key or
+/// a time, duplicates and keys without events included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spine_larger_than_the_pool_is_swept_from_disk() {
+    let mut rng = SmallRng::seed_from_u64(23);
+    let n = 40_000;
+    let uid: Vec<i64> = (0..n).map(|_| rng.random_range(0..600)).collect();
+    let t: Vec<Option<i64>> = (0..n)
+        .map(|_| Some(rng.random_range(0..120 * 24) * DAY / 24))
+        .collect();
+    let x: Vec<Option<f64>> = (0..n)
+        .map(|_| {
+            rng.random_bool(0.9)
+                .then(|| rng.random_range(0..1000) as f64)
+        })
+        .collect();
+    let ev = batch(vec![
+        ("uid", Arc::new(Int64Array::from(uid)) as ArrayRef),
+        ("t", ts(t)),
+        ("x", Arc::new(Float64Array::from(x))),
+    ]);
+    let m = 150_000;
+    let mut suid: Vec<Option<i64>> = (0..m)
+        .map(|_| rng.random_bool(0.99).then(|| rng.random_range(0..650)))
+        .collect();
+    let mut st: Vec<Option<i64>> = (0..m)
+        .map(|_| {
+            rng.random_bool(0.99)
+                .then(|| rng.random_range(0..130 * 24) * DAY / 24)
+        })
+        .collect();
+    for i in 0..1000 {
+        suid.push(suid[i]);
+        st.push(st[i]);
+    }
+    let spine = batch(vec![
+        ("uid", Arc::new(Int64Array::from(suid)) as ArrayRef),
+        ("event_timestamp", ts(st)),
+    ]);
+    let refs = ["v:s7", "v:n30", "v:mx", "v:last_x"];
+    let free = join_in_pool(&ev, &spine, &refs, 4096, None).await;
+    assert_eq!(free.spilled_partitions, 0);
+    // the spine alone is ~3.6 MB in memory
+    for limit in [1 << 20, 2 << 20] {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            join_in_pool(&ev, &spine, &refs, 4096, Some(limit)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the join with a {limit}-byte pool did not finish"));
+        assert!(out.spilled_partitions > 0, "pool of {limit} bytes");
+        assert_eq!(out.batch, free.batch, "pool of {limit} bytes");
+    }
+}

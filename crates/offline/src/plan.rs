@@ -431,10 +431,47 @@ async fn run(
 ) -> DFResult<Vec<RecordBatch>> {
     let spine_schema = spine.schema();
     let mut spine_batches = Vec::new();
+    // A spine that does not fit goes to disk by bucket too, and so will every event.
+    let mut spine_spill: Option<Spill> = None;
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     while let Some(b) = spine.next().await {
         let b = b?;
-        reservation.try_grow(b.get_array_memory_size())?;
-        spine_batches.push(b);
+        let t = b
+            .column(1 + spec.key_count)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DataFusionError::Internal("PitJoinExec: spine time".into()))?;
+        if let (Some(a), Some(z)) = (
+            datafusion::arrow::compute::min(t),
+            datafusion::arrow::compute::max(t),
+        ) {
+            (lo, hi) = (lo.min(a), hi.max(z));
+        }
+        if let Some(sp) = spine_spill.as_mut() {
+            sp.write(&b)?;
+            continue;
+        }
+        let size = b.get_array_memory_size();
+        if reservation.size() + size <= cap && reservation.try_grow(size).is_ok() {
+            spine_batches.push(b);
+        } else {
+            let mut sp = Spill::try_new(spine_schema.clone(), 1, spec.key_count)?;
+            for held in spine_batches.drain(..) {
+                sp.write(&held)?;
+            }
+            sp.write(&b)?;
+            reservation.resize(0);
+            spills.add(1);
+            spine_spill = Some(sp);
+        }
+    }
+    if let Some(sp) = spine_spill {
+        let span = if lo <= hi {
+            needed_span(&spec.features, spec.ttl, lo, hi)
+        } else {
+            (i64::MAX, i64::MIN)
+        };
+        return run_from_disk(spec, schema, sp, events, span, reservation).await;
     }
     let spine = concat_batches(&spine_schema, &spine_batches)?;
     drop(spine_batches);
@@ -458,7 +495,7 @@ async fn run(
     while let Some(b) = events.next().await {
         let b = b?;
         if let Some(sp) = spill.as_mut() {
-            sp.write(&in_span(spec, &pack, &b)?)?;
+            sp.write(&in_span(spec, pack.span(), &b)?)?;
             continue;
         }
         let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
@@ -467,8 +504,8 @@ async fn run(
             push_batch(spec, &mut pack, &b)?;
             reservation.resize(held(spine_bytes, &pack));
         } else {
-            let mut sp = Spill::try_new(ev_schema.clone(), spec.key_count)?;
-            sp.write(&in_span(spec, &pack, &b)?)?;
+            let mut sp = Spill::try_new(ev_schema.clone(), 0, spec.key_count)?;
+            sp.write(&in_span(spec, pack.span(), &b)?)?;
             spills.add(1);
             spill = Some(sp);
         }
@@ -503,6 +540,73 @@ async fn run(
     Ok(out)
 }
 
+/// [`run`] for a spine that does not fit the partition's share of the pool: the spine and
+/// every event (cut to the time `span` the spine's windows admit) are split by bucket into
+/// files, then each bucket is packed from its two files and swept on its own, so memory holds
+/// one bucket's spine and events at a time.
+async fn run_from_disk(
+    spec: &ViewSpec,
+    schema: &SchemaRef,
+    spine: Spill,
+    mut events: SendableRecordBatchStream,
+    span: (i64, i64),
+    reservation: &MemoryReservation,
+) -> DFResult<Vec<RecordBatch>> {
+    let ev_schema = events.schema();
+    let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count)?;
+    while let Some(b) = events.next().await {
+        ev_spill.write(&in_span(spec, span, &b?)?)?;
+    }
+    let spine_schema = spine.schema.clone();
+    let (mut spines, mut evs) = (spine.finish()?, ev_spill.finish()?);
+    let first_value = spec.key_count + 1 + spec.created_column.is_some() as usize;
+    let types: Vec<DataType> = (0..spec.value_count)
+        .map(|j| ev_schema.field(first_value + j).data_type().clone())
+        .collect();
+    let layout = Layout::new(&spec.features, &types, spec.filter_created)?;
+    let mut out = Vec::new();
+    for b in 0..BUCKETS {
+        let parts = read_spilled(&mut spines[b])?;
+        if parts.is_empty() {
+            continue;
+        }
+        let spine = concat_batches(&spine_schema, &parts)?;
+        drop(parts);
+        let spine_bytes = spine.get_array_memory_size();
+        grow_waiting(reservation, spine_bytes).await?;
+        let mut pack = Pack::new(
+            &layout,
+            &spine,
+            spec.key_count,
+            spec.created_column.is_some(),
+            |lo, hi| needed_span(&spec.features, spec.ttl, lo, hi),
+            |min_t| layout.old_events(&spec.features, spec.ttl, min_t),
+        )?;
+        drop(spine);
+        for batch in read_spilled(&mut evs[b])? {
+            grow_waiting(reservation, batch.get_array_memory_size()).await?;
+            push_batch(spec, &mut pack, &batch)?;
+            let now = held(spine_bytes, &pack);
+            grow_waiting(reservation, now.saturating_sub(reservation.size())).await?;
+            reservation.resize(now);
+        }
+        // The pack deals this bucket's keys to its own bucket `b` again, and rows without a
+        // key or time to its bucket 0: sweep whichever hold rows.
+        for inner in 0..BUCKETS {
+            let (sp, ev) = pack.take_bucket(inner, spec.filter_count)?;
+            if !sp.rid.is_empty() {
+                let (rid, cols) = sweep(&spec.features, &layout, spec.ttl, &sp, ev)?;
+                let mut all = vec![rid];
+                all.extend(cols);
+                out.push(RecordBatch::try_new(schema.clone(), all)?);
+            }
+        }
+        reservation.resize(0);
+    }
+    crate::profile::stage(format_args!("{}: buckets swept from disk", spec.view));
+    Ok(out)
+}
+
 /// Grow a reservation, waiting while other consumers hold the pool: the inputs'
 /// repartitioning frees its buffers as the other partitions drain them. Gives up with the
 /// pool's error after [`MEMORY_WAIT`].
@@ -534,12 +638,11 @@ fn source_time(spec: &ViewSpec, a: &ArrayRef, col: &str) -> DFResult<Int64Array>
     })
 }
 
-/// The rows of an events batch whose time lies in the pack's span. The scan's time filter
+/// The rows of an events batch whose time lies in `span` (the pack's). The scan's time filter
 /// does not remove the others (`source::TimePruned`); the pack drops them, but a batch spilled
 /// to disk would carry them there and back.
-fn in_span(spec: &ViewSpec, pack: &Pack, batch: &RecordBatch) -> DFResult<RecordBatch> {
+fn in_span(spec: &ViewSpec, span: (i64, i64), batch: &RecordBatch) -> DFResult<RecordBatch> {
     let t = source_time(spec, batch.column(spec.key_count), &spec.time_column)?;
-    let span = pack.span();
     let keep: BooleanArray = t
         .iter()
         .map(|v| Some(v.is_some_and(|v| (span.0..=span.1).contains(&v))))
@@ -576,26 +679,34 @@ fn push_batch(spec: &ViewSpec, pack: &mut Pack, batch: &RecordBatch) -> DFResult
     Ok(())
 }
 
-/// Events of one partition spilled to disk in Arrow IPC, one anonymous temp file per bucket
-/// of [`crate::pack`].
+/// Rows of one partition (events, or a spine too large to hold) spilled to disk in Arrow IPC,
+/// one anonymous temp file per bucket of [`crate::pack`]; the key columns are
+/// `key_from..key_from + key_count`.
 struct Spill {
+    schema: SchemaRef,
+    key_from: usize,
     key_count: usize,
     writers: Vec<StreamWriter<std::io::BufWriter<std::fs::File>>>,
 }
 
 impl Spill {
-    fn try_new(schema: SchemaRef, key_count: usize) -> DFResult<Self> {
+    fn try_new(schema: SchemaRef, key_from: usize, key_count: usize) -> DFResult<Self> {
         let writers = (0..BUCKETS)
             .map(|_| {
                 let f = tempfile::tempfile().map_err(|e| DataFusionError::External(Box::new(e)))?;
                 Ok(StreamWriter::try_new(std::io::BufWriter::new(f), &schema)?)
             })
             .collect::<DFResult<Vec<_>>>()?;
-        Ok(Self { key_count, writers })
+        Ok(Self {
+            schema,
+            key_from,
+            key_count,
+            writers,
+        })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> DFResult<()> {
-        let keys = &batch.columns()[..self.key_count];
+        let keys = &batch.columns()[self.key_from..self.key_from + self.key_count];
         let mut rows = vec![Vec::new(); BUCKETS];
         for (i, b) in buckets_of(keys, batch.num_rows())?.into_iter().enumerate() {
             rows[b as usize].push(i as u32);
