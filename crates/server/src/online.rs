@@ -119,20 +119,20 @@ pub async fn materialize_range(
             "materialize {view}: {} entities",
             entities.num_rows()
         ));
-        let mut rows = compute_rows(&engine, &view, entities, end).await?;
-        store.order_for_write(&mut rows);
         let mut written = 0;
-        let mut chunks = rows.chunks(CHUNK).peekable();
-        while let Some(chunk) = chunks.next() {
-            // The last chunk moves the watermark with it, atomically.
-            let mark = chunks.peek().is_none().then_some(end);
-            store.write(&view, chunk, mark)?;
-            written += chunk.len();
-            progress(&view, written);
-        }
-        if rows.is_empty() {
-            store.write(&view, &[], Some(end))?;
-        }
+        // Each group of entities is written as it is computed; the watermark moves after the
+        // last (a crash before it leaves the old watermark, and the next run redoes the work).
+        compute_rows(&engine, &view, entities, end, |mut rows| {
+            store.order_for_write(&mut rows);
+            for chunk in rows.chunks(CHUNK) {
+                store.write(&view, chunk, None)?;
+                written += chunk.len();
+                progress(&view, written);
+            }
+            Ok(())
+        })
+        .await?;
+        store.write(&view, &[], Some(end))?;
         quiver_offline::profile::stage(format_args!("materialize {view}: {written} rows written"));
         done.push(Materialized {
             view,
@@ -170,12 +170,13 @@ async fn compute_rows(
     view: &str,
     entities: RecordBatch,
     end: i64,
-) -> quiver_offline::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    mut sink: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> CoreResult<()>,
+) -> quiver_offline::Result<()> {
     let n = entities.num_rows();
     let steps = step_times(engine, view, &entities, end).await?;
     // Entities are joined in groups of at most JOIN_ROWS spine rows (an entity's steps stay
-    // together), so memory is bounded by a group, not by every entity's steps at once.
-    let mut rows = Vec::with_capacity(n);
+    // together) and handed to `sink` group by group, so memory is bounded by a group, not by
+    // every entity's steps at once.
     let mut from = 0;
     while from < n {
         let (mut to, mut size) = (from, 0);
@@ -184,14 +185,15 @@ async fn compute_rows(
             to += 1;
         }
         let group = entities.slice(from, to - from);
-        rows.extend(compute_group(engine, view, group, &steps[from..to], end).await?);
+        sink(compute_group(engine, view, group, &steps[from..to], end).await?)
+            .map_err(quiver_offline::Error::Core)?;
         from = to;
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Spine rows per join of [`compute_rows`].
-const JOIN_ROWS: usize = 4_000_000;
+const JOIN_ROWS: usize = 2_000_000;
 
 /// [`compute_rows`] for one group of entities and their step times.
 async fn compute_group(
@@ -450,11 +452,15 @@ pub async fn push(
     let distinct = ctx.read_table(Arc::new(mem))?.distinct()?;
     let schema = Arc::new(distinct.schema().as_arrow().clone());
     let entities = datafusion::arrow::compute::concat_batches(&schema, &distinct.collect().await?)?;
-    let computed = compute_rows(&engine, view, entities, now).await?;
-    store.write(view, &computed, None)?;
+    let mut entities_written = 0;
+    compute_rows(&engine, view, entities, now, |rows| {
+        entities_written += rows.len();
+        store.write(view, &rows, None)
+    })
+    .await?;
     Ok(Pushed {
         rows: n,
-        entities: computed.len(),
+        entities: entities_written,
     })
 }
 
