@@ -477,19 +477,8 @@ async fn run(
     drop(spine_batches);
     let spine_bytes = reservation.size();
     let ev_schema = events.schema();
-    let first_value = spec.key_count + 1 + spec.created_column.is_some() as usize;
-    let types: Vec<DataType> = (0..spec.value_count)
-        .map(|j| ev_schema.field(first_value + j).data_type().clone())
-        .collect();
-    let layout = Layout::new(&spec.features, &types, spec.filter_created)?;
-    let mut pack = Pack::new(
-        &layout,
-        &spine,
-        spec.key_count,
-        spec.created_column.is_some(),
-        |lo, hi| needed_span(&spec.features, spec.ttl, lo, hi),
-        |min_t| layout.old_events(&spec.features, spec.ttl, min_t),
-    )?;
+    let layout = layout_of(spec, &ev_schema)?;
+    let mut pack = new_pack(spec, &layout, &spine)?;
     drop(spine);
     let mut spill: Option<Spill> = None;
     while let Some(b) = events.next().await {
@@ -519,21 +508,9 @@ async fn run(
     let mut out = Vec::new();
     for b in 0..BUCKETS {
         if let Some(files) = files.as_mut() {
-            for batch in read_spilled(&mut files[b])? {
-                grow_waiting(reservation, batch.get_array_memory_size()).await?;
-                push_batch(spec, &mut pack, &batch)?;
-                let now = held(spine_bytes, &pack);
-                grow_waiting(reservation, now.saturating_sub(reservation.size())).await?;
-                reservation.resize(now);
-            }
+            push_spilled(spec, &mut pack, &mut files[b], spine_bytes, reservation).await?;
         }
-        let (sp, ev) = pack.take_bucket(b, spec.filter_count)?;
-        if !sp.rid.is_empty() {
-            let (rid, cols) = sweep(&spec.features, &layout, spec.ttl, &sp, ev)?;
-            let mut all = vec![rid];
-            all.extend(cols);
-            out.push(RecordBatch::try_new(schema.clone(), all)?);
-        }
+        out.extend(sweep_bucket(spec, schema, &layout, &mut pack, b)?);
         reservation.resize(held(spine_bytes, &pack));
     }
     crate::profile::stage(format_args!("{}: buckets swept", spec.view));
@@ -559,11 +536,7 @@ async fn run_from_disk(
     }
     let spine_schema = spine.schema.clone();
     let (mut spines, mut evs) = (spine.finish()?, ev_spill.finish()?);
-    let first_value = spec.key_count + 1 + spec.created_column.is_some() as usize;
-    let types: Vec<DataType> = (0..spec.value_count)
-        .map(|j| ev_schema.field(first_value + j).data_type().clone())
-        .collect();
-    let layout = Layout::new(&spec.features, &types, spec.filter_created)?;
+    let layout = layout_of(spec, &ev_schema)?;
     let mut out = Vec::new();
     for b in 0..BUCKETS {
         let parts = read_spilled(&mut spines[b])?;
@@ -574,37 +547,77 @@ async fn run_from_disk(
         drop(parts);
         let spine_bytes = spine.get_array_memory_size();
         grow_waiting(reservation, spine_bytes).await?;
-        let mut pack = Pack::new(
-            &layout,
-            &spine,
-            spec.key_count,
-            spec.created_column.is_some(),
-            |lo, hi| needed_span(&spec.features, spec.ttl, lo, hi),
-            |min_t| layout.old_events(&spec.features, spec.ttl, min_t),
-        )?;
+        let mut pack = new_pack(spec, &layout, &spine)?;
         drop(spine);
-        for batch in read_spilled(&mut evs[b])? {
-            grow_waiting(reservation, batch.get_array_memory_size()).await?;
-            push_batch(spec, &mut pack, &batch)?;
-            let now = held(spine_bytes, &pack);
-            grow_waiting(reservation, now.saturating_sub(reservation.size())).await?;
-            reservation.resize(now);
-        }
+        push_spilled(spec, &mut pack, &mut evs[b], spine_bytes, reservation).await?;
         // The pack deals this bucket's keys to its own bucket `b` again, and rows without a
         // key or time to its bucket 0: sweep whichever hold rows.
         for inner in 0..BUCKETS {
-            let (sp, ev) = pack.take_bucket(inner, spec.filter_count)?;
-            if !sp.rid.is_empty() {
-                let (rid, cols) = sweep(&spec.features, &layout, spec.ttl, &sp, ev)?;
-                let mut all = vec![rid];
-                all.extend(cols);
-                out.push(RecordBatch::try_new(schema.clone(), all)?);
-            }
+            out.extend(sweep_bucket(spec, schema, &layout, &mut pack, inner)?);
         }
         reservation.resize(0);
     }
     crate::profile::stage(format_args!("{}: buckets swept from disk", spec.view));
     Ok(out)
+}
+
+/// The lanes of the view's features over the events input's value columns.
+fn layout_of(spec: &ViewSpec, ev_schema: &SchemaRef) -> DFResult<Layout> {
+    let first_value = spec.key_count + 1 + spec.created_column.is_some() as usize;
+    let types: Vec<DataType> = (0..spec.value_count)
+        .map(|j| ev_schema.field(first_value + j).data_type().clone())
+        .collect();
+    Ok(Layout::new(&spec.features, &types, spec.filter_created)?)
+}
+
+/// A pack of `spine` (row id, keys, time) for the view's windows.
+fn new_pack<'l>(spec: &ViewSpec, layout: &'l Layout, spine: &RecordBatch) -> DFResult<Pack<'l>> {
+    Ok(Pack::new(
+        layout,
+        spine,
+        spec.key_count,
+        spec.created_column.is_some(),
+        |lo, hi| needed_span(&spec.features, spec.ttl, lo, hi),
+        |min_t| layout.old_events(&spec.features, spec.ttl, min_t),
+    )?)
+}
+
+/// Pack a bucket's spilled events, growing the reservation as they come (waiting for memory
+/// other partitions free).
+async fn push_spilled(
+    spec: &ViewSpec,
+    pack: &mut Pack<'_>,
+    file: &mut std::fs::File,
+    spine_bytes: usize,
+    reservation: &MemoryReservation,
+) -> DFResult<()> {
+    for batch in read_spilled(file)? {
+        grow_waiting(reservation, batch.get_array_memory_size()).await?;
+        push_batch(spec, pack, &batch)?;
+        let now = held(spine_bytes, pack);
+        grow_waiting(reservation, now.saturating_sub(reservation.size())).await?;
+        reservation.resize(now);
+    }
+    Ok(())
+}
+
+/// Sweep bucket `b` of a pack: its spine rows' features as one output batch (row id first),
+/// or nothing when the bucket holds no spine row.
+fn sweep_bucket(
+    spec: &ViewSpec,
+    schema: &SchemaRef,
+    layout: &Layout,
+    pack: &mut Pack<'_>,
+    b: usize,
+) -> DFResult<Option<RecordBatch>> {
+    let (sp, ev) = pack.take_bucket(b, spec.filter_count)?;
+    if sp.rid.is_empty() {
+        return Ok(None);
+    }
+    let (rid, cols) = sweep(&spec.features, layout, spec.ttl, &sp, ev)?;
+    let mut all = vec![rid];
+    all.extend(cols);
+    Ok(Some(RecordBatch::try_new(schema.clone(), all)?))
 }
 
 /// Grow a reservation, waiting while other consumers hold the pool: the inputs'
