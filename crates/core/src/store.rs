@@ -136,40 +136,48 @@ pub enum Scalar {
 /// view's definition order, and the event time of the entity's latest event at or before
 /// `as_of` (latest-value features are served with their ttl checked against it at read time).
 ///
-/// `steps` carry the values at later lookup times: `(t, values)` means "from `t` on (until
-/// the next step), the features are `values`". Window aggregates move as events leave (or,
+/// `steps[j]` carries feature `j`'s values at later lookup times: `(t, v)` means "from `t` on
+/// (until its next step), feature `j` is `v`". Window aggregates move as events leave (or,
 /// with an offset, enter) their windows; the steps are the join's values at exactly those
-/// instants (`Window::presence`), so a lookup at any time after `as_of` returns what the
-/// offline join returns for it, over the events known at `as_of`.
+/// instants (`Window::presence`), kept per feature and only where the feature moves, so a
+/// lookup at any time after `as_of` returns what the offline join returns for it, over the
+/// events known at `as_of`. `steps` is empty, or has one list per value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRow {
     pub as_of: i64,
     pub event_time: Option<i64>,
     pub values: Vec<Scalar>,
-    pub steps: Vec<(i64, Vec<Scalar>)>,
+    pub steps: Vec<Vec<(i64, Scalar)>>,
 }
 
 /// Format version of [`FeatureRow`] bytes (1 had no steps; it is still read).
 pub const ROW_FORMAT: u8 = 2;
 
 impl FeatureRow {
-    /// The values a lookup at `at` sees: those of the last step at or before `at`, else the
-    /// values as of `as_of` (also for lookups before it: the store keeps no earlier values).
-    pub fn values_at(&self, at: i64) -> &[Scalar] {
-        let n = self.steps.partition_point(|(t, _)| *t <= at);
-        match n {
-            0 => &self.values,
-            _ => &self.steps[n - 1].1,
-        }
+    /// The values a lookup at `at` sees: each feature's last step at or before `at`, else its
+    /// value as of `as_of` (also for lookups before it: the store keeps no earlier values).
+    pub fn values_at(&self, at: i64) -> Vec<Scalar> {
+        self.values
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                let steps = self.steps.get(j).map_or(&[][..], |s| &s[..]);
+                match steps.partition_point(|(t, _)| *t <= at) {
+                    0 => v.clone(),
+                    k => steps[k - 1].1.clone(),
+                }
+            })
+            .collect()
     }
 
     /// `[format][as_of i64][has event_time u8][event_time i64]?[n u32]` then per value a tag
-    /// byte and its bytes (little-endian numbers, u32 length + UTF-8 for strings); then
-    /// `[m u32]`, the m step times (i64), the end offset of each step's values (u32, from
-    /// the first step's start) and the steps' values — so a lookup decodes one step, found
-    /// by binary search, not all of them ([`FeatureRow::decode_at`]).
+    /// byte and its bytes (little-endian numbers, u32 length + UTF-8 for strings); then per
+    /// feature `[m u32]`, its m step times (i64), the end offset of each step's value (u32)
+    /// and the values — so a lookup decodes one value per feature, found by binary search
+    /// ([`FeatureRow::decode_at`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(36 + (1 + self.steps.len()) * self.values.len() * 9);
+        let stepped: usize = self.steps.iter().map(|s| s.len()).sum();
+        let mut out = Vec::with_capacity(36 + self.values.len() * 13 + stepped * 21);
         out.push(ROW_FORMAT);
         out.extend_from_slice(&self.as_of.to_le_bytes());
         match self.event_time {
@@ -181,18 +189,20 @@ impl FeatureRow {
         }
         out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
         encode_values(&mut out, &self.values);
-        out.extend_from_slice(&(self.steps.len() as u32).to_le_bytes());
-        let mut blocks = Vec::new();
-        let mut ends = Vec::with_capacity(self.steps.len());
-        for (t, values) in &self.steps {
-            out.extend_from_slice(&t.to_le_bytes());
-            encode_values(&mut blocks, values);
-            ends.push(blocks.len() as u32);
+        let mut block = Vec::new();
+        for j in 0..self.values.len() {
+            let steps = self.steps.get(j).map_or(&[][..], |s| &s[..]);
+            out.extend_from_slice(&(steps.len() as u32).to_le_bytes());
+            for (t, _) in steps {
+                out.extend_from_slice(&t.to_le_bytes());
+            }
+            block.clear();
+            for (_, v) in steps {
+                encode_values(&mut block, std::slice::from_ref(v));
+                out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            }
+            out.extend_from_slice(&block);
         }
-        for e in ends {
-            out.extend_from_slice(&e.to_le_bytes());
-        }
-        out.extend_from_slice(&blocks);
         out
     }
 
@@ -202,7 +212,7 @@ impl FeatureRow {
     }
 
     /// Decode only what a lookup at `at` sees: `values` are [`FeatureRow::values_at`]`(at)`
-    /// and `steps` is empty. One step is decoded, whatever the number stored.
+    /// and `steps` is empty. One value per feature is decoded, whatever the steps stored.
     pub fn decode_at(bytes: &[u8], at: i64) -> Result<FeatureRow> {
         Self::decode_steps(bytes, Some(at))
     }
@@ -222,48 +232,59 @@ impl FeatureRow {
             _ => Some(r.i64().ok_or_else(|| bad("truncated"))?),
         };
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-        let values = decode_values(&mut r, n).map_err(&bad)?;
-        let mut values = values;
+        let mut values = decode_values(&mut r, n).map_err(&bad)?;
         let mut steps = Vec::new();
         if format >= 2 {
-            let m = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-            let times = r
-                .take(m.saturating_mul(8))
-                .ok_or_else(|| bad("truncated"))?;
-            let ends = r
-                .take(m.saturating_mul(4))
-                .ok_or_else(|| bad("truncated"))?;
-            let time = |i: usize| i64::from_le_bytes(times[8 * i..8 * i + 8].try_into().unwrap());
-            let end = |i: usize| u32::from_le_bytes(ends[4 * i..4 * i + 4].try_into().unwrap());
-            let blocks = r.0;
-            let block = |i: usize| -> Result<Vec<Scalar>> {
-                let from = if i == 0 { 0 } else { end(i - 1) as usize };
-                let to = end(i) as usize;
-                let b = blocks.get(from..to).ok_or_else(|| bad("truncated"))?;
-                decode_values(&mut Reader(b), n).map_err(&bad)
-            };
-            match at {
-                None => {
-                    steps.reserve(m.min(4096));
-                    for i in 0..m {
-                        steps.push((time(i), block(i)?));
+            for value in values.iter_mut() {
+                let m = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+                let times = r
+                    .take(m.saturating_mul(8))
+                    .ok_or_else(|| bad("truncated"))?;
+                let ends = r
+                    .take(m.saturating_mul(4))
+                    .ok_or_else(|| bad("truncated"))?;
+                let time =
+                    |i: usize| i64::from_le_bytes(times[8 * i..8 * i + 8].try_into().unwrap());
+                let end = |i: usize| {
+                    u32::from_le_bytes(ends[4 * i..4 * i + 4].try_into().unwrap()) as usize
+                };
+                let block = r
+                    .take(if m == 0 { 0 } else { end(m - 1) })
+                    .ok_or_else(|| bad("truncated"))?;
+                let one = |i: usize| -> Result<Scalar> {
+                    let from = if i == 0 { 0 } else { end(i - 1) };
+                    let b = block.get(from..end(i)).ok_or_else(|| bad("truncated"))?;
+                    let mut v = decode_values(&mut Reader(b), 1).map_err(&bad)?;
+                    Ok(v.pop().unwrap_or(Scalar::Null))
+                };
+                match at {
+                    None => {
+                        let mut list = Vec::with_capacity(m.min(4096));
+                        for i in 0..m {
+                            list.push((time(i), one(i)?));
+                        }
+                        steps.push(list);
                     }
-                }
-                Some(at) => {
-                    // the number of steps at or before `at` (times ascend)
-                    let (mut lo, mut hi) = (0, m);
-                    while lo < hi {
-                        let mid = (lo + hi) / 2;
-                        if time(mid) <= at {
-                            lo = mid + 1;
-                        } else {
-                            hi = mid;
+                    Some(at) => {
+                        // the number of steps at or before `at` (times ascend)
+                        let (mut lo, mut hi) = (0, m);
+                        while lo < hi {
+                            let mid = (lo + hi) / 2;
+                            if time(mid) <= at {
+                                lo = mid + 1;
+                            } else {
+                                hi = mid;
+                            }
+                        }
+                        if lo > 0 {
+                            *value = one(lo - 1)?;
                         }
                     }
-                    if lo > 0 {
-                        values = block(lo - 1)?;
-                    }
                 }
+            }
+            // rows without a step anywhere decode as they were written: no step lists
+            if steps.iter().all(|s| s.is_empty()) {
+                steps.clear();
             }
         }
         Ok(FeatureRow {
@@ -370,26 +391,27 @@ mod row_tests {
         let framed = row.clone();
         assert_eq!(FeatureRow::decode(&framed.encode()).unwrap(), framed);
         let mut stepped = framed.clone();
-        stepped.steps = vec![
-            (50, framed.values.clone()),
-            (60, framed.values[..].to_vec()),
-        ];
-        stepped.steps[1].1[2] = Scalar::Int(9);
+        stepped.steps = vec![Vec::new(); stepped.values.len()];
+        stepped.steps[2] = vec![(50, Scalar::Int(3)), (60, Scalar::Null)];
+        stepped.steps[4] = vec![(55, Scalar::Str("ü".into()))];
         assert_eq!(FeatureRow::decode(&stepped.encode()).unwrap(), stepped);
-        assert_eq!(stepped.values_at(49), &stepped.values[..]);
-        assert_eq!(stepped.values_at(50), &stepped.steps[0].1[..]);
-        assert_eq!(stepped.values_at(59), &stepped.steps[0].1[..]);
-        assert_eq!(stepped.values_at(i64::MAX), &stepped.steps[1].1[..]);
+        let at = |t: i64| stepped.values_at(t);
+        assert_eq!(at(49), stepped.values);
+        assert_eq!(at(50)[2], Scalar::Int(3));
+        assert_eq!(at(54)[4], Scalar::Str("é".into()));
+        assert_eq!(at(55)[4], Scalar::Str("ü".into()));
+        assert_eq!(at(i64::MAX)[2], Scalar::Null);
+        assert_eq!(at(i64::MAX)[3], Scalar::Float(0.1));
         let bytes = stepped.encode();
-        for at in [i64::MIN, 49, 50, 59, 60, i64::MAX] {
-            let one = FeatureRow::decode_at(&bytes, at).unwrap();
-            assert_eq!(one.values, stepped.values_at(at), "at {at}");
+        for t in [i64::MIN, 49, 50, 54, 55, 59, 60, i64::MAX] {
+            let one = FeatureRow::decode_at(&bytes, t).unwrap();
+            assert_eq!(one.values, stepped.values_at(t), "at {t}");
             assert!(one.steps.is_empty());
         }
         // format 1 (no steps) is still read
         let mut v1 = framed.encode();
         v1[0] = 1;
-        v1.truncate(v1.len() - 4);
+        v1.truncate(v1.len() - 4 * framed.values.len());
         assert_eq!(FeatureRow::decode(&v1).unwrap(), framed);
         let none = FeatureRow {
             as_of: 1,

@@ -281,12 +281,6 @@ async fn compute_group(
         // converted an entity at a time: all steps' values at once would be many times
         // the joined batch
         let step_cols = slice(first_step, steps[i].len())?;
-        let row_at = |cols: &[Vec<Scalar>], r: usize| {
-            cols[..m - 1]
-                .iter()
-                .map(|c| c[r].clone())
-                .collect::<Vec<_>>()
-        };
         let event_time = match &times[i] {
             Scalar::Time(t) => Some(*t),
             // a CSV source's times are text, read as the join reads them
@@ -294,14 +288,20 @@ async fn compute_group(
             _ => None,
         };
         let base: Vec<Scalar> = values.iter().map(|c| c[i].clone()).collect();
-        // only the instants where a value really moves are kept
-        let mut kept: Vec<(i64, Vec<Scalar>)> = Vec::new();
-        for (j, &t) in steps[i].iter().enumerate() {
-            let v = row_at(&step_cols, j);
-            let prev = kept.last().map_or(&base, |(_, p)| p);
-            if !same_values(prev, &v) {
-                kept.push((t, v));
+        // per feature, only the instants where it really moves are kept
+        let mut kept: Vec<Vec<(i64, Scalar)>> = vec![Vec::new(); base.len()];
+        for (f, list) in kept.iter_mut().enumerate() {
+            let mut prev = &base[f];
+            for (j, &t) in steps[i].iter().enumerate() {
+                let v = &step_cols[f][j];
+                if !same_value(prev, v) {
+                    list.push((t, v.clone()));
+                    prev = v;
+                }
             }
+        }
+        if kept.iter().all(|l| l.is_empty()) {
+            kept.clear();
         }
         let row = FeatureRow {
             as_of: end,
@@ -315,12 +315,11 @@ async fn compute_group(
 }
 
 /// Equal values, floats compared bit for bit (a window moving from 0.0 to −0.0 is a step).
-fn same_values(a: &[Scalar], b: &[Scalar]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| match (x, y) {
-            (Scalar::Float(x), Scalar::Float(y)) => x.to_bits() == y.to_bits(),
-            _ => x == y,
-        })
+fn same_value(a: &Scalar, b: &Scalar) -> bool {
+    match (a, b) {
+        (Scalar::Float(x), Scalar::Float(y)) => x.to_bits() == y.to_bits(),
+        _ => a == b,
+    }
 }
 
 /// For each entity (row of `entities`), the instants after `end`, ascending, at which one of
