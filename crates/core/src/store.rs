@@ -171,10 +171,11 @@ impl FeatureRow {
     }
 
     /// `[format][as_of i64][has event_time u8][event_time i64]?[n u32]` then per value a tag
-    /// byte and its bytes (little-endian numbers, u32 length + UTF-8 for strings); then per
-    /// feature `[m u32]`, its m step times (i64), the end offset of each step's value (u32)
-    /// and the values — so a lookup decodes one value per feature, found by binary search
-    /// ([`FeatureRow::decode_at`]).
+    /// byte and its bytes (little-endian numbers, u32 length + UTF-8 for strings); then
+    /// `[stepped u8]` and, when it is 1, per feature `[m u32]`, its m step times (i64), the
+    /// end offset of each step's value (u32) and the values — so a lookup decodes one value
+    /// per feature, found by binary search ([`FeatureRow::decode_at`]). A row without steps
+    /// (every latest-value view) costs one byte more than in format 1.
     pub fn encode(&self) -> Vec<u8> {
         let stepped: usize = self.steps.iter().map(|s| s.len()).sum();
         let mut out = Vec::with_capacity(36 + self.values.len() * 13 + stepped * 21);
@@ -189,6 +190,11 @@ impl FeatureRow {
         }
         out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
         encode_values(&mut out, &self.values);
+        let stepped = self.steps.iter().any(|s| !s.is_empty());
+        out.push(stepped as u8);
+        if !stepped {
+            return out;
+        }
         let mut block = Vec::new();
         for j in 0..self.values.len() {
             let steps = self.steps.get(j).map_or(&[][..], |s| &s[..]);
@@ -234,7 +240,8 @@ impl FeatureRow {
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
         let mut values = decode_values(&mut r, n).map_err(&bad)?;
         let mut steps = Vec::new();
-        if format >= 2 {
+        let stepped = format >= 2 && r.u8().ok_or_else(|| bad("truncated"))? != 0;
+        if stepped {
             for value in values.iter_mut() {
                 let m = r.u32().ok_or_else(|| bad("truncated"))? as usize;
                 let times = r
@@ -411,7 +418,7 @@ mod row_tests {
         // format 1 (no steps) is still read
         let mut v1 = framed.encode();
         v1[0] = 1;
-        v1.truncate(v1.len() - 4 * framed.values.len());
+        v1.truncate(v1.len() - 1);
         assert_eq!(FeatureRow::decode(&v1).unwrap(), framed);
         let none = FeatureRow {
             as_of: 1,
@@ -420,8 +427,8 @@ mod row_tests {
             steps: vec![],
         };
         assert_eq!(FeatureRow::decode(&none.encode()).unwrap(), none);
-        let mut bytes = framed.encode();
-        bytes.truncate(bytes.len() - 7);
+        let mut bytes = stepped.encode();
+        bytes.truncate(bytes.len() - 3);
         assert!(
             FeatureRow::decode(&bytes)
                 .unwrap_err()

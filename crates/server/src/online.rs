@@ -280,7 +280,10 @@ async fn compute_group(
         let Some(key) = key else { continue };
         // converted an entity at a time: all steps' values at once would be many times
         // the joined batch
-        let step_cols = slice(first_step, steps[i].len())?;
+        let step_cols = match steps[i].len() {
+            0 => Vec::new(),
+            k => slice(first_step, k)?,
+        };
         let event_time = match &times[i] {
             Scalar::Time(t) => Some(*t),
             // a CSV source's times are text, read as the join reads them
@@ -289,7 +292,10 @@ async fn compute_group(
         };
         let base: Vec<Scalar> = values.iter().map(|c| c[i].clone()).collect();
         // per feature, only the instants where it really moves are kept
-        let mut kept: Vec<Vec<(i64, Scalar)>> = vec![Vec::new(); base.len()];
+        let mut kept: Vec<Vec<(i64, Scalar)>> = match steps[i].len() {
+            0 => Vec::new(),
+            _ => vec![Vec::new(); base.len()],
+        };
         for (f, list) in kept.iter_mut().enumerate() {
             let mut prev = &base[f];
             for (j, &t) in steps[i].iter().enumerate() {
