@@ -289,10 +289,6 @@ impl FeatureRow {
                     }
                 }
             }
-            // rows without a step anywhere decode as they were written: no step lists
-            if steps.iter().all(|s| s.is_empty()) {
-                steps.clear();
-            }
         }
         Ok(FeatureRow {
             as_of,

@@ -528,18 +528,17 @@ impl Engine {
     /// these — what the store was told as of `end`, not events it has not seen. A text time
     /// column cannot be cut in the scan and is left whole.
     pub async fn known_at(mut self, end: i64) -> Result<Engine> {
-        let sources: Vec<Source> = self
+        let used: std::collections::BTreeSet<&str> = self
             .repo
             .views
             .values()
-            .map(|v| self.repo.sources[&v.source].clone())
+            .map(|v| v.source.as_str())
             .collect();
-        let mut done: Vec<String> = Vec::new();
+        let sources: Vec<Source> = used
+            .into_iter()
+            .map(|s| self.repo.sources[s].clone())
+            .collect();
         for src in sources {
-            if done.contains(&src.name) {
-                continue;
-            }
-            done.push(src.name.clone());
             let table = self.table(&src).await?;
             let schema = table.schema();
             let upper = |name: &str| -> Result<Option<Expr>> {
@@ -1462,11 +1461,8 @@ impl Engine {
         );
         crate::profile::stage(format_args!("view {}: planned", view.name));
         if self.plan_only {
-            let cols = features
-                .iter()
-                .map(|f| OutColumn::Ready(new_null_array(&f.output_type, n)))
-                .collect();
-            return Ok((cols, explain, 0, 0, distinct));
+            // nothing runs: the caller (`view_columns`) answers with null features
+            return Ok((Vec::new(), explain, 0, 0, distinct));
         }
         let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
         crate::profile::stage(format_args!("view {}: joined", view.name));
@@ -1891,8 +1887,6 @@ pub fn spine_time_column(schema: &Schema, asked: Option<&str>) -> Result<String>
     }
 }
 
-/// A literal in the time column's own type at or before the instant `us` (so pruning never
-/// drops an event the sweep could need).
 /// A literal `x` in the time column's type with `col <= x` exactly when the column's value,
 /// in microseconds, is at or before `us` (nanoseconds keep the sub-microsecond part).
 fn time_upper(dt: &DataType, us: i64) -> Expr {
@@ -1905,6 +1899,8 @@ fn time_upper(dt: &DataType, us: i64) -> Expr {
     }
 }
 
+/// A literal in the time column's own type at or before the instant `us` (so pruning never
+/// drops an event the sweep could need).
 fn time_literal(dt: &DataType, us: i64) -> Expr {
     let v = match dt {
         DataType::Timestamp(unit, tz) => {

@@ -47,9 +47,7 @@ impl Online {
                 .repo
                 .service(&name)
                 .map_err(|e| Error::NotFound(e.to_string()))?,
-            Some(Kind::Features(list)) => {
-                crate::grpc_training::feature_refs(&self.repo, &list.val)?
-            }
+            Some(Kind::Features(list)) => feature_refs(&self.repo, &list.val)?,
             None => {
                 return Err(Error::InvalidArgument(
                     "kind: give `features` or `feature_service`".into(),
@@ -361,6 +359,17 @@ fn push_batch(
     }
     datafusion::arrow::array::RecordBatch::try_new(schema.clone(), arrays)
         .map_err(|e| Error::InvalidArgument(format!("columns: {e}")))
+}
+
+/// Feature references `view:feature`, each checked against the repository.
+pub fn feature_refs(repo: &Repo, refs: &[String]) -> Result<Vec<FeatureRef>> {
+    if let Some(bad) = refs.iter().find(|r| !r.contains(':')) {
+        return Err(Error::InvalidArgument(format!(
+            "features: `{bad}` must be written view:feature"
+        )));
+    }
+    repo.resolve_refs(refs)
+        .map_err(|e| Error::NotFound(e.to_string()))
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver_core::{FeatureRef, Repo};
+use quiver_core::Repo;
 use quiver_offline::EngineOptions;
 use tonic::{Request, Response, Status};
 
@@ -53,7 +53,7 @@ impl Training {
                 .repo
                 .service(&name)
                 .map_err(|e| Error::NotFound(e.to_string()))?,
-            Some(Kind::Features(list)) => feature_refs(&self.repo, &list.val)?,
+            Some(Kind::Features(list)) => crate::grpc::feature_refs(&self.repo, &list.val)?,
             None => {
                 return Err(Error::InvalidArgument(
                     "kind: give `features` or `feature_service`".into(),
@@ -88,17 +88,6 @@ impl Training {
         }
         Ok((job, e.done.clone()))
     }
-}
-
-/// Feature references `view:feature`, each checked against the repository.
-pub fn feature_refs(repo: &Repo, refs: &[String]) -> Result<Vec<FeatureRef>> {
-    if let Some(bad) = refs.iter().find(|r| !r.contains(':')) {
-        return Err(Error::InvalidArgument(format!(
-            "features: `{bad}` must be written view:feature"
-        )));
-    }
-    repo.resolve_refs(refs)
-        .map_err(|e| Error::NotFound(e.to_string()))
 }
 
 #[tonic::async_trait]

@@ -306,9 +306,6 @@ async fn compute_group(
                 }
             }
         }
-        if kept.iter().all(|l| l.is_empty()) {
-            kept.clear();
-        }
         let row = FeatureRow {
             as_of: end,
             event_time,
@@ -354,11 +351,7 @@ async fn step_times(
     }
     let back = windows
         .iter()
-        .map(|w| {
-            w.length
-                .map_or(0, |l| l.micros())
-                .saturating_add(w.offset.micros())
-        })
+        .map(|w| w.reach().unwrap_or(w.offset.micros()))
         .max()
         .unwrap_or(0);
     let events = engine
