@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use quiver_core::Repo;
-use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
+use quiver_offline::{Engine, EngineOptions, source};
 
 mod alloc;
 mod init;
@@ -214,15 +214,25 @@ enum Command {
     /// estimates and choice, the scan's pruning, its estimated reads and the physical plan.
     /// Reads the spine and the sources' footers, no event.
     Explain {
-        /// The spine: a Parquet or CSV file.
+        /// The spine: a Parquet or CSV file, or a recorded dataset NAME[@VERSION].
         #[arg(long)]
-        spine: PathBuf,
+        spine: String,
         #[command(flatten)]
         select: Select,
         #[arg(long)]
         spine_timestamp: Option<String>,
         #[arg(long)]
         full_names: bool,
+        /// Plan against a source's recorded version, SOURCE@VERSION (repeat for more).
+        #[arg(
+            long = "source-version",
+            visible_alias = "source",
+            value_name = "SOURCE@VERSION"
+        )]
+        pins: Vec<String>,
+        /// Plan against every source as it was at this instant (RFC 3339).
+        #[arg(long)]
+        as_of: Option<String>,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
         #[command(flatten)]
@@ -790,27 +800,31 @@ async fn run_engine(command: Command) -> Result<()> {
             select,
             spine_timestamp,
             full_names,
+            pins,
+            as_of,
             repo,
             run,
         } => {
             let repo = Repo::load(&repo)?;
-            let refs = select.resolve(&repo)?;
-            let mut opts = run.engine_options();
-            opts.plan_only = true;
-            let engine = Engine::new(repo, opts)?;
-            let req = JoinRequest {
-                features: refs,
+            let req = quiver_server::training::Request {
+                spine,
+                features: select.resolve(&repo)?,
                 spine_timestamp,
                 full_names,
+                pins,
+                as_of: as_of
+                    .as_deref()
+                    .map(|t| instant_arg(Some(t), "--as-of"))
+                    .transpose()?,
+                ..Default::default()
             };
-            let o = engine.join_file_table(&spine, &req).await?;
-            for line in &o.explain {
+            let (plan, rows, columns) =
+                quiver_server::training::explain(repo, run.engine_options(), &req).await?;
+            for line in &plan {
                 println!("{line}");
             }
             println!(
-                "plan only: {} spine rows, {} columns; no event was read (`quiver join` runs it)",
-                o.batch.num_rows(),
-                o.batch.num_columns()
+                "plan only: {rows} spine rows, {columns} columns; no event was read (`quiver join` runs it)"
             );
             Ok(())
         }

@@ -1206,7 +1206,11 @@ fn push_to_offline_appends_a_version_and_updates_online_values() {
     )
     .unwrap();
     ok(q(d, &["push", "user_purchases", "p3.csv", "--at", t]));
-    assert!(get().contains("toys"));
+    let pushed = get();
+    assert!(pushed.contains("toys"), "{pushed}");
+    // The online store keeps the row: materializing again from the offline store counts it.
+    ok(q(d, &["materialize", "--end", t]));
+    assert_eq!(get(), pushed);
     assert_eq!(
         ok(q(d, &["datasets", "log", "purchases"])).lines().count(),
         3
@@ -1306,6 +1310,35 @@ fn reuse_explain_and_optimize() {
     assert!(!manifest.contains("\"source\":\"purchases\""), "{manifest}");
     let after = join(feats, "f.csv", &[]);
     assert!(after.contains("computed from the scan"), "{after}");
+
+    // `explain` plans against a pinned version too: the states stored for the latest version
+    // do not apply to it, and nothing is stored, logged or registered
+    let manifest = read(".quiver/offline/reuse/manifest.json");
+    let log = read(".quiver/offline/reuse/joins.jsonl");
+    let datasets = ok(q(d, &["datasets", "list"]));
+    let pinned = ok(q(
+        d,
+        &[
+            "explain",
+            "--spine",
+            "spine.csv",
+            "--features",
+            feats,
+            "--source-version",
+            "purchases@1",
+        ],
+    ));
+    assert!(pinned.contains("sources: purchases@1"), "{pinned}");
+    assert!(!pinned.contains("exact match"), "{pinned}");
+    assert!(pinned.contains("no event was read"), "{pinned}");
+    let latest = ok(q(
+        d,
+        &["explain", "--spine", "spine.csv", "--features", feats],
+    ));
+    assert!(latest.contains("exact match"), "{latest}");
+    assert_eq!(read(".quiver/offline/reuse/manifest.json"), manifest);
+    assert_eq!(read(".quiver/offline/reuse/joins.jsonl"), log);
+    assert_eq!(ok(q(d, &["datasets", "list"])), datasets);
 }
 
 #[test]

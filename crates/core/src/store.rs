@@ -64,6 +64,9 @@ pub fn decode_entity_key(mut bytes: &[u8]) -> Option<Vec<KeyValue>> {
     Some(out)
 }
 
+/// The rows (encoded entity key, value) to write to one feature view.
+pub type ViewRows = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// Where the online values of feature views live.
 ///
 /// Values are opaque bytes to the store; their first byte is the format version of whoever
@@ -86,6 +89,17 @@ pub trait OnlineStore: Send + Sync {
 
     /// Delete every value of a view (a changed definition invalidates them).
     fn clear(&self, view: &str) -> Result<()>;
+
+    /// The rows pushed to a source for the online store alone (not appended to its offline
+    /// table), oldest first, each as the encoded batch given to [`OnlineStore::push`]. Every
+    /// later online computation of the source's views reads them after the source's own rows,
+    /// so a push is not lost when the next one, or a materialization, recomputes an entity.
+    fn pushed(&self, source: &str) -> Result<Vec<Vec<u8>>>;
+
+    /// Store a push: the recomputed rows of each view of the source and, when the rows went to
+    /// the online store alone, the pushed batch among the source's [`OnlineStore::pushed`]
+    /// rows — atomically and durably (a crash leaves all of it or none).
+    fn push(&self, source: &str, batch: Option<&[u8]>, views: &[ViewRows]) -> Result<()>;
 
     /// Order rows the way this store writes them fastest, so that a large write split into
     /// consecutive chunks touches each storage page once (a bucketed store sorts by bucket).

@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 
-use quiver_core::store::OnlineStore;
+use quiver_core::store::{OnlineStore, ViewRows};
 use sled::Transactional;
 
 /// The layout version of the store itself (trees, buckets and meta keys), checked on open.
@@ -117,6 +117,11 @@ fn view_tree(view: &str) -> String {
     format!("fv/{view}")
 }
 
+/// Rows pushed to a source for the online store alone, keyed by arrival (big-endian ids).
+fn pushed_tree(source: &str) -> String {
+    format!("pushed/{source}")
+}
+
 fn watermark_key(view: &str) -> Vec<u8> {
     format!("watermark/{view}").into_bytes()
 }
@@ -198,15 +203,14 @@ impl SledStore {
             .map(|i| entries[i].1.to_vec()))
     }
 
-    fn write_rows(
+    /// The bucket entries that write `rows` into `tree`: each touched bucket merged with what
+    /// it holds (later rows win). The caller holds the writer lock.
+    fn merged_buckets(
         &self,
         view: &str,
-        rows: &[(Vec<u8>, Vec<u8>)],
-        watermark: Option<i64>,
-    ) -> Result<()> {
-        let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tree = self.tree(view)?;
-        // Group by bucket and merge into what each bucket holds (later rows win).
+        tree: &sled::Tree,
+        rows: &[Row],
+    ) -> Result<Vec<([u8; 4], Vec<u8>)>> {
         let mut buckets: std::collections::BTreeMap<u32, Vec<&Row>> = Default::default();
         for r in rows {
             buckets.entry(bucket_of(&r.0)).or_default().push(r);
@@ -224,6 +228,13 @@ impl SledStore {
             }
             batch.push((b.to_be_bytes(), encode_bucket(&entries)));
         }
+        Ok(batch)
+    }
+
+    fn write_rows(&self, view: &str, rows: &[Row], watermark: Option<i64>) -> Result<()> {
+        let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tree = self.tree(view)?;
+        let batch = self.merged_buckets(view, &tree, rows)?;
         match watermark {
             None => {
                 let mut b = sled::Batch::default();
@@ -242,15 +253,49 @@ impl SledStore {
                         m.insert(wk.as_slice(), &w.to_be_bytes())?;
                         Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
                     })
-                    .map_err(|e| match e {
-                        sled::transaction::TransactionError::Storage(s) => self.err()(s),
-                        sled::transaction::TransactionError::Abort(()) => {
-                            self.err()(sled::Error::Unsupported("transaction aborted".into()))
-                        }
-                    })?;
+                    .map_err(|e| self.aborted(e))?;
             }
         }
         // Acknowledged means durable.
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+
+    fn aborted(&self, e: sled::transaction::TransactionError<()>) -> Error {
+        match e {
+            sled::transaction::TransactionError::Storage(s) => self.err()(s),
+            sled::transaction::TransactionError::Abort(()) => {
+                self.err()(sled::Error::Unsupported("transaction aborted".into()))
+            }
+        }
+    }
+
+    fn push_rows(&self, source: &str, pushed: Option<&[u8]>, views: &[ViewRows]) -> Result<()> {
+        let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // The log first, then one tree per view: all in one transaction.
+        let mut trees = vec![self.db.open_tree(pushed_tree(source)).map_err(self.err())?];
+        let mut writes = Vec::with_capacity(views.len());
+        for (view, rows) in views {
+            let tree = self.tree(view)?;
+            writes.push(self.merged_buckets(view, &tree, rows)?);
+            trees.push(tree);
+        }
+        // Arrival order: ids only grow, across restarts too.
+        let id = self.db.generate_id().map_err(self.err())?.to_be_bytes();
+        trees
+            .as_slice()
+            .transaction(|t| {
+                if let Some(bytes) = pushed {
+                    t[0].insert(&id[..], bytes)?;
+                }
+                for (tree, batch) in t[1..].iter().zip(&writes) {
+                    for (k, v) in batch {
+                        tree.insert(&k[..], v.as_slice())?;
+                    }
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.aborted(e))?;
         self.db.flush().map_err(self.err())?;
         Ok(())
     }
@@ -287,6 +332,23 @@ impl OnlineStore for SledStore {
         let v = self.meta.get(watermark_key(view)).map_err(self.err())?;
         Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(i64::from_be_bytes))
+    }
+
+    fn pushed(&self, source: &str) -> quiver_core::Result<Vec<Vec<u8>>> {
+        let tree = self.db.open_tree(pushed_tree(source)).map_err(self.err())?;
+        tree.iter()
+            .values()
+            .map(|v| Ok(v.map_err(self.err())?.to_vec()))
+            .collect()
+    }
+
+    fn push(
+        &self,
+        source: &str,
+        batch: Option<&[u8]>,
+        views: &[ViewRows],
+    ) -> quiver_core::Result<()> {
+        Ok(self.push_rows(source, batch, views)?)
     }
 
     fn order_for_write(&self, rows: &mut [(Vec<u8>, Vec<u8>)]) {

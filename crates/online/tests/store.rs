@@ -20,10 +20,11 @@ fn random_operations_match_a_btreemap_across_reopens() {
         let mut model: BTreeMap<(String, Vec<u8>), Vec<u8>> = BTreeMap::new();
         let mut marks: BTreeMap<String, i64> = BTreeMap::new();
         let views = ["a", "b", "c/d"];
+        let mut logs: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for step in 0..300 {
             let view = views[rng.random_range(0..views.len())].to_string();
             let key = |rng: &mut SmallRng| vec![rng.random_range(0..20u8)];
-            match rng.random_range(0..10) {
+            match rng.random_range(0..12) {
                 0..=3 => {
                     let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..rng.random_range(0..5))
                         .map(|_| (key(&mut rng), vec![step as u8, rng.random()]))
@@ -61,6 +62,40 @@ fn random_operations_match_a_btreemap_across_reopens() {
                         marks.remove(&view);
                     }
                 }
+                9 => {
+                    // A push: rows of one or two views, the batch logged or not.
+                    let source = ["s", "t/u"][rng.random_range(0..2)].to_string();
+                    let mut writes = Vec::new();
+                    for v in [
+                        view.clone(),
+                        views[rng.random_range(0..views.len())].to_string(),
+                    ]
+                    .into_iter()
+                    .take(rng.random_range(1..3))
+                    {
+                        let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..rng.random_range(0..4))
+                            .map(|_| (key(&mut rng), vec![step as u8, 9]))
+                            .collect();
+                        writes.push((v, rows));
+                    }
+                    let batch = rng.random_bool(0.7).then(|| vec![step as u8; 3]);
+                    store.push(&source, batch.as_deref(), &writes).unwrap();
+                    for (v, rows) in writes {
+                        for (k, val) in rows {
+                            model.insert((v.clone(), k), val);
+                        }
+                    }
+                    logs.entry(source).or_default().extend(batch);
+                }
+                10 => {
+                    for source in ["s", "t/u"] {
+                        assert_eq!(
+                            store.pushed(source).unwrap(),
+                            logs.get(source).cloned().unwrap_or_default(),
+                            "seed {seed} step {step}"
+                        );
+                    }
+                }
                 _ => {
                     drop(store);
                     store = SledStore::open(dir.path()).unwrap();
@@ -69,6 +104,9 @@ fn random_operations_match_a_btreemap_across_reopens() {
         }
         for ((view, k), v) in &model {
             assert_eq!(store.get(view, k).unwrap().as_ref(), Some(v));
+        }
+        for (source, log) in &logs {
+            assert_eq!(&store.pushed(source).unwrap(), log);
         }
     }
 }

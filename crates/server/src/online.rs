@@ -101,7 +101,12 @@ pub async fn materialize_range(
         }
     }
     // Later lookups see the events known at `end`, not events the store was never told of.
-    let engine = Engine::new(serving_repo(repo), opts)?.known_at(end).await?;
+    // Rows pushed for the online store alone count as the source's.
+    let engine = Engine::new(serving_repo(repo), opts)?;
+    let engine = with_pushed(engine, store, None)
+        .await?
+        .known_at(end)
+        .await?;
     let mut done = Vec::new();
     for view in names {
         let started = Instant::now();
@@ -402,10 +407,13 @@ pub struct Pushed {
 }
 
 /// Push rows of a view's source (every source column, in any order; types of the same
-/// class are cast) to the online store: each pushed entity's values are computed again as of
-/// `now` by the offline join over the source plus the pushed rows — the same rules as any
-/// other path. When `offline` is given (the rows were appended to the source there), the
-/// source alone is read.
+/// class are cast) to the online store: in every view of that source, each pushed entity's
+/// values are computed again as of `now` by the offline join over the source, the rows pushed
+/// before for the online store alone, and these rows — the same rules as any other path.
+/// Unless `appended` (the rows were appended to the source's table already), the rows are
+/// kept with the source's earlier online-only pushes, in the same write as the values, so
+/// later pushes and materializations count them too (docs/adr/0003).
+/// `Pushed::entities` counts the entities written for `view`.
 pub async fn push(
     repo: &Repo,
     store: &dyn OnlineStore,
@@ -420,46 +428,111 @@ pub async fn push(
             "unknown feature view `{view}`"
         )))
     })?;
-    let engine = Engine::new(serving_repo(repo), opts.clone())?;
-    let source = repo.sources[&def.source].clone();
+    let source = &def.source;
     let ctx = quiver_offline::session(&opts)?;
-    let table = quiver_offline::source::source_table(&ctx, &repo.offline_store, &source).await?;
+    let table =
+        quiver_offline::source::source_table(&ctx, &repo.offline_store, &repo.sources[source])
+            .await?;
     let rows =
         quiver_offline::delta::conform(&table.schema(), &rows, &format!("push to `{view}`"))?;
     let n = rows.num_rows();
-    let engine = if appended {
-        engine
-    } else {
-        let pushed =
-            datafusion::datasource::MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?;
-        // Pushed rows come after the source's in source order (they arrived last).
-        let union = ctx
-            .read_table(table)?
-            .union(ctx.read_table(Arc::new(pushed))?)?;
-        engine.with_source_table(&def.source, union.into_view())
-    };
-    let engine = engine.known_at(now).await?;
-    // The distinct entities pushed.
-    let keys: Vec<usize> = def
-        .join_keys
-        .iter()
-        .map(|k| rows.schema().index_of(k))
-        .collect::<Result<_, _>>()?;
-    let key_batch = rows.project(&keys)?;
-    let mem = datafusion::datasource::MemTable::try_new(key_batch.schema(), vec![vec![key_batch]])?;
-    let distinct = ctx.read_table(Arc::new(mem))?.distinct()?;
-    let schema = Arc::new(distinct.schema().as_arrow().clone());
-    let entities = datafusion::arrow::compute::concat_batches(&schema, &distinct.collect().await?)?;
+    let new = (!appended).then(|| rows.clone());
+    let engine = Engine::new(serving_repo(repo), opts)?;
+    let engine = with_pushed(engine, store, new.as_ref().map(|b| (source.as_str(), b)))
+        .await?
+        .known_at(now)
+        .await?;
+    // Every view of the source takes the rows (they are the source's), each for the entities
+    // the rows name under its own keys.
+    let mut writes = Vec::new();
     let mut entities_written = 0;
-    compute_rows(&engine, view, entities, now, |rows| {
-        entities_written += rows.len();
-        store.write(view, &rows, None)
-    })
-    .await?;
+    for (name, v) in repo.views.iter().filter(|(_, v)| &v.source == source) {
+        let keys: Vec<usize> = v
+            .join_keys
+            .iter()
+            .map(|k| rows.schema().index_of(k))
+            .collect::<Result<_, _>>()?;
+        let key_batch = rows.project(&keys)?;
+        let mem =
+            datafusion::datasource::MemTable::try_new(key_batch.schema(), vec![vec![key_batch]])?;
+        let distinct = ctx.read_table(Arc::new(mem))?.distinct()?;
+        let schema = Arc::new(distinct.schema().as_arrow().clone());
+        let entities =
+            datafusion::arrow::compute::concat_batches(&schema, &distinct.collect().await?)?;
+        let mut out = Vec::new();
+        compute_rows(&engine, name, entities, now, |rows| {
+            out.extend(rows);
+            Ok(())
+        })
+        .await?;
+        if name == view {
+            entities_written = out.len();
+        }
+        writes.push((name.clone(), out));
+    }
+    let logged = new.as_ref().map(encode_batch).transpose()?;
+    store.push(source, logged.as_deref(), &writes)?;
     Ok(Pushed {
         rows: n,
         entities: entities_written,
     })
+}
+
+/// The engine with the rows pushed to each source for the online store alone
+/// ([`OnlineStore::pushed`]) — and `new`, the rows of a push being computed and their
+/// source — read after the source's own rows, in the order they came.
+async fn with_pushed(
+    engine: Engine,
+    store: &dyn OnlineStore,
+    new: Option<(&str, &RecordBatch)>,
+) -> quiver_offline::Result<Engine> {
+    let repo = engine.repo().clone();
+    let sources: std::collections::BTreeSet<&str> =
+        repo.views.values().map(|v| v.source.as_str()).collect();
+    let mut engine = engine;
+    for name in sources {
+        let src = &repo.sources[name];
+        let logged = store.pushed(name)?;
+        let new = new.filter(|(s, _)| *s == name).map(|(_, b)| b);
+        if logged.is_empty() && new.is_none() {
+            continue;
+        }
+        let ctx = engine.context().clone();
+        let table = quiver_offline::source::source_table(&ctx, &repo.offline_store, src).await?;
+        let schema = table.schema();
+        let mut batches = Vec::with_capacity(logged.len() + 1);
+        for (i, bytes) in logged.iter().enumerate() {
+            let what = format!("online store: push {} of source `{name}`", i + 1);
+            let batch = decode_batch(bytes).map_err(|e| err(format!("{what}: {e}")))?;
+            batches.push(quiver_offline::delta::conform(&schema, &batch, &what)?);
+        }
+        batches.extend(new.cloned());
+        // One batch: a partition's rows keep their order, so ties follow arrival.
+        let pushed = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+        let mem = datafusion::datasource::MemTable::try_new(schema, vec![vec![pushed]])?;
+        let union = ctx
+            .read_table(table)?
+            .union(ctx.read_table(Arc::new(mem))?)?;
+        engine = engine.with_source_table(name, union.into_view());
+    }
+    Ok(engine)
+}
+
+/// A pushed batch as the online store keeps it (Arrow IPC stream).
+fn encode_batch(batch: &RecordBatch) -> quiver_offline::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+fn decode_batch(bytes: &[u8]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    datafusion::arrow::compute::concat_batches(&schema, &batches)
 }
 
 /// Per-value status of an online lookup, as Feast reports it.

@@ -83,6 +83,10 @@ pub fn check(req: &Request) -> Result<()> {
             )));
         }
     }
+    check_spine(req)
+}
+
+fn check_spine(req: &Request) -> Result<()> {
     if req.spine.is_empty() {
         return Err(Error::InvalidArgument("spine: empty".into()));
     }
@@ -93,6 +97,44 @@ pub fn check(req: &Request) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The plan [`build`] would follow for `req`, without running it (`quiver explain`): per view
+/// the reuse choices, the cost gate, the pruning and the physical plan — against the pinned or
+/// time-travelled versions and a recorded spine too. Reads the spine and the sources' footers,
+/// no event; stores, logs and registers nothing (`out` and `register` are not used). Returns
+/// the plan and the shape (rows, columns) the training set would have.
+pub async fn explain(
+    repo: Repo,
+    mut opts: EngineOptions,
+    req: &Request,
+) -> Result<(Vec<String>, usize, usize)> {
+    if req.features.is_empty() {
+        return Err(Error::InvalidArgument("no features requested".into()));
+    }
+    check_spine(req)?;
+    opts.plan_only = true;
+    let req = Request {
+        register: None,
+        ..req.clone()
+    };
+    if recorded(&req) {
+        let (batch, plan, _) = versioned(repo, opts, &req).await?;
+        return Ok((plan, batch.num_rows(), batch.num_columns()));
+    }
+    let engine = Engine::new(repo, opts)?;
+    let o = engine
+        .join_file_table(Path::new(&req.spine), &join_request(&req))
+        .await?;
+    Ok((o.explain, o.batch.num_rows(), o.batch.num_columns()))
+}
+
+fn join_request(req: &Request) -> JoinRequest {
+    JoinRequest {
+        features: req.features.clone(),
+        spine_timestamp: req.spine_timestamp.clone(),
+        full_names: req.full_names,
+    }
 }
 
 /// Whether `req` goes through the [`Catalog`] (and so the registry): a recorded spine,
@@ -133,13 +175,10 @@ pub async fn build(
     // The engine lives until the output is written: it stores the join's feature states
     // behind it, and dropping it waits for them.
     let engine = Engine::new(repo, opts)?;
-    let jr = JoinRequest {
-        features: req.features.clone(),
-        spine_timestamp: req.spine_timestamp.clone(),
-        full_names: req.full_names,
-    };
     // The features stay in the sweep's pieces and are gathered as they are written.
-    let o = engine.join_file_table(Path::new(&req.spine), &jr).await?;
+    let o = engine
+        .join_file_table(Path::new(&req.spine), &join_request(req))
+        .await?;
     let mut plan = o.explain;
     plan.push(format!(
         "read {} from sources and {} of stored states; {} feature(s) reused",

@@ -586,7 +586,7 @@ async fn push_updates_online_values_like_the_offline_join() {
             .collect();
         datafusion::arrow::array::RecordBatch::try_new(s, cols).unwrap()
     };
-    let want = offline_values(&repo, Some(pushed), &features).await;
+    let want = offline_values(&repo, Some(pushed.clone()), &features).await;
     for (f, vector) in got.results.iter().enumerate() {
         for (e, (value, row)) in vector.values.iter().zip(&want).enumerate() {
             let v = quiver_server::grpc::scalar_of(value);
@@ -598,6 +598,41 @@ async fn push_updates_online_values_like_the_offline_join() {
     assert_eq!(
         got.results[3].values[2].val,
         Some(Val::StringVal("food".into()))
+    );
+
+    // The same rows again: the online store kept the first push, so both count (before, a
+    // push recomputed over the source and its own rows only), and a materialization
+    // afterwards keeps them too.
+    let r = client.push(push(false)).await.unwrap().into_inner();
+    assert_eq!((r.rows, r.entities), (2, 2));
+    let twice =
+        datafusion::arrow::compute::concat_batches(&pushed.schema(), [&pushed, &pushed]).unwrap();
+    let want = offline_values(&repo, Some(twice), &features).await;
+    let check = |got: &quiver_server::proto::GetOnlineFeaturesResponse| {
+        for (f, vector) in got.results.iter().enumerate() {
+            for (e, (value, row)) in vector.values.iter().zip(&want).enumerate() {
+                let v = quiver_server::grpc::scalar_of(value);
+                assert_eq!(v, row[f], "feature {} entity {}", features[f], e + 1);
+            }
+        }
+        // user 2: 50 before the pushes, 30 from each
+        assert_eq!(got.results[0].values[1].val, Some(Val::Int64Val(110)));
+    };
+    let lookup = || request(&features, vec![("user_id", ints(&[1, 2, 3]))]);
+    check(
+        &client
+            .get_online_features(lookup())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    materialize_at_t(&repo, store.as_ref()).await;
+    check(
+        &client
+            .get_online_features(lookup())
+            .await
+            .unwrap()
+            .into_inner(),
     );
 
     // Bad pushes name what is wrong.
