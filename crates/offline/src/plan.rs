@@ -53,7 +53,7 @@ use futures::{StreamExt, TryStreamExt};
 use quiver_core::Duration;
 
 use crate::Error;
-use crate::pack::{BUCKETS, Pack, buckets_of};
+use crate::pack::{BUCKETS, Pack, buckets_at};
 use crate::sweep::{FeatureSpec, Layout, needed_span, sweep};
 
 pub const RID: &str = "__rid";
@@ -455,7 +455,7 @@ async fn run(
         if reservation.size() + size <= cap && reservation.try_grow(size).is_ok() {
             spine_batches.push(b);
         } else {
-            let mut sp = Spill::try_new(spine_schema.clone(), 1, spec.key_count)?;
+            let mut sp = Spill::try_new(spine_schema.clone(), 1, spec.key_count, 0)?;
             for held in spine_batches.drain(..) {
                 sp.write(&held)?;
             }
@@ -471,7 +471,7 @@ async fn run(
         } else {
             (i64::MAX, i64::MIN)
         };
-        return run_from_disk(spec, schema, sp, events, span, reservation).await;
+        return run_from_disk(spec, schema, sp, events, span, reservation, cap).await;
     }
     let spine = concat_batches(&spine_schema, &spine_batches)?;
     drop(spine_batches);
@@ -493,7 +493,7 @@ async fn run(
             push_batch(spec, &mut pack, &b)?;
             reservation.resize(held(spine_bytes, &pack));
         } else {
-            let mut sp = Spill::try_new(ev_schema.clone(), 0, spec.key_count)?;
+            let mut sp = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0)?;
             sp.write(&in_span(spec, pack.span(), &b)?)?;
             spills.add(1);
             spill = Some(sp);
@@ -504,7 +504,9 @@ async fn run(
         spec.view,
         pack.events()
     ));
-    let mut files = spill.map(Spill::finish).transpose()?;
+    let mut files = spill
+        .map(|s| s.finish().map(|(files, _)| files))
+        .transpose()?;
     let mut out = Vec::new();
     for b in 0..BUCKETS {
         if let Some(files) = files.as_mut() {
@@ -520,7 +522,7 @@ async fn run(
 /// [`run`] for a spine that does not fit the partition's share of the pool: the spine and
 /// every event (cut to the time `span` the spine's windows admit) are split by bucket into
 /// files, then each bucket is packed from its two files and swept on its own, so memory holds
-/// one bucket's spine and events at a time.
+/// one bucket's spine and events at a time ([`sweep_spilled`]).
 async fn run_from_disk(
     spec: &ViewSpec,
     schema: &SchemaRef,
@@ -528,37 +530,99 @@ async fn run_from_disk(
     mut events: SendableRecordBatchStream,
     span: (i64, i64),
     reservation: &MemoryReservation,
+    cap: usize,
 ) -> DFResult<Vec<RecordBatch>> {
     let ev_schema = events.schema();
-    let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count)?;
+    let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0)?;
     while let Some(b) = events.next().await {
         ev_spill.write(&in_span(spec, span, &b?)?)?;
     }
-    let spine_schema = spine.schema.clone();
-    let (mut spines, mut evs) = (spine.finish()?, ev_spill.finish()?);
     let layout = layout_of(spec, &ev_schema)?;
-    let mut out = Vec::new();
-    for b in 0..BUCKETS {
-        let parts = read_spilled(&mut spines[b])?;
-        if parts.is_empty() {
-            continue;
-        }
-        let spine = concat_batches(&spine_schema, &parts)?;
-        drop(parts);
-        let spine_bytes = spine.get_array_memory_size();
-        grow_waiting(reservation, spine_bytes).await?;
-        let mut pack = new_pack(spec, &layout, &spine)?;
-        drop(spine);
-        push_spilled(spec, &mut pack, &mut evs[b], spine_bytes, reservation).await?;
-        // The pack deals this bucket's keys to its own bucket `b` again, and rows without a
-        // key or time to its bucket 0: sweep whichever hold rows.
-        for inner in 0..BUCKETS {
-            out.extend(sweep_bucket(spec, schema, &layout, &mut pack, inner)?);
-        }
-        reservation.resize(0);
-    }
+    let spilled = Spilled {
+        spines: spine.finish()?.0,
+        events: ev_spill.finish()?,
+    };
+    let out = sweep_spilled(spec, schema, &layout, spilled, 0, cap, reservation).await?;
     crate::profile::stage(format_args!("{}: buckets swept from disk", spec.view));
     Ok(out)
+}
+
+/// A spine and its events split into bucket files by the same level of the key hash, with
+/// each bucket's event count.
+struct Spilled {
+    spines: Vec<std::fs::File>,
+    events: (Vec<std::fs::File>, Vec<usize>),
+}
+
+/// How many times a spilled bucket too large for the pool is split again: 32⁴ buckets per
+/// partition at most, beyond which one key holds too many rows for any split.
+const MAX_SPLITS: u32 = 3;
+
+/// Pack and sweep spilled buckets one at a time. A bucket whose spine, events and sweep would
+/// pass `cap` is split [`BUCKETS`] ways again by the next bits of the key hash and swept
+/// sub-bucket by sub-bucket, so a pool far smaller than a bucket still suffices.
+fn sweep_spilled<'a>(
+    spec: &'a ViewSpec,
+    schema: &'a SchemaRef,
+    layout: &'a Layout,
+    mut spilled: Spilled,
+    level: u32,
+    cap: usize,
+    reservation: &'a MemoryReservation,
+) -> futures::future::BoxFuture<'a, DFResult<Vec<RecordBatch>>> {
+    Box::pin(async move {
+        let mut out = Vec::new();
+        for b in 0..BUCKETS {
+            let parts = read_spilled(&mut spilled.spines[b])?.collect::<Result<Vec<_>, _>>()?;
+            let Some(spine_schema) = parts.first().map(|p| p.schema()) else {
+                continue;
+            };
+            let file = &mut spilled.events.0[b];
+            let need = parts
+                .iter()
+                .map(|p| p.get_array_memory_size())
+                .sum::<usize>()
+                + file.metadata().map_err(io_error)?.len() as usize
+                + spilled.events.1[b] * SWEEP_BYTES_PER_EVENT;
+            if need > cap && level < MAX_SPLITS {
+                let mut spines = Spill::try_new(spine_schema, 1, spec.key_count, level + 1)?;
+                for p in parts {
+                    spines.write(&p)?;
+                }
+                let reader = read_spilled(file)?;
+                let mut events = Spill::try_new(reader.schema(), 0, spec.key_count, level + 1)?;
+                for batch in reader {
+                    events.write(&batch?)?;
+                }
+                let split = Spilled {
+                    spines: spines.finish()?.0,
+                    events: events.finish()?,
+                };
+                out.extend(
+                    sweep_spilled(spec, schema, layout, split, level + 1, cap, reservation).await?,
+                );
+                continue;
+            }
+            let spine = concat_batches(&spine_schema, &parts)?;
+            drop(parts);
+            let spine_bytes = spine.get_array_memory_size();
+            grow_waiting(reservation, spine_bytes).await?;
+            let mut pack = new_pack(spec, layout, &spine)?;
+            drop(spine);
+            push_spilled(spec, &mut pack, file, spine_bytes, reservation).await?;
+            // The pack deals this bucket's keys to its own buckets again, and rows without a
+            // key or time to its bucket 0: sweep whichever hold rows.
+            for inner in 0..BUCKETS {
+                out.extend(sweep_bucket(spec, schema, layout, &mut pack, inner)?);
+            }
+            reservation.resize(0);
+        }
+        Ok(out)
+    })
+}
+
+fn io_error(e: std::io::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
 }
 
 /// The lanes of the view's features over the events input's value columns.
@@ -592,6 +656,7 @@ async fn push_spilled(
     reservation: &MemoryReservation,
 ) -> DFResult<()> {
     for batch in read_spilled(file)? {
+        let batch = batch?;
         grow_waiting(reservation, batch.get_array_memory_size()).await?;
         push_batch(spec, pack, &batch)?;
         let now = held(spine_bytes, pack);
@@ -696,64 +761,73 @@ fn push_batch(spec: &ViewSpec, pack: &mut Pack, batch: &RecordBatch) -> DFResult
 /// one anonymous temp file per bucket of [`crate::pack`]; the key columns are
 /// `key_from..key_from + key_count`.
 struct Spill {
-    schema: SchemaRef,
     key_from: usize,
     key_count: usize,
+    /// Which bits of the key hash choose the file ([`buckets_at`]).
+    level: u32,
     writers: Vec<StreamWriter<std::io::BufWriter<std::fs::File>>>,
+    rows: Vec<usize>,
 }
 
 impl Spill {
-    fn try_new(schema: SchemaRef, key_from: usize, key_count: usize) -> DFResult<Self> {
+    fn try_new(schema: SchemaRef, key_from: usize, key_count: usize, level: u32) -> DFResult<Self> {
         let writers = (0..BUCKETS)
             .map(|_| {
-                let f = tempfile::tempfile().map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let f = tempfile::tempfile().map_err(io_error)?;
                 Ok(StreamWriter::try_new(std::io::BufWriter::new(f), &schema)?)
             })
             .collect::<DFResult<Vec<_>>>()?;
         Ok(Self {
-            schema,
             key_from,
             key_count,
+            level,
             writers,
+            rows: vec![0; BUCKETS],
         })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> DFResult<()> {
         let keys = &batch.columns()[self.key_from..self.key_from + self.key_count];
         let mut rows = vec![Vec::new(); BUCKETS];
-        for (i, b) in buckets_of(keys, batch.num_rows())?.into_iter().enumerate() {
+        for (i, b) in buckets_at(keys, batch.num_rows(), self.level)?
+            .into_iter()
+            .enumerate()
+        {
             rows[b as usize].push(i as u32);
         }
         for (k, idx) in rows.into_iter().enumerate() {
             if !idx.is_empty() {
+                self.rows[k] += idx.len();
                 self.writers[k].write(&take_record_batch(batch, &UInt32Array::from(idx))?)?;
             }
         }
         Ok(())
     }
 
-    /// Close the files, rewound for reading.
-    fn finish(self) -> DFResult<Vec<std::fs::File>> {
-        self.writers
+    /// Close the files, rewound for reading, with the rows each holds.
+    fn finish(self) -> DFResult<(Vec<std::fs::File>, Vec<usize>)> {
+        let files = self
+            .writers
             .into_iter()
             .map(|mut w| {
                 w.finish()?;
                 let mut f = w
                     .into_inner()?
                     .into_inner()
-                    .map_err(|e| DataFusionError::External(Box::new(e.into_error())))?;
-                f.seek(std::io::SeekFrom::Start(0))
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    .map_err(|e| io_error(e.into_error()))?;
+                f.seek(std::io::SeekFrom::Start(0)).map_err(io_error)?;
                 Ok(f)
             })
-            .collect()
+            .collect::<DFResult<_>>()?;
+        Ok((files, self.rows))
     }
 }
 
-/// A bucket's spilled batches, in the order they were written.
-fn read_spilled(f: &mut std::fs::File) -> DFResult<Vec<RecordBatch>> {
-    let reader = StreamReader::try_new(std::io::BufReader::new(f), None)?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+/// A bucket's spilled batches, in the order they were written, read one at a time.
+fn read_spilled(
+    f: &mut std::fs::File,
+) -> DFResult<StreamReader<std::io::BufReader<&mut std::fs::File>>> {
+    Ok(StreamReader::try_new(std::io::BufReader::new(f), None)?)
 }
 
 fn downcast<T: Array + 'static>(a: &ArrayRef) -> DFResult<&T> {
