@@ -199,8 +199,9 @@ async fn a_spine_larger_than_the_pool_is_swept_from_disk() {
     let refs = ["v:s7", "v:n30", "v:mx", "v:last_x"];
     let free = join_in_pool(&ev, &spine, &refs, 4096, None).await;
     assert_eq!(free.spilled_partitions, 0);
-    // the spine alone is ~3.6 MB in memory; at 256 KB a bucket (~120 KB of spine, events and
-    // sweep) passes a partition's share of the pool and is split again on disk
+    // the spine alone is ~3.6 MB in memory; at 256 KB a spilled bucket's spine, events and
+    // sweep pass a partition's share of the pool (128 KB) and it is split again on disk
+    // (without the split, that pool runs out)
     for limit in [1 << 18, 1 << 20, 2 << 20] {
         let out = tokio::time::timeout(
             std::time::Duration::from_secs(60),

@@ -31,19 +31,20 @@ const CHUNK: usize = 1 << 14;
 
 /// The bucket of each row: a hash of the key columns with fixed seeds.
 pub fn buckets_of(keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
-    buckets_at(keys, rows, 0)
+    buckets_at(keys, rows, 0, BUCKETS)
 }
 
-/// [`buckets_of`] from the `level`-th group of the hash's bits: level 0 is a row's bucket in
-/// its partition, and each further level splits a bucket spilled to disk [`BUCKETS`] ways.
-pub fn buckets_at(keys: &[ArrayRef], rows: usize, level: u32) -> Result<Vec<u32>> {
+/// [`buckets_of`] from the `level`-th group of the hash's bits, into `ways` (a power of two
+/// up to [`BUCKETS`]): level 0 is a row's bucket in its partition, and each further level
+/// splits a bucket spilled to disk again.
+pub fn buckets_at(keys: &[ArrayRef], rows: usize, level: u32, ways: usize) -> Result<Vec<u32>> {
     let mut hashes = vec![0u64; rows];
     let seeds = ahash::RandomState::with_seeds(0x51ed, 0x9e37, 0x79b9, 0x7f4a);
     create_hashes_with_hasher(keys, &seeds, &mut hashes)?;
     let shift = level * BUCKETS.trailing_zeros();
     Ok(hashes
         .iter()
-        .map(|h| ((h >> shift) % BUCKETS as u64) as u32)
+        .map(|h| ((h >> shift) % ways as u64) as u32)
         .collect())
 }
 

@@ -455,7 +455,7 @@ async fn run(
         if reservation.size() + size <= cap && reservation.try_grow(size).is_ok() {
             spine_batches.push(b);
         } else {
-            let mut sp = Spill::try_new(spine_schema.clone(), 1, spec.key_count, 0)?;
+            let mut sp = Spill::try_new(spine_schema.clone(), 1, spec.key_count, 0, BUCKETS)?;
             for held in spine_batches.drain(..) {
                 sp.write(&held)?;
             }
@@ -493,7 +493,7 @@ async fn run(
             push_batch(spec, &mut pack, &b)?;
             reservation.resize(held(spine_bytes, &pack));
         } else {
-            let mut sp = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0)?;
+            let mut sp = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0, BUCKETS)?;
             sp.write(&in_span(spec, pack.span(), &b)?)?;
             spills.add(1);
             spill = Some(sp);
@@ -533,7 +533,7 @@ async fn run_from_disk(
     cap: usize,
 ) -> DFResult<Vec<RecordBatch>> {
     let ev_schema = events.schema();
-    let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0)?;
+    let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0, BUCKETS)?;
     while let Some(b) = events.next().await {
         ev_spill.write(&in_span(spec, span, &b?)?)?;
     }
@@ -559,8 +559,10 @@ struct Spilled {
 const MAX_SPLITS: u32 = 3;
 
 /// Pack and sweep spilled buckets one at a time. A bucket whose spine, events and sweep would
-/// pass `cap` is split [`BUCKETS`] ways again by the next bits of the key hash and swept
-/// sub-bucket by sub-bucket, so a pool far smaller than a bucket still suffices.
+/// pass the partition's share of the pool (`2 × cap`: a spilled bucket may use the half the
+/// pack did not) is split again by the next bits of the key hash, as many ways as it takes to
+/// fit (a power of two up to [`BUCKETS`]), and swept sub-bucket by sub-bucket, so a pool far
+/// smaller than a bucket still suffices.
 fn sweep_spilled<'a>(
     spec: &'a ViewSpec,
     schema: &'a SchemaRef,
@@ -572,7 +574,7 @@ fn sweep_spilled<'a>(
 ) -> futures::future::BoxFuture<'a, DFResult<Vec<RecordBatch>>> {
     Box::pin(async move {
         let mut out = Vec::new();
-        for b in 0..BUCKETS {
+        for b in 0..spilled.spines.len() {
             let parts = read_spilled(&mut spilled.spines[b])?.collect::<Result<Vec<_>, _>>()?;
             let Some(spine_schema) = parts.first().map(|p| p.schema()) else {
                 continue;
@@ -584,13 +586,16 @@ fn sweep_spilled<'a>(
                 .sum::<usize>()
                 + file.metadata().map_err(io_error)?.len() as usize
                 + spilled.events.1[b] * SWEEP_BYTES_PER_EVENT;
-            if need > cap && level < MAX_SPLITS {
-                let mut spines = Spill::try_new(spine_schema, 1, spec.key_count, level + 1)?;
+            let share = cap.saturating_mul(2).max(1);
+            if need > share && level < MAX_SPLITS {
+                let ways = need.div_ceil(share).next_power_of_two().min(BUCKETS);
+                let mut spines = Spill::try_new(spine_schema, 1, spec.key_count, level + 1, ways)?;
                 for p in parts {
                     spines.write(&p)?;
                 }
                 let reader = read_spilled(file)?;
-                let mut events = Spill::try_new(reader.schema(), 0, spec.key_count, level + 1)?;
+                let mut events =
+                    Spill::try_new(reader.schema(), 0, spec.key_count, level + 1, ways)?;
                 for batch in reader {
                     events.write(&batch?)?;
                 }
@@ -767,11 +772,24 @@ struct Spill {
     level: u32,
     writers: Vec<StreamWriter<std::io::BufWriter<std::fs::File>>>,
     rows: Vec<usize>,
+    /// Per bucket, rows not yet written: a batch split 32 ways (and a split bucket's again)
+    /// would otherwise go to disk as many tiny IPC messages, each costing its own framing,
+    /// write and decode.
+    pending: Vec<(Vec<RecordBatch>, usize)>,
 }
 
+/// Rows a bucket's file is written in at least (but for its last batch).
+const SPILL_ROWS: usize = 4096;
+
 impl Spill {
-    fn try_new(schema: SchemaRef, key_from: usize, key_count: usize, level: u32) -> DFResult<Self> {
-        let writers = (0..BUCKETS)
+    fn try_new(
+        schema: SchemaRef,
+        key_from: usize,
+        key_count: usize,
+        level: u32,
+        ways: usize,
+    ) -> DFResult<Self> {
+        let writers = (0..ways)
             .map(|_| {
                 let f = tempfile::tempfile().map_err(io_error)?;
                 Ok(StreamWriter::try_new(std::io::BufWriter::new(f), &schema)?)
@@ -782,14 +800,15 @@ impl Spill {
             key_count,
             level,
             writers,
-            rows: vec![0; BUCKETS],
+            rows: vec![0; ways],
+            pending: vec![(Vec::new(), 0); ways],
         })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> DFResult<()> {
         let keys = &batch.columns()[self.key_from..self.key_from + self.key_count];
-        let mut rows = vec![Vec::new(); BUCKETS];
-        for (i, b) in buckets_at(keys, batch.num_rows(), self.level)?
+        let mut rows = vec![Vec::new(); self.writers.len()];
+        for (i, b) in buckets_at(keys, batch.num_rows(), self.level, self.writers.len())?
             .into_iter()
             .enumerate()
         {
@@ -798,14 +817,30 @@ impl Spill {
         for (k, idx) in rows.into_iter().enumerate() {
             if !idx.is_empty() {
                 self.rows[k] += idx.len();
-                self.writers[k].write(&take_record_batch(batch, &UInt32Array::from(idx))?)?;
+                let (held, n) = &mut self.pending[k];
+                *n += idx.len();
+                held.push(take_record_batch(batch, &UInt32Array::from(idx))?);
+                if *n >= SPILL_ROWS {
+                    self.flush(k)?;
+                }
             }
         }
         Ok(())
     }
 
+    fn flush(&mut self, k: usize) -> DFResult<()> {
+        let (held, n) = std::mem::take(&mut self.pending[k]);
+        if n > 0 {
+            self.writers[k].write(&concat_batches(&held[0].schema(), &held)?)?;
+        }
+        Ok(())
+    }
+
     /// Close the files, rewound for reading, with the rows each holds.
-    fn finish(self) -> DFResult<(Vec<std::fs::File>, Vec<usize>)> {
+    fn finish(mut self) -> DFResult<(Vec<std::fs::File>, Vec<usize>)> {
+        for k in 0..self.writers.len() {
+            self.flush(k)?;
+        }
         let files = self
             .writers
             .into_iter()
