@@ -1369,6 +1369,26 @@ fn init_makes_a_working_repository_and_never_overwrites() {
     assert!(plan.contains("view `user_purchases`"), "{plan}");
     assert!(plan.contains("computed from the scan"), "{plan}");
     assert!(!d.join(".quiver/offline/reuse/manifest.json").exists());
+    // time travel needs recorded versions: none yet, and the plan does not make a registry
+    let travel = q(
+        &d,
+        &[
+            "explain",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--as-of",
+            "2024-03-01T00:00:00Z",
+        ],
+    );
+    assert!(!travel.status.success());
+    assert!(
+        stderr(&travel).contains("no version is recorded yet"),
+        "{}",
+        stderr(&travel)
+    );
+    assert!(!d.join(".quiver/registry").exists());
     // the sample's join, from the new folder, gives the golden rows
     ok(q(
         &d,

@@ -25,7 +25,8 @@ pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
 pub struct Online {
     repo: Arc<Repo>,
     store: Arc<dyn OnlineStore>,
-    /// Serializes pushes that write the offline store.
+    /// Serializes pushes: each reads the source's earlier online-only pushes, computes and
+    /// writes; two at once would each write values without the other's rows.
     writer: tokio::sync::Mutex<()>,
 }
 
@@ -202,9 +203,8 @@ impl Online {
         let table = quiver_offline::source::source_table(&ctx, &repo.offline_store, source).await?;
         let batch = push_batch(&table.schema(), &req.columns)?;
         let rows = batch.num_rows();
+        let _one_push = self.writer.lock().await;
         if req.to_offline {
-            // The registry (and the table's commit) is shared with the CLI: one writer at a time.
-            let _held = self.writer.lock().await;
             let cat = crate::catalog::Catalog::open(repo.clone(), opts.clone())?;
             cat.append(
                 &def.source,

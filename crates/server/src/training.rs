@@ -119,6 +119,13 @@ pub async fn explain(
         ..req.clone()
     };
     if recorded(&req) {
+        // Opening the catalog would create an empty registry: explain writes nothing.
+        if !repo.registry.exists() {
+            return Err(Error::NotFound(format!(
+                "no version is recorded yet (no registry at {})",
+                repo.registry.display()
+            )));
+        }
         let (batch, plan, _) = versioned(repo, opts, &req).await?;
         return Ok((plan, batch.num_rows(), batch.num_columns()));
     }

@@ -635,6 +635,28 @@ async fn push_updates_online_values_like_the_offline_join() {
             .into_inner(),
     );
 
+    // Pushes at once are taken one at a time: each counts the ones before it.
+    let mut one = push(false);
+    for c in one.columns.values_mut() {
+        c.val.truncate(1);
+    }
+    one.columns.insert("purchase_amt".into(), ints(&[1]));
+    let pushes: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut c, r) = (client.clone(), one.clone());
+            tokio::spawn(async move { c.push(r).await.unwrap() })
+        })
+        .collect();
+    for p in pushes {
+        p.await.unwrap();
+    }
+    let got = client
+        .get_online_features(lookup())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.results[0].values[1].val, Some(Val::Int64Val(118)));
+
     // Bad pushes name what is wrong.
     let mut bad = push(false);
     bad.columns.remove("category");
