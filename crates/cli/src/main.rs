@@ -58,6 +58,33 @@ impl Select {
     }
 }
 
+/// Which versions of the sources a join reads (default: the current ones).
+#[derive(clap::Args)]
+struct Versions {
+    /// Read a source at a recorded version, SOURCE@VERSION (repeat for more).
+    #[arg(
+        long = "source-version",
+        visible_alias = "source",
+        value_name = "SOURCE@VERSION"
+    )]
+    pins: Vec<String>,
+    /// Time travel: read every source as it was at this instant (RFC 3339).
+    #[arg(long)]
+    as_of: Option<String>,
+}
+
+impl Versions {
+    /// The pins and the `--as-of` instant (microseconds).
+    fn resolve(self) -> Result<(Vec<String>, Option<i64>)> {
+        let as_of = self
+            .as_of
+            .as_deref()
+            .map(|t| instant_arg(Some(t), "--as-of"))
+            .transpose()?;
+        Ok((self.pins, as_of))
+    }
+}
+
 /// How a join runs: partitions, memory and reuse.
 #[derive(clap::Args)]
 struct RunOptions {
@@ -191,16 +218,8 @@ enum Command {
         /// Store the training set as the next version of this dataset, with its lineage.
         #[arg(long)]
         register: Option<String>,
-        /// Read a source at a recorded version, SOURCE@VERSION (repeat for more).
-        #[arg(
-            long = "source-version",
-            visible_alias = "source",
-            value_name = "SOURCE@VERSION"
-        )]
-        pins: Vec<String>,
-        /// Time travel: read every source as it was at this instant (RFC 3339).
-        #[arg(long)]
-        as_of: Option<String>,
+        #[command(flatten)]
+        versions: Versions,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
         /// Print the plan: pruning applied and the physical plan of each view.
@@ -223,16 +242,8 @@ enum Command {
         spine_timestamp: Option<String>,
         #[arg(long)]
         full_names: bool,
-        /// Plan against a source's recorded version, SOURCE@VERSION (repeat for more).
-        #[arg(
-            long = "source-version",
-            visible_alias = "source",
-            value_name = "SOURCE@VERSION"
-        )]
-        pins: Vec<String>,
-        /// Plan against every source as it was at this instant (RFC 3339).
-        #[arg(long)]
-        as_of: Option<String>,
+        #[command(flatten)]
+        versions: Versions,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
         #[command(flatten)]
@@ -742,14 +753,14 @@ async fn run_engine(command: Command) -> Result<()> {
             full_names,
             out,
             register,
-            pins,
-            as_of,
+            versions,
             repo,
             explain,
             run,
         } => {
             let started = Instant::now();
             let repo = Repo::load(&repo)?;
+            let (pins, as_of) = versions.resolve()?;
             let req = quiver_server::training::Request {
                 spine: spine.clone(),
                 features: select.resolve(&repo)?,
@@ -758,10 +769,7 @@ async fn run_engine(command: Command) -> Result<()> {
                 out: out.clone(),
                 register,
                 pins,
-                as_of: as_of
-                    .as_deref()
-                    .map(|t| instant_arg(Some(t), "--as-of"))
-                    .transpose()?,
+                as_of,
             };
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -800,22 +808,19 @@ async fn run_engine(command: Command) -> Result<()> {
             select,
             spine_timestamp,
             full_names,
-            pins,
-            as_of,
+            versions,
             repo,
             run,
         } => {
             let repo = Repo::load(&repo)?;
+            let (pins, as_of) = versions.resolve()?;
             let req = quiver_server::training::Request {
                 spine,
                 features: select.resolve(&repo)?,
                 spine_timestamp,
                 full_names,
                 pins,
-                as_of: as_of
-                    .as_deref()
-                    .map(|t| instant_arg(Some(t), "--as-of"))
-                    .transpose()?,
+                as_of,
                 ..Default::default()
             };
             let (plan, rows, columns) =
