@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::datasource::TableProvider;
 use quiver_core::store::{
     FeatureRow, KeyValue, OnlineStore, Scalar, encode_entity_key, entity_keys,
 };
@@ -438,7 +439,7 @@ pub async fn push(
     let n = rows.num_rows();
     let new = (!appended).then(|| rows.clone());
     let engine = Engine::new(serving_repo(repo), opts)?;
-    let engine = with_pushed(engine, store, new.as_ref().map(|b| (source.as_str(), b)))
+    let engine = with_pushed(engine, store, Some((source.as_str(), table, new.as_ref())))
         .await?
         .known_at(now)
         .await?;
@@ -479,12 +480,13 @@ pub async fn push(
 }
 
 /// The engine with the rows pushed to each source for the online store alone
-/// ([`OnlineStore::pushed`]) — and `new`, the rows of a push being computed and their
-/// source — read after the source's own rows, in the order they came.
+/// ([`OnlineStore::pushed`]) read after the source's own rows, in the order they came. A push
+/// being computed gives its source, the source's table it has read already, and its rows
+/// unless they were appended to that table.
 async fn with_pushed(
     engine: Engine,
     store: &dyn OnlineStore,
-    new: Option<(&str, &RecordBatch)>,
+    pushing: Option<(&str, Arc<dyn TableProvider>, Option<&RecordBatch>)>,
 ) -> quiver_offline::Result<Engine> {
     let repo = engine.repo().clone();
     let sources: std::collections::BTreeSet<&str> =
@@ -493,12 +495,18 @@ async fn with_pushed(
     for name in sources {
         let src = &repo.sources[name];
         let logged = store.pushed(name)?;
-        let new = new.filter(|(s, _)| *s == name).map(|(_, b)| b);
+        let (read, new) = match &pushing {
+            Some((s, table, new)) if *s == name => (Some(table.clone()), *new),
+            _ => (None, None),
+        };
         if logged.is_empty() && new.is_none() {
             continue;
         }
         let ctx = engine.context().clone();
-        let table = quiver_offline::source::source_table(&ctx, &repo.offline_store, src).await?;
+        let table = match read {
+            Some(t) => t,
+            None => quiver_offline::source::source_table(&ctx, &repo.offline_store, src).await?,
+        };
         let schema = table.schema();
         let mut batches = Vec::with_capacity(logged.len() + 1);
         for (i, bytes) in logged.iter().enumerate() {

@@ -619,21 +619,18 @@ async fn push_updates_online_values_like_the_offline_join() {
         assert_eq!(got.results[0].values[1].val, Some(Val::Int64Val(110)));
     };
     let lookup = || request(&features, vec![("user_id", ints(&[1, 2, 3]))]);
-    check(
-        &client
-            .get_online_features(lookup())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
-    materialize_at_t(&repo, store.as_ref()).await;
-    check(
-        &client
-            .get_online_features(lookup())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    for materialized in [false, true] {
+        if materialized {
+            materialize_at_t(&repo, store.as_ref()).await;
+        }
+        check(
+            &client
+                .get_online_features(lookup())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
 
     // Pushes at once are taken one at a time: each counts the ones before it.
     let mut one = push(false);
