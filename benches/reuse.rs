@@ -28,6 +28,13 @@ use quiver_offline::{Engine, EngineOptions, JoinOutput, JoinRequest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+// The allocator and malloc settings the `quiver` binary runs with, so that the times are the
+// CLI's (glibc's defaults hand freed arrays back to the kernel and fault them in again).
+#[path = "../crates/cli/src/alloc.rs"]
+mod alloc;
+#[global_allocator]
+static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
+
 const DAY: i64 = 86_400_000_000;
 const T0: i64 = 1_704_067_200_000_000; // 2024-01-01
 const AGGS: [(&str, &str, &str); 5] = [
@@ -140,6 +147,7 @@ impl Bench {
     fn engine(&self, reuse: bool) -> Engine {
         let opts = EngineOptions {
             reuse_budget: reuse.then_some(8 << 30),
+            after_sweep: Some(alloc::trim),
             ..Default::default()
         };
         Engine::new(Repo::load(&self.dir).unwrap(), opts).unwrap()
@@ -213,6 +221,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    alloc::tune();
     let n = env("QUIVER_REUSE_EVENTS", 20_000_000);
     let rows = env("QUIVER_REUSE_SPINE", 100_000);
     let runs = env("QUIVER_REUSE_RUNS", 3);
@@ -343,6 +352,7 @@ fn main() {
             EngineOptions {
                 reuse_budget: Some(8 << 30),
                 reuse_always: true,
+                after_sweep: Some(alloc::trim),
                 ..Default::default()
             },
         )

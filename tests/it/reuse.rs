@@ -165,7 +165,15 @@ fn engine(dir: &Path, reuse: bool, partitions: usize) -> Engine {
 }
 
 async fn run(e: &Engine, spine: &RecordBatch, k: usize) -> JoinOutput {
-    let names: Vec<String> = (0..AGGS.len()).map(|a| format!("v:f{a}_{k}")).collect();
+    run_windows(e, spine, &[k]).await
+}
+
+/// Every aggregate over each of the windows `ks`, in one join.
+async fn run_windows(e: &Engine, spine: &RecordBatch, ks: &[usize]) -> JoinOutput {
+    let names: Vec<String> = ks
+        .iter()
+        .flat_map(|k| (0..AGGS.len()).map(move |a| format!("v:f{a}_{k}")))
+        .collect();
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let req = JoinRequest {
         features: e.repo().resolve_refs(&refs).unwrap(),
@@ -279,6 +287,21 @@ async fn every_reuse_path_returns_the_cold_column() {
             &run(&cold, &other, 1).await.batch,
             &format!("{what} (other spine)"),
         );
+
+        // Both windows in one join keep their states apart (a sum and a mean of one window
+        // share theirs): computed cold, then one stored and the other partial from it.
+        for stored_first in [false, true] {
+            let fresh = spine(&mut rng, 300, span);
+            if stored_first {
+                run(&warm, &fresh, 0).await;
+            }
+            let both = run_windows(&warm, &fresh, &[0, 1]).await;
+            assert_same(
+                &both.batch,
+                &run_windows(&cold, &fresh, &[0, 1]).await.batch,
+                &format!("{what} (both windows, first stored: {stored_first})"),
+            );
+        }
     }
 }
 

@@ -30,14 +30,17 @@ impl Dd {
     pub const ZERO: Dd = Dd { hi: 0.0, lo: 0.0 };
 
     /// The value as stored by a reuse state: (high, low) parts.
+    #[inline]
     pub fn parts(self) -> (f64, f64) {
         (self.hi, self.lo)
     }
 
+    #[inline]
     pub fn from_parts(hi: f64, lo: f64) -> Dd {
         Dd { hi, lo }
     }
 
+    #[inline]
     pub fn from_f64(x: f64) -> Dd {
         Dd { hi: x, lo: 0.0 }
     }

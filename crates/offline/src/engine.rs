@@ -1111,6 +1111,15 @@ impl Engine {
                 explain.push(format!("  `{}` {how}", f.label));
             }
         }
+        // The stored states this plan merges are read on a thread of their own while the scan
+        // runs (decompressing them took about as long as merging them).
+        let prefetch = match (&reuse, self.plan_only) {
+            (Some((cat, _)), false) => {
+                let scans = !work.is_empty() || !sub_work.is_empty();
+                prefetch_states(cat, &options, &cross, scans)
+            }
+            _ => None,
+        };
         let started = std::time::Instant::now();
         let mut passes = Vec::new();
         let range = typed
@@ -1206,9 +1215,19 @@ impl Engine {
         let cols = states_gathered(cols, &work)?;
         let sub_cols = states_gathered(sub_cols, &sub_work)?;
 
-        // Finish every feature; keep the states worth storing.
-        let mut out = Vec::with_capacity(p.features.len());
+        // Each feature's state comes from the scan, the catalog or both (read here, in order).
+        // Features with the same definition and window (a sum and a mean of a column) share one
+        // state: it is merged and stored once. Merging the states, then finishing the values,
+        // runs in parallel.
+        let mut prefetched = match prefetch {
+            Some(h) => h
+                .join()
+                .map_err(|_| Error::Internal("reading stored states panicked".into()))??,
+            None => HashMap::new(),
+        };
+        let mut states: Vec<(String, quiver_core::semantics::Window, StateFrom)> = Vec::new();
         let mut to_store = Vec::new();
+        let mut finish: Vec<FinishJob> = Vec::with_capacity(p.features.len());
         let mut touched = Vec::new();
         let mut stored_read = 0u64;
         let mut reused = 0usize;
@@ -1223,10 +1242,11 @@ impl Engine {
                 }
             });
             let Some(kind) = kinds[i] else {
-                out.push(computed.ok_or_else(|| Error::Internal("feature not computed".into()))?);
+                finish.push(FinishJob::Plain(
+                    computed.ok_or_else(|| Error::Internal("feature not computed".into()))?,
+                ));
                 continue;
             };
-            let computed = computed.map(|c| c.array()).transpose()?;
             // latest values finish as their value, whatever the aggregate
             let agg = match f.kind {
                 Kind::Agg(agg, _) => agg,
@@ -1236,13 +1256,31 @@ impl Engine {
             let (Some((cat, version)), Some(def)) = (&reuse, &defs[i]) else {
                 return Err(Error::Internal("state without a catalog".into()));
             };
+            if !matches!(options[i], gate::Source::Cold) || cross[i].is_some() {
+                reused += 1;
+            }
+            let finish_job = |state| FinishJob::State {
+                state,
+                agg,
+                kind,
+                label: f.label.clone(),
+            };
+            if let Some(k) = states.iter().position(|(d, w, _)| d == def && *w == want) {
+                finish.push(finish_job(k));
+                continue;
+            }
+            let computed = computed.map(|c| c.array()).transpose()?;
             let mut load = |e: &reuse::Entry| -> Result<ArrayRef> {
                 if let Some(a) = loaded.get(&e.id) {
                     return Ok(Arc::clone(a));
                 }
                 stored_read += e.bytes;
                 touched.push(e.id.clone());
-                let a = cat.load(e)?.ok_or_else(|| {
+                let a = match prefetched.remove(&e.id) {
+                    Some(a) => a,
+                    None => cat.load(e)?,
+                };
+                let a = a.ok_or_else(|| {
                     Error::Source(format!(
                         "reuse entry {} was evicted while in use; run the join again",
                         e.id
@@ -1251,7 +1289,7 @@ impl Engine {
                 loaded.insert(e.id.clone(), Arc::clone(&a));
                 Ok(a)
             };
-            let state = match (&options[i], &cross[i], computed) {
+            let from = match (&options[i], &cross[i], computed) {
                 (_, Some(c), Some(rest)) => {
                     let mut arrays = c
                         .entries
@@ -1269,26 +1307,21 @@ impl Engine {
                             None => (last, in_sub[r] as usize),
                         })
                         .collect();
-                    OutColumn::from_positions(arrays, idx).array()?
+                    StateFrom::Rows(arrays, idx)
                 }
-                (gate::Source::Cold, None, Some(c)) => c,
-                (gate::Source::Exact(e), None, _) => load(e)?,
+                (gate::Source::Cold, None, Some(c)) => StateFrom::Ready(c),
+                (gate::Source::Exact(e), None, _) => StateFrom::Ready(load(e)?),
                 (gate::Source::Widen(e, _), None, Some(b)) => {
-                    state::combine(kind, &load(e)?, &b, false)?
+                    StateFrom::Merge(kind, load(e)?, b, false)
                 }
                 (gate::Source::Narrow(e, _), None, Some(b)) => {
-                    state::combine(kind, &load(e)?, &b, true)?
+                    StateFrom::Merge(kind, load(e)?, b, true)
                 }
                 _ => return Err(Error::Internal("reuse plan without its inputs".into())),
             };
-            if !matches!(options[i], gate::Source::Cold) || cross[i].is_some() {
-                reused += 1;
-            }
-            out.push(OutColumn::Ready(state::finish(
-                agg, kind, &state, &f.label,
-            )?));
             if !matches!(options[i], gate::Source::Exact(_)) {
                 to_store.push((
+                    states.len(),
                     reuse::Entry {
                         id: String::new(),
                         source: src.name.clone(),
@@ -1297,16 +1330,35 @@ impl Engine {
                         spine: spine_key.clone(),
                         window: want,
                         feature: f.label.clone(),
-                        rows: state.len() as u64,
+                        rows: 0,
                         bytes: 0,
                         cost_micros: per_feature,
                         priority: 0.0,
                         used_micros: 0,
                     },
-                    state,
                 ));
             }
+            finish.push(finish_job(states.len()));
+            states.push((def.clone(), want, from));
         }
+        let on_cores = |what: &'static str| move || Error::Internal(format!("{what} panicked"));
+        let states = table::on_cores(
+            states.into_iter().map(|(_, _, from)| from).collect(),
+            StateFrom::state,
+            on_cores("merging states"),
+        )?;
+        let out = table::on_cores(
+            finish,
+            |job| job.run(&states),
+            on_cores("finishing a feature"),
+        )?;
+        let to_store: Vec<(reuse::Entry, ArrayRef)> = to_store
+            .into_iter()
+            .map(|(k, e)| {
+                let rows = states[k].len() as u64;
+                (reuse::Entry { rows, ..e }, Arc::clone(&states[k]))
+            })
+            .collect();
         crate::profile::stage(format_args!("view {}: finished", p.view.name));
         if let Some((cat, _)) = &reuse {
             // Write-behind: the states are compressed and written on a thread of their own
@@ -1592,6 +1644,99 @@ fn kinds_equal(a: &FeatureSpec, b: &FeatureSpec) -> bool {
     }
 }
 
+/// Stored states by entry id (`None`: the file has gone).
+type Prefetched = HashMap<String, Option<ArrayRef>>;
+
+/// Starts reading, on a thread of its own, every stored state that `options` and `cross`
+/// name (each once; `None` for an entry whose file has gone). `None` when they name none.
+/// With no scan to overlap (`scans` false), the states are read on every core.
+fn prefetch_states(
+    cat: &ReuseCatalog,
+    options: &[gate::Source],
+    cross: &[Option<Cross>],
+    scans: bool,
+) -> Option<std::thread::JoinHandle<Result<Prefetched>>> {
+    let mut entries: Vec<reuse::Entry> = Vec::new();
+    let named = options
+        .iter()
+        .filter_map(|o| o.entry())
+        .chain(cross.iter().flatten().flat_map(|c| c.entries.iter()));
+    for e in named {
+        if !entries.iter().any(|x| x.id == e.id) {
+            entries.push(e.clone());
+        }
+    }
+    if entries.is_empty() {
+        return None;
+    }
+    let cat = cat.clone();
+    let load = move |e: reuse::Entry| cat.load(&e).map(|a| (e.id, a));
+    Some(std::thread::spawn(move || {
+        if scans {
+            // one thread: the scan it overlaps keeps the other cores busy
+            return entries.into_iter().map(load).collect();
+        }
+        let loaded = table::on_cores(entries, load, || {
+            Error::Internal("reading a stored state panicked".into())
+        })?;
+        Ok(loaded.into_iter().collect())
+    }))
+}
+
+/// Where a feature's state comes from.
+enum StateFrom {
+    /// Computed by the scan, or stored for exactly this window.
+    Ready(ArrayRef),
+    /// A stored state merged with (or, `true`, less) the band the scan computed.
+    Merge(StateKind, ArrayRef, ArrayRef, bool),
+    /// Rows of several states by (state, row): other spines' and the scan's.
+    Rows(Vec<ArrayRef>, Vec<(usize, usize)>),
+}
+
+impl StateFrom {
+    fn state(self) -> Result<ArrayRef> {
+        match self {
+            StateFrom::Ready(a) => Ok(a),
+            StateFrom::Merge(kind, stored, band, subtract) => {
+                state::combine(kind, &stored, &band, subtract)
+            }
+            StateFrom::Rows(arrays, idx) => OutColumn::from_positions(arrays, idx).array(),
+        }
+    }
+}
+
+/// One output feature before it is finished.
+enum FinishJob {
+    /// A plain value column (no state).
+    Plain(OutColumn),
+    /// The value finished from a state (an index into the view's states).
+    State {
+        state: usize,
+        agg: Agg,
+        kind: StateKind,
+        label: String,
+    },
+}
+
+impl FinishJob {
+    fn run(self, states: &[ArrayRef]) -> Result<OutColumn> {
+        match self {
+            FinishJob::Plain(c) => Ok(c),
+            FinishJob::State {
+                state,
+                agg,
+                kind,
+                label,
+            } => Ok(OutColumn::Ready(state::finish(
+                agg,
+                kind,
+                &states[state],
+                &label,
+            )?)),
+        }
+    }
+}
+
 /// Rows of this spine found in other spines' stored states, for one feature.
 #[derive(Debug, Clone)]
 struct Cross {
@@ -1602,19 +1747,21 @@ struct Cross {
 }
 
 /// Looks up this spine's rows (keys and time) in the stored spines of other entries. The
-/// spine's rows are encoded only when some other spine has a candidate entry.
+/// spine's rows are encoded, and each stored spine matched against them, once per join:
+/// every feature of a view asks about the same spines.
 struct CrossFinder<'a> {
     cat: &'a ReuseCatalog,
     cols: Vec<ArrayRef>,
-    converter: Option<datafusion::arrow::row::RowConverter>,
-    rows: Option<datafusion::arrow::row::Rows>,
+    /// This spine's encoding and its rows' hashes, made at the first lookup.
+    mine: Option<(
+        datafusion::arrow::row::RowConverter,
+        datafusion::arrow::row::Rows,
+        Vec<u64>,
+    )>,
     hasher: ahash::RandomState,
-    /// Per stored spine, when it could be read.
-    maps: HashMap<String, Option<StoredSpine>>,
+    /// Per stored spine (when it could be read): for each row of this spine, its row there.
+    matches: HashMap<String, Option<Vec<Option<u32>>>>,
 }
-
-/// A stored spine's encoded rows and a map from a row's hash to its first index.
-type StoredSpine = (datafusion::arrow::row::Rows, HashMap<u64, u32>);
 
 /// A row's hash for cross-spine lookups (equal bytes are then checked).
 fn row_hash(state: &ahash::RandomState, row: datafusion::arrow::row::Row<'_>) -> u64 {
@@ -1626,63 +1773,77 @@ impl<'a> CrossFinder<'a> {
         Ok(CrossFinder {
             cat,
             cols: gate::spine_columns(sbatch),
-            converter: None,
-            rows: None,
-            maps: HashMap::new(),
+            mine: None,
+            matches: HashMap::new(),
             hasher: ahash::RandomState::new(),
         })
     }
 
-    /// Match this spine's rows against the stored spines of `others` (in order).
-    fn find(&mut self, others: Vec<reuse::Entry>) -> Result<Option<Cross>> {
-        if self.rows.is_none() {
-            use datafusion::arrow::row::{RowConverter, SortField};
+    /// For each row of this spine, its row in the stored spine `key`; `None` when that spine
+    /// cannot be read or has other columns.
+    fn match_spine(&mut self, key: &str) -> Result<Option<Vec<Option<u32>>>> {
+        use datafusion::arrow::row::{RowConverter, SortField};
+        if self.mine.is_none() {
             let conv = RowConverter::new(
                 self.cols
                     .iter()
                     .map(|c| SortField::new(c.data_type().clone()))
                     .collect(),
             )?;
-            self.rows = Some(conv.convert_columns(&self.cols)?);
-            self.converter = Some(conv);
+            let rows = conv.convert_columns(&self.cols)?;
+            let hashes = rows.iter().map(|r| row_hash(&self.hasher, r)).collect();
+            self.mine = Some((conv, rows, hashes));
         }
-        let (Some(conv), Some(mine)) = (&self.converter, &self.rows) else {
+        let Some((conv, mine, hashes)) = &self.mine else {
             return Ok(None);
         };
-        let n = mine.num_rows();
+        let stored = match self.cat.load_spine(key)? {
+            Some(b) if b.num_columns() == self.cols.len() => conv.convert_columns(b.columns()).ok(),
+            _ => None,
+        };
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let mut first: HashMap<u64, u32, ahash::RandomState> =
+            HashMap::with_capacity_and_hasher(stored.num_rows(), self.hasher.clone());
+        for (q, row) in stored.iter().enumerate() {
+            first.entry(row_hash(&self.hasher, row)).or_insert(q as u32);
+        }
+        Ok(Some(
+            hashes
+                .iter()
+                .enumerate()
+                .map(|(r, h)| {
+                    first
+                        .get(h)
+                        .copied()
+                        .filter(|&q| stored.row(q as usize) == mine.row(r))
+                })
+                .collect(),
+        ))
+    }
+
+    /// Match this spine's rows against the stored spines of `others` (in order).
+    fn find(&mut self, others: Vec<reuse::Entry>) -> Result<Option<Cross>> {
+        let n = self.cols.first().map_or(0, |c| c.len());
         let mut rows: Vec<Option<(u32, u32)>> = vec![None; n];
         let mut entries = Vec::new();
         let mut matched = 0;
         for e in others {
-            if !self.maps.contains_key(&e.spine) {
-                let map = match self.cat.load_spine(&e.spine)? {
-                    Some(b) if b.num_columns() == self.cols.len() => {
-                        let stored = conv.convert_columns(b.columns()).ok();
-                        stored.map(|s| {
-                            let mut m = HashMap::with_capacity(s.num_rows());
-                            for q in 0..s.num_rows() {
-                                m.entry(row_hash(&self.hasher, s.row(q)))
-                                    .or_insert(q as u32);
-                            }
-                            (s, m)
-                        })
-                    }
-                    _ => None,
-                };
-                self.maps.insert(e.spine.clone(), map);
+            if !self.matches.contains_key(&e.spine) {
+                let m = self.match_spine(&e.spine)?;
+                self.matches.insert(e.spine.clone(), m);
             }
-            let Some(Some((stored, map))) = self.maps.get(&e.spine) else {
+            let Some(Some(there)) = self.matches.get(&e.spine) else {
                 continue;
             };
             let j = entries.len() as u32;
             let mut hit = false;
-            for (r, slot) in rows.iter_mut().enumerate() {
-                let row = mine.row(r);
+            for (slot, q) in rows.iter_mut().zip(there) {
                 if slot.is_none()
-                    && let Some(&q) = map.get(&row_hash(&self.hasher, row))
-                    && stored.row(q as usize) == row
+                    && let Some(q) = q
                 {
-                    *slot = Some((j, q));
+                    *slot = Some((j, *q));
                     matched += 1;
                     hit = true;
                 }

@@ -124,19 +124,72 @@ pub struct FloatParts {
 
 impl FloatParts {
     pub fn build(self, moments: bool) -> Result<ArrayRef> {
-        let kind = StateKind::Float { moments };
+        let mut out = FloatCols::new(self.n, moments);
+        for (r, (&s1, &sp)) in self.s1.iter().zip(&self.special).enumerate() {
+            out.push(s1, moments.then(|| (self.c[r], self.s2[r])), sp);
+        }
+        out.build()
+    }
+}
+
+/// A float state's columns, filled row by row (a merge writes them directly, without the
+/// sweep's per-row parts).
+struct FloatCols {
+    moments: bool,
+    n: Vec<i64>,
+    s1: [Vec<f64>; 2],
+    c: Vec<f64>,
+    s2: [Vec<f64>; 2],
+    special: [Vec<i64>; 3],
+}
+
+impl FloatCols {
+    fn new(n: Vec<i64>, moments: bool) -> FloatCols {
+        let rows = n.len();
+        let cap = |on: bool| Vec::with_capacity(if on { rows } else { 0 });
+        FloatCols {
+            moments,
+            n,
+            s1: [cap(true), cap(true)],
+            c: cap(moments),
+            s2: [cap(moments), cap(moments)],
+            special: std::array::from_fn(|_| Vec::with_capacity(rows)),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, s1: Dd, shifted: Option<(f64, Dd)>, special: [i64; 3]) {
+        let (h, l) = s1.parts();
+        self.s1[0].push(h);
+        self.s1[1].push(l);
+        if let Some((c, s2)) = shifted {
+            let (h, l) = s2.parts();
+            self.c.push(c);
+            self.s2[0].push(h);
+            self.s2[1].push(l);
+        }
+        for (col, v) in self.special.iter_mut().zip(special) {
+            col.push(v);
+        }
+    }
+
+    fn build(self) -> Result<ArrayRef> {
         let f64s = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
         let i64s = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
-        let (s1h, s1l): (Vec<f64>, Vec<f64>) = self.s1.iter().map(|d| d.parts()).unzip();
+        let [s1h, s1l] = self.s1;
         let mut cols = vec![i64s(self.n), f64s(s1h), f64s(s1l)];
-        if moments {
-            let (s2h, s2l): (Vec<f64>, Vec<f64>) = self.s2.iter().map(|d| d.parts()).unzip();
+        if self.moments {
+            let [s2h, s2l] = self.s2;
             cols.extend([f64s(self.c), f64s(s2h), f64s(s2l)]);
         }
-        for k in 0..3 {
-            cols.push(i64s(self.special.iter().map(|s| s[k]).collect()));
-        }
-        build(kind, &DataType::Null, cols)
+        cols.extend(self.special.map(i64s));
+        build(
+            StateKind::Float {
+                moments: self.moments,
+            },
+            &DataType::Null,
+            cols,
+        )
     }
 }
 
@@ -200,12 +253,9 @@ impl<'a> View<'a> {
             .ok_or_else(|| Error::Internal(format!("state `{name}`")))?
             .values())
     }
-    fn dd(&self, h: &str, l: &str) -> Result<Vec<Dd>> {
-        let (h, l) = (self.f64s(h)?, self.f64s(l)?);
-        Ok(h.iter()
-            .zip(l)
-            .map(|(&h, &l)| Dd::from_parts(h, l))
-            .collect())
+    /// A double-double column as its (high, low) parts.
+    fn dd(&self, h: &str, l: &str) -> Result<(&'a [f64], &'a [f64])> {
+        Ok((self.f64s(h)?, self.f64s(l)?))
     }
     fn sums(&self) -> Result<&'a [i128]> {
         Ok(self
@@ -214,9 +264,9 @@ impl<'a> View<'a> {
             .ok_or_else(|| Error::Internal("state `s`".into()))?
             .values())
     }
-    fn special(&self) -> Result<Vec<[i64; 3]>> {
-        let (a, b, c) = (self.i64s("nan")?, self.i64s("pinf")?, self.i64s("ninf")?);
-        Ok((0..a.len()).map(|i| [a[i], b[i], c[i]]).collect())
+    /// The counts of NaN, +inf and −inf values.
+    fn special(&self) -> Result<[&'a [i64]; 3]> {
+        Ok([self.i64s("nan")?, self.i64s("pinf")?, self.i64s("ninf")?])
     }
 }
 
@@ -247,18 +297,18 @@ pub fn finish(agg: Agg, kind: StateKind, state: &ArrayRef, label: &str) -> Resul
             let s2 = if moments {
                 v.dd("s2h", "s2l")?
             } else {
-                Vec::new()
+                (&[][..], &[][..])
             };
-            let sp = v.special()?;
+            let [nan, pinf, ninf] = v.special()?;
             let var_like = matches!(agg, Agg::Var | Agg::Stddev);
             let min_n = if var_like { 2 } else { 1 };
-            let out: Vec<Option<f64>> = (0..n.len())
+            let out: Float64Array = (0..n.len())
                 .map(|r| {
                     let c = n[r];
                     if c < min_n {
                         return None;
                     }
-                    let [nan, pinf, ninf] = sp[r];
+                    let (nan, pinf, ninf) = (nan[r], pinf[r], ninf[r]);
                     if nan > 0 || pinf > 0 || ninf > 0 {
                         return Some(if nan > 0 || (pinf > 0 && ninf > 0) || var_like {
                             f64::NAN
@@ -268,12 +318,12 @@ pub fn finish(agg: Agg, kind: StateKind, state: &ArrayRef, label: &str) -> Resul
                             f64::NEG_INFINITY
                         });
                     }
-                    let sum = s1[r];
+                    let sum = Dd::from_parts(s1.0[r], s1.1[r]);
                     Some(match agg {
                         Agg::Sum => sum.to_f64(),
                         Agg::Mean => sum.div_f64(c as f64).to_f64(),
                         _ => {
-                            let var = s2[r]
+                            let var = Dd::from_parts(s2.0[r], s2.1[r])
                                 .sub(sum.mul(sum).div_f64(c as f64))
                                 .div_f64((c - 1) as f64)
                                 .to_f64()
@@ -283,7 +333,7 @@ pub fn finish(agg: Agg, kind: StateKind, state: &ArrayRef, label: &str) -> Resul
                     })
                 })
                 .collect();
-            Arc::new(Float64Array::from(out))
+            Arc::new(out)
         }
         StateKind::Extreme { .. } | StateKind::First | StateKind::Last | StateKind::Latest => {
             v.col("v")?.clone()
@@ -339,46 +389,49 @@ pub fn combine(
         }
         StateKind::Float { moments } => {
             let (spa, spb) = (a.special()?, b.special()?);
-            let special: Vec<[i64; 3]> = spa
-                .iter()
-                .zip(&spb)
-                .map(|(x, y)| [0, 1, 2].map(|k| x[k] + sign * y[k]))
-                .collect();
             let (s1a, s1b) = (a.dd("s1h", "s1l")?, b.dd("s1h", "s1l")?);
-            let mut parts = FloatParts {
-                n,
-                special,
-                ..Default::default()
+            let shifted = if moments {
+                Some((
+                    (a.f64s("c")?, a.dd("s2h", "s2l")?),
+                    (b.f64s("c")?, b.dd("s2h", "s2l")?),
+                ))
+            } else {
+                None
             };
-            if !moments {
-                parts.s1 = s1a
-                    .iter()
-                    .zip(&s1b)
-                    .map(|(x, y)| if subtract { x.sub(*y) } else { x.add(*y) })
-                    .collect();
-                return parts.build(false);
-            }
-            let (s2a, s2b) = (a.dd("s2h", "s2l")?, b.dd("s2h", "s2l")?);
-            let (ca, cb) = (a.f64s("c")?, b.f64s("c")?);
-            let finite = |n: i64, s: [i64; 3]| n - s[0] - s[1] - s[2];
+            let mut out = FloatCols::new(n, moments);
             for r in 0..na.len() {
-                let (ma, mb) = (finite(na[r], spa[r]), finite(nb[r], spb[r]));
+                let special = [0, 1, 2].map(|k| spa[k][r] + sign * spb[k][r]);
+                let x1 = Dd::from_parts(s1a.0[r], s1a.1[r]);
+                let y1 = Dd::from_parts(s1b.0[r], s1b.1[r]);
+                let Some(((ca, s2a), (cb, s2b))) = shifted else {
+                    out.push(
+                        if subtract { x1.sub(y1) } else { x1.add(y1) },
+                        None,
+                        special,
+                    );
+                    continue;
+                };
+                let (x2, y2) = (
+                    Dd::from_parts(s2a.0[r], s2a.1[r]),
+                    Dd::from_parts(s2b.0[r], s2b.1[r]),
+                );
+                // the finite values each side holds (the shift is theirs)
+                let finite = |n: &[i64], sp: [&[i64]; 3]| n[r] - sp[0][r] - sp[1][r] - sp[2][r];
+                let (ma, mb) = (finite(na, spa), finite(nb, spb));
                 // Keep the stored window's shift unless it holds no finite value.
                 let (s1, s2, c) = if ma == 0 && !subtract {
-                    (s1b[r], s2b[r], cb[r])
+                    (y1, y2, cb[r])
                 } else {
-                    let (b1, b2) = reshift(s1b[r], s2b[r], mb, cb[r], ca[r]);
+                    let (b1, b2) = reshift(y1, y2, mb, cb[r], ca[r]);
                     if subtract {
-                        (s1a[r].sub(b1), s2a[r].sub(b2), ca[r])
+                        (x1.sub(b1), x2.sub(b2), ca[r])
                     } else {
-                        (s1a[r].add(b1), s2a[r].add(b2), ca[r])
+                        (x1.add(b1), x2.add(b2), ca[r])
                     }
                 };
-                parts.s1.push(s1);
-                parts.s2.push(s2);
-                parts.c.push(c);
+                out.push(s1, Some((c, s2)), special);
             }
-            parts.build(true)
+            out.build()
         }
         StateKind::Extreme { max } => {
             let (va, vb) = (a.col("v")?, b.col("v")?);
