@@ -8,6 +8,8 @@ mismatches and exits 1 when there is one. Not part of `cargo test` (it needs Pyt
 duckdb and pyarrow); run by hand after engine changes:
 
     for s in $(seq 1 200); do QUIVER=target/release/quiver python3 tests/crosscheck/offline.py $s | tail -1; done
+
+With `XC_REUSE=1` the join runs twice with the reuse catalog on (the second from stored states).
 """
 import sys, os, subprocess, random, math, shutil
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, duckdb
@@ -137,11 +139,20 @@ y += ["  lat:", "    entity: user", "    source: ev"] + ([f"    ttl: {ttl}"] if 
 y += ["      - " + yflow(f) for f in latest]
 open(d + "/quiver.yaml", "w").write("\n".join(y) + "\n")
 refs = ",".join([f"agg:{f['name']}" for f in feats] + ["lat:lat_amt", "lat:lat_cat"])
-r = subprocess.run([Q, "join", "--repo", d, "--spine", d + "/spine.parquet", "--features", refs,
-                    "--out", d + "/out.parquet", "--no-reuse"], capture_output=True, text=True)
-if r.returncode != 0:
-    print("QUIVER FAILED", seed, r.stderr); sys.exit(1)
-out = pq.read_table(d + "/out.parquet")
+# XC_REUSE=1: with the reuse catalog on, joined twice (states computed, then every feature
+# but count_distinct an exact match); both outputs must agree, and the second is checked.
+reuse = os.environ.get("XC_REUSE") == "1"
+outs = []
+for _ in range(2 if reuse else 1):
+    r = subprocess.run([Q, "join", "--repo", d, "--spine", d + "/spine.parquet", "--features", refs,
+                        "--out", d + "/out.parquet"] + ([] if reuse else ["--no-reuse"]),
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print("QUIVER FAILED", seed, r.stderr); sys.exit(1)
+    outs.append(pq.read_table(d + "/out.parquet"))
+if reuse and not outs[0].equals(outs[1]):
+    print("REUSED OUTPUT DIFFERS", seed); sys.exit(1)
+out = outs[-1]
 
 con = duckdb.connect()
 con.execute("SET TimeZone='UTC'")
