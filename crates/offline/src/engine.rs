@@ -1341,16 +1341,16 @@ impl Engine {
             finish.push(finish_job(states.len()));
             states.push((def.clone(), want, from));
         }
-        let on_cores = |what: &'static str| move || Error::Internal(format!("{what} panicked"));
+        let panicked = |what: &'static str| move || Error::Internal(format!("{what} panicked"));
         let states = table::on_cores(
             states.into_iter().map(|(_, _, from)| from).collect(),
             StateFrom::state,
-            on_cores("merging states"),
+            panicked("merging states"),
         )?;
         let out = table::on_cores(
             finish,
             |job| job.run(&states),
-            on_cores("finishing a feature"),
+            panicked("finishing a feature"),
         )?;
         let to_store: Vec<(reuse::Entry, ArrayRef)> = to_store
             .into_iter()
