@@ -241,7 +241,7 @@ fn main() {
         .map(|i| ev.slice(i * step, step.min(n - i * step)))
         .collect();
     drop(ev);
-    rt.block_on(delta::write(&table, parts, Mode::Append, "events"))
+    rt.block_on(delta::write(&table, parts, Mode::Append, "events", None))
         .unwrap();
     let b = Bench {
         dir,

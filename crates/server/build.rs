@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("quiver_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Requests that do not decode are INVALID_ARGUMENT (crate::codec), not tonic's INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::QuiverCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -380,9 +380,15 @@ async fn layout_rewrite_keeps_results_and_reads_less() {
     ]);
     let table = dir.path().join(".quiver/offline/sources/ev");
     let parts = vec![b.slice(0, n / 2), b.slice(n / 2, n - n / 2)];
-    quiver_offline::delta::write(&table, parts, quiver_offline::delta::Mode::Append, "ev")
-        .await
-        .unwrap();
+    quiver_offline::delta::write(
+        &table,
+        parts,
+        quiver_offline::delta::Mode::Append,
+        "ev",
+        None,
+    )
+    .await
+    .unwrap();
     let spine = batch(vec![
         (
             "uid",

@@ -72,14 +72,21 @@ fn hash_survives_delta_appends_parquet_and_batch_sizes() {
         let cut = rng.random_range(0..=n);
         let table = dir.path().join("delta");
         rt.block_on(async {
-            delta::write(&table, vec![t.slice(0, cut)], delta::Mode::Append, "t")
-                .await
-                .unwrap();
+            delta::write(
+                &table,
+                vec![t.slice(0, cut)],
+                delta::Mode::Append,
+                "t",
+                None,
+            )
+            .await
+            .unwrap();
             delta::write(
                 &table,
                 vec![t.slice(cut, n - cut)],
                 delta::Mode::Append,
                 "t",
+                None,
             )
             .await
             .unwrap();
@@ -251,5 +258,67 @@ fn reproduce_names_the_first_difference_after_tampering() {
         let d = r.difference.expect("a difference");
         assert!(d.starts_with("row 1, column `event_timestamp`"), "{d}");
         assert_ne!(r.rebuilt, train.hash);
+    });
+}
+
+/// Issue 18.7: an ingest killed mid-write left orphan part files (`part-….parquet#1`) in the
+/// table's folder, and one killed after its commit but before its registry write had the
+/// next version's "made by" name the part file instead of the user's file. Both cases are
+/// made here as the killed process would have left them.
+#[test]
+fn a_killed_ingest_leaves_no_orphans_and_its_files_named() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("quiver.yaml"), YAML).unwrap();
+    let repo = quiver_core::Repo::load(dir.path()).unwrap();
+    let day = 86_400_000i64;
+    let events = |k: i64| {
+        batch(vec![
+            ("user_id", Arc::new(Int64Array::from(vec![k])) as ArrayRef),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from(vec![day]).with_timezone("UTC")),
+            ),
+            ("amount", Arc::new(Int64Array::from(vec![k]))),
+        ])
+    };
+    rt.block_on(async {
+        let cat = Catalog::open(repo.clone(), EngineOptions::default()).unwrap();
+        let f1 = dir.path().join("first.parquet");
+        source::write_table(&f1, &events(1)).unwrap();
+        cat.ingest("events", &[f1]).await.unwrap();
+        let table = dir.path().join(".quiver/offline/sources/events");
+        // Killed while writing: an unfinished upload and a finished file no commit names.
+        std::fs::write(table.join("part-00000-dead-c000.snappy.parquet#1"), b"half").unwrap();
+        std::fs::write(table.join("part-00001-dead-c000.snappy.parquet"), b"whole").unwrap();
+        // Killed after its commit: the version exists, the registry has not heard of it.
+        let note = serde_json::json!({"ingest": {"files": ["/data/second.parquet"]}});
+        delta::write(
+            &table,
+            vec![events(2)],
+            delta::Mode::Append,
+            "t",
+            Some(note),
+        )
+        .await
+        .unwrap();
+        assert!(!table.join("part-00000-dead-c000.snappy.parquet#1").exists());
+        assert!(!table.join("part-00001-dead-c000.snappy.parquet").exists());
+        // the next command records the version with the file the user ingested
+        let f3 = dir.path().join("third.parquet");
+        source::write_table(&f3, &events(3)).unwrap();
+        cat.ingest("events", &[f3]).await.unwrap();
+        let versions = cat.registry.dataset_versions("events").unwrap();
+        assert_eq!(versions.len(), 3);
+        assert_eq!(
+            versions[1].op,
+            quiver_registry::Operation::Ingest {
+                files: vec!["/data/second.parquet".into()]
+            }
+        );
+        // every committed file is still there and read
+        let (_, batches) = read_back(&table).await;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 3);
     });
 }

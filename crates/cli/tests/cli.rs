@@ -1437,3 +1437,360 @@ fn init_makes_a_working_repository_and_never_overwrites() {
     let v = ok(q(&dir.path().join("blank-dir"), &["validate"]));
     assert!(v.contains("blank: ok (0 feature views, 0 sources)"), "{v}");
 }
+
+// ---- Issue 18: defects found by a hostile tryout. Each test is named after what broke.
+
+/// The file that panicked the Parquet reader: `PAR1`, 100 bytes of 0xFF, `PAR1` (its footer
+/// declares 4 GiB of metadata).
+fn bad_parquet(path: &Path) {
+    let mut b = b"PAR1".to_vec();
+    b.extend(std::iter::repeat_n(0xFFu8, 100));
+    b.extend(b"PAR1");
+    std::fs::write(path, b).unwrap();
+}
+
+/// A copy of the sample repository in a temporary folder.
+fn sample_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("sample-data"), dir.path());
+    dir
+}
+
+/// Issue 18.2: a malformed Parquet file as a spine, an ingested file, a `datasets add` file
+/// or a file of a source folder exited 101 (a panic); each is an error naming the file.
+#[test]
+fn malformed_parquet_is_an_error_naming_the_file() {
+    let dir = sample_repo();
+    let d = dir.path();
+    let bad = d.join("bad.parquet");
+    bad_parquet(&bad);
+    let out = d.join("o.csv");
+    let failed = |o: Output, what: &str| {
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("bad.parquet"), "{what}: {e}");
+        assert!(!e.contains("panicked"), "{what}: {e}");
+    };
+    let spine = bad.to_str().unwrap();
+    failed(
+        q(
+            d,
+            &[
+                "join",
+                "--spine",
+                spine,
+                "--service",
+                "churn_v1",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ),
+        "spine",
+    );
+    failed(
+        q(d, &["datasets", "add", spine, "--name", "s"]),
+        "datasets add",
+    );
+    assert!(!out.exists());
+    // a file inside a source folder: validate and join both name it (and the source)
+    let part = d.join("data/profiles/bad.parquet");
+    bad_parquet(&part);
+    for args in [
+        vec!["validate"],
+        vec![
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--out",
+            "o.csv",
+        ],
+    ] {
+        let o = q(d, &args);
+        failed(o, "source folder");
+    }
+    let o = q(d, &["validate"]);
+    assert!(stderr(&o).contains("source `profiles`"), "{}", stderr(&o));
+    std::fs::remove_file(&part).unwrap();
+    // an ingest into a managed source
+    let m = managed_repo();
+    failed(q(m.path(), &["ingest", "purchases", spine]), "ingest");
+}
+
+/// Issue 18.3: `--memory-limit` below what the join needs waited for ever at 0 % CPU. It
+/// fails at once, naming the least limit; a small limit above it still runs (spilling).
+#[test]
+fn tiny_memory_limit_fails_fast_naming_the_least_limit() {
+    let dir = sample_repo();
+    let d = dir.path();
+    for limit in ["1KB", "0", "1B", "4KB"] {
+        let started = std::time::Instant::now();
+        let o = q(
+            d,
+            &[
+                "join",
+                "--spine",
+                "spine.csv",
+                "--service",
+                "churn_v1",
+                "--out",
+                "o.csv",
+                "--memory-limit",
+                limit,
+                "--partitions",
+                "2",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{limit}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("--memory-limit"), "{limit}: {e}");
+        assert!(e.contains("least"), "{limit}: {e}");
+        assert!(e.contains("262.1 kB"), "{limit}: {e}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{limit}: slow"
+        );
+    }
+    assert!(!d.join("o.csv").exists());
+    let o = q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--out",
+            "o.csv",
+            "--memory-limit",
+            "8MB",
+            "--partitions",
+            "2",
+            "--no-reuse",
+        ],
+    );
+    ok(o);
+    let want = std::fs::read_to_string(root().join("tests/golden/sample_churn_v1.csv")).unwrap();
+    assert_eq!(std::fs::read_to_string(d.join("o.csv")).unwrap(), want);
+    let help = ok(quiver(&["join", "--help"]));
+    assert!(help.contains("does not bound"), "{help}");
+}
+
+/// Issue 18.5: a source folder with a truncated part file, or a part whose `age` is a
+/// string, passed `validate`; the join then failed naming neither file nor column.
+#[test]
+fn validate_reads_every_footer_and_names_the_bad_file_and_column() {
+    let dir = sample_repo();
+    let d = dir.path();
+    let parts = d.join("data/profiles");
+    let first = std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let bytes = std::fs::read(&first).unwrap();
+    std::fs::write(
+        parts.join("zz-truncated.parquet"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let o = q(d, &["validate"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("zz-truncated.parquet"),
+        "{}",
+        stderr(&o)
+    );
+    let o = q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--out",
+            "o.csv",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("zz-truncated.parquet"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(parts.join("zz-truncated.parquet")).unwrap();
+
+    // a part whose `age` holds strings
+    write_string_ages(&parts.join("zz-strings.parquet"));
+    let o = q(d, &["validate"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("zz-strings.parquet"), "{e}");
+    assert!(e.contains("column `age`"), "{e}");
+}
+
+/// A profiles part (user_id, updated_at, age, country) whose `age` is a string column.
+fn write_string_ages(path: &Path) {
+    use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+    use std::sync::Arc;
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("user_id", Arc::new(Int64Array::from(vec![9]))),
+        (
+            "updated_at",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![1_704_067_200_000_000]).with_timezone("UTC"),
+            ),
+        ),
+        ("age", Arc::new(StringArray::from(vec!["old"]))),
+        ("country", Arc::new(StringArray::from(vec!["FR"]))),
+    ];
+    let batch = arrow::array::RecordBatch::try_from_iter(cols).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Issue 18.6: a `join --register` that failed (an integer sum overflow) still recorded its
+/// spine as a dataset version.
+#[test]
+fn failed_register_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("quiver.yaml"),
+        "project: p\nentities:\n  user: { join_keys: [user_id] }\nsources:\n  e: { path: e.csv, timestamp: ts }\nfeature_views:\n  v:\n    entity: user\n    source: e\n    features:\n      - { name: total, agg: sum, column: x }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("e.csv"),
+        "user_id,ts,x\n1,2024-01-01T00:00:00Z,9223372036854775807\n1,2024-01-02T00:00:00Z,9223372036854775807\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("spine.csv"),
+        "user_id,event_timestamp\n1,2024-01-03T00:00:00Z\n",
+    )
+    .unwrap();
+    let o = q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "spine.csv",
+            "--features",
+            "v:total",
+            "--register",
+            "t",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("overflows"), "{}", stderr(&o));
+    let list = ok(q(d, &["datasets", "list", "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"spine") && !names.contains(&"t"),
+        "{names:?}"
+    );
+    // nor the definitions it applied
+    let views = ok(q(d, &["feature-views", "list", "--json"]));
+    let views: serde_json::Value = serde_json::from_str(&views).unwrap();
+    assert_eq!(views, serde_json::json!([]), "{views}");
+    assert!(!d.join(".quiver/offline/datasets/spine").exists());
+}
+
+/// Issue 18.8: a CSV spine with whole-second times gave an output whose time column was a
+/// plain INT64 in Parquet (seconds have no Parquet unit): pyarrow and DuckDB read integers.
+#[test]
+fn whole_second_csv_times_stay_timestamps_in_parquet() {
+    let dir = sample_repo();
+    let d = dir.path();
+    std::fs::write(
+        d.join("s.csv"),
+        "user_id,event_timestamp\n1,2024-02-09T00:00:00\n2,2024-02-09T00:00:00\n",
+    )
+    .unwrap();
+    ok(q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "s.csv",
+            "--service",
+            "churn_v1",
+            "--out",
+            "o.parquet",
+        ],
+    ));
+    let f = std::fs::File::open(d.join("o.parquet")).unwrap();
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&f)
+        .unwrap();
+    let schema = meta.file_metadata().schema_descr();
+    let col = (0..schema.num_columns())
+        .map(|i| schema.column(i))
+        .find(|c| c.name() == "event_timestamp")
+        .unwrap();
+    assert!(
+        matches!(
+            col.logical_type_ref(),
+            Some(parquet::basic::LogicalType::Timestamp { .. })
+        ),
+        "event_timestamp is {:?} / {:?}",
+        col.physical_type(),
+        col.logical_type_ref()
+    );
+}
+
+/// Issue 18.10: `get` or `materialize` while `quiver serve` holds the online store waited
+/// 10 s, then printed sled's lock error twice.
+#[test]
+fn a_held_online_store_is_named_once_with_the_way_out() {
+    let dir = sample_repo();
+    let d = dir.path();
+    ok(q(d, &["materialize", "--end", "2024-02-09T00:00:00Z"]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--addr", &addr, "--repo", d.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait (bounded) until it listens
+    let up = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let started = std::time::Instant::now();
+    let o = q(
+        d,
+        &[
+            "get",
+            "--entity",
+            "user_id=1",
+            "--features",
+            "user_profile:age",
+        ],
+    );
+    let took = started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(up, "the server did not come up");
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.matches("another process").count(), 1, "{e}");
+    assert!(e.contains("--addr"), "{e}");
+    assert!(!e.contains("WouldBlock"), "{e}");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+}

@@ -15,34 +15,68 @@ use crate::{Duration, Error, Result};
 
 /// The raw shape of `quiver.yaml`: field names are the contract.
 pub mod file {
-    use indexmap::IndexMap;
-    use serde::Deserialize;
+    use std::fmt;
+    use std::marker::PhantomData;
 
-    #[derive(Debug, Deserialize)]
+    use indexmap::IndexMap;
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+
+    #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct RepoFile {
         pub project: String,
         pub offline_store: Option<String>,
         pub online_store: Option<String>,
         pub registry: Option<String>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "unique")]
         pub entities: IndexMap<String, EntityDef>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "unique")]
         pub sources: IndexMap<String, SourceDef>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "unique")]
         pub feature_views: IndexMap<String, ViewDef>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "unique")]
         pub feature_services: IndexMap<String, Vec<String>>,
     }
 
-    #[derive(Debug, Deserialize)]
+    /// A map whose keys must be distinct. YAML allows a key twice and serde's maps keep the
+    /// last value, so a second `user_profile:` would silently replace the first; struct
+    /// fields already refuse duplicates, this does the same for named entries.
+    fn unique<'de, D, V>(d: D) -> Result<IndexMap<String, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        V: Deserialize<'de>,
+    {
+        struct Unique<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+            type Value = IndexMap<String, V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of names")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = IndexMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.contains_key(&key) {
+                        return Err(de::Error::custom(format_args!(
+                            "duplicate key `{key}` (each name may appear once)"
+                        )));
+                    }
+                    let value = map.next_value()?;
+                    out.insert(key, value);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Unique(PhantomData))
+    }
+
+    #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct EntityDef {
         pub join_keys: Vec<String>,
         pub description: Option<String>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct SourceDef {
         pub path: Option<String>,
@@ -53,7 +87,7 @@ pub mod file {
         pub description: Option<String>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ViewDef {
         pub entity: String,
@@ -63,7 +97,7 @@ pub mod file {
         pub description: Option<String>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct FeatureDef {
         pub name: String,
@@ -203,33 +237,35 @@ impl Repo {
             let r = r.as_ref().trim();
             let fr = self.resolve_ref(r)?;
             if out.contains(&fr) {
-                return Err(Error::Request(format!("feature `{r}` is requested twice")));
+                return Err(Error::DuplicateFeature {
+                    reference: r.to_string(),
+                });
             }
             out.push(fr);
         }
         if out.is_empty() {
-            return Err(Error::Request("no features requested".into()));
+            return Err(Error::NoFeatures);
         }
         Ok(out)
     }
 
     fn resolve_ref(&self, r: &str) -> Result<FeatureRef> {
         let Some((view, feature)) = r.split_once(':') else {
-            return Err(Error::Request(format!(
-                "feature reference `{r}` must be written view:feature"
-            )));
+            return Err(Error::BadReference {
+                reference: r.to_string(),
+            });
         };
-        let v = self.views.get(view).ok_or_else(|| {
-            Error::Request(format!(
-                "unknown feature view `{view}` in `{r}`; views: {}",
-                join_names(self.views.keys())
-            ))
+        let v = self.views.get(view).ok_or_else(|| Error::UnknownView {
+            view: view.to_string(),
+            reference: r.to_string(),
+            known: join_names(self.views.keys()),
         })?;
         if !v.features.iter().any(|f| f.name == feature) {
-            return Err(Error::Request(format!(
-                "feature view `{view}` has no feature `{feature}`; it has: {}",
-                join_names(v.features.iter().map(|f| &f.name))
-            )));
+            return Err(Error::UnknownFeature {
+                view: view.to_string(),
+                feature: feature.to_string(),
+                known: join_names(v.features.iter().map(|f| &f.name)),
+            });
         }
         Ok(FeatureRef {
             view: view.into(),
@@ -239,12 +275,13 @@ impl Repo {
 
     /// The features of a feature service.
     pub fn service(&self, name: &str) -> Result<Vec<FeatureRef>> {
-        self.services.get(name).cloned().ok_or_else(|| {
-            Error::Request(format!(
-                "unknown feature service `{name}`; services: {}",
-                join_names(self.services.keys())
-            ))
-        })
+        self.services
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownService {
+                name: name.to_string(),
+                known: join_names(self.services.keys()),
+            })
     }
 
     pub fn feature(&self, r: &FeatureRef) -> Option<(&FeatureView, &Feature)> {
@@ -646,6 +683,40 @@ feature_services:
             e.contains("features[1].name: feature `amt_30d` is defined twice"),
             "{e}"
         );
+    }
+
+    /// Issue 18.4: a key given twice in a nested map was accepted, the last one winning.
+    #[test]
+    fn nested_duplicate_keys_are_errors() {
+        // A second `user_profile:` under `feature_views:`.
+        let e = error_of(
+            "feature_services:",
+            "  user_profile:\n    entity: user\n    source: purchases\n    features: [{ name: purchase_amt }]\nfeature_services:",
+        );
+        assert!(e.contains("feature_views"), "{e}");
+        assert!(e.contains("duplicate key `user_profile`"), "{e}");
+        // A second `purchases:` under `sources:`.
+        let e = error_of(
+            "  profiles: {",
+            "  purchases: { path: other.parquet, timestamp: t }\n  profiles: {",
+        );
+        assert!(e.contains("sources"), "{e}");
+        assert!(e.contains("duplicate key `purchases`"), "{e}");
+        for (from, to, key) in [
+            (
+                "  user: { join_keys: [user_id] }",
+                "  user: { join_keys: [user_id] }\n  user: { join_keys: [uid] }",
+                "user",
+            ),
+            (
+                "  churn_v1: [",
+                "  churn_v1: [user_profile:age]\n  churn_v1: [",
+                "churn_v1",
+            ),
+        ] {
+            let e = error_of(from, to);
+            assert!(e.contains(&format!("duplicate key `{key}`")), "{e}");
+        }
     }
 
     #[test]

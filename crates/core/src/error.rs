@@ -39,9 +39,64 @@ pub enum Error {
     /// A store (online or registry) failed; the message says which and why.
     #[error("{0}")]
     Store(String),
-    /// A request names something the repository does not have, or asks for something impossible.
+    /// A request asks for something impossible; the message names the field.
     #[error("{0}")]
     Request(String),
+    /// A feature reference names a view the repository does not have.
+    #[error("unknown feature view `{view}` in `{reference}`; views: {known}")]
+    UnknownView {
+        view: String,
+        reference: String,
+        /// The views there are, comma separated.
+        known: String,
+    },
+    /// A feature reference names a feature its view does not have.
+    #[error("feature view `{view}` has no feature `{feature}`; it has: {known}")]
+    UnknownFeature {
+        view: String,
+        feature: String,
+        known: String,
+    },
+    /// A feature service the repository does not have.
+    #[error("unknown feature service `{name}`; services: {known}")]
+    UnknownService { name: String, known: String },
+    /// A feature reference that is not `view:feature`.
+    #[error("feature reference `{reference}` must be written view:feature")]
+    BadReference { reference: String },
+    /// The same feature asked for twice in one request.
+    #[error("feature `{reference}` is requested twice")]
+    DuplicateFeature { reference: String },
+    /// A request that names no feature.
+    #[error("no features requested")]
+    NoFeatures,
+}
+
+impl Error {
+    /// Whether the error says that something named does not exist (a view, feature or
+    /// service), as opposed to a request that is malformed.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::UnknownView { .. } | Error::UnknownFeature { .. } | Error::UnknownService { .. }
+        )
+    }
+
+    /// Whether the error is the request's (or the repository file's) to fix.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Error::Request(_)
+                | Error::Config { .. }
+                | Error::BadTime { .. }
+                | Error::NotATimeColumn { .. }
+                | Error::UnknownView { .. }
+                | Error::UnknownFeature { .. }
+                | Error::UnknownService { .. }
+                | Error::BadReference { .. }
+                | Error::DuplicateFeature { .. }
+                | Error::NoFeatures
+        )
+    }
 }
 
 impl Error {

@@ -209,14 +209,161 @@ pub enum Mode {
     Overwrite,
 }
 
+/// The key of the commit metadata that records what made a version (the operation the
+/// registry records, as JSON): a process killed between its commit and its registry write
+/// leaves the commit, and whoever records the version next reads what made it from here.
+pub const NOTE_KEY: &str = "quiver.operation";
+
+/// What made version `version` of a table, as [`write`] noted it in the commit, if it did.
+pub async fn commit_note(path: &Path, version: u64) -> Result<Option<serde_json::Value>> {
+    use futures::StreamExt;
+    let table = open(path, Some(version)).await?;
+    let mut history = table.history(Some(1));
+    while let Some(info) = history.next().await {
+        let info = info.map_err(|e| delta_err(path, e))?;
+        if let Some(v) = info.info.get(NOTE_KEY) {
+            return Ok(Some(v.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// The lock every writer of a managed table holds from before its first file until after
+/// its commit (`_quiver_writer.lock` in the table's folder; released when the handle
+/// drops, or when the process dies). Under it no other writer has files in flight, so files
+/// no commit references are leftovers of a writer that died ([`remove_orphans`]).
+async fn writer_lock(path: &Path) -> Result<std::fs::File> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(io)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join("_quiver_writer.lock"))
+        .map_err(io)?;
+    tokio::task::spawn_blocking(move || f.lock().map(|_| f))
+        .await
+        .map_err(|e| Error::Internal(format!("table lock: {e}")))?
+        .map_err(io)
+}
+
+/// Remove the data files of writers that died before committing: files in the table's
+/// folder that no commit of the log references — object_store's unfinished uploads
+/// (`…parquet#N`) always, finished files only when they are newer than the oldest commit
+/// the log still holds (an older one may be referenced by a commit the log no longer
+/// lists). Call only under [`writer_lock`]. Returns the files removed.
+pub fn remove_orphans(path: &Path) -> Result<Vec<PathBuf>> {
+    let log = path.join("_delta_log");
+    let Ok(entries) = std::fs::read_dir(&log) else {
+        return Ok(vec![]);
+    };
+    let mut referenced = std::collections::HashSet::new();
+    let mut oldest_commit: Option<std::time::SystemTime> = None;
+    let mut newest_checkpoint: Option<std::time::SystemTime> = None;
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".json") && name.len() == 25 {
+            let text = std::fs::read_to_string(&p).map_err(|source| Error::Io {
+                path: p.clone(),
+                source,
+            })?;
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                for kind in ["add", "remove"] {
+                    if let Some(f) = v
+                        .get(kind)
+                        .and_then(|a| a.get("path"))
+                        .and_then(|p| p.as_str())
+                    {
+                        referenced.insert(decode(f));
+                    }
+                }
+            }
+            if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                oldest_commit = Some(oldest_commit.map_or(m, |o| o.min(m)));
+            }
+        } else if name.contains(".checkpoint") {
+            // A checkpoint lists the files of the versions it sums up; rather than read it,
+            // judge only files newer than the newest checkpoint.
+            if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                newest_checkpoint = Some(newest_checkpoint.map_or(m, |o| o.max(m)));
+            }
+        }
+    }
+    let floor = match (oldest_commit, newest_checkpoint) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let mut removed = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p
+                .strip_prefix(path)
+                .map(|r| r.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if referenced.contains(&rel) {
+                continue;
+            }
+            let unfinished = name
+                .rsplit_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let after_log = match (meta.modified(), floor) {
+                (Ok(m), Some(o)) => m >= o,
+                _ => false,
+            };
+            if (unfinished || after_log) && std::fs::remove_file(&p).is_ok() {
+                removed.push(p);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// A path of the Delta log, percent-decoded.
+fn decode(p: &str) -> String {
+    percent_encoding::percent_decode_str(p)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// Write batches as one commit (creating the table on first write) and return the new
 /// Delta version. For an append to an existing table the batches are first checked against
-/// its schema ([`conform`]); `what` names the input in messages.
-pub async fn write(path: &Path, batches: Vec<RecordBatch>, mode: Mode, what: &str) -> Result<u64> {
+/// its schema ([`conform`]); `what` names the input in messages; `note` (what made the
+/// version) is kept in the commit ([`commit_note`]). Writers of a table take turns
+/// ([`writer_lock`]), and each first removes what a writer that died left behind.
+pub async fn write(
+    path: &Path,
+    batches: Vec<RecordBatch>,
+    mode: Mode,
+    what: &str,
+    note: Option<serde_json::Value>,
+) -> Result<u64> {
     let batches = batches
         .iter()
         .map(|b| to_delta_types(b, what))
         .collect::<Result<Vec<_>>>()?;
+    let _turn = writer_lock(path).await?;
+    remove_orphans(path)?;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -244,6 +391,12 @@ pub async fn write(path: &Path, batches: Vec<RecordBatch>, mode: Mode, what: &st
             Mode::Overwrite => SaveMode::Overwrite,
         };
         let mut builder = table.write(batches).with_save_mode(save);
+        if let Some(n) = &note {
+            builder = builder.with_commit_properties(
+                deltalake::kernel::transaction::CommitProperties::default()
+                    .with_metadata([(NOTE_KEY.to_string(), n.clone())]),
+            );
+        }
         if mode == Mode::Overwrite {
             builder = builder.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
         }
@@ -283,6 +436,8 @@ pub async fn rewrite(
     use parquet::file::properties::WriterProperties;
 
     let batch = to_delta_types(&rows, what)?;
+    let _turn = writer_lock(path).await?;
+    remove_orphans(path)?;
     let table = open(path, None).await?;
     let state = table.snapshot().map_err(|e| delta_err(path, e))?.clone();
     let n = batch.num_rows();

@@ -71,6 +71,11 @@ impl Default for EngineOptions {
     }
 }
 
+/// The least memory pool a partition of a join runs in: its inputs' repartitioning holds a
+/// batch per partition pair, and a spilled bucket split as far as it goes still needs its
+/// spine rows and a batch of events at once.
+pub const MIN_MEMORY_PER_PARTITION: usize = 128 << 10;
+
 /// A DataFusion session that plans the point-in-time join.
 pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
@@ -95,7 +100,26 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
         .enable_file_stream_work_stealing = false;
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = opts.memory_limit {
-        runtime = runtime.with_memory_limit(limit, 1.0);
+        let least = MIN_MEMORY_PER_PARTITION * opts.target_partitions.max(1);
+        if limit < least {
+            return Err(Error::MemoryLimit(format!(
+                "--memory-limit {} is below the least a join runs in with {} partitions: {} ({} per partition)",
+                gate::bytes(limit as f64),
+                opts.target_partitions.max(1),
+                gate::bytes(least as f64),
+                gate::bytes(MIN_MEMORY_PER_PARTITION as f64),
+            )));
+        }
+        runtime = runtime
+            .with_memory_limit(limit, 1.0)
+            // DataFusion's spill files go where a killed run's are found and removed.
+            .with_disk_manager_builder(
+                datafusion::execution::disk_manager::DiskManagerBuilder::default().with_mode(
+                    datafusion::execution::disk_manager::DiskManagerMode::Directories(vec![
+                        crate::spill_dir::dir()?.to_path_buf(),
+                    ]),
+                ),
+            );
     }
     let state = SessionStateBuilder::new()
         .with_config(config)

@@ -33,6 +33,9 @@ pub enum Error {
     Arrow(#[from] ArrowError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The memory limit is too small for the join; the message names the least that works.
+    #[error("{0}")]
+    MemoryLimit(String),
 }
 
 /// Errors raised inside the operator travel through DataFusion boxed; unbox them on the way

@@ -31,6 +31,7 @@ pub mod plan;
 pub mod profile;
 pub mod reuse;
 pub mod source;
+mod spill_dir;
 pub mod state;
 pub mod stats;
 pub mod sweep;

@@ -374,10 +374,7 @@ impl ExecutionPlan for PitJoinExec {
             .output_partitioning()
             .partition_count()
             .max(1);
-        let cap = match pool.memory_limit() {
-            MemoryLimit::Finite(n) => n / (2 * partitions),
-            _ => usize::MAX,
-        };
+        let budget = Budget::of(pool.memory_limit(), partitions);
         let reservation = MemoryConsumer::new(format!("PitJoinExec[{partition}]"))
             .with_can_spill(true)
             .register(pool);
@@ -389,7 +386,7 @@ impl ExecutionPlan for PitJoinExec {
                 spine,
                 events,
                 &reservation,
-                cap,
+                budget,
                 &spills,
             )
             .await;
@@ -426,7 +423,7 @@ async fn run(
     mut spine: SendableRecordBatchStream,
     mut events: SendableRecordBatchStream,
     reservation: &MemoryReservation,
-    cap: usize,
+    budget: Budget,
     spills: &Count,
 ) -> DFResult<Vec<RecordBatch>> {
     let spine_schema = spine.schema();
@@ -452,7 +449,7 @@ async fn run(
             continue;
         }
         let size = b.get_array_memory_size();
-        if reservation.size() + size <= cap && reservation.try_grow(size).is_ok() {
+        if reservation.size() + size <= budget.cap && reservation.try_grow(size).is_ok() {
             spine_batches.push(b);
         } else {
             let mut sp = Spill::try_new(spine_schema.clone(), 1, spec.key_count, 0, BUCKETS)?;
@@ -471,7 +468,7 @@ async fn run(
         } else {
             (i64::MAX, i64::MIN)
         };
-        return run_from_disk(spec, schema, sp, events, span, reservation, cap).await;
+        return run_from_disk(spec, schema, sp, events, span, reservation, budget).await;
     }
     let spine = concat_batches(&spine_schema, &spine_batches)?;
     drop(spine_batches);
@@ -489,7 +486,7 @@ async fn run(
         }
         let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
         // The batch as it arrives must fit; once packed, it holds far less.
-        if reservation.size() + need <= cap && reservation.try_grow(need).is_ok() {
+        if reservation.size() + need <= budget.cap && reservation.try_grow(need).is_ok() {
             push_batch(spec, &mut pack, &b)?;
             reservation.resize(held(spine_bytes, &pack));
         } else {
@@ -510,7 +507,15 @@ async fn run(
     let mut out = Vec::new();
     for b in 0..BUCKETS {
         if let Some(files) = files.as_mut() {
-            push_spilled(spec, &mut pack, &mut files[b], spine_bytes, reservation).await?;
+            push_spilled(
+                spec,
+                &mut pack,
+                &mut files[b],
+                spine_bytes,
+                reservation,
+                budget,
+            )
+            .await?;
         }
         out.extend(sweep_bucket(spec, schema, &layout, &mut pack, b)?);
         reservation.resize(held(spine_bytes, &pack));
@@ -530,7 +535,7 @@ async fn run_from_disk(
     mut events: SendableRecordBatchStream,
     span: (i64, i64),
     reservation: &MemoryReservation,
-    cap: usize,
+    budget: Budget,
 ) -> DFResult<Vec<RecordBatch>> {
     let ev_schema = events.schema();
     let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0, BUCKETS)?;
@@ -542,7 +547,7 @@ async fn run_from_disk(
         spines: spine.finish()?.0,
         events: ev_spill.finish()?,
     };
-    let out = sweep_spilled(spec, schema, &layout, spilled, 0, cap, reservation).await?;
+    let out = sweep_spilled(spec, schema, &layout, spilled, 0, budget, reservation).await?;
     crate::profile::stage(format_args!("{}: buckets swept from disk", spec.view));
     Ok(out)
 }
@@ -569,7 +574,7 @@ fn sweep_spilled<'a>(
     layout: &'a Layout,
     mut spilled: Spilled,
     level: u32,
-    cap: usize,
+    budget: Budget,
     reservation: &'a MemoryReservation,
 ) -> futures::future::BoxFuture<'a, DFResult<Vec<RecordBatch>>> {
     Box::pin(async move {
@@ -586,7 +591,7 @@ fn sweep_spilled<'a>(
                 .sum::<usize>()
                 + file.metadata().map_err(io_error)?.len() as usize
                 + spilled.events.1[b] * SWEEP_BYTES_PER_EVENT;
-            let share = cap.saturating_mul(2).max(1);
+            let share = budget.cap.saturating_mul(2).max(1);
             if need > share && level < MAX_SPLITS {
                 let ways = need.div_ceil(share).next_power_of_two().min(BUCKETS);
                 let mut spines = Spill::try_new(spine_schema, 1, spec.key_count, level + 1, ways)?;
@@ -604,17 +609,18 @@ fn sweep_spilled<'a>(
                     events: events.finish()?,
                 };
                 out.extend(
-                    sweep_spilled(spec, schema, layout, split, level + 1, cap, reservation).await?,
+                    sweep_spilled(spec, schema, layout, split, level + 1, budget, reservation)
+                        .await?,
                 );
                 continue;
             }
             let spine = concat_batches(&spine_schema, &parts)?;
             drop(parts);
             let spine_bytes = spine.get_array_memory_size();
-            grow_waiting(reservation, spine_bytes).await?;
+            grow_waiting(reservation, spine_bytes, budget).await?;
             let mut pack = new_pack(spec, layout, &spine)?;
             drop(spine);
-            push_spilled(spec, &mut pack, file, spine_bytes, reservation).await?;
+            push_spilled(spec, &mut pack, file, spine_bytes, reservation, budget).await?;
             // The pack deals this bucket's keys to its own buckets again, and rows without a
             // key or time to its bucket 0: sweep whichever hold rows.
             for inner in 0..BUCKETS {
@@ -659,13 +665,14 @@ async fn push_spilled(
     file: &mut std::fs::File,
     spine_bytes: usize,
     reservation: &MemoryReservation,
+    budget: Budget,
 ) -> DFResult<()> {
     for batch in read_spilled(file)? {
         let batch = batch?;
-        grow_waiting(reservation, batch.get_array_memory_size()).await?;
+        grow_waiting(reservation, batch.get_array_memory_size(), budget).await?;
         push_batch(spec, pack, &batch)?;
         let now = held(spine_bytes, pack);
-        grow_waiting(reservation, now.saturating_sub(reservation.size())).await?;
+        grow_waiting(reservation, now.saturating_sub(reservation.size()), budget).await?;
         reservation.resize(now);
     }
     Ok(())
@@ -691,16 +698,72 @@ fn sweep_bucket(
 }
 
 /// Grow a reservation, waiting while other consumers hold the pool: the inputs'
-/// repartitioning frees its buffers as the other partitions drain them. Gives up with the
-/// pool's error after [`MEMORY_WAIT`].
-async fn grow_waiting(reservation: &MemoryReservation, bytes: usize) -> DFResult<()> {
+/// repartitioning frees its buffers as the other partitions drain them. A request the whole
+/// pool could not hold fails at once, and any other after [`MEMORY_WAIT`], with an error
+/// naming the least limit that would do (before, a pool too small for one bucket waited
+/// [`MEMORY_WAIT`] per bucket, for ever in effect).
+async fn grow_waiting(
+    reservation: &MemoryReservation,
+    bytes: usize,
+    budget: Budget,
+) -> DFResult<()> {
     let start = std::time::Instant::now();
+    let want = reservation.size().saturating_add(bytes);
     loop {
         match reservation.try_grow(bytes) {
             Ok(()) => return Ok(()),
-            Err(e) if start.elapsed() > MEMORY_WAIT => return Err(e),
-            Err(_) => tokio::task::yield_now().await,
+            Err(_) if want > budget.pool => return Err(budget.too_small(want, false)),
+            Err(_) if start.elapsed() > MEMORY_WAIT => return Err(budget.too_small(want, true)),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
         }
+    }
+}
+
+/// A partition's view of a bounded memory pool.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// What a partition packs in memory before it spills: half its share of the pool (the
+    /// other half is for the inputs' repartitioning and for sweeping spilled buckets).
+    cap: usize,
+    /// The whole pool.
+    pool: usize,
+    partitions: usize,
+}
+
+impl Budget {
+    fn of(limit: MemoryLimit, partitions: usize) -> Self {
+        match limit {
+            MemoryLimit::Finite(n) => Budget {
+                cap: n / (2 * partitions),
+                pool: n,
+                partitions,
+            },
+            _ => Budget {
+                cap: usize::MAX,
+                pool: usize::MAX,
+                partitions,
+            },
+        }
+    }
+
+    /// The error for a partition that needs `want` bytes at once; `waited` when the pool
+    /// could hold them but the other consumers did not free enough in time.
+    fn too_small(&self, want: usize, waited: bool) -> DataFusionError {
+        // Every partition may need as much at once, and the repartitioning of the inputs
+        // holds batches beside them: a quarter more.
+        let mut least = (want as f64 * self.partitions as f64 * 1.25)
+            .max((crate::engine::MIN_MEMORY_PER_PARTITION * self.partitions) as f64);
+        if waited {
+            // The pool was full of what the others held: this much more would have let
+            // the request through while they hold it.
+            least = least.max((self.pool as f64 + want as f64) * 1.25);
+        }
+        DataFusionError::from(Error::MemoryLimit(format!(
+            "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than the memory pool ({}) can give it; use --memory-limit {} or more, or leave it unbounded",
+            crate::gate::bytes(want as f64),
+            crate::gate::bytes(self.pool as f64),
+            crate::gate::bytes(least),
+        )))
     }
 }
 
@@ -791,7 +854,7 @@ impl Spill {
     ) -> DFResult<Self> {
         let writers = (0..ways)
             .map(|_| {
-                let f = tempfile::tempfile().map_err(io_error)?;
+                let f = tempfile::tempfile_in(crate::spill_dir::dir()?).map_err(io_error)?;
                 Ok(StreamWriter::try_new(std::io::BufWriter::new(f), &schema)?)
             })
             .collect::<DFResult<Vec<_>>>()?;

@@ -19,6 +19,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use quiver_core::Source;
+use quiver_core::hash::type_class;
 
 use crate::table::{Columns, on_cores, spans};
 use crate::{Error, Result};
@@ -269,6 +270,9 @@ pub async fn files_table(
         )));
     };
     let fmt = Format::of(first);
+    if fmt == Format::Parquet {
+        check_parquet_files(files, schema.as_ref(), what)?;
+    }
     let urls = files
         .iter()
         .map(|f| {
@@ -299,6 +303,75 @@ pub async fn files_table(
             ))
         })?;
     Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Read every Parquet file's footer and check its columns against the table's: a file that
+/// is not Parquet, is truncated or has a column of another kind than the same column in the
+/// table (`schema`, else the first file) is an error naming the file and the column — before
+/// any row is read. DataFusion infers a table's schema from its first file only and would
+/// otherwise fail half-way through a scan with a message that names neither.
+fn check_parquet_files(files: &[PathBuf], schema: Option<&SchemaRef>, what: &str) -> Result<()> {
+    let mut reference = schema.cloned();
+    for f in files {
+        let file_schema = parquet_schema(f).map_err(|m| {
+            Error::Source(format!(
+                "{what}: {}: not a readable Parquet file: {m}",
+                f.display()
+            ))
+        })?;
+        let Some(table) = &reference else {
+            reference = Some(file_schema);
+            continue;
+        };
+        for field in file_schema.fields() {
+            let Ok(want) = table.field_with_name(field.name()) else {
+                continue;
+            };
+            let (a, b) = (field.data_type(), want.data_type());
+            let same = a == b
+                || matches!(
+                    (type_class(a), type_class(b)),
+                    (Some(x), Some(y)) if x == y
+                );
+            if !same {
+                return Err(Error::Source(format!(
+                    "{what}: {}: column `{}` is {a}, but the table's is {b}",
+                    f.display(),
+                    field.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Arrow schema in a Parquet file's footer, or what is wrong with the file.
+fn parquet_schema(path: &Path) -> std::result::Result<SchemaRef, String> {
+    use parquet::file::metadata::ParquetMetaDataReader;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    // The footer is the metadata, its length (4 bytes) and the magic `PAR1`. The async
+    // reader DataFusion uses (parquet 59.3, `ParquetMetaDataPushDecoder::try_decode`)
+    // subtracts the declared length from the file's without a check and panics when it is
+    // larger; the synchronous reader used here checks, and the panic guard below keeps any
+    // other decoder bug from taking the process down.
+    if len < 12 {
+        return Err(format!("{len} bytes is too short for a Parquet file"));
+    }
+    let parsed = std::panic::catch_unwind(|| {
+        ParquetMetaDataReader::new()
+            .parse_and_finish(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                parquet::arrow::parquet_to_arrow_schema(
+                    m.file_metadata().schema_descr(),
+                    m.file_metadata().key_value_metadata(),
+                )
+                .map_err(|e| e.to_string())
+            })
+    })
+    .map_err(|_| "the Parquet reader failed on its footer (corrupt file)".to_string())??;
+    Ok(Arc::new(parsed))
 }
 
 /// What identifies the files under a path without reading them: each file's absolute path,
@@ -392,6 +465,16 @@ pub async fn collect_table(
 /// Write a table as Parquet or CSV (by extension) through a temporary file in the same
 /// folder, renamed into place only when complete, so a failed join never replaces the output.
 pub fn write_table<C: Columns + ?Sized>(path: &Path, data: &C) -> Result<()> {
+    write_table_as(path, data, true)
+}
+
+/// [`write_table`] that never replaces a file: if `path` exists when the table is complete
+/// (or appeared while it was written), nothing is written and the error says so.
+pub fn write_new_table<C: Columns + ?Sized>(path: &Path, data: &C) -> Result<()> {
+    write_table_as(path, data, false)
+}
+
+fn write_table_as<C: Columns + ?Sized>(path: &Path, data: &C, replace: bool) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -418,7 +501,12 @@ pub fn write_table<C: Columns + ?Sized>(path: &Path, data: &C) -> Result<()> {
                 }
             }
         }
-        std::fs::rename(&tmp, path).map_err(io)
+        if replace {
+            return std::fs::rename(&tmp, path).map_err(io);
+        }
+        // A link fails when the name is taken, where a rename would replace the file.
+        std::fs::hard_link(&tmp, path).map_err(io)?;
+        std::fs::remove_file(&tmp).map_err(io)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -452,6 +540,37 @@ impl From<Error> for WriteError {
     }
 }
 
+/// The schema a table is written to Parquet with: timestamps in seconds become milliseconds
+/// (same instants). Parquet has no seconds unit, so the writer would store them as plain
+/// INT64 and readers other than arrow-rs (pyarrow, DuckDB) would see integers, not times
+/// (issue 18.8: a CSV spine with whole-second times is inferred as seconds).
+fn parquet_schema_of(schema: &SchemaRef) -> SchemaRef {
+    use arrow::datatypes::{DataType, TimeUnit};
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Timestamp(TimeUnit::Second, _)))
+    {
+        return schema.clone();
+    }
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(TimeUnit::Second, tz) => Arc::new(
+                f.as_ref()
+                    .clone()
+                    .with_data_type(DataType::Timestamp(TimeUnit::Millisecond, tz.clone())),
+            ),
+            _ => f.clone(),
+        })
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
+}
+
 /// Parquet with the columns of each row group encoded in parallel, one thread per core: a
 /// training set is wide (a column per feature) and encoding is most of the time it takes to
 /// write. Each thread takes its columns a slice at a time, so a result whose features are
@@ -467,7 +586,7 @@ fn write_parquet<C: Columns + ?Sized>(
     };
     use parquet::file::writer::SerializedFileWriter;
 
-    let schema = data.schema();
+    let schema = parquet_schema_of(&data.schema());
     let mut props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         // One mini-batch per slice handed over: at the default of 1024 values, the per-batch
@@ -539,7 +658,11 @@ fn write_parquet<C: Columns + ?Sized>(
                 let encode = |(i, mut ws): (usize, Vec<ArrowColumnWriter>)| {
                     let field = schema.field(i);
                     for (at, n) in spans(len, SLICE) {
-                        let arr = data.column_slice(i, off + at, n)?;
+                        let mut arr = data.column_slice(i, off + at, n)?;
+                        if arr.data_type() != field.data_type() {
+                            arr = arrow::compute::cast(&arr, field.data_type())
+                                .map_err(|e| WriteError::Data(e.into()))?;
+                        }
                         for (w, l) in ws.iter_mut().zip(compute_leaves(field, &arr)?) {
                             w.write(&l)?;
                         }

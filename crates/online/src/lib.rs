@@ -38,6 +38,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("online store {}: {source}", path.display())]
     Sled { path: PathBuf, source: sled::Error },
+    /// Another process has the store open: sled lets one process at a time hold it.
+    #[error("online store {}: another process holds it open (a running `quiver serve`?); stop that process, or ask the server instead with --addr HOST:PORT", path.display())]
+    Locked { path: PathBuf },
     #[error("online store {}: format version {found} is not supported (this build reads {STORE_FORMAT}); delete the folder and materialize again", path.display())]
     Format { path: PathBuf, found: u8 },
     #[error("online store {}: bucket {bucket} of view `{view}` is damaged", path.display())]
@@ -53,6 +56,11 @@ impl From<Error> for quiver_core::Error {
         quiver_core::Error::Store(e.to_string())
     }
 }
+
+/// How long an open waits for another handle's file lock: long enough for a handle just
+/// dropped by this process or a short-lived one (sled releases it from a background thread),
+/// short enough that a lock held by a running server is reported promptly.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The embedded online store.
 pub struct SledStore {
@@ -140,10 +148,10 @@ impl SledStore {
         let db = loop {
             match sled::Config::new().path(&path).open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("lock")
-                        && started.elapsed() < std::time::Duration::from_secs(10) =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
+                    if started.elapsed() >= LOCK_WAIT {
+                        return Err(Error::Locked { path });
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 Err(e) => return Err(err(e)),

@@ -392,6 +392,19 @@ pub struct Registry {
     views: sled::Tree,
     models: sled::Tree,
     aliases: sled::Tree,
+    /// While an operation runs between [`Registry::begin`] and its end, the dataset and
+    /// view versions it recorded, so that a failure takes them back.
+    journal: std::sync::Mutex<Option<Journal>>,
+}
+
+/// The keys an operation recorded so far, each with its tree.
+type Journal = Vec<(Journaled, Vec<u8>)>;
+
+/// Which tree a journaled key is in.
+#[derive(Debug, Clone, Copy)]
+enum Journaled {
+    Dataset,
+    View,
 }
 
 fn key(name: &str, version: u64) -> Vec<u8> {
@@ -452,7 +465,45 @@ impl Registry {
             aliases: db.open_tree("aliases").map_err(err)?,
             path,
             db,
+            journal: Default::default(),
         })
+    }
+
+    /// Start an operation whose records are all kept or none: the dataset and view versions
+    /// recorded from now are taken back by [`Registry::rollback`] (a join that fails after
+    /// recording its sources, definitions or spine), or kept by [`Registry::commit`].
+    pub fn begin(&self) {
+        if let Ok(mut j) = self.journal.lock() {
+            *j = Some(Vec::new());
+        }
+    }
+
+    /// Keep what the operation begun with [`Registry::begin`] recorded.
+    pub fn commit(&self) {
+        if let Ok(mut j) = self.journal.lock() {
+            *j = None;
+        }
+    }
+
+    /// Take back every version recorded since [`Registry::begin`].
+    pub fn rollback(&self) -> Result<()> {
+        let taken = self.journal.lock().ok().and_then(|mut j| j.take());
+        for (tree, k) in taken.into_iter().flatten().rev() {
+            match tree {
+                Journaled::Dataset => self.datasets.remove(&k),
+                Journaled::View => self.views.remove(&k),
+            }
+            .map_err(self.err())?;
+        }
+        self.flush()
+    }
+
+    fn journal(&self, tree: Journaled, k: Vec<u8>) {
+        if let Ok(mut j) = self.journal.lock()
+            && let Some(keys) = j.as_mut()
+        {
+            keys.push((tree, k));
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -505,6 +556,7 @@ impl Registry {
             }
             return Ok(());
         }
+        self.journal(Journaled::Dataset, k);
         self.flush()
     }
 
@@ -534,6 +586,7 @@ impl Registry {
                 .map_err(self.err())?
                 .is_ok()
             {
+                self.journal(Journaled::Dataset, k);
                 self.flush()?;
                 return Ok(v);
             }
@@ -633,12 +686,14 @@ impl Registry {
                 key: format!("{name}@{}", v.version),
                 message: e.to_string(),
             })?;
+            let k = key(&name, v.version);
             if self
                 .views
-                .compare_and_swap(key(&name, v.version), None as Option<&[u8]>, Some(bytes))
+                .compare_and_swap(&k, None as Option<&[u8]>, Some(bytes))
                 .map_err(self.err())?
                 .is_ok()
             {
+                self.journal(Journaled::View, k);
                 self.flush()?;
                 return Ok((v, true));
             }

@@ -267,6 +267,14 @@ impl Catalog {
                 ),
                 _ => (snap.files.clone(), HashState::default()),
             };
+            // What made the version: this process's operation, else what the writer noted
+            // in the commit (it may have died before recording it), else what the log shows.
+            let made_here = match &made {
+                Some((v, op)) if *v == dv => Some(op.clone()),
+                _ => delta::commit_note(table, dv)
+                    .await?
+                    .and_then(|n| serde_json::from_value::<Operation>(n).ok()),
+            };
             let ctx = self.ctx()?;
             let provider = source::files_table(
                 &ctx,
@@ -294,9 +302,9 @@ impl Catalog {
                     table: abs(table),
                     version: dv as i64,
                 },
-                op: match (&made, kind) {
-                    (Some((v, op)), _) if *v == dv => op.clone(),
-                    (_, DatasetKind::Source) => Operation::Ingest {
+                op: match (made_here, kind) {
+                    (Some(op), _) => op,
+                    (None, DatasetKind::Source) => Operation::Ingest {
                         files: new_files
                             .iter()
                             .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into()))
@@ -432,6 +440,7 @@ impl Catalog {
             table.batches.clone(),
             Mode::Overwrite,
             &format!("dataset `{name}`"),
+            Some(note(&op)?),
         )
         .await?;
         let record = DatasetVersion {
@@ -548,7 +557,14 @@ impl Catalog {
             .with_source_table(name, mem)
             .check_source(name)
             .await?;
-        let dv = delta::write(&table, batches, Mode::Append, &format!("source `{name}`")).await?;
+        let dv = delta::write(
+            &table,
+            batches,
+            Mode::Append,
+            &format!("source `{name}`"),
+            Some(note(&op)?),
+        )
+        .await?;
         // States computed from older versions can never serve again (they are keyed by
         // version); free their space now. A failure here only delays that to eviction.
         let _ = ReuseCatalog::new(&self.repo.offline_store, 0).invalidate(name);
@@ -559,12 +575,36 @@ impl Catalog {
 
     /// Store a user file (a spine) as the next version of a dataset.
     pub async fn add(&self, file: &Path, name: &str) -> Result<DatasetVersion> {
+        let table = self.read_file(file).await?;
+        self.add_table(file, name, &table).await
+    }
+
+    /// The rows of a spine file as they will read once recorded: in the types the dataset's
+    /// Delta table stores (so a join on them equals a join on the recorded version).
+    pub async fn read_file(&self, file: &Path) -> Result<Table> {
         let ctx = self.ctx()?;
         let (schema, batches) = source::read_table(&ctx, file).await?;
+        let what = file.display().to_string();
+        let schema = delta::to_delta_types(&RecordBatch::new_empty(schema), &what)?.schema();
+        let batches = batches
+            .iter()
+            .map(|b| delta::to_delta_types(b, &what))
+            .collect::<quiver_offline::Result<Vec<_>>>()?;
+        Ok(Table { schema, batches })
+    }
+
+    /// Record `table`, read from `file` ([`Catalog::read_file`]), as the next version of
+    /// dataset `name` (unless the latest version holds the same rows from the same file).
+    pub async fn add_table(
+        &self,
+        file: &Path,
+        name: &str,
+        table: &Table,
+    ) -> Result<DatasetVersion> {
         self.write_dataset(
             name,
             DatasetKind::Spine,
-            &Table { schema, batches },
+            table,
             Operation::Add { file: abs(file) },
         )
         .await
@@ -592,25 +632,7 @@ impl Catalog {
     pub async fn spine_version(&self, spine: &str) -> Result<DatasetVersion> {
         let p = Path::new(spine);
         if p.is_file() || p.is_dir() {
-            // Named after the file, with what a dataset name cannot hold replaced.
-            let stem: String = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let stem = match stem.trim_start_matches('.') {
-                "" => "spine".to_string(),
-                s => s.to_string(),
-            };
-            return self.add(p, &stem).await;
+            return self.add(p, &spine_name(p)).await;
         }
         let (name, version) = quiver_registry::parse_ref(spine)?;
         Ok(self.registry.dataset_version(&name, version)?)
@@ -1068,4 +1090,31 @@ fn show(a: &dyn Array) -> String {
     datafusion::arrow::util::display::ArrayFormatter::try_new(a, &Default::default())
         .map(|f| f.value(0).to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+/// The dataset a spine file is recorded as: named after the file, with what a dataset name
+/// cannot hold replaced.
+pub fn spine_name(p: &Path) -> String {
+    let stem: String = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match stem.trim_start_matches('.') {
+        "" => "spine".to_string(),
+        s => s.to_string(),
+    }
+}
+
+/// An operation as noted in the Delta commit it makes ([`delta::commit_note`]).
+fn note(op: &Operation) -> Result<serde_json::Value> {
+    serde_json::to_value(op).map_err(|e| Error::Internal(format!("operation note: {e}")))
 }

@@ -44,10 +44,7 @@ impl Online {
         req: proto::GetOnlineFeaturesRequest,
     ) -> Result<proto::GetOnlineFeaturesResponse> {
         let refs: Vec<FeatureRef> = match req.kind {
-            Some(Kind::FeatureService(name)) => self
-                .repo
-                .service(&name)
-                .map_err(|e| Error::NotFound(e.to_string()))?,
+            Some(Kind::FeatureService(name)) => self.repo.service(&name)?,
             Some(Kind::Features(list)) => feature_refs(&self.repo, &list.val)?,
             None => {
                 return Err(Error::InvalidArgument(
@@ -363,13 +360,14 @@ fn push_batch(
 
 /// Feature references `view:feature`, each checked against the repository.
 pub fn feature_refs(repo: &Repo, refs: &[String]) -> Result<Vec<FeatureRef>> {
-    if let Some(bad) = refs.iter().find(|r| !r.contains(':')) {
-        return Err(Error::InvalidArgument(format!(
-            "features: `{bad}` must be written view:feature"
-        )));
-    }
-    repo.resolve_refs(refs)
-        .map_err(|e| Error::NotFound(e.to_string()))
+    Ok(repo.resolve_refs(refs)?)
+}
+
+/// How a server is set up beyond its repository and store.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Folders besides the repository's where requests may read spines and write outputs.
+    pub data_roots: Vec<std::path::PathBuf>,
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests.
@@ -379,6 +377,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    serve_with(repo, store, listener, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    repo: Repo,
+    store: Arc<dyn OnlineStore>,
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let paths = crate::paths::Confinement::new(&repo.dir, &options.data_roots)?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<OnlineServiceServer<Online>>()
@@ -403,6 +413,7 @@ pub async fn serve(
     let training = TrainingServiceServer::new(crate::grpc_training::Training::new(
         repo.clone(),
         registry_lock,
+        paths,
     ));
     let online = OnlineServiceServer::new(Online::new(repo, store))
         .max_decoding_message_size(MAX_REQUEST_BYTES);

@@ -4,13 +4,16 @@
 //! follow it with `GetJob` (optionally waiting for its end) or `ListJobs`.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use quiver_core::Repo;
 use quiver_offline::EngineOptions;
 use tonic::{Request, Response, Status};
 
+use crate::paths::Confinement;
 use crate::proto::training_service_server::TrainingService;
 use crate::proto::training_set_request::Kind;
 use crate::proto::{self, Job, JobState};
@@ -35,24 +38,24 @@ pub struct Training {
     registry_lock: Arc<tokio::sync::Mutex<()>>,
     jobs: Arc<Mutex<HashMap<String, Entry>>>,
     order: Mutex<Vec<String>>,
+    /// Where requests may read spines and write outputs.
+    paths: Confinement,
 }
 
 impl Training {
-    pub fn new(repo: Repo, registry_lock: Arc<tokio::sync::Mutex<()>>) -> Self {
+    pub fn new(repo: Repo, registry_lock: Arc<tokio::sync::Mutex<()>>, paths: Confinement) -> Self {
         Training {
             repo: Arc::new(repo),
             registry_lock,
             jobs: Default::default(),
             order: Default::default(),
+            paths,
         }
     }
 
     fn request(&self, r: proto::TrainingSetRequest) -> Result<training::Request> {
         let features = match r.kind {
-            Some(Kind::FeatureService(name)) => self
-                .repo
-                .service(&name)
-                .map_err(|e| Error::NotFound(e.to_string()))?,
+            Some(Kind::FeatureService(name)) => self.repo.service(&name)?,
             Some(Kind::Features(list)) => crate::grpc::feature_refs(&self.repo, &list.val)?,
             None => {
                 return Err(Error::InvalidArgument(
@@ -60,12 +63,24 @@ impl Training {
                 ));
             }
         };
+        // Paths are judged before any file is opened: a spine file and the output must lie
+        // inside the repository or a --data-root, and the output must be new unless the
+        // request says to replace it.
+        let spine = match training::looks_like_path(&r.spine) {
+            true => self.paths.read("spine", &r.spine)?.display().to_string(),
+            false => r.spine,
+        };
+        let out = match r.out.is_empty() {
+            true => None,
+            false => Some(self.paths.write("out", &r.out, r.overwrite)?),
+        };
         let req = training::Request {
-            spine: r.spine,
+            spine,
             features,
             spine_timestamp: r.spine_timestamp,
             full_names: r.full_feature_names,
-            out: (!r.out.is_empty()).then(|| r.out.into()),
+            out,
+            overwrite: r.overwrite,
             register: (!r.register.is_empty()).then_some(r.register),
             pins: r.source_versions,
             as_of: r.as_of_micros,
@@ -88,6 +103,16 @@ impl Training {
         }
         Ok((job, e.done.clone()))
     }
+}
+
+/// What a panic said, for a job's error.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    format!("the build failed unexpectedly (a bug): {said}")
 }
 
 #[tonic::async_trait]
@@ -140,7 +165,17 @@ impl TrainingService for Training {
                 true => Some(lock.lock_owned().await),
                 false => None,
             };
-            let built = training::build(repo, EngineOptions::default(), &req, |_| {}).await;
+            // A panic in the build (a bug here or in a library) must end the job as FAILED,
+            // not leave it RUNNING for ever.
+            let built = AssertUnwindSafe(training::build(
+                repo,
+                EngineOptions::default(),
+                &req,
+                |_| {},
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
             if let Ok(mut jobs) = jobs.lock()
                 && let Some(e) = jobs.get_mut(&id)
             {
@@ -155,7 +190,7 @@ impl TrainingService for Training {
                     }
                     Err(err) => {
                         e.job.state = JobState::Failed as i32;
-                        e.job.error = err.to_string();
+                        e.job.error = crate::error::truncated(&err.to_string(), 2048);
                     }
                 }
             }

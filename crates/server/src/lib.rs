@@ -16,12 +16,14 @@
 //! ```
 
 pub mod catalog;
+pub mod codec;
 mod error;
 pub mod grpc;
 pub mod grpc_registry;
 pub mod grpc_training;
 pub mod models;
 pub mod online;
+pub mod paths;
 pub mod sql;
 pub mod training;
 

@@ -400,6 +400,34 @@ async fn step_times(
     Ok(out)
 }
 
+/// A pushed row must name its entity in every view of the source and have an event time:
+/// a row without them would be stored and counted, yet no lookup could ever see it.
+fn refuse_null_keys(
+    repo: &Repo,
+    source: &str,
+    view: &str,
+    rows: &RecordBatch,
+) -> quiver_offline::Result<()> {
+    let src = &repo.sources[source];
+    let mut columns: Vec<&str> = vec![src.timestamp.as_str()];
+    for v in repo.views.values().filter(|v| v.source == source) {
+        columns.extend(v.join_keys.iter().map(|k| k.as_str()));
+    }
+    for c in columns {
+        let a = rows.column(rows.schema().index_of(c)?);
+        if a.null_count() > 0
+            && let Some(i) = (0..a.len()).find(|&i| a.is_null(i))
+        {
+            return Err(quiver_offline::Error::Core(quiver_core::Error::Request(
+                format!(
+                    "push to `{view}`: row {i}: `{c}` is null; every pushed row needs its join keys and event time"
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
@@ -436,6 +464,7 @@ pub async fn push(
             .await?;
     let rows =
         quiver_offline::delta::conform(&table.schema(), &rows, &format!("push to `{view}`"))?;
+    refuse_null_keys(repo, source, view, &rows)?;
     let n = rows.num_rows();
     let new = (!appended).then(|| rows.clone());
     let engine = Engine::new(serving_repo(repo), opts)?;

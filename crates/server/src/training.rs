@@ -19,8 +19,10 @@ pub struct Request {
     pub features: Vec<FeatureRef>,
     pub spine_timestamp: Option<String>,
     pub full_names: bool,
-    /// Output file, Parquet or CSV by extension; replaced only when the join succeeds.
+    /// Output file, Parquet or CSV by extension; written only when the join succeeds.
     pub out: Option<PathBuf>,
+    /// Whether an existing output file is replaced (else the build fails, writing nothing).
+    pub overwrite: bool,
     /// Record the result as the next version of this dataset, with its lineage.
     pub register: Option<String>,
     /// SOURCE@VERSION pins.
@@ -170,7 +172,7 @@ pub async fn build(
         let (batch, plan, registered) = versioned(repo, opts, req).await?;
         if let Some(out) = &req.out {
             progress(format!("writing {}", out.display()));
-            source::write_table(out, &batch)?;
+            write_out(req, out, &batch)?;
         }
         return Ok(Built {
             rows: batch.num_rows(),
@@ -196,7 +198,7 @@ pub async fn build(
     if let Some(out) = &req.out {
         progress(format!("writing {}", out.display()));
         let started = std::time::Instant::now();
-        let written = source::write_table(out, &o.batch);
+        let written = write_out(req, out, &o.batch);
         quiver_offline::profile::stage(format_args!(
             "written in {:.3} s",
             started.elapsed().as_secs_f64()
@@ -211,6 +213,17 @@ pub async fn build(
     })
 }
 
+fn write_out<C: quiver_offline::table::Columns + ?Sized>(
+    req: &Request,
+    out: &Path,
+    data: &C,
+) -> Result<()> {
+    Ok(match req.overwrite {
+        true => source::write_table(out, data),
+        false => source::write_new_table(out, data),
+    }?)
+}
+
 /// A join against recorded source versions (pinned, as of a time, or the latest), optionally
 /// registered as a training-set version with its lineage.
 async fn versioned(
@@ -223,6 +236,24 @@ async fn versioned(
     Option<String>,
 )> {
     let cat = Catalog::open(repo, opts)?;
+    // All of the join's records (source versions, definitions, spine, training set) or none.
+    cat.registry.begin();
+    let done = versioned_in(&cat, req).await;
+    match done {
+        Ok(_) => cat.registry.commit(),
+        Err(_) => cat.registry.rollback()?,
+    }
+    done
+}
+
+async fn versioned_in(
+    cat: &Catalog,
+    req: &Request,
+) -> Result<(
+    datafusion::arrow::array::RecordBatch,
+    Vec<String>,
+    Option<String>,
+)> {
     let mut p = Pins::default();
     for pin in &req.pins {
         let (name, v) = quiver_registry::parse_ref(pin)?;
@@ -235,18 +266,13 @@ async fn versioned(
     }
     p.as_of = req.as_of;
     let spine = req.spine.as_str();
-    let spine_v = match &req.register {
-        // A registered training set needs its spine recorded.
-        Some(_) => Some(cat.spine_version(spine).await?),
-        None if !looks_like_path(spine) => Some(cat.spine_version(spine).await?),
-        None => None,
-    };
-    let spine_table = match &spine_v {
-        Some(v) => cat.read(v).await?,
-        None => {
-            let ctx = quiver_offline::session(&EngineOptions::default())?;
-            let (schema, batches) = source::read_table(&ctx, Path::new(spine)).await?;
-            Table { schema, batches }
+    // A spine file is recorded (when the training set is registered) only after the join
+    // succeeded: a failed operation writes nothing to the registry.
+    let (spine_table, spine_v) = match looks_like_path(spine) {
+        true => (cat.read_file(Path::new(spine)).await?, None),
+        false => {
+            let v = cat.spine_version(spine).await?;
+            (cat.read(&v).await?, Some(v))
         }
     };
     let (batch, mut record, engine_plan) = cat
@@ -268,8 +294,16 @@ async fn versioned(
             .join(", ")
     )];
     plan.extend(engine_plan);
-    let registered = match (&req.register, spine_v) {
-        (Some(name), Some(sv)) => {
+    let registered = match &req.register {
+        Some(name) => {
+            let sv = match spine_v {
+                Some(v) => v,
+                None => {
+                    let file = Path::new(spine);
+                    cat.add_table(file, &crate::catalog::spine_name(file), &spine_table)
+                        .await?
+                }
+            };
             record.spine = sv.reference();
             let t = Table {
                 schema: batch.schema(),
@@ -285,7 +319,7 @@ async fn versioned(
                 .await?;
             Some(format!("{} (hash {})", v.reference(), v.hash))
         }
-        _ => None,
+        None => None,
     };
     Ok((batch, plan, registered))
 }

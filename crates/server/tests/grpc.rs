@@ -68,12 +68,26 @@ struct Server {
 
 impl Server {
     async fn start(repo: Repo, store: Arc<dyn quiver_core::store::OnlineStore>) -> Server {
+        Server::start_with(repo, store, Default::default()).await
+    }
+
+    async fn start_with(
+        repo: Repo,
+        store: Arc<dyn quiver_core::store::OnlineStore>,
+        options: quiver_server::grpc::ServeOptions,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(quiver_server::grpc::serve(repo, store, listener, async {
-            let _ = stopped.await;
-        }));
+        let handle = tokio::spawn(quiver_server::grpc::serve_with(
+            repo,
+            store,
+            listener,
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Server { url, stop, handle }
     }
 
@@ -882,5 +896,322 @@ async fn training_jobs_build_register_and_report_failures() {
         .into_inner();
     let ids: Vec<&str> = all.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["job-3", "job-2", "job-1"]);
+    server.stop().await;
+}
+
+// ---- Issue 18: defects found by a hostile tryout, through a real gRPC client.
+
+/// Issue 18.1 (critical): `StartTrainingSet` wrote its output anywhere the server could
+/// (replacing existing files, creating files under /etc, `../../x.parquet` relative to the
+/// server's folder) and read spines from anywhere. Requests now read and write only inside
+/// the repository and the --data-root folders, never over an existing file unless they say
+/// so, and are refused before any file is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_escapes_are_refused_before_any_file_is_opened() {
+    use quiver_server::proto::training_service_client::TrainingServiceClient;
+    use quiver_server::proto::{
+        GetJobRequest, JobState, TrainingSetRequest, training_set_request::Kind as TKind,
+    };
+    let dir = sample_copy();
+    let d = dir.path().to_path_buf();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let secret = elsewhere.path().join("secret.csv");
+    std::fs::write(&secret, "user_id,hunter2-the-secret\n1,2\n").unwrap();
+    let victim = elsewhere.path().join("victim.parquet");
+    std::fs::write(&victim, "precious").unwrap();
+    let roots = tempfile::tempdir().unwrap();
+    let repo = Repo::load(&d).unwrap();
+    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let server = Server::start_with(
+        repo,
+        store,
+        quiver_server::grpc::ServeOptions {
+            data_roots: vec![roots.path().to_path_buf()],
+        },
+    )
+    .await;
+    let mut client = TrainingServiceClient::new(connect(&server.url).await);
+    let req = |spine: &str, out: &str| TrainingSetRequest {
+        spine: spine.into(),
+        kind: Some(TKind::FeatureService("churn_v1".into())),
+        out: out.into(),
+        ..Default::default()
+    };
+    let spine = d.join("spine.csv").display().to_string();
+    let refused = |r: TrainingSetRequest| {
+        let mut c = client.clone();
+        async move { c.start_training_set(r).await.unwrap_err() }
+    };
+    // writes outside: an existing file elsewhere, /etc, a path climbing out of the repository
+    for out in [
+        victim.display().to_string(),
+        "/etc/quiver-hostile-test.parquet".to_string(),
+        "../../quiver-hostile-test.parquet".to_string(),
+        format!("{}/../x.parquet", d.display()),
+    ] {
+        let e = refused(req(&spine, &out)).await;
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{out}: {e:?}");
+        assert!(e.message().contains("--data-root"), "{out}: {e:?}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!Path::new("/etc/quiver-hostile-test.parquet").exists());
+    assert!(!d.join("../../quiver-hostile-test.parquet").exists());
+    assert!(!d.join("../x.parquet").exists());
+    // reads outside: the spine's first line is never echoed
+    for s in [
+        secret.display().to_string(),
+        "../../../../etc/passwd".to_string(),
+    ] {
+        let e = refused(req(&s, "t.csv")).await;
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{s}: {e:?}");
+        assert!(!e.message().contains("hunter2"), "{e:?}");
+    }
+    // an existing file in the repository is replaced only when the request says so
+    std::fs::write(d.join("keep.csv"), "mine").unwrap();
+    let e = refused(req(&spine, "keep.csv")).await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("overwrite"), "{e:?}");
+    assert_eq!(std::fs::read(d.join("keep.csv")).unwrap(), b"mine");
+    async fn finish(
+        client: &mut TrainingServiceClient<tonic::transport::Channel>,
+        id: &str,
+    ) -> quiver_server::proto::Job {
+        for _ in 0..40 {
+            let j = client
+                .get_job(GetJobRequest {
+                    id: id.into(),
+                    wait_millis: 500,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if j.state != JobState::Running as i32 {
+                return j;
+            }
+        }
+        panic!("job {id} did not end in 20 s");
+    }
+    let job = client
+        .start_training_set(TrainingSetRequest {
+            overwrite: true,
+            ..req("spine.csv", "keep.csv")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let job = finish(&mut client, &job.id).await;
+    assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
+    assert_ne!(std::fs::read(d.join("keep.csv")).unwrap(), b"mine");
+    // relative paths start at the repository; a --data-root is allowed
+    let into_root = roots.path().join("t.parquet").display().to_string();
+    let job = client
+        .start_training_set(req("spine.csv", &into_root))
+        .await
+        .unwrap()
+        .into_inner();
+    let job = finish(&mut client, &job.id).await;
+    assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
+    assert!(roots.path().join("t.parquet").exists());
+    server.stop().await;
+}
+
+/// Issue 18.2: a malformed Parquet spine left the job RUNNING for ever with an empty error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_parquet_spine_fails_the_job_naming_the_file() {
+    use quiver_server::proto::training_service_client::TrainingServiceClient;
+    use quiver_server::proto::{
+        GetJobRequest, JobState, TrainingSetRequest, training_set_request::Kind as TKind,
+    };
+    let dir = sample_copy();
+    let d = dir.path().to_path_buf();
+    let mut bad = b"PAR1".to_vec();
+    bad.extend(std::iter::repeat_n(0xFFu8, 100));
+    bad.extend(b"PAR1");
+    std::fs::write(d.join("bad.parquet"), bad).unwrap();
+    let repo = Repo::load(&d).unwrap();
+    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let server = Server::start(repo, store).await;
+    let mut client = TrainingServiceClient::new(connect(&server.url).await);
+    let job = client
+        .start_training_set(TrainingSetRequest {
+            spine: "bad.parquet".into(),
+            kind: Some(TKind::FeatureService("churn_v1".into())),
+            out: "o.csv".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    for _ in 0..40 {
+        let j = client
+            .get_job(GetJobRequest {
+                id: job.id.clone(),
+                wait_millis: 500,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state != JobState::Running as i32 {
+            last = Some(j);
+            break;
+        }
+    }
+    let j = last.expect("the job never ended");
+    assert_eq!(j.state, JobState::Failed as i32, "{j:?}");
+    assert!(j.error.contains("bad.parquet"), "{j:?}");
+    assert!(!d.join("o.csv").exists());
+    server.stop().await;
+}
+
+/// Raw bytes as a gRPC message, to send what no generated client would.
+#[derive(Debug, Clone, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Issue 18.9: random bytes were INTERNAL; an overflowing push was INTERNAL "see the server
+/// log"; a duplicate feature or an empty list were NOT_FOUND; an echoed 1 MB feature name or
+/// a 100k-character job id made the client see RESOURCE_EXHAUSTED; a push with a null join
+/// key was accepted as `rows=1 entities=0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_name_the_client_error() {
+    use quiver_server::proto::training_service_client::TrainingServiceClient;
+    use quiver_server::proto::{GetJobRequest, PushRequest};
+    let dir = sample_copy();
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    materialize_at_t(&repo, store.as_ref()).await;
+    let server = Server::start(repo, store).await;
+    let channel = connect(&server.url).await;
+    let mut client = OnlineServiceClient::new(channel.clone());
+
+    // random bytes to every method of the online service
+    for method in ["GetOnlineFeatures", "Push"] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path = format!("/quiver.v1.OnlineService/{method}");
+        let e = grpc
+            .unary(
+                tonic::Request::new(vec![0xff, 0x13, 0x37, 0x00, 0x8a, 0xff, 0xff]),
+                http::uri::PathAndQuery::try_from(path).unwrap(),
+                Raw,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{method}: {e:?}");
+    }
+
+    // a duplicate feature and an empty list are malformed requests, not unknown names
+    for features in [vec!["user_profile:age", "user_profile:age"], vec![]] {
+        let e = client
+            .get_online_features(request(&features, vec![("user_id", ints(&[1]))]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::InvalidArgument,
+            "{features:?}: {e:?}"
+        );
+    }
+    let e = client
+        .get_online_features(request(&["user_profile"], vec![("user_id", ints(&[1]))]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("view:feature"), "{e:?}");
+
+    // a 1 MB name is echoed cut short, so the status still reaches the client
+    let long = format!("user_profile:{}", "x".repeat(1 << 20));
+    let e = client
+        .get_online_features(request(&[long.as_str()], vec![("user_id", ints(&[1]))]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{:?}", e.code());
+    assert!(e.message().len() < 4096, "{}", e.message().len());
+    assert!(
+        e.message().contains("has no feature"),
+        "{}",
+        &e.message()[..100]
+    );
+    let e = TrainingServiceClient::new(channel.clone())
+        .get_job(GetJobRequest {
+            id: "j".repeat(100_000),
+            wait_millis: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{:?}", e.code());
+    assert!(e.message().len() < 4096);
+
+    // a push whose rows make an integer sum leave Int64 says so
+    let push = |user: Value, amt: i64| PushRequest {
+        feature_view: "user_purchases".into(),
+        columns: [
+            ("user_id", RepeatedValue { val: vec![user] }),
+            ("purchase_date", strs(&["2024-02-08T00:00:00Z"])),
+            ("ingested_at", strs(&["2024-02-08T00:00:00Z"])),
+            ("purchase_amt", ints(&[amt])),
+            ("category", strs(&["clothing"])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        to_offline: false,
+        at_micros: Some(T),
+    };
+    let e = client
+        .push(push(
+            Value {
+                val: Some(Val::Int64Val(1)),
+            },
+            i64::MAX,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("overflows"), "{e:?}");
+    // a row without its join key is refused, naming the row
+    let e = client.push(push(Value { val: None }, 5)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("row 0"), "{e:?}");
+    assert!(e.message().contains("user_id"), "{e:?}");
     server.stop().await;
 }
