@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use datafusion::parquet::arrow::ArrowWriter;
+use quiver_app::online::{Status, get, materialize};
 use quiver_core::Repo;
 use quiver_core::store::{KeyValue, Scalar};
 use quiver_offline::{Engine, EngineOptions, JoinRequest};
-use quiver_server::online::{Status, get, materialize};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

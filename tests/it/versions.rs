@@ -8,9 +8,9 @@ use datafusion::arrow::array::{
     TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
+use quiver_app::catalog::{Catalog, Table, hash_table, split};
 use quiver_core::hash::TableHasher;
 use quiver_offline::{EngineOptions, delta, source};
-use quiver_server::catalog::{Catalog, Table, hash_table, split};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

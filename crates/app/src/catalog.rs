@@ -36,9 +36,7 @@ use crate::{Error, Result};
 /// The Quiver version recorded in lineage.
 pub const QUIVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn now() -> i64 {
-    crate::grpc::now_micros()
-}
+use quiver_core::time::now_micros as now;
 
 /// Which version of each source a join reads.
 #[derive(Debug, Clone, Default)]
@@ -126,7 +124,7 @@ impl Catalog {
         if ok {
             Ok(())
         } else {
-            Err(Error::InvalidArgument(format!(
+            Err(Error::Invalid(format!(
                 "dataset name {name:?}: use letters, digits, `_`, `-` and `.`"
             )))
         }
@@ -158,7 +156,7 @@ impl Catalog {
                     source::collect_table(&ctx, provider, Path::new(path)).await?;
                 let (hash, _) = hash_table(&schema, &batches)?;
                 if hash != v.hash {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::Invalid(format!(
                         "{}: the files at {path} changed since this version was recorded, and files referenced by path keep only their current content; ingest them into a managed table to keep every version",
                         v.reference()
                     )));
@@ -230,7 +228,7 @@ impl Catalog {
             .iter()
             .find(|v| !matches!(v.storage, Storage::Delta { .. }))
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "dataset `{name}` has versions of files by path ({}) and a managed table at {}; rename one",
                 other.reference(),
                 table.display()
@@ -363,7 +361,7 @@ impl Catalog {
         let managed = src.path.is_none() || delta::is_delta_table(&loc);
         if managed {
             if !delta::is_delta_table(&loc) {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "source `{name}` has no data yet; add some with `quiver ingest {name} FILE…`"
                 )));
             }
@@ -406,7 +404,7 @@ impl Catalog {
             let current = self.observe_path_source(name, &loc).await?;
             let v = pick(self.registry.dataset_versions(name)?)?;
             if v.hash != current.hash {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "source `{name}` is read from files by path, which keep only their current content ({}); {} cannot be read any more",
                     current.reference(),
                     v.reference()
@@ -467,7 +465,7 @@ impl Catalog {
     /// and the feature views that read it first; nothing is written on any error.
     pub async fn ingest(&self, name: &str, files: &[PathBuf]) -> Result<DatasetVersion> {
         if files.is_empty() {
-            return Err(Error::InvalidArgument("ingest: no files given".into()));
+            return Err(Error::Invalid("ingest: no files given".into()));
         }
         self.check_managed(name)?;
         // Read everything before writing anything.
@@ -478,7 +476,7 @@ impl Catalog {
             let provider = source::file_table(&ctx, f, &what).await?;
             let (s, bs) = source::collect_table(&ctx, provider, f)
                 .await
-                .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+                .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
             parts.push((what, s, bs));
         }
         let op = Operation::Ingest {
@@ -508,7 +506,7 @@ impl Catalog {
         if let Some(p) = &src.path
             && !delta::is_delta_table(p)
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "source `{name}` reads files at {} (its `path`); only the table Quiver manages for a source without `path` can be written",
                 p.display()
             )));
@@ -846,13 +844,13 @@ impl Catalog {
             .read_table(Arc::new(mem))
             .map_err(quiver_offline::Error::from)?;
         let expr = df.parse_sql_expr(predicate).map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::Invalid(format!(
                 "--where {predicate:?}: {}",
                 quiver_offline::Error::from(e)
             ))
         })?;
         let df = df.filter(expr).map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::Invalid(format!(
                 "--where {predicate:?}: {}",
                 quiver_offline::Error::from(e)
             ))
@@ -877,7 +875,7 @@ impl Catalog {
         names: (&str, &str),
     ) -> Result<(DatasetVersion, DatasetVersion)> {
         if !(ratio > 0.0 && ratio < 1.0) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "--ratio {ratio}: must be between 0 and 1 (exclusive)"
             )));
         }

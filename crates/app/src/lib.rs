@@ -1,40 +1,28 @@
-//! Quiver's service layer: composes the offline engine and the online store, which never
-//! depend on each other, and serves them over gRPC (package `quiver.v1`).
+//! Quiver's use cases, with no transport in them: they compose the offline engine, the online
+//! store, the registry and the trainer (which never depend on each other), and every front end
+//! (the gRPC server in `quiver-grpc`, the CLI) calls them rather than doing their work.
 //!
-//! - [`online`]: `materialize` (offline join → online store) and lookups with Feast-style
-//!   statuses;
-//! - [`grpc`]: `OnlineService.GetOnlineFeatures`, gRPC health and server reflection, with
-//!   errors mapped to gRPC status codes in one place ([`Error`]).
+//! - [`catalog`]: versioned datasets (ingest, append, spines, training sets, reproduce);
+//! - [`training`]: building a training set, the one implementation behind `quiver join`;
+//!   [`jobs`] runs builds in the background for a server;
+//! - [`online`]: materialization and lookups; [`serving`] adds what a long-lived server needs
+//!   (pushes one at a time);
+//! - [`models`], [`lineage`], [`sql`]: models, lineage and impact, SQL over the registry;
+//! - [`access`]: the registry opened per call by a server; [`paths`]: where requests over
+//!   the network may read and write.
 //!
-//! ```no_run
-//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! let repo = quiver_core::Repo::load("sample-data")?;
-//! let store = std::sync::Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:6566").await?;
-//! quiver_server::grpc::serve(repo, store, listener, std::future::pending()).await?;
-//! # Ok(()) }
-//! ```
+//! Errors are [`Error`], classified by [`ErrorKind`] for the transports to map.
 
+pub mod access;
 pub mod catalog;
-pub mod codec;
 mod error;
-pub mod grpc;
-pub mod grpc_registry;
-pub mod grpc_training;
+pub mod jobs;
+pub mod lineage;
 pub mod models;
 pub mod online;
 pub mod paths;
+pub mod serving;
 pub mod sql;
 pub mod training;
 
-pub use error::{Error, Result};
-
-/// The generated protobuf and gRPC code of `proto/quiver/v1`.
-#[allow(clippy::all, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("quiver.v1");
-
-    /// The encoded descriptor set, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/quiver_descriptor.bin"));
-}
+pub use error::{Error, ErrorKind, Result, truncated};

@@ -142,9 +142,8 @@ impl Catalog {
 
     /// Register a model version: every reference is checked before anything is stored.
     pub async fn register_model(&self, r: &Registration, artifact: &Path) -> Result<ModelVersion> {
-        let bytes = std::fs::read(artifact).map_err(|e| {
-            Error::InvalidArgument(format!("--artifact {}: {e}", artifact.display()))
-        })?;
+        let bytes = std::fs::read(artifact)
+            .map_err(|e| Error::Invalid(format!("--artifact {}: {e}", artifact.display())))?;
         self.register_bytes(r, &bytes, &artifact.display().to_string())
             .await
     }
@@ -160,9 +159,9 @@ impl Catalog {
         let dataset = self.dataset(&r.dataset)?;
         let mut metrics = Vec::new();
         for (name, eval, value) in &r.metrics {
-            let e = self.dataset(eval).map_err(|e| {
-                Error::InvalidArgument(format!("--metric {name}@{eval}={value}: {e}"))
-            })?;
+            let e = self
+                .dataset(eval)
+                .map_err(|e| Error::Invalid(format!("--metric {name}@{eval}={value}: {e}")))?;
             metrics.push(Metric {
                 name: name.clone(),
                 eval: e.reference(),
@@ -200,7 +199,7 @@ impl Catalog {
             code: r.code.clone(),
             env: environment(),
             tags: r.tags.iter().cloned().collect(),
-            created_micros: crate::grpc::now_micros(),
+            created_micros: quiver_core::time::now_micros(),
         };
         Ok(self.registry.add_model_version(m)?)
     }
@@ -290,7 +289,7 @@ impl Catalog {
         let m = self.registry.model(model)?;
         let stored = self.runnable(&m)?;
         let (Some(algo), Some(label)) = (&m.algo, &m.label) else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "{}: registered without an algorithm and label; only models `quiver train` made can be rebuilt",
                 m.reference()
             )));
@@ -339,7 +338,7 @@ impl Catalog {
     fn runnable(&self, m: &ModelVersion) -> Result<Model> {
         let bytes = self.registry.read_artifact(&m.artifact.hash)?;
         Model::from_bytes(&bytes).map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::Invalid(format!(
                 "{}: not a model Quiver can run ({e}); it was registered from {}",
                 m.reference(),
                 m.artifact.file
@@ -386,7 +385,7 @@ impl Catalog {
 
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains(['@', '/', '\0']) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "model name {name:?}: must be non-empty without `@` or `/`"
         )));
     }
@@ -411,7 +410,7 @@ impl ModelReproduction {
 }
 
 fn train_err(e: quiver_train::Error) -> Error {
-    Error::InvalidArgument(e.to_string())
+    Error::Invalid(e.to_string())
 }
 
 /// Mean and p99 latency of one-row predictions, in milliseconds, over up to 2000 rows.
@@ -528,7 +527,7 @@ impl Catalog {
     /// larger seeded sample (samples are nested), register each model, keep the best 1/η.
     pub async fn halving(&self, h: &HalvingSpec, reg: Registration) -> Result<Halving> {
         if h.configs.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Invalid(
                 "halving: no candidate configurations".into(),
             ));
         }
@@ -544,7 +543,7 @@ impl Catalog {
             h.eta,
         );
         if plan.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "--budget {}: too small to train {} configurations on even one row each",
                 h.budget,
                 h.configs.len()
@@ -580,7 +579,7 @@ impl Catalog {
                 let model = quiver_train::train(&sample, &spec).map_err(train_err)?;
                 let metrics = model.evaluate(&eval_rows).map_err(train_err)?;
                 let Some(score) = metrics.get(&h.metric).copied() else {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::Invalid(format!(
                         "--metric {}: {} models report {}",
                         h.metric,
                         cfg.algo.name(),
@@ -639,4 +638,42 @@ impl Catalog {
             top,
         })
     }
+}
+
+/// The evaluation dataset version `on` names (`NAME[@VERSION]`).
+pub fn eval_ref(cat: &Catalog, on: &str) -> Result<quiver_registry::VersionRef> {
+    let (name, v) = parse_ref(on)?;
+    Ok(cat.registry.dataset_version(&name, v)?.reference())
+}
+
+/// Every model version, or those a SQL `filter` over `model_versions` keeps.
+pub async fn candidates(cat: &Catalog, filter: Option<&str>) -> Result<Vec<ModelVersion>> {
+    let all = cat.registry.all_model_versions()?;
+    Ok(match filter.filter(|f| !f.trim().is_empty()) {
+        None => all,
+        Some(f) => {
+            let keep = crate::sql::filter_models(cat, f).await?;
+            all.into_iter()
+                .filter(|m| keep.contains(&(m.name.clone(), m.version)))
+                .collect()
+        }
+    })
+}
+
+/// The versions of model `name`, or the latest version of every model when `name` is empty.
+pub fn list_models(cat: &Catalog, name: &str) -> Result<Vec<ModelVersion>> {
+    if name.is_empty() {
+        return cat
+            .registry
+            .model_names()?
+            .iter()
+            .map(|n| Ok(cat.registry.model(n)?))
+            .collect();
+    }
+    let all = cat.registry.model_versions(name)?;
+    if all.is_empty() {
+        // Not found: the registry's error names it.
+        cat.registry.model(name)?;
+    }
+    Ok(all)
 }

@@ -73,7 +73,7 @@ pub async fn materialize(
     end: i64,
     opts: EngineOptions,
     progress: impl FnMut(&str, usize),
-) -> quiver_offline::Result<Vec<Materialized>> {
+) -> crate::Result<Vec<Materialized>> {
     materialize_range(repo, store, views, Range::All, end, opts, progress).await
 }
 
@@ -86,7 +86,7 @@ pub async fn materialize_range(
     end: i64,
     opts: EngineOptions,
     mut progress: impl FnMut(&str, usize),
-) -> quiver_offline::Result<Vec<Materialized>> {
+) -> crate::Result<Vec<Materialized>> {
     let names: Vec<String> = if views.is_empty() {
         repo.views.keys().cloned().collect()
     } else {
@@ -95,7 +95,7 @@ pub async fn materialize_range(
     for v in &names {
         if !repo.views.contains_key(v) {
             let known: Vec<&str> = repo.views.keys().map(|s| s.as_str()).collect();
-            return Err(err(format!(
+            return Err(crate::Error::NotFound(format!(
                 "unknown feature view `{v}`; views: {}",
                 known.join(", ")
             )));
@@ -451,7 +451,7 @@ pub async fn push(
     appended: bool,
     now: i64,
     opts: EngineOptions,
-) -> quiver_offline::Result<Pushed> {
+) -> crate::Result<Pushed> {
     let def = repo.views.get(view).ok_or_else(|| {
         quiver_offline::Error::Core(quiver_core::Error::Request(format!(
             "unknown feature view `{view}`"
@@ -603,7 +603,7 @@ pub struct Value {
 }
 
 /// An entity given as `key=value` pairs; integers parse as integers, anything else is a string.
-pub fn parse_entity(text: &str) -> CoreResult<Vec<(String, KeyValue)>> {
+pub fn parse_entity(text: &str) -> crate::Result<Vec<(String, KeyValue)>> {
     text.split(',')
         .map(|pair| {
             let (k, v) = pair.split_once('=').ok_or_else(|| {
@@ -629,7 +629,7 @@ pub fn get(
     refs: &[FeatureRef],
     entities: &[Vec<(String, KeyValue)>],
     at: i64,
-) -> CoreResult<Vec<Vec<Value>>> {
+) -> crate::Result<Vec<Vec<Value>>> {
     let mut out = vec![Vec::with_capacity(refs.len()); entities.len()];
     let mut views: Vec<&str> = Vec::new();
     for r in refs {

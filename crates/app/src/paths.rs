@@ -26,14 +26,14 @@ impl Confinement {
     pub fn new(repo_dir: &Path, extra: &[PathBuf]) -> Result<Self> {
         let canon = |p: &Path, what: &str| {
             std::fs::canonicalize(p)
-                .map_err(|e| Error::InvalidArgument(format!("{what} {}: {e}", p.display())))
+                .map_err(|e| Error::Invalid(format!("{what} {}: {e}", p.display())))
         };
         let base = canon(repo_dir, "repository")?;
         let mut roots = vec![base.clone()];
         for r in extra {
             let c = canon(r, "--data-root")?;
             if !c.is_dir() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "--data-root {}: not a folder",
                     r.display()
                 )));
@@ -59,10 +59,10 @@ impl Confinement {
     /// `p` made absolute against the repository, with `.` and `..` resolved as written.
     fn lexical(&self, field: &str, p: &str) -> Result<PathBuf> {
         if p.is_empty() {
-            return Err(Error::InvalidArgument(format!("{field}: empty path")));
+            return Err(Error::Invalid(format!("{field}: empty path")));
         }
         if p.contains('\0') {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "{field}: a path cannot contain a NUL byte"
             )));
         }
@@ -110,13 +110,13 @@ impl Confinement {
             return Err(self.denied(field, p));
         }
         let (Some(dir), Some(name)) = (lexical.parent(), lexical.file_name()) else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "{field}: {} names no file",
                 shown(p)
             )));
         };
         let dir = std::fs::canonicalize(dir).map_err(|_| {
-            Error::InvalidArgument(format!("{field}: {}: its folder does not exist", shown(p)))
+            Error::Invalid(format!("{field}: {}: its folder does not exist", shown(p)))
         })?;
         if !self.inside(&dir) {
             return Err(self.denied(field, p));
@@ -126,13 +126,13 @@ impl Confinement {
             Err(_) => {}
             Ok(m) if m.is_file() && overwrite => {}
             Ok(m) if m.is_file() => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "{field}: {} exists; a request replaces a file only when it sets `overwrite`",
                     shown(p)
                 )));
             }
             Ok(_) => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "{field}: {} exists and is not a regular file",
                     shown(p)
                 )));
@@ -214,12 +214,12 @@ mod tests {
         assert!(c.write("out", data.to_str().unwrap(), false).is_ok());
         assert!(matches!(
             c.write("out", "spine.csv", false),
-            Err(Error::InvalidArgument(m)) if m.contains("overwrite")
+            Err(Error::Invalid(m)) if m.contains("overwrite")
         ));
         assert!(c.write("out", "spine.csv", true).is_ok());
         assert!(matches!(
             c.write("out", "sub", true),
-            Err(Error::InvalidArgument(_))
+            Err(Error::Invalid(_))
         ));
         for bad in ["../../x.parquet", "/etc/quiver.parquet", "../outside.csv"] {
             assert!(
@@ -229,7 +229,7 @@ mod tests {
         }
         assert!(matches!(
             c.write("out", "nofolder/x.parquet", false),
-            Err(Error::InvalidArgument(_))
+            Err(Error::Invalid(_))
         ));
     }
 }

@@ -438,12 +438,12 @@ pub async fn query(cat: &Catalog, sql: &str) -> Result<(SchemaRef, Vec<RecordBat
     let df = ctx
         .sql_with_options(sql, opts)
         .await
-        .map_err(|e| Error::InvalidArgument(format!("sql: {}", quiver_offline::Error::from(e))))?;
+        .map_err(|e| Error::Invalid(format!("sql: {}", quiver_offline::Error::from(e))))?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df
         .collect()
         .await
-        .map_err(|e| Error::InvalidArgument(format!("sql: {}", quiver_offline::Error::from(e))))?;
+        .map_err(|e| Error::Invalid(format!("sql: {}", quiver_offline::Error::from(e))))?;
     Ok((schema, batches))
 }
 
@@ -455,7 +455,7 @@ pub async fn filter_models(cat: &Catalog, filter: &str) -> Result<Vec<(String, u
         .await
         .map_err(quiver_offline::Error::from)?;
     let expr = df.parse_sql_expr(filter).map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::Invalid(format!(
             "--where {filter:?}: {}",
             quiver_offline::Error::from(e)
         ))
@@ -464,13 +464,13 @@ pub async fn filter_models(cat: &Catalog, filter: &str) -> Result<Vec<(String, u
         .filter(expr)
         .and_then(|d| d.select_columns(&["name", "version"]))
         .map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::Invalid(format!(
                 "--where {filter:?}: {}",
                 quiver_offline::Error::from(e)
             ))
         })?;
     let batches = df.collect().await.map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::Invalid(format!(
             "--where {filter:?}: {}",
             quiver_offline::Error::from(e)
         ))

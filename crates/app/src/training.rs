@@ -60,16 +60,16 @@ pub fn looks_like_path(s: &str) -> bool {
 /// an output that is a file in an existing folder, a spine file that exists.
 pub fn check(req: &Request) -> Result<()> {
     if req.features.is_empty() {
-        return Err(Error::InvalidArgument("no features requested".into()));
+        return Err(Error::Invalid("no features requested".into()));
     }
     if req.out.is_none() && req.register.is_none() {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Invalid(
             "give an output file, a dataset name to register, or both".into(),
         ));
     }
     if let Some(out) = &req.out {
         if out.is_dir() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "out {} is a folder; give a .parquet or .csv file",
                 out.display()
             )));
@@ -78,7 +78,7 @@ pub fn check(req: &Request) -> Result<()> {
         if let Some(d) = dir
             && !d.is_dir()
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "out {}: folder {} does not exist",
                 out.display(),
                 d.display()
@@ -90,7 +90,7 @@ pub fn check(req: &Request) -> Result<()> {
 
 fn check_spine(req: &Request) -> Result<()> {
     if req.spine.is_empty() {
-        return Err(Error::InvalidArgument("spine: empty".into()));
+        return Err(Error::Invalid("spine: empty".into()));
     }
     if looks_like_path(&req.spine) && !Path::new(&req.spine).exists() {
         return Err(Error::NotFound(format!(
@@ -112,7 +112,7 @@ pub async fn explain(
     req: &Request,
 ) -> Result<(Vec<String>, usize, usize)> {
     if req.features.is_empty() {
-        return Err(Error::InvalidArgument("no features requested".into()));
+        return Err(Error::Invalid("no features requested".into()));
     }
     check_spine(req)?;
     opts.plan_only = true;
@@ -258,7 +258,7 @@ async fn versioned_in(
     for pin in &req.pins {
         let (name, v) = quiver_registry::parse_ref(pin)?;
         let Some(v) = v else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "source version {pin:?}: write SOURCE@VERSION"
             )));
         };

@@ -136,6 +136,15 @@ pub fn format_instant(us: i64) -> String {
         .unwrap_or_else(|| format!("{us}us"))
 }
 
+/// The current time in microseconds since the epoch, UTC: the one clock of the workspace
+/// (default lookup and materialization times, registry timestamps).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

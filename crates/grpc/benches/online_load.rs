@@ -1,9 +1,9 @@
 //! Online serving load test: materialize N entities × 20 latest-value features, serve them
-//! with `quiver_server::grpc::serve` on 127.0.0.1, and drive it with a bounded tonic load
+//! with `quiver_grpc::server::serve` on 127.0.0.1, and drive it with a bounded tonic load
 //! generator. Reports materialize rows/s and, for 1 and 100 entities per request at 1 and 16
 //! concurrent clients, p50/p99 latency and requests/s.
 //!
-//! `cargo bench -p quiver-server --bench online_load [-- ENTITIES]` (default 1 000 000).
+//! `cargo bench -p quiver-grpc --bench online_load [-- ENTITIES]` (default 1 000 000).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +14,12 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{Field, Schema};
 use parquet::arrow::ArrowWriter;
 use quiver_core::Repo;
-use quiver_offline::EngineOptions;
-use quiver_server::proto::online_service_client::OnlineServiceClient;
-use quiver_server::proto::{
+use quiver_grpc::proto::online_service_client::OnlineServiceClient;
+use quiver_grpc::proto::{
     FeatureList, GetOnlineFeaturesRequest, RepeatedValue, Value, get_online_features_request::Kind,
     value::Val,
 };
+use quiver_offline::EngineOptions;
 
 const FEATURES: usize = 20;
 const T: i64 = 1_735_689_600_000_000; // 2025-01-01
@@ -113,7 +113,7 @@ fn main() {
         .unwrap();
     let started = Instant::now();
     let done = server_rt
-        .block_on(quiver_server::online::materialize(
+        .block_on(quiver_app::online::materialize(
             &repo,
             store.as_ref(),
             &[],
@@ -134,7 +134,7 @@ fn main() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = server_rt.spawn(quiver_server::grpc::serve(repo, store, listener, async {
+    let server = server_rt.spawn(quiver_grpc::server::serve(repo, store, listener, async {
         let _ = stopped.await;
     }));
 

@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quiver_core::Repo;
-use quiver_offline::EngineOptions;
-use quiver_server::proto::online_service_client::OnlineServiceClient;
-use quiver_server::proto::{
+use quiver_grpc::proto::online_service_client::OnlineServiceClient;
+use quiver_grpc::proto::{
     FeatureList, FieldStatus, GetOnlineFeaturesRequest, RepeatedValue, Value,
     get_online_features_request::Kind, value::Val,
 };
+use quiver_offline::EngineOptions;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -54,7 +54,7 @@ fn sample_copy() -> tempfile::TempDir {
 }
 
 async fn materialize_at_t(repo: &Repo, store: &dyn quiver_core::store::OnlineStore) {
-    quiver_server::online::materialize(repo, store, &[], T, EngineOptions::default(), |_, _| {})
+    quiver_app::online::materialize(repo, store, &[], T, EngineOptions::default(), |_, _| {})
         .await
         .unwrap();
 }
@@ -63,7 +63,7 @@ async fn materialize_at_t(repo: &Repo, store: &dyn quiver_core::store::OnlineSto
 struct Server {
     url: String,
     stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<quiver_server::Result<()>>,
+    handle: tokio::task::JoinHandle<Result<(), quiver_grpc::GrpcError>>,
 }
 
 impl Server {
@@ -74,12 +74,12 @@ impl Server {
     async fn start_with(
         repo: Repo,
         store: Arc<dyn quiver_core::store::OnlineStore>,
-        options: quiver_server::grpc::ServeOptions,
+        options: quiver_grpc::server::ServeOptions,
     ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(quiver_server::grpc::serve_with(
+        let handle = tokio::spawn(quiver_grpc::server::serve_with(
             repo,
             store,
             listener,
@@ -252,8 +252,8 @@ async fn serves_lookups_health_and_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_service_registers_selects_and_traces() {
-    use quiver_server::proto::registry_service_client::RegistryServiceClient;
-    use quiver_server::proto::{
+    use quiver_grpc::proto::registry_service_client::RegistryServiceClient;
+    use quiver_grpc::proto::{
         GetModelRequest, LineageRequest, ListModelsRequest, MetricValue, RegisterModelRequest,
         SelectBestRequest,
     };
@@ -262,7 +262,7 @@ async fn registry_service_registers_selects_and_traces() {
     // A registered training set to register models against.
     {
         let cat =
-            quiver_server::catalog::Catalog::open(repo.clone(), EngineOptions::default()).unwrap();
+            quiver_app::catalog::Catalog::open(repo.clone(), EngineOptions::default()).unwrap();
         let spine = cat
             .add(&dir.path().join("spine.csv"), "labels")
             .await
@@ -277,7 +277,7 @@ async fn registry_service_registers_selects_and_traces() {
         cat.write_dataset(
             "train",
             quiver_registry::DatasetKind::Training,
-            &quiver_server::catalog::Table {
+            &quiver_app::catalog::Table {
                 schema: out.schema(),
                 batches: vec![out],
             },
@@ -507,7 +507,7 @@ async fn offline_values(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_updates_online_values_like_the_offline_join() {
-    use quiver_server::proto::PushRequest;
+    use quiver_grpc::proto::PushRequest;
     let dir = sample_copy();
     let repo = Repo::load(dir.path()).unwrap();
     let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
@@ -603,7 +603,7 @@ async fn push_updates_online_values_like_the_offline_join() {
     let want = offline_values(&repo, Some(pushed.clone()), &features).await;
     for (f, vector) in got.results.iter().enumerate() {
         for (e, (value, row)) in vector.values.iter().zip(&want).enumerate() {
-            let v = quiver_server::grpc::scalar_of(value);
+            let v = quiver_grpc::convert::scalar_of(value);
             assert_eq!(v, row[f], "feature {} entity {}", features[f], e + 1);
         }
     }
@@ -622,10 +622,10 @@ async fn push_updates_online_values_like_the_offline_join() {
     let twice =
         datafusion::arrow::compute::concat_batches(&pushed.schema(), [&pushed, &pushed]).unwrap();
     let want = offline_values(&repo, Some(twice), &features).await;
-    let check = |got: &quiver_server::proto::GetOnlineFeaturesResponse| {
+    let check = |got: &quiver_grpc::proto::GetOnlineFeaturesResponse| {
         for (f, vector) in got.results.iter().enumerate() {
             for (e, (value, row)) in vector.values.iter().zip(&want).enumerate() {
-                let v = quiver_server::grpc::scalar_of(value);
+                let v = quiver_grpc::convert::scalar_of(value);
                 assert_eq!(v, row[f], "feature {} entity {}", features[f], e + 1);
             }
         }
@@ -692,7 +692,7 @@ async fn push_updates_online_values_like_the_offline_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_materialization_rewrites_only_what_changed() {
-    use quiver_server::online::{Range, materialize_range};
+    use quiver_app::online::{Range, materialize_range};
     let dir = sample_copy();
     // User 1 bought long ago only, user 2 within a window of t1, user 3 after t1.
     std::fs::write(
@@ -721,7 +721,7 @@ async fn incremental_materialization_rewrites_only_what_changed() {
     let again = materialize_range(&repo, &inc, &[], Range::Incremental, T, opts(), |_, _| {})
         .await
         .unwrap();
-    let rows = |m: &[quiver_server::online::Materialized], v: &str| {
+    let rows = |m: &[quiver_app::online::Materialized], v: &str| {
         m.iter().find(|x| x.view == v).unwrap().rows
     };
     assert_eq!(rows(&all, "user_purchases"), 2, "{all:?}"); // users 1 and 2
@@ -733,9 +733,9 @@ async fn incremental_materialization_rewrites_only_what_changed() {
     let ents: Vec<_> = (1..=4)
         .map(|i| vec![("user_id".to_string(), quiver_core::store::KeyValue::Int(i))])
         .collect();
-    let a = quiver_server::online::get(&repo, &inc, &refs, &ents, T).unwrap();
-    let b = quiver_server::online::get(&repo, &full, &refs, &ents, T).unwrap();
-    let strip = |v: Vec<Vec<quiver_server::online::Value>>| {
+    let a = quiver_app::online::get(&repo, &inc, &refs, &ents, T).unwrap();
+    let b = quiver_app::online::get(&repo, &full, &refs, &ents, T).unwrap();
+    let strip = |v: Vec<Vec<quiver_app::online::Value>>| {
         v.into_iter()
             .map(|r| {
                 r.into_iter()
@@ -753,8 +753,8 @@ async fn incremental_materialization_rewrites_only_what_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_jobs_build_register_and_report_failures() {
-    use quiver_server::proto::training_service_client::TrainingServiceClient;
-    use quiver_server::proto::{
+    use quiver_grpc::proto::training_service_client::TrainingServiceClient;
+    use quiver_grpc::proto::{
         GetJobRequest, Job, JobState, ListJobsRequest, TrainingSetRequest,
         registry_service_client::RegistryServiceClient, training_set_request::Kind as TKind,
     };
@@ -826,7 +826,7 @@ async fn training_jobs_build_register_and_report_failures() {
     assert_eq!(reg.state, JobState::Succeeded as i32, "{reg:?}");
     assert!(reg.registered.starts_with("train@1"), "{reg:?}");
     let lineage = RegistryServiceClient::new(channel.clone())
-        .lineage(quiver_server::proto::LineageRequest {
+        .lineage(quiver_grpc::proto::LineageRequest {
             artifact: "train@1".into(),
             ..Default::default()
         })
@@ -908,8 +908,8 @@ async fn training_jobs_build_register_and_report_failures() {
 /// so, and are refused before any file is opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_escapes_are_refused_before_any_file_is_opened() {
-    use quiver_server::proto::training_service_client::TrainingServiceClient;
-    use quiver_server::proto::{
+    use quiver_grpc::proto::training_service_client::TrainingServiceClient;
+    use quiver_grpc::proto::{
         GetJobRequest, JobState, TrainingSetRequest, training_set_request::Kind as TKind,
     };
     let dir = sample_copy();
@@ -925,7 +925,7 @@ async fn path_escapes_are_refused_before_any_file_is_opened() {
     let server = Server::start_with(
         repo,
         store,
-        quiver_server::grpc::ServeOptions {
+        quiver_grpc::server::ServeOptions {
             data_roots: vec![roots.path().to_path_buf()],
         },
     )
@@ -975,7 +975,7 @@ async fn path_escapes_are_refused_before_any_file_is_opened() {
     async fn finish(
         client: &mut TrainingServiceClient<tonic::transport::Channel>,
         id: &str,
-    ) -> quiver_server::proto::Job {
+    ) -> quiver_grpc::proto::Job {
         for _ in 0..40 {
             let j = client
                 .get_job(GetJobRequest {
@@ -1018,8 +1018,8 @@ async fn path_escapes_are_refused_before_any_file_is_opened() {
 /// Issue 18.2: a malformed Parquet spine left the job RUNNING for ever with an empty error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_parquet_spine_fails_the_job_naming_the_file() {
-    use quiver_server::proto::training_service_client::TrainingServiceClient;
-    use quiver_server::proto::{
+    use quiver_grpc::proto::training_service_client::TrainingServiceClient;
+    use quiver_grpc::proto::{
         GetJobRequest, JobState, TrainingSetRequest, training_set_request::Kind as TKind,
     };
     let dir = sample_copy();
@@ -1113,8 +1113,8 @@ impl tonic::codec::Decoder for Raw {
 /// key was accepted as `rows=1 entities=0`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_name_the_client_error() {
-    use quiver_server::proto::training_service_client::TrainingServiceClient;
-    use quiver_server::proto::{GetJobRequest, PushRequest};
+    use quiver_grpc::proto::training_service_client::TrainingServiceClient;
+    use quiver_grpc::proto::{GetJobRequest, PushRequest};
     let dir = sample_copy();
     let repo = Repo::load(dir.path()).unwrap();
     let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());

@@ -441,10 +441,7 @@ pub async fn rewrite(
     let table = open(path, None).await?;
     let state = table.snapshot().map_err(|e| delta_err(path, e))?.clone();
     let n = batch.num_rows();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = quiver_core::time::now_micros() / 1000;
     let tag = blake3::hash(format!("{}{now_ms}{n}", path.display()).as_bytes()).to_hex();
     let tag = &tag[..16];
     // Boundaries: every cut, plus a row-group boundary every `row_group_rows`.

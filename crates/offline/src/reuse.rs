@@ -76,12 +76,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use quiver_core::time::now_micros;
 
 /// The catalog's writer lock: a file created exclusively, removed on drop. A lock older than
 /// a minute belongs to a writer that died and is taken over.

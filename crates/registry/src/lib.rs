@@ -196,6 +196,13 @@ pub struct FeatureUse {
     pub feature: String,
 }
 
+impl std::fmt::Display for FeatureUse {
+    /// `view@version:feature`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.view, self.view_version, self.feature)
+    }
+}
+
 /// A point-in-time join, as recorded for its training set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRecord {

@@ -11,23 +11,23 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 /// The sample repository, embedded so that the binary alone can create it.
-const SAMPLE_YAML: &str = include_str!("../../../sample-data/quiver.yaml");
+const SAMPLE_YAML: &str = include_str!("../../../../sample-data/quiver.yaml");
 const SAMPLE_FILES: &[(&str, &[u8])] = &[
     (
         "data/purchases.csv",
-        include_bytes!("../../../sample-data/data/purchases.csv"),
+        include_bytes!("../../../../sample-data/data/purchases.csv"),
     ),
     (
         "data/profiles/part-0.parquet",
-        include_bytes!("../../../sample-data/data/profiles/part-0.parquet"),
+        include_bytes!("../../../../sample-data/data/profiles/part-0.parquet"),
     ),
     (
         "data/profiles/part-1.parquet",
-        include_bytes!("../../../sample-data/data/profiles/part-1.parquet"),
+        include_bytes!("../../../../sample-data/data/profiles/part-1.parquet"),
     ),
     (
         "spine.csv",
-        include_bytes!("../../../sample-data/spine.csv"),
+        include_bytes!("../../../../sample-data/spine.csv"),
     ),
 ];
 
@@ -198,5 +198,31 @@ mod tests {
             "my_repo_v2"
         );
         assert_eq!(folder_name(Path::new("/tmp/shop/.")).unwrap(), "shop");
+    }
+}
+
+/// Create a feature repository: the bundled sample (data, spine, a feature service), or
+/// with --empty a commented quiver.yaml skeleton.
+#[derive(clap::Args)]
+pub struct Init {
+    /// The folder (made if missing).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// The project name (default: the folder's name).
+    #[arg(long)]
+    project: Option<String>,
+    /// Only a quiver.yaml skeleton, no sample data.
+    #[arg(long)]
+    empty: bool,
+}
+
+impl Init {
+    /// Create it and print the next steps.
+    pub fn run(self) -> Result<std::process::ExitCode> {
+        let created = init(&self.dir, self.project.as_deref(), self.empty)?;
+        for line in next_steps(&created) {
+            println!("{line}");
+        }
+        Ok(std::process::ExitCode::SUCCESS)
     }
 }

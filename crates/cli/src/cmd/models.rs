@@ -1,4 +1,4 @@
-//! `models …`, `train`, `predict`, `impact`, `select …` and `sql`: the model registry
+//! `models …`, `train`, `predict` and `select …`: the model registry
 //! (DESIGN §7).
 
 use std::collections::BTreeMap;
@@ -7,15 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
-use quiver_core::Repo;
+use quiver_app::models::{Config, HalvingSpec, Registration, code_version, grid};
 use quiver_core::time::format_instant;
-use quiver_offline::EngineOptions;
+use quiver_registry::ModelVersion;
 use quiver_registry::select::{Best, Limit, parse_limit};
-use quiver_registry::{Change, ModelVersion, VersionRef, parse_ref};
-use quiver_server::catalog::Catalog;
-use quiver_server::models::{Config, HalvingSpec, Registration, code_version, grid};
 use quiver_train::Algo;
 
+use super::{catalog, json};
 use crate::table::print_table;
 
 #[derive(Subcommand)]
@@ -80,7 +78,7 @@ pub enum Models {
 
 /// `quiver models reproduce`: exit 0 when the training set and the artifact rebuild to the
 /// recorded hashes, 1 when either differs.
-pub async fn reproduce_model(model: &str, repo: &Path) -> Result<std::process::ExitCode> {
+pub(super) async fn reproduce_model(model: &str, repo: &Path) -> Result<std::process::ExitCode> {
     let cat = catalog(repo)?;
     cat.sync_sources().await?;
     let r = cat.reproduce_model(model).await?;
@@ -178,10 +176,6 @@ pub enum Select {
     },
 }
 
-fn catalog(repo: &Path) -> Result<Catalog> {
-    Ok(Catalog::open(Repo::load(repo)?, EngineOptions::default())?)
-}
-
 fn kv(text: &str, flag: &str) -> Result<(String, String)> {
     let (k, v) = text
         .split_once('=')
@@ -203,17 +197,25 @@ fn number(text: &str, flag: &str) -> Result<f64> {
     Ok(x)
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+impl Models {
+    /// Run the subcommand (`reproduce` exits 1 when the rebuild differs).
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        if let Models::Reproduce { model } = &self {
+            return reproduce_model(model, repo).await;
+        }
+        models(self, repo).await?;
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
-fn eval_ref(cat: &Catalog, on: &str) -> Result<VersionRef> {
-    let (name, v) = parse_ref(on)?;
-    Ok(cat.registry.dataset_version(&name, v)?.reference())
+impl Select {
+    /// Choose: exit 1 when no version fits.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        select(self, repo).await
+    }
 }
 
-pub async fn models(cmd: Models, repo: &Path) -> Result<()> {
+async fn models(cmd: Models, repo: &Path) -> Result<()> {
     let cat = catalog(repo)?;
     match cmd {
         Models::Register {
@@ -268,7 +270,7 @@ pub async fn models(cmd: Models, repo: &Path) -> Result<()> {
         Models::Reproduce { .. } => unreachable!("handled by reproduce_model"),
         Models::Evaluate { model, on } => {
             let m = cat.evaluate(&model, &on).await?;
-            let eval = eval_ref(&cat, &on)?;
+            let eval = quiver_app::models::eval_ref(&cat, &on)?;
             for x in m.metrics.iter().filter(|x| x.eval == eval) {
                 println!(
                     "{}: {} on {} = {:.6}",
@@ -410,7 +412,7 @@ pub async fn models(cmd: Models, repo: &Path) -> Result<()> {
                 Some(
                     m.features
                         .iter()
-                        .map(|f| format!("{}@{}:{}", f.view, f.view_version, f.feature))
+                        .map(|f| f.to_string())
                         .collect::<Vec<_>>()
                         .join(" "),
                 )
@@ -471,123 +473,112 @@ fn print_model(m: &ModelVersion) {
             "features {}",
             m.features
                 .iter()
-                .map(|f| format!("{}@{}:{}", f.view, f.view_version, f.feature))
+                .map(|f| f.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn train(
-    name: &str,
-    dataset: &str,
-    label: &str,
-    algo: &str,
-    params: &[String],
+/// Train a model on a training-set version with the built-in trainer and register it.
+#[derive(clap::Args)]
+pub struct Train {
+    name: String,
+    /// The training set, TRAINSET[@VER].
+    #[arg(long)]
+    dataset: String,
+    #[arg(long)]
+    label: String,
+    /// linear, logistic or tree.
+    #[arg(long)]
+    algo: String,
+    #[arg(long = "param", value_name = "K=V")]
+    params: Vec<String>,
+    #[arg(long, default_value_t = 0)]
     seed: u64,
-    eval: Option<&str>,
-    features: Option<Vec<String>>,
+    /// The evaluation set, EVALSET[@VER] (default: the training set).
+    #[arg(long)]
+    eval: Option<String>,
+    /// Feature columns (default: the training set's numeric feature columns).
+    #[arg(long = "feature-columns", value_delimiter = ',')]
+    feature_columns: Option<Vec<String>>,
+    /// The model this one derives from, NAME@VER.
+    #[arg(long)]
     parent: Option<String>,
-    repo: &Path,
-) -> Result<()> {
-    let cat = catalog(repo)?;
-    let algo: Algo = algo.parse()?;
-    let params: BTreeMap<String, String> = params
-        .iter()
-        .map(|p| kv(p, "param"))
-        .collect::<Result<_>>()?;
-    let reg = Registration {
-        parent,
-        code: code_version(&std::env::current_dir()?),
-        ..Default::default()
-    };
-    let m = cat
-        .train(
-            name, dataset, label, algo, params, seed, eval, features, reg,
-        )
-        .await?;
-    println!(
-        "{}: {} on {} ({} features), artifact {}",
-        m.reference(),
-        algo.name(),
-        m.dataset,
-        m.features.len(),
-        &m.artifact.hash.to_string()[..12]
-    );
-    for x in &m.metrics {
-        println!("  {} on {} = {:.6}", x.name, x.eval, x.value);
-    }
-    for (k, v) in &m.costs {
-        println!("  cost {k} = {v:.6}");
-    }
-    Ok(())
 }
 
-pub async fn predict(model: &str, dataset: &str, out: &Path, repo: &Path) -> Result<()> {
-    let cat = catalog(repo)?;
-    let data = cat.dataset_or_file(dataset).await?;
-    let batch = cat.predict(model, data).await?;
-    quiver_offline::source::write_table(out, &batch)
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!("{} predictions -> {}", batch.num_rows(), out.display());
-    Ok(())
-}
-
-pub async fn impact(target: &str, as_json: bool, repo: &Path) -> Result<()> {
-    let cat = catalog(repo)?;
-    cat.sync_sources().await?;
-    let change = match target.split_once(':') {
-        Some((view, feature)) => {
-            let (view, ver) = parse_ref(view)?;
-            let v = cat.registry.view_version(&view, ver)?;
-            if v.definition.view.features.iter().all(|f| f.name != feature)
-                && cat
-                    .registry
-                    .view_versions(&view)?
-                    .iter()
-                    .all(|x| x.definition.view.features.iter().all(|f| f.name != feature))
-            {
-                bail!("feature view `{view}` never had a feature `{feature}`");
-            }
-            Change::Feature {
-                view,
-                feature: feature.to_string(),
-                version: v.version,
-            }
+impl Train {
+    /// Train, register and report the version, its metrics and costs.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        let cat = catalog(repo)?;
+        let algo: Algo = self.algo.parse()?;
+        let params: BTreeMap<String, String> = self
+            .params
+            .iter()
+            .map(|p| kv(p, "param"))
+            .collect::<Result<_>>()?;
+        let reg = Registration {
+            parent: self.parent,
+            code: code_version(&std::env::current_dir()?),
+            ..Default::default()
+        };
+        let m = cat
+            .train(
+                &self.name,
+                &self.dataset,
+                &self.label,
+                algo,
+                params,
+                self.seed,
+                self.eval.as_deref(),
+                self.feature_columns,
+                reg,
+            )
+            .await?;
+        println!(
+            "{}: {} on {} ({} features), artifact {}",
+            m.reference(),
+            algo.name(),
+            m.dataset,
+            m.features.len(),
+            &m.artifact.hash.to_string()[..12]
+        );
+        for x in &m.metrics {
+            println!("  {} on {} = {:.6}", x.name, x.eval, x.value);
         }
-        None => {
-            let (name, ver) = parse_ref(target)?;
-            Change::Dataset(cat.registry.dataset_version(&name, ver)?.reference())
+        for (k, v) in &m.costs {
+            println!("  cost {k} = {v:.6}");
         }
-    };
-    let stale = cat.registry.impact(&change)?;
-    if as_json {
-        return json(&stale);
+        Ok(ExitCode::SUCCESS)
     }
-    if stale.is_empty() {
-        println!("nothing is stale");
-    }
-    for a in stale {
-        println!("{a}");
-    }
-    Ok(())
 }
 
-async fn candidates(cat: &Catalog, filter: Option<&str>) -> Result<Vec<ModelVersion>> {
-    let all = cat.registry.all_model_versions()?;
-    Ok(match filter {
-        None => all,
-        Some(f) => {
-            let keep = quiver_server::sql::filter_models(cat, f).await?;
-            all.into_iter()
-                .filter(|m| keep.contains(&(m.name.clone(), m.version)))
-                .collect()
-        }
-    })
+/// Predictions of a model (NAME@VER or NAME@ALIAS) for a dataset or file.
+#[derive(clap::Args)]
+pub struct Predict {
+    model: String,
+    /// A dataset NAME[@VER] or a Parquet/CSV file.
+    #[arg(long)]
+    dataset: String,
+    #[arg(long)]
+    out: PathBuf,
 }
 
-pub async fn select(cmd: Select, repo: &Path) -> Result<ExitCode> {
+impl Predict {
+    /// Predict and write the predictions.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        let cat = catalog(repo)?;
+        let data = cat.dataset_or_file(&self.dataset).await?;
+        let batch = cat.predict(&self.model, data).await?;
+        let out = &self.out;
+        quiver_offline::source::write_table(out, &batch)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("{} predictions -> {}", batch.num_rows(), out.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn select(cmd: Select, repo: &Path) -> Result<ExitCode> {
     let cat = catalog(repo)?;
     match cmd {
         Select::Best {
@@ -602,8 +593,8 @@ pub async fn select(cmd: Select, repo: &Path) -> Result<ExitCode> {
                 .iter()
                 .map(|l| parse_limit(l).map_err(|e| anyhow!(e)))
                 .collect::<Result<_>>()?;
-            let eval = eval_ref(&cat, &on)?;
-            let cands = candidates(&cat, filter.as_deref()).await?;
+            let eval = quiver_app::models::eval_ref(&cat, &on)?;
+            let cands = quiver_app::models::candidates(&cat, filter.as_deref()).await?;
             match quiver_registry::select::best(&cands, &metric, &eval, &limits, minimize) {
                 Best::Found { model, metric: v } => {
                     if as_json {
@@ -642,13 +633,13 @@ pub async fn select(cmd: Select, repo: &Path) -> Result<ExitCode> {
             minimize,
             json: as_json,
         } => {
-            let eval = eval_ref(&cat, &on)?;
+            let eval = quiver_app::models::eval_ref(&cat, &on)?;
             let costs = if costs.is_empty() {
                 vec!["latency_p99_ms".to_string(), "size_bytes".to_string()]
             } else {
                 costs
             };
-            let cands = candidates(&cat, filter.as_deref()).await?;
+            let cands = quiver_app::models::candidates(&cat, filter.as_deref()).await?;
             let front = quiver_registry::select::pareto(&cands, &metric, &eval, &costs, minimize);
             if as_json {
                 json(&front)?;
@@ -741,75 +732,5 @@ pub async fn select(cmd: Select, repo: &Path) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-pub async fn sql(query: &str, as_json: bool, repo: &Path) -> Result<()> {
-    let cat = catalog(repo)?;
-    cat.sync_sources().await?;
-    let (schema, batches) = quiver_server::sql::query(&cat, query).await?;
-    if as_json {
-        let mut out = Vec::new();
-        for b in &batches {
-            for i in 0..b.num_rows() {
-                let mut obj = serde_json::Map::new();
-                for (f, c) in schema.fields().iter().zip(b.columns()) {
-                    obj.insert(f.name().clone(), json_value(c.as_ref(), i));
-                }
-                out.push(serde_json::Value::Object(obj));
-            }
-        }
-        return json(&out);
-    }
-    let mut rows = vec![
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect::<Vec<_>>(),
-    ];
-    for b in &batches {
-        let fmts: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| {
-                datafusion::arrow::util::display::ArrayFormatter::try_new(
-                    c.as_ref(),
-                    &Default::default(),
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        for i in 0..b.num_rows() {
-            rows.push(fmts.iter().map(|f| f.value(i).to_string()).collect());
-        }
-    }
-    print_table(rows);
-    Ok(())
-}
-
-/// One value as JSON: numbers and booleans as such, nulls as null, the rest as text.
-fn json_value(a: &dyn datafusion::arrow::array::Array, i: usize) -> serde_json::Value {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
-    if a.is_null(i) {
-        return serde_json::Value::Null;
-    }
-    match a.data_type() {
-        DataType::Int64 => a.as_primitive::<Int64Type>().value(i).into(),
-        DataType::Float64 => serde_json::Number::from_f64(a.as_primitive::<Float64Type>().value(i))
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
-        DataType::Boolean => a.as_boolean().value(i).into(),
-        d if d.is_integer() || d.is_floating() => {
-            match datafusion::arrow::compute::cast(&a.slice(i, 1), &DataType::Float64) {
-                Ok(c) => serde_json::Number::from_f64(c.as_primitive::<Float64Type>().value(0))
-                    .map(serde_json::Value::Number)
-                    .unwrap_or(serde_json::Value::Null),
-                Err(_) => serde_json::Value::Null,
-            }
-        }
-        _ => datafusion::arrow::util::display::ArrayFormatter::try_new(a, &Default::default())
-            .map(|f| serde_json::Value::String(f.value(i).to_string()))
-            .unwrap_or(serde_json::Value::Null),
     }
 }

@@ -1,17 +1,15 @@
-//! `ingest`, `apply`, `datasets …`, `feature-views …`, `lineage` and `reproduce`: the
+//! `ingest`, `apply`, `datasets …`, `feature-views …` and `reproduce`: the
 //! versioned offline store and the registry (DESIGN §5, §7).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use quiver_core::Repo;
 use quiver_core::time::format_instant;
-use quiver_offline::EngineOptions;
 use quiver_registry::{DatasetVersion, Operation, ViewVersion, parse_ref};
-use quiver_server::catalog::Catalog;
 
+use super::{catalog, json};
 use crate::table::print_table;
 
 #[derive(Subcommand)]
@@ -81,10 +79,6 @@ pub enum FeatureViews {
     },
 }
 
-fn catalog(repo: &std::path::Path) -> Result<Catalog> {
-    Ok(Catalog::open(Repo::load(repo)?, EngineOptions::default())?)
-}
-
 fn short(h: &quiver_core::hash::ContentHash) -> String {
     h.to_string()[..12].to_string()
 }
@@ -101,7 +95,7 @@ fn op_text(op: &Operation) -> String {
             j.spine,
             j.features
                 .iter()
-                .map(|f| format!("{}@{}:{}", f.view, f.view_version, f.feature))
+                .map(|f| f.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
             j.sources
@@ -121,12 +115,23 @@ fn op_text(op: &Operation) -> String {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+impl Datasets {
+    /// Run the subcommand.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        datasets(self, repo).await?;
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
-pub async fn datasets(cmd: Datasets, repo: &std::path::Path) -> Result<()> {
+impl FeatureViews {
+    /// Run the subcommand.
+    pub fn run(self, repo: &Path) -> Result<ExitCode> {
+        feature_views(self, repo)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn datasets(cmd: Datasets, repo: &Path) -> Result<()> {
     let cat = catalog(repo)?;
     match cmd {
         Datasets::List { json: as_json } => {
@@ -283,7 +288,20 @@ pub async fn datasets(cmd: Datasets, repo: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-pub fn apply(repo: &std::path::Path) -> Result<()> {
+/// Record the feature views of quiver.yaml in the registry: changed definitions become new
+/// versions.
+#[derive(clap::Args)]
+pub struct Apply {}
+
+impl Apply {
+    /// Record, and say what changed.
+    pub fn run(self, repo: &Path) -> Result<ExitCode> {
+        apply(repo)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn apply(repo: &Path) -> Result<()> {
     let cat = catalog(repo)?;
     for (v, new) in cat.apply(&[])? {
         println!(
@@ -360,7 +378,7 @@ fn feature_text(f: &quiver_core::Feature) -> String {
     s
 }
 
-pub fn feature_views(cmd: FeatureViews, repo: &std::path::Path) -> Result<()> {
+fn feature_views(cmd: FeatureViews, repo: &Path) -> Result<()> {
     let cat = catalog(repo)?;
     match cmd {
         FeatureViews::List { json: as_json } => {
@@ -431,61 +449,25 @@ pub fn feature_views(cmd: FeatureViews, repo: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-pub async fn lineage(
-    target: &str,
-    upstream: bool,
-    downstream: bool,
-    as_json: bool,
-    repo: &std::path::Path,
-) -> Result<()> {
-    let cat = catalog(repo)?;
-    cat.sync_sources().await?;
-    let start = cat.artifact(target)?;
-    let (up, down) = match (upstream, downstream) {
-        (false, false) => (true, true),
-        x => x,
-    };
-    let ups = if up {
-        cat.registry.walk(&start, true)?
-    } else {
-        vec![]
-    };
-    let downs = if down {
-        cat.registry.walk(&start, false)?
-    } else {
-        vec![]
-    };
-    if as_json {
-        let edge = |(d, e): &(usize, quiver_registry::Edge)| serde_json::json!({"depth": d, "from": e.from, "to": e.to, "op": e.op});
-        return json(&serde_json::json!({
-            "artifact": start,
-            "upstream": ups.iter().map(edge).collect::<Vec<_>>(),
-            "downstream": downs.iter().map(edge).collect::<Vec<_>>(),
-        }));
-    }
-    println!("{start}");
-    if up {
-        println!("upstream:");
-        if ups.is_empty() {
-            println!("  (none)");
-        }
-        for (d, e) in &ups {
-            println!("{}<- {} ({} of {})", "  ".repeat(*d), e.from, e.op, e.to);
-        }
-    }
-    if down {
-        println!("downstream:");
-        if downs.is_empty() {
-            println!("  (none)");
-        }
-        for (d, e) in &downs {
-            println!("{}-> {} ({} of {})", "  ".repeat(*d), e.to, e.op, e.from);
-        }
-    }
-    Ok(())
+/// Rebuild a dataset version (or, as model:NAME@VER, a model Quiver trained) from its
+/// lineage and compare content hashes (exit 1 when they differ).
+#[derive(clap::Args)]
+pub struct Reproduce {
+    /// NAME@VERSION (NAME = the latest version), or model:NAME@VERSION.
+    dataset: String,
 }
 
-pub async fn reproduce(target: &str, repo: &std::path::Path) -> Result<ExitCode> {
+impl Reproduce {
+    /// Rebuild and compare: exit 0 when identical, 1 when not.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        match self.dataset.strip_prefix("model:") {
+            Some(model) => super::models::reproduce_model(model, repo).await,
+            None => reproduce(&self.dataset, repo).await,
+        }
+    }
+}
+
+async fn reproduce(target: &str, repo: &Path) -> Result<ExitCode> {
     let cat = catalog(repo)?;
     cat.sync_sources().await?;
     let (name, ver) = parse_ref(target)?;
@@ -511,7 +493,23 @@ pub async fn reproduce(target: &str, repo: &std::path::Path) -> Result<ExitCode>
     }
 }
 
-pub async fn ingest(source: &str, files: &[PathBuf], repo: &std::path::Path) -> Result<()> {
+/// Append Parquet or CSV files to the managed table of a source (a new version).
+#[derive(clap::Args)]
+pub struct Ingest {
+    source: String,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+impl Ingest {
+    /// Append, and print the new version.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        ingest(&self.source, &self.files, repo).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn ingest(source: &str, files: &[PathBuf], repo: &Path) -> Result<()> {
     let cat = catalog(repo)?;
     let v = cat.ingest(source, files).await?;
     println!(

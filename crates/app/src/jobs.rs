@@ -1,0 +1,262 @@
+//! Training-set builds run in the background, for a server: a checked request becomes a job
+//! that runs the same build as `quiver join` ([`crate::training`]), and callers follow it by
+//! id, optionally waiting for its end. Every job ends in a terminal state: a panic in a build
+//! (a bug here or in a library) ends it FAILED with the panic's message.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use quiver_core::Repo;
+use quiver_offline::EngineOptions;
+
+use crate::paths::Confinement;
+use crate::serving::Features;
+use crate::training;
+use crate::{Error, Result};
+
+/// Longest error message a job keeps: it echoes parts of the request.
+const MAX_ERROR: usize = 2048;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobState {
+    /// Building.
+    #[default]
+    Running,
+    /// Built and written (and registered, when asked).
+    Succeeded,
+    /// Ended with an error.
+    Failed,
+}
+
+/// A job as a caller sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Job {
+    pub id: String,
+    pub state: JobState,
+    /// The output file, when the request wrote one.
+    pub out: String,
+    pub started_micros: i64,
+    /// Seconds run so far, or in all once ended.
+    pub seconds: f64,
+    pub rows: u64,
+    pub columns: u64,
+    /// `NAME@VERSION (hash …)` when registered.
+    pub registered: String,
+    /// The plan, as `quiver join --explain` prints it.
+    pub plan: Vec<String>,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// A training-set request as it arrives over the network: paths as the caller wrote them.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    pub features: Option<Features>,
+    /// A Parquet or CSV file, or a recorded dataset NAME[@VERSION].
+    pub spine: String,
+    pub spine_timestamp: Option<String>,
+    pub full_names: bool,
+    /// The output file (none: register only).
+    pub out: Option<String>,
+    /// Whether an existing output file may be replaced.
+    pub overwrite: bool,
+    pub register: Option<String>,
+    pub pins: Vec<String>,
+    pub as_of: Option<i64>,
+}
+
+struct Entry {
+    job: Job,
+    started: Instant,
+    /// Becomes `true` when the job ends.
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The jobs of one repository.
+pub struct Jobs {
+    repo: Arc<Repo>,
+    /// Held while a job uses the registry, which one process opens at a time (shared with
+    /// [`crate::access::RegistryAccess`]).
+    registry_lock: Arc<tokio::sync::Mutex<()>>,
+    jobs: Arc<Mutex<HashMap<String, Entry>>>,
+    order: Mutex<Vec<String>>,
+    /// Where requests may read spines and write outputs.
+    paths: Confinement,
+}
+
+impl Jobs {
+    /// Jobs over `repo`, reading and writing only where `paths` allows.
+    pub fn new(repo: Repo, registry_lock: Arc<tokio::sync::Mutex<()>>, paths: Confinement) -> Self {
+        Jobs {
+            repo: Arc::new(repo),
+            registry_lock,
+            jobs: Default::default(),
+            order: Default::default(),
+            paths,
+        }
+    }
+
+    fn request(&self, r: JobRequest) -> Result<training::Request> {
+        let features = r
+            .features
+            .ok_or_else(|| Error::Invalid("kind: give `features` or `feature_service`".into()))?
+            .resolve(&self.repo)?;
+        // Paths are judged before any file is opened: a spine file and the output must lie
+        // inside the repository or a --data-root, and the output must be new unless the
+        // request says to replace it.
+        let spine = match training::looks_like_path(&r.spine) {
+            true => self.paths.read("spine", &r.spine)?.display().to_string(),
+            false => r.spine,
+        };
+        let out = r
+            .out
+            .map(|o| self.paths.write("out", &o, r.overwrite))
+            .transpose()?;
+        let req = training::Request {
+            spine,
+            features,
+            spine_timestamp: r.spine_timestamp,
+            full_names: r.full_names,
+            out,
+            overwrite: r.overwrite,
+            register: r.register,
+            pins: r.pins,
+            as_of: r.as_of,
+        };
+        training::check(&req)?;
+        Ok(req)
+    }
+
+    fn snapshot(&self, id: &str) -> Result<(Job, tokio::sync::watch::Receiver<bool>)> {
+        let jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| Error::Internal("jobs lock".into()))?;
+        let e = jobs
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("id: no job `{id}`")))?;
+        let mut job = e.job.clone();
+        if job.state == JobState::Running {
+            job.seconds = e.started.elapsed().as_secs_f64();
+        }
+        Ok((job, e.done.clone()))
+    }
+
+    /// Check `r` and start building it; the job as it starts.
+    pub fn start(&self, r: JobRequest) -> Result<Job> {
+        let req = self.request(r)?;
+        let id = {
+            let mut order = self
+                .order
+                .lock()
+                .map_err(|_| Error::Internal("jobs lock".into()))?;
+            let id = format!("job-{}", order.len() + 1);
+            order.push(id.clone());
+            id
+        };
+        let job = Job {
+            id: id.clone(),
+            state: JobState::Running,
+            out: req
+                .out
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            started_micros: quiver_core::time::now_micros(),
+            ..Job::default()
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        self.jobs
+            .lock()
+            .map_err(|_| Error::Internal("jobs lock".into()))?
+            .insert(
+                id.clone(),
+                Entry {
+                    job: job.clone(),
+                    started,
+                    done: rx,
+                },
+            );
+        let (repo, jobs, lock) = (
+            self.repo.as_ref().clone(),
+            Arc::clone(&self.jobs),
+            Arc::clone(&self.registry_lock),
+        );
+        tokio::spawn(async move {
+            let _held = match training::recorded(&req) {
+                true => Some(lock.lock_owned().await),
+                false => None,
+            };
+            let built = AssertUnwindSafe(training::build(
+                repo,
+                EngineOptions::default(),
+                &req,
+                |_| {},
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
+            if let Ok(mut jobs) = jobs.lock()
+                && let Some(e) = jobs.get_mut(&id)
+            {
+                e.job.seconds = started.elapsed().as_secs_f64();
+                match built {
+                    Ok(b) => {
+                        e.job.state = JobState::Succeeded;
+                        e.job.rows = b.rows as u64;
+                        e.job.columns = b.columns as u64;
+                        e.job.registered = b.registered.unwrap_or_default();
+                        e.job.plan = b.plan;
+                    }
+                    Err(err) => {
+                        e.job.state = JobState::Failed;
+                        e.job.error = crate::error::truncated(&err.to_string(), MAX_ERROR);
+                    }
+                }
+            }
+            let _ = tx.send(true);
+        });
+        Ok(job)
+    }
+
+    /// Job `id` now, or once it ends when that comes within `wait`.
+    pub async fn get(&self, id: &str, wait: Duration) -> Result<Job> {
+        let (job, mut done) = self.snapshot(id)?;
+        if wait.is_zero() || job.state != JobState::Running {
+            return Ok(job);
+        }
+        // Ended or not, the job as it is when the wait is over.
+        let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+        Ok(self.snapshot(id)?.0)
+    }
+
+    /// Every job, newest first.
+    pub fn list(&self) -> Result<Vec<Job>> {
+        let ids: Vec<String> = self
+            .order
+            .lock()
+            .map_err(|_| Error::Internal("jobs lock".into()))?
+            .iter()
+            .rev()
+            .cloned()
+            .collect();
+        ids.iter()
+            .map(|id| self.snapshot(id).map(|(j, _)| j))
+            .collect()
+    }
+}
+
+/// What a panic said, for a job's error.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    format!("the build failed unexpectedly (a bug): {said}")
+}

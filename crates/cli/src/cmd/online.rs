@@ -1,0 +1,261 @@
+//! `materialize`, `push`, `serve` and `get`: the online store (DESIGN §6).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+use quiver_app::online::{self, Range};
+use quiver_app::serving::Serving;
+use quiver_core::Repo;
+use quiver_offline::{EngineOptions, source};
+
+use super::args::{Select, instant_arg};
+use crate::table;
+
+/// Compute feature views as of a time and write them to the online store.
+#[derive(clap::Args)]
+pub struct Materialize {
+    /// Feature views to materialize (default: all).
+    views: Vec<String>,
+    /// The time to materialize as of (RFC 3339); default: now.
+    #[arg(long)]
+    end: Option<String>,
+    /// Only entities with an event at or after this time (RFC 3339).
+    #[arg(long, conflicts_with = "incremental")]
+    start: Option<String>,
+    /// Continue from each view's watermark: only the entities whose values can have
+    /// changed since the last materialization.
+    #[arg(long)]
+    incremental: bool,
+}
+
+impl Materialize {
+    /// Materialize, with a spinner, and report each view's rows and rate.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        let repo = Repo::load(repo)?;
+        let end = instant_arg(self.end.as_deref(), "--end")?;
+        let range = match (self.start, self.incremental) {
+            (Some(t), _) => Range::Since(instant_arg(Some(&t), "--start")?),
+            (None, true) => Range::Incremental,
+            (None, false) => Range::All,
+        };
+        let store = quiver_online::SledStore::open(&repo.online_store)?;
+        let bar = ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let done = online::materialize_range(
+            &repo,
+            &store,
+            &self.views,
+            range,
+            end,
+            EngineOptions::default(),
+            |v, n| bar.set_message(format!("{v}: {n} rows")),
+        )
+        .await;
+        bar.finish_and_clear();
+        for m in done? {
+            println!(
+                "{}: {} entity rows as of {} in {:.2} s ({:.0} rows/s)",
+                m.view,
+                m.rows,
+                quiver_core::time::format_instant(end),
+                m.seconds,
+                m.rows as f64 / m.seconds.max(1e-9)
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Push rows of a view's source (a Parquet or CSV file) to the online store: the pushed
+/// entities' values are computed again with them.
+#[derive(clap::Args)]
+pub struct Push {
+    view: String,
+    file: PathBuf,
+    /// Also append the rows to the source's managed table.
+    #[arg(long)]
+    to_offline: bool,
+    /// Compute the values as of this time (RFC 3339); default: now.
+    #[arg(long)]
+    at: Option<String>,
+}
+
+impl Push {
+    /// Read the file and push it as a server would.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        let repo = Repo::load(repo)?;
+        let at = instant_arg(self.at.as_deref(), "--at")?;
+        let ctx = quiver_offline::session(&EngineOptions::default())?;
+        let (schema, batches) = source::read_table(&ctx, &self.file).await?;
+        let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+        let store = Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
+        let serving = Serving::new(repo, store);
+        let origin = self.file.display().to_string();
+        let p = serving
+            .push(&self.view, batch, self.to_offline, Some(at), &origin)
+            .await?;
+        if let Some(v) = &p.appended {
+            println!("{}: {} rows in all", v.reference(), v.state.rows);
+        }
+        println!(
+            "{}: {} rows pushed, {} entities updated",
+            self.view, p.rows, p.entities
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Serve online lookups over gRPC (quiver.v1.OnlineService, health, reflection).
+#[derive(clap::Args)]
+pub struct Serve {
+    #[arg(long, default_value = "127.0.0.1:6566")]
+    addr: String,
+    /// A folder besides the repository where requests may read spines and write
+    /// training sets (repeat for more); requests may use no other path.
+    #[arg(long = "data-root", value_name = "DIR")]
+    data_roots: Vec<PathBuf>,
+}
+
+impl Serve {
+    /// Serve until SIGINT or SIGTERM.
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        let repo = Repo::load(repo)?;
+        let store = Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
+        let listener = tokio::net::TcpListener::bind(&self.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.addr))?;
+        eprintln!(
+            "quiver: serving {} on {}",
+            repo.project,
+            listener.local_addr()?
+        );
+        let options = quiver_grpc::server::ServeOptions {
+            data_roots: self.data_roots,
+        };
+        quiver_grpc::server::serve_with(repo, store, listener, options, shutdown_signal()).await?;
+        eprintln!("quiver: stopped");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Look features up in the online store, or through a server with --addr.
+#[derive(clap::Args)]
+pub struct Get {
+    /// A running `quiver serve` to ask instead of opening the store (host:port).
+    #[arg(long)]
+    addr: Option<String>,
+    /// An entity as key=value (comma-separated for composite keys); repeat for more.
+    #[arg(long = "entity", required = true)]
+    entities: Vec<String>,
+    #[command(flatten)]
+    select: Select,
+    /// Look up as of this time (RFC 3339; default now): ttl is checked against it.
+    #[arg(long)]
+    at: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl Get {
+    /// Look up and print a table (or JSON).
+    pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        let repo = Repo::load(repo)?;
+        let refs = self.select.resolve(&repo)?;
+        let at = instant_arg(self.at.as_deref(), "--at")?;
+        let ents = self
+            .entities
+            .iter()
+            .map(|e| online::parse_entity(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let values = match &self.addr {
+            Some(addr) => quiver_grpc::client::remote_get(addr, &refs, &ents, at).await?,
+            None => {
+                let store = quiver_online::SledStore::open(&repo.online_store)?;
+                online::get(&repo, &store, &refs, &ents, at)?
+            }
+        };
+        print_values(&refs, &self.entities, &values, self.json);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, for a graceful shutdown.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn print_values(
+    refs: &[quiver_core::FeatureRef],
+    entities: &[String],
+    values: &[Vec<online::Value>],
+    json: bool,
+) {
+    use quiver_core::store::json_string;
+    if json {
+        let rows: Vec<String> = entities
+            .iter()
+            .zip(values)
+            .map(|(e, vals)| {
+                let feats: Vec<String> = refs
+                    .iter()
+                    .zip(vals)
+                    .map(|(r, v)| {
+                        format!(
+                            "{}: {{\"value\": {}, \"status\": \"{}\", \"event_time\": {}}}",
+                            json_string(&r.to_string()),
+                            v.value.to_json(),
+                            v.status.name(),
+                            v.event_time
+                                .map(|t| json_string(&quiver_core::time::format_instant(t)))
+                                .unwrap_or_else(|| "null".into())
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{{\"entity\": {}, \"features\": {{{}}}}}",
+                    json_string(e),
+                    feats.join(", ")
+                )
+            })
+            .collect();
+        println!("[{}]", rows.join(",\n "));
+        return;
+    }
+    let mut table: Vec<Vec<String>> = vec![
+        std::iter::once("entity".to_string())
+            .chain(refs.iter().map(|r| r.to_string()))
+            .collect(),
+    ];
+    for (e, vals) in entities.iter().zip(values) {
+        let mut row = vec![e.clone()];
+        for v in vals {
+            row.push(match v.status {
+                online::Status::Present => v.value.to_string(),
+                s => s.name().to_string(),
+            });
+        }
+        table.push(row);
+    }
+    table::print_table(table);
+}

@@ -1,0 +1,33 @@
+//! Quiver over gRPC (package `quiver.v1`): the protos and their generated code, conversion
+//! between messages and the app's types, thin service implementations over `quiver-app`, the
+//! server and a client. Errors become statuses in one place ([`status`]).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let repo = quiver_core::Repo::load("sample-data")?;
+//! let store = std::sync::Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:6566").await?;
+//! quiver_grpc::server::serve(repo, store, listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod codec;
+pub mod convert;
+pub mod online;
+pub mod registry;
+pub mod server;
+pub mod status;
+pub mod training;
+
+pub use status::GrpcError;
+
+/// The generated protobuf and gRPC code of `proto/quiver/v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("quiver.v1");
+
+    /// The encoded descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/quiver_descriptor.bin"));
+}

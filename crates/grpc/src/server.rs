@@ -1,0 +1,92 @@
+//! The gRPC server: `quiver.v1` Online, Registry and Training services, gRPC health and
+//! server reflection, over one repository.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_app::access::RegistryAccess;
+use quiver_app::jobs::Jobs;
+use quiver_app::paths::Confinement;
+use quiver_app::serving::Serving;
+use quiver_core::Repo;
+use quiver_core::store::OnlineStore;
+
+use crate::online::Online;
+use crate::proto::online_service_server::OnlineServiceServer;
+use crate::proto::registry_service_server::RegistryServiceServer;
+use crate::proto::training_service_server::TrainingServiceServer;
+use crate::registry::Registry;
+use crate::status::GrpcError;
+use crate::training::Training;
+
+/// Largest request accepted (4 MiB): a lookup is a few hundred entities, not a bulk load.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest model registration accepted (256 MiB): it carries the artifact.
+pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
+
+/// How a server is set up beyond its repository and store.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Folders besides the repository's where requests may read spines and write outputs.
+    pub data_roots: Vec<std::path::PathBuf>,
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain in-flight requests.
+pub async fn serve(
+    repo: Repo,
+    store: Arc<dyn OnlineStore>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GrpcError> {
+    serve_with(repo, store, listener, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    repo: Repo,
+    store: Arc<dyn OnlineStore>,
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GrpcError> {
+    let paths = Confinement::new(&repo.dir, &options.data_roots)?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<OnlineServiceServer<Online>>()
+        .await;
+    health_reporter
+        .set_serving::<RegistryServiceServer<Registry>>()
+        .await;
+    health_reporter
+        .set_serving::<TrainingServiceServer<Training>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| quiver_app::Error::Internal(e.to_string()))?;
+    // The registry is opened by one call at a time, registry calls and training jobs alike.
+    let access = RegistryAccess::new(repo.clone());
+    let jobs = Jobs::new(repo.clone(), access.lock(), paths);
+    let registry = RegistryServiceServer::new(Registry::new(access))
+        .max_decoding_message_size(MAX_ARTIFACT_BYTES);
+    let training = TrainingServiceServer::new(Training::new(jobs));
+    let online = OnlineServiceServer::new(Online::new(Arc::new(Serving::new(repo, store))))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    tonic::transport::Server::builder()
+        // Caps a request's time when the client sets no deadline; client deadlines
+        // (grpc-timeout) are honoured as well.
+        .timeout(Duration::from_secs(30))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(online)
+        .add_service(registry)
+        .add_service(training)
+        .serve_with_incoming_shutdown(
+            // Small responses must not wait for Nagle's algorithm (a 40 ms delayed-ACK stall).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
