@@ -24,6 +24,10 @@ use quiver_core::time::{MICROS_PER_DAY, is_time_type, is_typed_time, to_micros};
 use quiver_core::{Feature, FeatureKind, FeatureRef, FeatureView, Repo, Source};
 
 use crate::plan::{self, PitJoinNode, PitQueryPlanner, ViewSpec};
+use reuse_plan::ReusePlan;
+
+mod cross;
+mod reuse_plan;
 use crate::reuse::{self, ReuseCatalog};
 use crate::state::{self, StateKind};
 use crate::stats::ScanStats;
@@ -777,388 +781,49 @@ impl Engine {
         crate::profile::stage(format_args!("view {}: spine input", p.view.name));
         let view = p.view;
         let src = p.source;
-        let mut explain = vec![format!(
-            "view `{}` (source `{}`): {} feature(s)",
-            view.name,
-            src.name,
-            p.features.len()
-        )];
-        let tschema = p.table.schema();
-        let time_type = tschema.field_with_name(&src.timestamp)?.data_type().clone();
+        let time_type = p
+            .table
+            .schema()
+            .field_with_name(&src.timestamp)?
+            .data_type()
+            .clone();
         let typed = tmin <= tmax && is_typed_time(&time_type);
         let ranges = |kinds: &mut dyn Iterator<Item = Kind>| {
             gate::hull(kinds.map(|k| gate::needed(&k, view.ttl, tmin, tmax)))
         };
-
-        // What reuse can offer: each feature's state kind, lineage key and best stored state.
-        let reuse = match &self.reuse {
-            Some(c) if !src.filter_created => match self.source_version(src).await? {
-                Some(v) => Some((c, v)),
-                None => {
-                    explain.push("  reuse: off (the source's version is not known)".into());
-                    None
-                }
-            },
-            Some(_) => {
-                explain.push("  reuse: off (`filter_created` windows are not ranges)".into());
-                None
-            }
-            None => None,
+        let facts = reuse_plan::SpineFacts {
+            sbatch: &sbatch,
+            key_types: &key_types,
+            t,
+            span: (tmin, tmax),
         };
-        let mut kinds: Vec<Option<StateKind>> = p
-            .features
-            .iter()
-            .map(|f| match (&reuse, f.kind) {
-                (Some(_), Kind::Latest) => Some(StateKind::Latest),
-                (Some(_), Kind::Agg(agg, _)) => StateKind::of(
-                    agg,
-                    f.column
-                        .map(|c| tschema.field_with_name(&p.value_cols[c]))
-                        .transpose()
-                        .ok()
-                        .flatten()
-                        .map(|f| f.data_type()),
-                ),
-                _ => None,
-            })
-            .collect();
-        let mut defs: Vec<Option<String>> = vec![None; p.features.len()];
-        let mut options: Vec<gate::Source> = vec![gate::Source::Cold; p.features.len()];
-        let mut spine_key = String::new();
-        let mut stored_all: Vec<reuse::Entry> = Vec::new();
-        let mut stats = None;
-        if let Some((cat, version)) = &reuse {
-            spine_key = gate::spine_key(&gate::spine_columns(&sbatch))?;
-            // One read of the manifest serves every feature's lookups, cross-spine included.
-            stored_all = cat.entries().unwrap_or_else(|e| {
-                explain.push(format!("  reuse: catalog unreadable ({e}); recomputing"));
-                Vec::new()
-            });
-            let keys: Vec<String> = view
-                .join_keys
-                .iter()
-                .zip(&key_types)
-                .map(|(k, t)| format!("{k}:{t}"))
-                .collect();
-            for (i, f) in p.features.iter().enumerate() {
-                let Some(kind) = kinds[i] else { continue };
-                let w = gate::window_of(&f.kind);
-                let feat = &view.features[p.feature_index[i]];
-                let def = reuse::key_of(&[
-                    &src.name,
-                    &version.id,
-                    &keys.join(","),
-                    &src.timestamp,
-                    src.created_timestamp.as_deref().unwrap_or(""),
-                    kind.name(),
-                    &feat.column,
-                    feat.filter.as_deref().unwrap_or(""),
-                    &view.ttl.map(|d| d.to_string()).unwrap_or_default(),
-                ]);
-                let stored: Vec<reuse::Entry> = stored_all
-                    .iter()
-                    .filter(|e| e.def == def && e.spine == spine_key)
-                    .cloned()
-                    .collect();
-                options[i] = gate::choose(&w, kind, &stored);
-                defs[i] = Some(def);
-            }
-            if options
-                .iter()
-                .any(|o| matches!(o, gate::Source::Widen(..) | gate::Source::Narrow(..)))
-            {
-                stats = Some(ScanStats::load(
-                    &version.files,
-                    &src.timestamp,
-                    &read_columns(p),
-                )?);
-            }
-        }
-
-        // Cross-spine reuse: a feature still to compute whose window is stored for other
-        // spines takes the rows those spines share with this one (same keys and time) and is
-        // computed only for the rest.
-        crate::profile::stage(format_args!("view {}: reuse lookups", p.view.name));
-        let mut cross: Vec<Option<Cross>> = vec![None; p.features.len()];
-        if let Some((cat, version)) = &reuse {
-            // Candidates first (the manifest only); matching rows costs time in proportion to
-            // the spines, so it is skipped when even a full match would read more (the stored
-            // states) than computing the features.
-            let mut candidates: Vec<(usize, Vec<reuse::Entry>)> = Vec::new();
-            for (i, f) in p.features.iter().enumerate() {
-                let (gate::Source::Cold, Some(def)) = (&options[i], &defs[i]) else {
-                    continue;
-                };
-                let want = gate::window_of(&f.kind);
-                let mut others: Vec<reuse::Entry> = stored_all
-                    .iter()
-                    .filter(|e| &e.def == def && e.window == want && e.spine != spine_key)
-                    .cloned()
-                    .collect();
-                // the most recently used first; a handful is enough
-                others.sort_by_key(|e| std::cmp::Reverse(e.used_micros));
-                others.truncate(4);
-                if !others.is_empty() {
-                    candidates.push((i, others));
-                }
-            }
-            if !candidates.is_empty() && typed && !self.reuse_always {
-                if stats.is_none() {
-                    stats = Some(ScanStats::load(
-                        &version.files,
-                        &src.timestamp,
-                        &read_columns(p),
-                    )?);
-                }
-                let mut ids: Vec<(&str, u64)> = candidates
-                    .iter()
-                    .flat_map(|(_, es)| es.iter().map(|e| (e.id.as_str(), e.bytes)))
-                    .collect();
-                ids.sort();
-                ids.dedup();
-                let stored: u64 = ids.iter().map(|(_, b)| b).sum();
-                let whole = gate::hull(
-                    candidates
-                        .iter()
-                        .map(|(i, _)| gate::needed(&p.features[*i].kind, view.ttl, tmin, tmax)),
-                );
-                if stored >= gate::Cost::of(stats.as_ref(), whole, &[]).bytes() {
-                    explain.push(format!(
-                        "  rows of other spines not matched: their states ({}) outweigh the scan",
-                        gate::bytes(stored as f64)
-                    ));
-                    candidates.clear();
-                }
-            }
-            let mut finder = CrossFinder::new(cat, &sbatch)?;
-            for (i, others) in candidates {
-                cross[i] = finder.find(others)?;
-            }
-        }
-
-        // Exact matches are always taken: no scan, sort or sweep for them. The cost gate
-        // weighs the rest: recompute every other feature over all spine rows and its whole
-        // window, or start widened and narrowed features from their stored states (scanning
-        // only the bands) and cross-spine features from the rows other spines share
-        // (scanning only for the rows left).
-        let partial =
-            |o: &gate::Source| matches!(o, gate::Source::Widen(..) | gate::Source::Narrow(..));
-        let has_partial = options.iter().any(partial);
-        let has_cross = cross.iter().any(|c| c.is_some());
-        let (mut use_partial, mut use_cross) = (false, false);
-        if has_partial || has_cross {
-            if stats.is_none()
-                && let Some((_, version)) = &reuse
-            {
-                stats = Some(ScanStats::load(
-                    &version.files,
-                    &src.timestamp,
-                    &read_columns(p),
-                )?);
-            }
-            let plan_cost = |partial_on: bool, cross_on: bool| {
-                let mut main = Vec::new();
-                let mut sub = Vec::new();
-                let mut stored: Vec<&reuse::Entry> = Vec::new();
-                for (i, f) in p.features.iter().enumerate() {
-                    match (&options[i], f.kind) {
-                        (gate::Source::Exact(_), _) => {}
-                        (o, Kind::Agg(a, _)) if partial(o) && partial_on => {
-                            main.push(Kind::Agg(a, o.band().expect("band")));
-                            stored.extend(o.entry());
-                        }
-                        _ => match (&cross[i], cross_on) {
-                            (Some(c), true) => {
-                                sub.push(f.kind);
-                                stored.extend(c.entries.iter());
-                            }
-                            _ => main.push(f.kind),
-                        },
-                    }
-                }
-                let unmatched = if cross_on {
-                    unmatched_rows(&cross)
-                } else {
-                    Vec::new()
-                };
-                let (ut0, ut1) = time_span(t, unmatched.iter().copied());
-                let main_range =
-                    gate::hull(main.iter().map(|k| gate::needed(k, view.ttl, tmin, tmax)));
-                let sub_range = if unmatched.is_empty() {
-                    None
-                } else {
-                    gate::hull(sub.iter().map(|k| gate::needed(k, view.ttl, ut0, ut1)))
-                };
-                // features sharing a state (sum and mean of a column) read it once
-                stored.sort_by(|a, b| a.id.cmp(&b.id));
-                stored.dedup_by(|a, b| a.id == b.id);
-                let whole = |r: Option<(Option<i64>, i64)>| {
-                    if typed {
-                        r
-                    } else {
-                        r.map(|_| (None, i64::MAX))
-                    }
-                };
-                let mut c = gate::Cost::of(stats.as_ref(), whole(main_range), &stored);
-                let s = gate::Cost::of(stats.as_ref(), whole(sub_range), &[]);
-                c.scan = c.scan + s.scan;
-                (c, main_range, sub_range)
-            };
-            let (cold, cold_range, _) = plan_cost(false, false);
-            let mut best = ((false, false), cold);
-            for (pa, cr) in [(true, false), (false, true), (true, true)] {
-                if (pa && !has_partial) || (cr && !has_cross) {
-                    continue;
-                }
-                let (c, ..) = plan_cost(pa, cr);
-                let forced = self.reuse_always && pa == has_partial && cr == has_cross;
-                if forced
-                    || (!self.reuse_always
-                        && (c.bytes(), c.rows()) < (best.1.bytes(), best.1.rows()))
-                {
-                    best = ((pa, cr), c);
-                }
-            }
-            (use_partial, use_cross) = best.0;
-            let (warm, main_range, sub_range) = plan_cost(has_partial, has_cross);
-            let what = match best.0 {
-                (false, false) => "recompute (reuse would not read less)".to_string(),
-                _ if self.reuse_always => "reuse (forced)".to_string(),
-                (pa, cr) => format!(
-                    "reuse{}{} (saves {} and {} rows)",
-                    if pa { ", partial windows" } else { "" },
-                    if cr { ", rows of other spines" } else { "" },
-                    gate::bytes(cold.bytes().saturating_sub(best.1.bytes()) as f64),
-                    cold.rows().saturating_sub(best.1.rows())
-                ),
-            };
-            explain.push(format!(
-                "  cost gate: recompute reads {} {}; reuse reads {}{} {} -> {what}",
-                gate::range_text(cold_range),
-                cold.text(),
-                gate::range_text(main_range),
-                match sub_range {
-                    Some(_) => format!(" and {} for the rows left", gate::range_text(sub_range)),
-                    None => String::new(),
-                },
-                warm.text(),
-            ));
-        }
-        if !use_partial {
-            for o in options.iter_mut().filter(|o| partial(o)) {
-                *o = gate::Source::Cold;
-            }
-        }
-        if !use_cross {
-            cross.iter_mut().for_each(|c| *c = None);
-        }
-
-        // States are kept only when they fit the catalog's admission (half its budget): a
-        // spine too large to store computes plain values and pays nothing for reuse.
-        crate::profile::stage(format_args!("view {}: gate", p.view.name));
-        if let Some((cat, _)) = &reuse {
-            let rows = sbatch.num_rows() as u64;
-            let cold = |i: usize| matches!(options[i], gate::Source::Cold) && cross[i].is_none();
-            let est: u64 = (0..kinds.len())
-                .filter(|&i| cold(i))
-                .filter_map(|i| kinds[i].map(|k| rows * k.row_bytes()))
-                .sum();
-            if est > cat.budget() / 2 {
-                explain.push(format!(
-                    "  states not kept: about {} for {rows} rows is over half the reuse budget",
-                    gate::bytes(est as f64)
-                ));
-                for (i, k) in kinds.iter_mut().enumerate() {
-                    if cold(i) {
-                        *k = None;
-                    }
-                }
-            }
-        }
-
-        // The sweep's work: cold features over all rows (as states where they can be stored)
-        // and bands; cross-spine features over the rows left.
-        let mut work: Vec<FeatureSpec> = Vec::new();
-        let mut sub_work: Vec<FeatureSpec> = Vec::new();
-        let mut slot: Vec<Option<usize>> = Vec::new();
-        for (i, f) in p.features.iter().enumerate() {
-            let spec = match (&options[i], f.kind) {
-                (gate::Source::Exact(_), _) => None,
-                (gate::Source::Cold, _) => Some(FeatureSpec {
-                    state: kinds[i].is_some(),
-                    ..f.clone()
-                }),
-                (o, Kind::Agg(a, _)) => Some(FeatureSpec {
-                    kind: Kind::Agg(a, o.band().expect("band")),
-                    state: true,
-                    ..f.clone()
-                }),
-                (_, Kind::Latest) => Some(f.clone()),
-            };
-            let target = if cross[i].is_some() {
-                &mut sub_work
-            } else {
-                &mut work
-            };
-            slot.push(spec.map(|mut s| {
-                if s.state {
-                    s.output_type = kinds[i].expect("state kind").data_type(&s.output_type);
-                }
-                // Features with the same state over the same window (a sum and a mean of a
-                // column) are swept once.
-                let same = |w: &FeatureSpec| {
-                    w.state
-                        && s.state
-                        && kinds_equal(w, &s)
-                        && w.column == s.column
-                        && w.filter == s.filter
-                        && w.output_type == s.output_type
-                };
-                if let Some(j) = target.iter().position(same) {
-                    return j;
-                }
-                s.name = format!("__w{}", target.len());
-                target.push(s);
-                target.len() - 1
-            }));
-            if kinds[i].is_some() {
-                let want = gate::window_of(&f.kind);
-                let how = match &cross[i] {
-                    Some(c) => format!(
-                        "{want}: {} of {} rows from {} other spine(s), the rest computed",
-                        c.matched,
-                        c.rows.len(),
-                        c.entries.len()
-                    ),
-                    None => options[i].describe(&want),
-                };
-                explain.push(format!("  `{}` {how}", f.label));
-            }
-        }
+        let plan = self.plan_reuse(p, &facts).await?;
+        let mut explain: Vec<String> = plan.to_string().lines().map(String::from).collect();
+        let reuse = &plan.reuse;
         // The stored states this plan merges are read on a thread of their own while the scan
         // runs (decompressing them took about as long as merging them).
-        let prefetch = match (&reuse, self.plan_only) {
+        let prefetch = match (reuse, self.plan_only) {
             (Some((cat, _)), false) => {
-                let scans = !work.is_empty() || !sub_work.is_empty();
-                prefetch_states(cat, &options, &cross, scans)
+                let scans = !plan.work.is_empty() || !plan.sub_work.is_empty();
+                prefetch_states(cat, &plan.features, scans)
             }
             _ => None,
         };
         let started = std::time::Instant::now();
         let mut passes = Vec::new();
         let range = typed
-            .then(|| ranges(&mut work.iter().map(|f| f.kind)))
+            .then(|| ranges(&mut plan.work.iter().map(|f| f.kind)))
             .flatten();
-        if !work.is_empty() {
+        if !plan.work.is_empty() {
             passes.push((range, None));
         }
-        let unmatched = unmatched_rows(&cross);
-        if !sub_work.is_empty() && !unmatched.is_empty() {
-            let (u0, u1) = time_span(t, unmatched.iter().copied());
+        let unmatched = &plan.unmatched;
+        if !plan.sub_work.is_empty() && !unmatched.is_empty() {
+            let (u0, u1) = cross::time_span(t, unmatched.iter().copied());
             let r = typed
                 .then(|| {
                     gate::hull(
-                        sub_work
+                        plan.sub_work
                             .iter()
                             .map(|f| gate::needed(&f.kind, view.ttl, u0, u1)),
                     )
@@ -1173,13 +838,13 @@ impl Engine {
         let (mut spills, mut scanned) = (0, 0);
         for (range, rows) in passes {
             let (batch, feats) = match &rows {
-                None => (sbatch.clone(), &work),
-                Some(rows) => (sub_spine(&sbatch, rows)?, &sub_work),
+                None => (sbatch.clone(), &plan.work),
+                Some(rows) => (sub_spine(&sbatch, rows)?, &plan.sub_work),
             };
-            let (c, lines, sp, sc, distinct) = self
+            let swept = self
                 .sweep_view(p, feats, &batch, &key_types, range, &time_type)
                 .await?;
-            explain.extend(lines);
+            explain.extend(swept.explain);
             if self.plan_only {
                 explain.push(format!(
                     "  the scan would read {}",
@@ -1187,29 +852,15 @@ impl Engine {
                 ));
                 continue;
             }
-            explain.push(format!("  bytes scanned: {sc}"));
-            spills += sp;
-            scanned += sc;
+            explain.push(format!("  bytes scanned: {}", swept.bytes_scanned));
+            spills += swept.spills;
+            scanned += swept.bytes_scanned;
             match rows {
-                None => cols = c,
-                Some(_) => sub_cols = c,
+                None => cols = swept.columns,
+                Some(_) => sub_cols = swept.columns,
             }
-            if let Some(cat) = &self.reuse {
-                let mut columns: Vec<String> = vec![src.timestamp.clone()];
-                columns.extend(p.value_cols.iter().cloned());
-                let rec = reuse::ScanRecord {
-                    source: src.name.clone(),
-                    lo: range.and_then(|r| r.0),
-                    hi: range.map_or(i64::MAX, |r| r.1),
-                    columns,
-                    key_columns: view.join_keys.clone(),
-                    distinct_keys: distinct,
-                    bytes_scanned: sc,
-                    at_micros: 0,
-                };
-                if let Err(e) = cat.log_scan(&rec.now()) {
-                    explain.push(format!("  join log not written: {e}"));
-                }
+            if let Err(e) = self.log_scan(p, range, swept.distinct_keys, swept.bytes_scanned) {
+                explain.push(format!("  join log not written: {e}"));
             }
         }
         if self.plan_only {
@@ -1228,27 +879,85 @@ impl Engine {
         }
         let compute_micros = started.elapsed().as_micros() as u64;
         crate::profile::stage(format_args!("view {}: swept", p.view.name));
-        // where each spine row sits in the cross-spine pass
-        let mut in_sub = vec![u32::MAX; sbatch.num_rows()];
-        for (j, &r) in unmatched.iter().enumerate() {
-            in_sub[r as usize] = j as u32;
-        }
-
         // States are combined, finished and stored whole: gather them (in parallel) now.
         // Plain values stay in their pieces for the writer.
-        let cols = states_gathered(cols, &work)?;
-        let sub_cols = states_gathered(sub_cols, &sub_work)?;
-
-        // Each feature's state comes from the scan, the catalog or both (read here, in order).
-        // Features with the same definition and window (a sum and a mean of a column) share one
-        // state: it is merged and stored once. Merging the states, then finishing the values,
-        // runs in parallel.
-        let mut prefetched = match prefetch {
+        let swept = Swept {
+            cols: states_gathered(cols, &plan.work)?,
+            sub_cols: states_gathered(sub_cols, &plan.sub_work)?,
+            compute_micros,
+        };
+        let prefetched = match prefetch {
             Some(h) => h
                 .join()
                 .map_err(|_| Error::Internal("reading stored states panicked".into()))??,
             None => HashMap::new(),
         };
+        let finished = self.finish_view(p, &plan, swept, prefetched, &sbatch, &mut explain)?;
+        crate::profile::stage(format_args!(
+            "view {}: states handed to the writer",
+            p.view.name
+        ));
+        Ok(ViewResult {
+            columns: finished.columns,
+            explain,
+            spills,
+            bytes_scanned: scanned,
+            stored_bytes_read: finished.stored_bytes_read,
+            reused: finished.reused,
+        })
+    }
+
+    /// Record a scan in the join log that `quiver optimize` reads.
+    fn log_scan(
+        &self,
+        p: &ViewParts<'_>,
+        range: reuse_plan::Range,
+        distinct_keys: u64,
+        bytes_scanned: u64,
+    ) -> Result<()> {
+        let Some(cat) = &self.reuse else {
+            return Ok(());
+        };
+        let src = p.source;
+        let mut columns: Vec<String> = vec![src.timestamp.clone()];
+        columns.extend(p.value_cols.iter().cloned());
+        let rec = reuse::ScanRecord {
+            source: src.name.clone(),
+            lo: range.and_then(|r| r.0),
+            hi: range.map_or(i64::MAX, |r| r.1),
+            columns,
+            key_columns: p.view.join_keys.clone(),
+            distinct_keys,
+            bytes_scanned,
+            at_micros: 0,
+        };
+        cat.log_scan(&rec.now())
+    }
+
+    /// Each feature's state comes from the scan, the catalog or both (read here, in order).
+    /// Features with the same definition and window (a sum and a mean of a column) share one
+    /// state: it is merged and stored once. Merging the states, then finishing the values,
+    /// runs in parallel; the new states are stored behind, on a thread of their own.
+    fn finish_view(
+        &self,
+        p: &ViewParts<'_>,
+        plan: &ReusePlan<'_>,
+        swept: Swept,
+        mut prefetched: Prefetched,
+        sbatch: &RecordBatch,
+        explain: &mut Vec<String>,
+    ) -> Result<Finished> {
+        let (src, reuse) = (p.source, &plan.reuse);
+        let Swept {
+            cols,
+            sub_cols,
+            compute_micros,
+        } = swept;
+        // where each spine row sits in the cross-spine pass
+        let mut in_sub = vec![u32::MAX; sbatch.num_rows()];
+        for (j, &r) in plan.unmatched.iter().enumerate() {
+            in_sub[r as usize] = j as u32;
+        }
         let mut states: Vec<(String, quiver_core::semantics::Window, StateFrom)> = Vec::new();
         let mut to_store = Vec::new();
         let mut finish: Vec<FinishJob> = Vec::with_capacity(p.features.len());
@@ -1256,16 +965,16 @@ impl Engine {
         let mut stored_read = 0u64;
         let mut reused = 0usize;
         let mut loaded: HashMap<String, ArrayRef> = HashMap::new();
-        let per_feature = compute_micros / (work.len() + sub_work.len()).max(1) as u64;
-        for (i, f) in p.features.iter().enumerate() {
-            let computed = slot[i].map(|j| {
-                if cross[i].is_some() {
+        let per_feature = compute_micros / (plan.work.len() + plan.sub_work.len()).max(1) as u64;
+        for (fp, f) in plan.features.iter().zip(&p.features) {
+            let computed = fp.slot.map(|j| {
+                if fp.cross.is_some() {
                     sub_cols[j].clone()
                 } else {
                     cols[j].clone()
                 }
             });
-            let Some(kind) = kinds[i] else {
+            let Some(kind) = fp.kind else {
                 finish.push(FinishJob::Plain(
                     computed.ok_or_else(|| Error::Internal("feature not computed".into()))?,
                 ));
@@ -1277,10 +986,10 @@ impl Engine {
                 Kind::Latest => Agg::Last,
             };
             let want = gate::window_of(&f.kind);
-            let (Some((cat, version)), Some(def)) = (&reuse, &defs[i]) else {
+            let (Some((cat, version)), Some(def)) = (reuse, &fp.def) else {
                 return Err(Error::Internal("state without a catalog".into()));
             };
-            if !matches!(options[i], gate::Source::Cold) || cross[i].is_some() {
+            if fp.reused() {
                 reused += 1;
             }
             let finish_job = |state| FinishJob::State {
@@ -1313,7 +1022,7 @@ impl Engine {
                 loaded.insert(e.id.clone(), Arc::clone(&a));
                 Ok(a)
             };
-            let from = match (&options[i], &cross[i], computed) {
+            let from = match (&fp.choice, &fp.cross, computed) {
                 (_, Some(c), Some(rest)) => {
                     let mut arrays = c
                         .entries
@@ -1333,17 +1042,17 @@ impl Engine {
                         .collect();
                     StateFrom::Rows(arrays, idx)
                 }
-                (gate::Source::Cold, None, Some(c)) => StateFrom::Ready(c),
-                (gate::Source::Exact(e), None, _) => StateFrom::Ready(load(e)?),
-                (gate::Source::Widen(e, _), None, Some(b)) => {
+                (gate::Choice::Cold, None, Some(c)) => StateFrom::Ready(c),
+                (gate::Choice::Exact(e), None, _) => StateFrom::Ready(load(e)?),
+                (gate::Choice::Widen(e, _), None, Some(b)) => {
                     StateFrom::Merge(kind, load(e)?, b, false)
                 }
-                (gate::Source::Narrow(e, _), None, Some(b)) => {
+                (gate::Choice::Narrow(e, _), None, Some(b)) => {
                     StateFrom::Merge(kind, load(e)?, b, true)
                 }
                 _ => return Err(Error::Internal("reuse plan without its inputs".into())),
             };
-            if !matches!(options[i], gate::Source::Exact(_)) {
+            if !matches!(fp.choice, gate::Choice::Exact(_)) {
                 to_store.push((
                     states.len(),
                     reuse::Entry {
@@ -1351,7 +1060,7 @@ impl Engine {
                         source: src.name.clone(),
                         source_version: version.id.clone(),
                         def: def.clone(),
-                        spine: spine_key.clone(),
+                        spine: plan.spine_key.clone(),
                         window: want,
                         feature: f.label.clone(),
                         rows: 0,
@@ -1384,12 +1093,13 @@ impl Engine {
             })
             .collect();
         crate::profile::stage(format_args!("view {}: finished", p.view.name));
-        if let Some((cat, _)) = &reuse {
+        if let Some((cat, _)) = reuse {
             // Write-behind: the states are compressed and written on a thread of their own
             // while the caller uses the result; the next lookup (or dropping the engine)
             // waits for it.
-            let spine_cols = gate::spine_batch(&sbatch)?;
+            let spine_cols = gate::spine_batch(sbatch)?;
             let (cat, count) = ((*cat).clone(), to_store.len());
+            let spine_key = plan.spine_key.clone();
             let failed = Arc::clone(&self.store_error);
             let handle = std::thread::spawn(move || {
                 let kept = cat.touch(&touched).and_then(|_| match to_store.is_empty() {
@@ -1413,15 +1123,8 @@ impl Engine {
                 ));
             }
         }
-        crate::profile::stage(format_args!(
-            "view {}: states handed to the writer",
-            p.view.name
-        ));
-        Ok(ViewResult {
+        Ok(Finished {
             columns: out,
-            explain,
-            spills,
-            bytes_scanned: scanned,
             stored_bytes_read: stored_read,
             reused,
         })
@@ -1438,7 +1141,7 @@ impl Engine {
         key_types: &[DataType],
         range: Option<(Option<i64>, i64)>,
         time_type: &DataType,
-    ) -> Result<(Vec<OutColumn>, Vec<String>, usize, u64, u64)> {
+    ) -> Result<SweptView> {
         let n = sbatch.num_rows();
         let view = p.view;
         let src = p.source;
@@ -1538,7 +1241,13 @@ impl Engine {
         crate::profile::stage(format_args!("view {}: planned", view.name));
         if self.plan_only {
             // nothing runs: the caller (`view_columns`) answers with null features
-            return Ok((Vec::new(), explain, 0, 0, distinct));
+            return Ok(SweptView {
+                columns: Vec::new(),
+                explain,
+                spills: 0,
+                bytes_scanned: 0,
+                distinct_keys: distinct,
+            });
         }
         let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
         crate::profile::stage(format_args!("view {}: joined", view.name));
@@ -1593,7 +1302,13 @@ impl Engine {
                 }
             })
             .collect();
-        Ok((cols, explain, spills, scanned, distinct))
+        Ok(SweptView {
+            columns: cols,
+            explain,
+            spills,
+            bytes_scanned: scanned,
+            distinct_keys: distinct,
+        })
     }
 
     /// What a scan of a view's source over `range` would read, from the files' footers.
@@ -1631,6 +1346,30 @@ impl Engine {
             files,
         }))
     }
+}
+
+/// The sweep's columns of a view: over every spine row, and over the rows other spines did
+/// not give; and the time the sweep took.
+struct Swept {
+    cols: Vec<OutColumn>,
+    sub_cols: Vec<OutColumn>,
+    compute_micros: u64,
+}
+
+/// A view's finished columns, with what reuse read.
+struct Finished {
+    columns: Vec<OutColumn>,
+    stored_bytes_read: u64,
+    reused: usize,
+}
+
+/// What one view's scan and sweep gave.
+struct SweptView {
+    columns: Vec<OutColumn>,
+    explain: Vec<String>,
+    spills: usize,
+    bytes_scanned: u64,
+    distinct_keys: u64,
 }
 
 /// What one view contributed to a join.
@@ -1671,20 +1410,21 @@ fn kinds_equal(a: &FeatureSpec, b: &FeatureSpec) -> bool {
 /// Stored states by entry id (`None`: the file has gone).
 type Prefetched = HashMap<String, Option<ArrayRef>>;
 
-/// Starts reading, on a thread of its own, every stored state that `options` and `cross`
-/// name (each once; `None` for an entry whose file has gone). `None` when they name none.
+/// Starts reading, on a thread of its own, every stored state that the features' choices
+/// and rows of other spines name (each once; `None` for an entry whose file has gone). `None` when they name none.
 /// With no scan to overlap (`scans` false), the states are read on every core.
 fn prefetch_states(
     cat: &ReuseCatalog,
-    options: &[gate::Source],
-    cross: &[Option<Cross>],
+    features: &[reuse_plan::FeaturePlan],
     scans: bool,
 ) -> Option<std::thread::JoinHandle<Result<Prefetched>>> {
     let mut entries: Vec<reuse::Entry> = Vec::new();
-    let named = options
-        .iter()
-        .filter_map(|o| o.entry())
-        .chain(cross.iter().flatten().flat_map(|c| c.entries.iter()));
+    let named = features.iter().flat_map(|f| {
+        f.choice
+            .entry()
+            .into_iter()
+            .chain(f.cross.iter().flat_map(|c| c.entries.iter()))
+    });
     for e in named {
         if !entries.iter().any(|x| x.id == e.id) {
             entries.push(e.clone());
@@ -1759,157 +1499,6 @@ impl FinishJob {
             )?)),
         }
     }
-}
-
-/// Rows of this spine found in other spines' stored states, for one feature.
-#[derive(Debug, Clone)]
-struct Cross {
-    entries: Vec<reuse::Entry>,
-    /// Per spine row: (index into `entries`, row of that entry), or `None` to compute.
-    rows: Vec<Option<(u32, u32)>>,
-    matched: usize,
-}
-
-/// Looks up this spine's rows (keys and time) in the stored spines of other entries. The
-/// spine's rows are encoded, and each stored spine matched against them, once per join:
-/// every feature of a view asks about the same spines.
-struct CrossFinder<'a> {
-    cat: &'a ReuseCatalog,
-    cols: Vec<ArrayRef>,
-    /// This spine's encoding and its rows' hashes, made at the first lookup.
-    mine: Option<(
-        datafusion::arrow::row::RowConverter,
-        datafusion::arrow::row::Rows,
-        Vec<u64>,
-    )>,
-    hasher: ahash::RandomState,
-    /// Per stored spine (when it could be read): for each row of this spine, its row there.
-    matches: HashMap<String, Option<Vec<Option<u32>>>>,
-}
-
-/// A row's hash for cross-spine lookups (equal bytes are then checked).
-fn row_hash(state: &ahash::RandomState, row: datafusion::arrow::row::Row<'_>) -> u64 {
-    state.hash_one(row.as_ref())
-}
-
-impl<'a> CrossFinder<'a> {
-    fn new(cat: &'a ReuseCatalog, sbatch: &RecordBatch) -> Result<CrossFinder<'a>> {
-        Ok(CrossFinder {
-            cat,
-            cols: gate::spine_columns(sbatch),
-            mine: None,
-            matches: HashMap::new(),
-            hasher: ahash::RandomState::new(),
-        })
-    }
-
-    /// For each row of this spine, its row in the stored spine `key`; `None` when that spine
-    /// cannot be read or has other columns.
-    fn match_spine(&mut self, key: &str) -> Result<Option<Vec<Option<u32>>>> {
-        use datafusion::arrow::row::{RowConverter, SortField};
-        if self.mine.is_none() {
-            let conv = RowConverter::new(
-                self.cols
-                    .iter()
-                    .map(|c| SortField::new(c.data_type().clone()))
-                    .collect(),
-            )?;
-            let rows = conv.convert_columns(&self.cols)?;
-            let hashes = rows.iter().map(|r| row_hash(&self.hasher, r)).collect();
-            self.mine = Some((conv, rows, hashes));
-        }
-        let Some((conv, mine, hashes)) = &self.mine else {
-            return Ok(None);
-        };
-        let stored = match self.cat.load_spine(key)? {
-            Some(b) if b.num_columns() == self.cols.len() => conv.convert_columns(b.columns()).ok(),
-            _ => None,
-        };
-        let Some(stored) = stored else {
-            return Ok(None);
-        };
-        let mut first: HashMap<u64, u32, ahash::RandomState> =
-            HashMap::with_capacity_and_hasher(stored.num_rows(), self.hasher.clone());
-        for (q, row) in stored.iter().enumerate() {
-            first.entry(row_hash(&self.hasher, row)).or_insert(q as u32);
-        }
-        Ok(Some(
-            hashes
-                .iter()
-                .enumerate()
-                .map(|(r, h)| {
-                    first
-                        .get(h)
-                        .copied()
-                        .filter(|&q| stored.row(q as usize) == mine.row(r))
-                })
-                .collect(),
-        ))
-    }
-
-    /// Match this spine's rows against the stored spines of `others` (in order).
-    fn find(&mut self, others: Vec<reuse::Entry>) -> Result<Option<Cross>> {
-        let n = self.cols.first().map_or(0, |c| c.len());
-        let mut rows: Vec<Option<(u32, u32)>> = vec![None; n];
-        let mut entries = Vec::new();
-        let mut matched = 0;
-        for e in others {
-            if !self.matches.contains_key(&e.spine) {
-                let m = self.match_spine(&e.spine)?;
-                self.matches.insert(e.spine.clone(), m);
-            }
-            let Some(Some(there)) = self.matches.get(&e.spine) else {
-                continue;
-            };
-            let j = entries.len() as u32;
-            let mut hit = false;
-            for (slot, q) in rows.iter_mut().zip(there) {
-                if slot.is_none()
-                    && let Some(q) = q
-                {
-                    *slot = Some((j, *q));
-                    matched += 1;
-                    hit = true;
-                }
-            }
-            if hit {
-                entries.push(e);
-            }
-            if matched == n {
-                break;
-            }
-        }
-        Ok((matched > 0).then_some(Cross {
-            entries,
-            rows,
-            matched,
-        }))
-    }
-}
-
-/// Spine rows that some cross-spine feature still has to compute, ascending.
-fn unmatched_rows(cross: &[Option<Cross>]) -> Vec<u32> {
-    let mut need: Vec<bool> = Vec::new();
-    for c in cross.iter().flatten() {
-        need.resize(c.rows.len(), false);
-        for (r, m) in c.rows.iter().enumerate() {
-            if m.is_none() {
-                need[r] = true;
-            }
-        }
-    }
-    need.iter()
-        .enumerate()
-        .filter(|(_, n)| **n)
-        .map(|(r, _)| r as u32)
-        .collect()
-}
-
-/// The smallest and largest valid time among some spine rows.
-fn time_span(t: &Int64Array, rows: impl Iterator<Item = u32>) -> (i64, i64) {
-    rows.filter(|&r| t.is_valid(r as usize))
-        .map(|r| t.value(r as usize))
-        .fold((i64::MAX, i64::MIN), |(a, b), x| (a.min(x), b.max(x)))
 }
 
 /// A spine input restricted to some rows, renumbered so the sweep puts them in that order.

@@ -16,7 +16,7 @@ use quiver_core::time::format_instant as time_text;
 
 /// How one requested feature is produced.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub enum Choice {
     /// Computed from the scan (as a state when `kind` is set, so it can be stored).
     Cold,
     /// The stored state is this window's.
@@ -27,35 +27,35 @@ pub enum Source {
     Narrow(Entry, Window),
 }
 
-impl Source {
+impl Choice {
     pub fn entry(&self) -> Option<&Entry> {
         match self {
-            Source::Cold => None,
-            Source::Exact(e) | Source::Widen(e, _) | Source::Narrow(e, _) => Some(e),
+            Choice::Cold => None,
+            Choice::Exact(e) | Choice::Widen(e, _) | Choice::Narrow(e, _) => Some(e),
         }
     }
 
     pub fn band(&self) -> Option<Window> {
         match self {
-            Source::Widen(_, b) | Source::Narrow(_, b) => Some(*b),
+            Choice::Widen(_, b) | Choice::Narrow(_, b) => Some(*b),
             _ => None,
         }
     }
 
     pub fn describe(&self, want: &Window) -> String {
         match self {
-            Source::Cold => format!("{want}: computed from the scan"),
-            Source::Exact(e) => format!(
+            Choice::Cold => format!("{want}: computed from the scan"),
+            Choice::Exact(e) => format!(
                 "{want}: exact match (stored state, {})",
                 bytes(e.bytes as f64)
             ),
-            Source::Widen(e, b) => format!(
+            Choice::Widen(e, b) => format!(
                 "{want}: widened from the stored {} plus the band {} ({})",
                 e.window,
                 band_text(b),
                 bytes(e.bytes as f64)
             ),
-            Source::Narrow(e, b) => format!(
+            Choice::Narrow(e, b) => format!(
                 "{want}: narrowed from the stored {} minus the band {} ({})",
                 e.window,
                 band_text(b),
@@ -125,11 +125,11 @@ fn len_micros(w: &Window) -> i64 {
 
 /// The best stored state for a window: an exact match, else the widening or narrowing with
 /// the shortest band (narrowing only for invertible states).
-pub fn choose(want: &Window, kind: StateKind, stored: &[Entry]) -> Source {
+pub fn choose(want: &Window, kind: StateKind, stored: &[Entry]) -> Choice {
     if let Some(e) = stored.iter().find(|e| e.window == *want) {
-        return Source::Exact(e.clone());
+        return Choice::Exact(e.clone());
     }
-    let mut best: Option<(i64, Source)> = None;
+    let mut best: Option<(i64, Choice)> = None;
     for e in stored
         .iter()
         .filter(|e| e.window.offset == want.offset && e.window.closed == want.closed)
@@ -139,11 +139,11 @@ pub fn choose(want: &Window, kind: StateKind, stored: &[Entry]) -> Source {
             e.window
                 .length
                 .and_then(|s| band(*want, s))
-                .map(|b| Source::Widen(e.clone(), b))
+                .map(|b| Choice::Widen(e.clone(), b))
         } else if kind.invertible() {
             want.length
                 .and_then(|s| band(e.window, s))
-                .map(|b| Source::Narrow(e.clone(), b))
+                .map(|b| Choice::Narrow(e.clone(), b))
         } else {
             None
         };
@@ -154,7 +154,7 @@ pub fn choose(want: &Window, kind: StateKind, stored: &[Entry]) -> Source {
             }
         }
     }
-    best.map(|(_, s)| s).unwrap_or(Source::Cold)
+    best.map(|(_, s)| s).unwrap_or(Choice::Cold)
 }
 
 /// The event times a feature needs for spine times in [tmin, tmax]: `lo` = `None` unbounded.
@@ -375,25 +375,25 @@ mod tests {
         let stored = [e(10), e(30), e(60)];
         let kind = StateKind::of(Agg::Sum, Some(&DataType::Int64)).unwrap();
         assert!(
-            matches!(choose(&w(Some(30), 0, Closed::Right), kind, &stored), Source::Exact(x) if x.id == "30")
+            matches!(choose(&w(Some(30), 0, Closed::Right), kind, &stored), Choice::Exact(x) if x.id == "30")
         );
         assert!(
-            matches!(choose(&w(Some(40), 0, Closed::Right), kind, &stored), Source::Widen(x, _) if x.id == "30")
+            matches!(choose(&w(Some(40), 0, Closed::Right), kind, &stored), Choice::Widen(x, _) if x.id == "30")
         );
         assert!(
-            matches!(choose(&w(Some(55), 0, Closed::Right), kind, &stored), Source::Narrow(x, _) if x.id == "60")
+            matches!(choose(&w(Some(55), 0, Closed::Right), kind, &stored), Choice::Narrow(x, _) if x.id == "60")
         );
         let max = StateKind::of(Agg::Max, Some(&DataType::Int64)).unwrap();
         assert!(
-            matches!(choose(&w(Some(55), 0, Closed::Right), max, &stored), Source::Widen(x, _) if x.id == "30")
+            matches!(choose(&w(Some(55), 0, Closed::Right), max, &stored), Choice::Widen(x, _) if x.id == "30")
         );
         assert!(matches!(
             choose(&w(Some(5), 0, Closed::Right), max, &stored),
-            Source::Cold
+            Choice::Cold
         ));
         assert!(matches!(
             choose(&w(Some(40), 0, Closed::Both), kind, &stored),
-            Source::Cold
+            Choice::Cold
         ));
     }
 }

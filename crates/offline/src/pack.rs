@@ -2,7 +2,7 @@
 //!
 //! Each event whose key is in the spine and whose time is set is appended to one of
 //! [`BUCKETS`] buckets, chosen by a hash of its key: a bucket-local key id, its time, its
-//! source order and the lanes of the view's [`Layout`] — about 30 bytes for a typical view,
+//! source order and the lanes of the view's [`Lanes`] — about 30 bytes for a typical view,
 //! against the ~40 of the Arrow batch it came in — and the batch is dropped. Events of keys
 //! the spine does not ask for are never kept, and events older than every finite window of
 //! the partition's spine rows only as the one event per key that each lifetime first / last /
@@ -21,7 +21,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::hash_utils::create_hashes_with_hasher;
 
-use crate::sweep::{EventSide, Keep, Layout, NULL_ID, OldEvents, SpineSide, as_f64, as_i64};
+use crate::sweep::{EventSide, Keep, Lanes, NULL_ID, OldEvents, SpineSide, as_f64, as_i64};
 use crate::{Error, Result};
 
 /// Buckets per partition: the unit swept at once, and of spilling.
@@ -165,7 +165,7 @@ struct Bucket {
 
 impl Bucket {
     /// An empty bucket with the lanes of `layout`.
-    fn new(layout: &Layout) -> Bucket {
+    fn new(layout: &Lanes) -> Bucket {
         Bucket {
             floats: (0..layout.floats.len())
                 .map(|_| Chunked::default())
@@ -213,7 +213,7 @@ fn set<T>(lane: &mut Vec<T>, p: usize, x: T) {
 
 impl Kept {
     /// Room for `slots` (key id, keep) events, with the lanes of `layout`.
-    fn new(layout: &Layout, slots: usize) -> Kept {
+    fn new(layout: &Lanes, slots: usize) -> Kept {
         Kept {
             at: vec![(NONE, (0, 0, 0)); slots],
             floats: vec![Vec::new(); layout.floats.len()],
@@ -344,7 +344,7 @@ impl Keys {
 
 /// One partition's spine, split into buckets, and its events packed into the same buckets.
 pub struct Pack<'l> {
-    layout: &'l Layout,
+    layout: &'l Lanes,
     keys: Keys,
     rid: UInt64Array,
     spine_t: Int64Array,
@@ -392,7 +392,7 @@ impl<'l> Pack<'l> {
     /// which events older than the spine's earliest window a key still needs, given that
     /// earliest spine time.
     pub fn new(
-        layout: &'l Layout,
+        layout: &'l Lanes,
         spine: &RecordBatch,
         key_count: usize,
         has_created: bool,

@@ -54,7 +54,7 @@ use quiver_core::Duration;
 
 use crate::Error;
 use crate::pack::{BUCKETS, Pack, buckets_at};
-use crate::sweep::{FeatureSpec, Layout, needed_span, sweep};
+use crate::sweep::{FeatureSpec, Lanes, needed_span, sweep};
 
 pub const RID: &str = "__rid";
 pub const TIME: &str = "__t";
@@ -571,7 +571,7 @@ const MAX_SPLITS: u32 = 3;
 fn sweep_spilled<'a>(
     spec: &'a ViewSpec,
     schema: &'a SchemaRef,
-    layout: &'a Layout,
+    layout: &'a Lanes,
     mut spilled: Spilled,
     level: u32,
     budget: Budget,
@@ -637,16 +637,16 @@ fn io_error(e: std::io::Error) -> DataFusionError {
 }
 
 /// The lanes of the view's features over the events input's value columns.
-fn layout_of(spec: &ViewSpec, ev_schema: &SchemaRef) -> DFResult<Layout> {
+fn layout_of(spec: &ViewSpec, ev_schema: &SchemaRef) -> DFResult<Lanes> {
     let first_value = spec.key_count + 1 + spec.created_column.is_some() as usize;
     let types: Vec<DataType> = (0..spec.value_count)
         .map(|j| ev_schema.field(first_value + j).data_type().clone())
         .collect();
-    Ok(Layout::new(&spec.features, &types, spec.filter_created)?)
+    Ok(Lanes::new(&spec.features, &types, spec.filter_created)?)
 }
 
 /// A pack of `spine` (row id, keys, time) for the view's windows.
-fn new_pack<'l>(spec: &ViewSpec, layout: &'l Layout, spine: &RecordBatch) -> DFResult<Pack<'l>> {
+fn new_pack<'l>(spec: &ViewSpec, layout: &'l Lanes, spine: &RecordBatch) -> DFResult<Pack<'l>> {
     Ok(Pack::new(
         layout,
         spine,
@@ -683,7 +683,7 @@ async fn push_spilled(
 fn sweep_bucket(
     spec: &ViewSpec,
     schema: &SchemaRef,
-    layout: &Layout,
+    layout: &Lanes,
     pack: &mut Pack<'_>,
     b: usize,
 ) -> DFResult<Option<RecordBatch>> {

@@ -2,7 +2,7 @@
 //! [`crate::pack`]).
 //!
 //! Events are grouped by entity key with a counting sort on dense key ids — times and every
-//! lane of the [`Layout`] carried along in one scatter, so later passes read contiguous
+//! lane of the [`Lanes`] carried along in one scatter, so later passes read contiguous
 //! memory — and ordered inside each key by (event time, created time, source order), skipped
 //! where the source is already in that order. Then each key is swept as one block held in
 //! small reused buffers: moving pointers give each spine row its window as a range of the
@@ -78,7 +78,7 @@ pub struct EventSide {
     /// Created times, null as `i64::MIN` (earliest).
     pub created: Option<Vec<i64>>,
     pub seq: Vec<u64>,
-    /// The lanes of [`Layout`].
+    /// The lanes of [`Lanes`].
     pub floats: Vec<Vec<f64>>,
     pub ints: Vec<Vec<i64>>,
     pub masks: Vec<Option<Vec<u8>>>,
@@ -93,7 +93,7 @@ pub struct EventSide {
 /// pair as a byte mask, so a packed event costs a few bytes per input; columns whose values
 /// are returned as they are (other types), count_distinct's and `filter_created`'s inputs
 /// stay Arrow arrays.
-pub struct Layout {
+pub struct Lanes {
     /// The value column of each float / int lane.
     pub floats: Vec<usize>,
     pub ints: Vec<usize>,
@@ -135,13 +135,13 @@ enum Input {
     Float(Agg, usize),
 }
 
-impl Layout {
+impl Lanes {
     pub fn new(
         features: &[FeatureSpec],
         types: &[DataType],
         filter_created: bool,
-    ) -> Result<Layout> {
-        let mut l = Layout {
+    ) -> Result<Lanes> {
+        let mut l = Lanes {
             floats: Vec::new(),
             ints: Vec::new(),
             int_labels: Vec::new(),
@@ -247,7 +247,7 @@ pub struct OldEvents {
 /// One old event a key keeps, in (time, created, source order) order — the sweep's order.
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub enum Keep {
-    /// The earliest whose mask lane (an index into [`Layout::masks`]) admits it.
+    /// The earliest whose mask lane (an index into [`Lanes::masks`]) admits it.
     First(usize),
     /// The latest such.
     Last(usize),
@@ -297,7 +297,7 @@ pub fn needed_span(
     }
 }
 
-impl Layout {
+impl Lanes {
     /// Whether any input stays an Arrow array (strings, count_distinct, `filter_created`):
     /// those are read by event index, not from lanes.
     pub fn keeps_arrays(&self) -> bool {
@@ -351,7 +351,7 @@ impl Layout {
 /// array per feature, row-aligned with them.
 pub fn sweep(
     features: &[FeatureSpec],
-    layout: &Layout,
+    layout: &Lanes,
     ttl: Option<Duration>,
     spine: &SpineSide,
     mut ev: EventSide,
@@ -914,7 +914,7 @@ fn slot<T: PartialEq>(list: &mut Vec<T>, item: T) -> usize {
 impl<'a> Blocks<'a> {
     fn new(
         features: &'a [FeatureSpec],
-        layout: &Layout,
+        layout: &Lanes,
         ttl: Option<Duration>,
         rows: usize,
         ev: &EventSide,
@@ -1927,7 +1927,7 @@ mod tests {
                                 fs.push(feature(Kind::Latest));
                             }
                             let types = [DataType::Float64];
-                            let layout = Layout::new(&fs, &types, false).unwrap();
+                            let layout = Lanes::new(&fs, &types, false).unwrap();
                             let ttl = ttl.map(Duration::from_micros);
                             let old = layout.old_events(&fs, ttl, min_t).unwrap();
                             assert_eq!(old.keep, vec![Keep::Last(0)]);
@@ -2005,17 +2005,17 @@ mod tests {
         let types = [DataType::Float64];
         for agg in [Agg::Count, Agg::Sum, Agg::Min, Agg::Mean] {
             let fs = vec![feature(Kind::Agg(agg, lifetime))];
-            let layout = Layout::new(&fs, &types, false).unwrap();
+            let layout = Lanes::new(&fs, &types, false).unwrap();
             assert!(layout.old_events(&fs, None, 0).is_none(), "{agg:?}");
         }
         // a kept state counts the window's events
         let mut f = feature(Kind::Agg(Agg::Last, window(Some(H), 0, Closed::Right)));
         f.state = true;
-        let layout = Layout::new(std::slice::from_ref(&f), &types, false).unwrap();
+        let layout = Lanes::new(std::slice::from_ref(&f), &types, false).unwrap();
         assert!(layout.old_events(&[f], None, 0).is_none());
         // values kept as Arrow arrays
         let fs = vec![feature(Kind::Latest)];
-        let layout = Layout::new(&fs, &[DataType::Utf8], false).unwrap();
+        let layout = Lanes::new(&fs, &[DataType::Utf8], false).unwrap();
         assert!(layout.old_events(&fs, None, 0).is_none());
     }
 }
