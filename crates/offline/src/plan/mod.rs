@@ -1,0 +1,253 @@
+//! The point-in-time join as a DataFusion extension: [`PitJoinNode`] (logical),
+//! [`PitJoinPlanner`] (extension planner) and [`PitJoinExec`] (physical), plus [`SeqExec`],
+//! which stamps each event with its position in the source so that ties keep source order
+//! after DataFusion has hash-partitioned the events.
+//!
+//! Column layout of the two inputs (built by the engine):
+//! - spine: `__rid` (UInt64), the key columns `__k0..`, `__t` (Int64 microseconds);
+//! - events: the key columns `__k0..`, `__t` (the source's time column as stored), `__c`
+//!   (created time, if the source has one), the value columns `__v0..`, the filter columns
+//!   `__f0..` (Boolean); [`SeqExec`] appends `__seq` (UInt64).
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array,
+};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, Distribution, ExecutionPlan,
+    ExecutionPlanProperties, InputDistributionRequirements, Partitioning, PhysicalExpr,
+    PlanProperties, ReplaceChildrenOptions,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use std::io::Seek;
+
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use futures::{StreamExt, TryStreamExt};
+use quiver_core::Duration;
+
+use crate::Error;
+use crate::pack::{BUCKETS, Pack, buckets_at};
+use crate::sweep::{FeatureSpec, Lanes, needed_span, sweep};
+
+pub const RID: &str = "__rid";
+pub const TIME: &str = "__t";
+pub const CREATED: &str = "__c";
+pub const SEQ: &str = "__seq";
+
+pub fn key_col(i: usize) -> String {
+    format!("__k{i}")
+}
+pub fn value_col(i: usize) -> String {
+    format!("__v{i}")
+}
+pub fn filter_col(i: usize) -> String {
+    format!("__f{i}")
+}
+
+/// Everything the operator needs to know about one feature view's part of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct ViewSpec {
+    pub view: String,
+    pub source: String,
+    /// The source's time column, for messages.
+    pub time_column: String,
+    pub created_column: Option<String>,
+    pub key_count: usize,
+    pub value_count: usize,
+    pub filter_count: usize,
+    pub ttl: Option<Duration>,
+    pub filter_created: bool,
+    pub features: Vec<FeatureSpec>,
+}
+
+impl ViewSpec {
+    fn output_schema(&self) -> SchemaRef {
+        let mut fields = vec![Field::new(RID, DataType::UInt64, false)];
+        fields.extend(
+            self.features
+                .iter()
+                .map(|f| Field::new(&f.name, f.output_type.clone(), true)),
+        );
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// Logical node: for each spine row, the features of one view as of the row's time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PitJoinNode {
+    spine: LogicalPlan,
+    events: LogicalPlan,
+    spec: Arc<ViewSpec>,
+    schema: DFSchemaRef,
+}
+
+impl PitJoinNode {
+    pub fn try_new(spine: LogicalPlan, events: LogicalPlan, spec: ViewSpec) -> DFResult<Self> {
+        let schema = Arc::new(DFSchema::try_from(spec.output_schema().as_ref().clone())?);
+        Ok(Self {
+            spine,
+            events,
+            spec: Arc::new(spec),
+            schema,
+        })
+    }
+
+    pub fn into_plan(self) -> LogicalPlan {
+        LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(self),
+        })
+    }
+}
+
+impl PartialOrd for PitJoinNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.spine.partial_cmp(&other.spine) {
+            Some(Ordering::Equal) => {}
+            o => return o,
+        }
+        match self.events.partial_cmp(&other.events) {
+            Some(Ordering::Equal) => {}
+            o => return o,
+        }
+        self.spec.partial_cmp(&other.spec)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for PitJoinNode {
+    fn name(&self) -> &str {
+        "PitJoin"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.spine, &self.events]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PitJoin: view={} features=[{}]",
+            self.spec.view,
+            feature_list(&self.spec)
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DFResult<Self> {
+        if inputs.len() != 2 {
+            return Err(DataFusionError::Internal("PitJoin takes two inputs".into()));
+        }
+        let events = inputs.swap_remove(1);
+        let spine = inputs.swap_remove(0);
+        Ok(Self {
+            spine,
+            events,
+            spec: self.spec.clone(),
+            schema: self.schema.clone(),
+        })
+    }
+}
+
+fn feature_list(spec: &ViewSpec) -> String {
+    spec.features
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Plans [`PitJoinNode`] into [`PitJoinExec`] over a [`SeqExec`] of the events.
+#[derive(Debug, Default)]
+pub struct PitJoinPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for PitJoinPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(n) = node.as_any().downcast_ref::<PitJoinNode>() else {
+            return Ok(None);
+        };
+        let events: Arc<dyn ExecutionPlan> = Arc::new(SeqExec::new(physical_inputs[1].clone()));
+        Ok(Some(Arc::new(PitJoinExec::try_new(
+            physical_inputs[0].clone(),
+            events,
+            n.spec.clone(),
+        )?)))
+    }
+}
+
+/// The query planner of Quiver's sessions: DataFusion's, plus the point-in-time join.
+#[derive(Debug, Default)]
+pub struct PitQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for PitQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PitJoinPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}
+
+fn key_exprs(schema: &Schema, n: usize, offset: usize) -> Vec<Arc<dyn PhysicalExpr>> {
+    (0..n)
+        .map(|i| Arc::new(Column::new(schema.field(offset + i).name(), offset + i)) as _)
+        .collect()
+}
+
+mod exec;
+mod seq;
+mod spill;
+
+pub use exec::PitJoinExec;
+use exec::*;
+pub use seq::SeqExec;
+use spill::*;
