@@ -8,7 +8,7 @@ use datafusion::arrow::array::{
     TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
-use quiver_app::catalog::{Catalog, Table, hash_table, split};
+use quiver_app::catalog::{Catalog, Rows, hash_table, split};
 use quiver_core::hash::TableHasher;
 use quiver_offline::{EngineOptions, delta, source};
 use rand::rngs::SmallRng;
@@ -130,17 +130,17 @@ fn hash_survives_delta_appends_parquet_and_batch_sizes() {
 fn splits_are_seeded_and_independent_of_batching() {
     let mut rng = SmallRng::seed_from_u64(9);
     let t = random_table(&mut rng, 1000);
-    let whole = Table {
+    let whole = Rows {
         schema: t.schema(),
         batches: vec![t.clone()],
     };
-    let pieces = Table {
+    let pieces = Rows {
         schema: t.schema(),
         batches: (0..10).map(|i| t.slice(i * 100, 100)).collect(),
     };
     let (a1, b1) = split(&whole, 0.8, 7).unwrap();
     let (a2, b2) = split(&pieces, 0.8, 7).unwrap();
-    let h = |x: &Table| hash_table(&x.schema, &x.batches).unwrap().0;
+    let h = |x: &Rows| hash_table(&x.schema, &x.batches).unwrap().0;
     assert_eq!(h(&a1), h(&a2));
     assert_eq!(h(&b1), h(&b2));
     assert_eq!(a1.rows() + b1.rows(), 1000);
@@ -224,7 +224,7 @@ fn reproduce_names_the_first_difference_after_tampering() {
             &Int64Array::from(vec![Some(12), Some(11), Some(5)])
         );
         record.spine = sv.reference();
-        let t = Table {
+        let t = Rows {
             schema: out.schema(),
             batches: vec![out],
         };

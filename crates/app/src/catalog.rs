@@ -49,12 +49,12 @@ pub struct Pins {
 }
 
 /// A table version's rows.
-pub struct Table {
+pub struct Rows {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
 }
 
-impl Table {
+impl Rows {
     pub fn concat(&self) -> Result<RecordBatch> {
         Ok(concat_batches(&self.schema, &self.batches).map_err(quiver_offline::Error::from)?)
     }
@@ -133,18 +133,18 @@ impl Catalog {
     // ---- reading versions
 
     /// The rows of a Delta table version.
-    async fn read_delta(&self, table: &Path, version: u64) -> Result<Table> {
+    async fn read_delta(&self, table: &Path, version: u64) -> Result<Rows> {
         let snap = delta::snapshot(table, Some(version)).await?;
         let ctx = self.ctx()?;
         let provider =
             source::files_table(&ctx, &snap.files, Some(snap.schema.clone()), table, "table")
                 .await?;
         let (schema, batches) = source::collect_table(&ctx, provider, table).await?;
-        Ok(Table { schema, batches })
+        Ok(Rows { schema, batches })
     }
 
     /// The rows of a recorded dataset version.
-    pub async fn read(&self, v: &DatasetVersion) -> Result<Table> {
+    pub async fn read(&self, v: &DatasetVersion) -> Result<Rows> {
         match &v.storage {
             Storage::Delta { table, version } => {
                 self.read_delta(Path::new(table), *version as u64).await
@@ -161,7 +161,7 @@ impl Catalog {
                         v.reference()
                     )));
                 }
-                Ok(Table { schema, batches })
+                Ok(Rows { schema, batches })
             }
         }
     }
@@ -420,7 +420,7 @@ impl Catalog {
         &self,
         name: &str,
         kind: DatasetKind,
-        table: &Table,
+        table: &Rows,
         op: Operation,
     ) -> Result<DatasetVersion> {
         Self::check_name(name)?;
@@ -579,7 +579,7 @@ impl Catalog {
 
     /// The rows of a spine file as they will read once recorded: in the types the dataset's
     /// Delta table stores (so a join on them equals a join on the recorded version).
-    pub async fn read_file(&self, file: &Path) -> Result<Table> {
+    pub async fn read_file(&self, file: &Path) -> Result<Rows> {
         let ctx = self.ctx()?;
         let (schema, batches) = source::read_table(&ctx, file).await?;
         let what = file.display().to_string();
@@ -588,17 +588,12 @@ impl Catalog {
             .iter()
             .map(|b| delta::to_delta_types(b, &what))
             .collect::<quiver_offline::Result<Vec<_>>>()?;
-        Ok(Table { schema, batches })
+        Ok(Rows { schema, batches })
     }
 
     /// Record `table`, read from `file` ([`Catalog::read_file`]), as the next version of
     /// dataset `name` (unless the latest version holds the same rows from the same file).
-    pub async fn add_table(
-        &self,
-        file: &Path,
-        name: &str,
-        table: &Table,
-    ) -> Result<DatasetVersion> {
+    pub async fn add_table(&self, file: &Path, name: &str, table: &Rows) -> Result<DatasetVersion> {
         self.write_dataset(
             name,
             DatasetKind::Spine,
@@ -640,7 +635,7 @@ impl Catalog {
     /// lineage to record with it.
     pub async fn join(
         &self,
-        spine: &Table,
+        spine: &Rows,
         features: &[FeatureRef],
         spine_timestamp: Option<String>,
         full_names: bool,
@@ -654,7 +649,7 @@ impl Catalog {
     /// [`Catalog::join`], with the engine's plan (`--explain` lines).
     pub async fn join_explained(
         &self,
-        spine: &Table,
+        spine: &Rows,
         features: &[FeatureRef],
         spine_timestamp: Option<String>,
         full_names: bool,
@@ -697,7 +692,7 @@ impl Catalog {
                 .collect(),
             quiver_version: QUIVER_VERSION.to_string(),
         };
-        let spine = Table {
+        let spine = Rows {
             schema: spine.schema.clone(),
             batches: spine.batches.clone(),
         };
@@ -712,7 +707,7 @@ impl Catalog {
         &self,
         record: &JoinRecord,
         repo: Repo,
-        spine: Option<Table>,
+        spine: Option<Rows>,
     ) -> Result<(RecordBatch, Vec<String>)> {
         let spine = match spine {
             Some(s) => s,
@@ -779,13 +774,13 @@ impl Catalog {
     pub fn rebuild<'a>(
         &'a self,
         v: &'a DatasetVersion,
-    ) -> futures::future::BoxFuture<'a, Result<Table>> {
+    ) -> futures::future::BoxFuture<'a, Result<Rows>> {
         Box::pin(async move {
             match &v.op {
                 Operation::Join(record) => {
                     let repo = self.recorded_repo(record)?;
                     let (batch, _) = self.run_join(record, repo, None).await?;
-                    Ok(Table {
+                    Ok(Rows {
                         schema: batch.schema(),
                         batches: vec![batch],
                     })
@@ -836,7 +831,7 @@ impl Catalog {
     }
 
     /// The rows of a table where a SQL predicate holds, in order.
-    pub async fn filter_rows(&self, t: Table, predicate: &str) -> Result<Table> {
+    pub async fn filter_rows(&self, t: Rows, predicate: &str) -> Result<Rows> {
         let ctx = self.ctx()?;
         let mem = datafusion::datasource::MemTable::try_new(t.schema.clone(), vec![t.batches])
             .map_err(quiver_offline::Error::from)?;
@@ -859,7 +854,7 @@ impl Catalog {
             .collect_partitioned()
             .await
             .map_err(quiver_offline::Error::from)?;
-        Ok(Table {
+        Ok(Rows {
             schema: t.schema,
             batches: parts.into_iter().flatten().collect(),
         })
@@ -1004,7 +999,7 @@ fn unit(seed: u64, row: u64) -> f64 {
 }
 
 /// Split rows into (train, test): a row goes to train when its draw is below `ratio`.
-pub fn split(t: &Table, ratio: f64, seed: u64) -> Result<(Table, Table)> {
+pub fn split(t: &Rows, ratio: f64, seed: u64) -> Result<(Rows, Rows)> {
     let mut train = Vec::new();
     let mut test = Vec::new();
     let mut row = 0u64;
@@ -1019,11 +1014,11 @@ pub fn split(t: &Table, ratio: f64, seed: u64) -> Result<(Table, Table)> {
         test.push(filter_record_batch(b, &inverse).map_err(quiver_offline::Error::from)?);
     }
     Ok((
-        Table {
+        Rows {
             schema: t.schema.clone(),
             batches: train,
         },
-        Table {
+        Rows {
             schema: t.schema.clone(),
             batches: test,
         },
@@ -1032,7 +1027,7 @@ pub fn split(t: &Table, ratio: f64, seed: u64) -> Result<(Table, Table)> {
 
 /// Where two tables first differ, in row order: the schema, the row count, or the first row
 /// and column whose values differ.
-pub fn first_difference(stored: &Table, rebuilt: &Table) -> Result<String> {
+pub fn first_difference(stored: &Rows, rebuilt: &Rows) -> Result<String> {
     let a = canonical_schema(&stored.schema).map_err(quiver_offline::Error::from)?;
     let b = canonical_schema(&rebuilt.schema).map_err(quiver_offline::Error::from)?;
     if a != b {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use quiver_core::{FeatureRef, Repo};
 use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
 
-use crate::catalog::{Catalog, Pins, Table};
+use crate::catalog::{Catalog, Pins, Rows};
 use crate::{Error, Result};
 
 /// What to build.
@@ -305,7 +305,7 @@ async fn versioned_in(
                 }
             };
             record.spine = sv.reference();
-            let t = Table {
+            let t = Rows {
                 schema: batch.schema(),
                 batches: vec![batch.clone()],
             };

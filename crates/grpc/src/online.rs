@@ -10,14 +10,14 @@ use crate::convert;
 use crate::proto::{self, online_service_server::OnlineService};
 
 /// The service over a served repository.
-pub struct Online {
+pub struct OnlineSvc {
     serving: Arc<Serving>,
 }
 
-impl Online {
+impl OnlineSvc {
     /// The service over `serving`.
     pub fn new(serving: Arc<Serving>) -> Self {
-        Online { serving }
+        OnlineSvc { serving }
     }
 
     fn lookup(
@@ -82,7 +82,7 @@ impl Online {
 }
 
 #[tonic::async_trait]
-impl OnlineService for Online {
+impl OnlineService for OnlineSvc {
     async fn get_online_features(
         &self,
         request: Request<proto::GetOnlineFeaturesRequest>,

@@ -15,14 +15,14 @@ use crate::proto::registry_service_server::RegistryService;
 use crate::proto::{self, MetricValue, ModelVersionInfo};
 
 /// The service over one repository's registry.
-pub struct Registry {
+pub struct RegistrySvc {
     access: RegistryAccess,
 }
 
-impl Registry {
+impl RegistrySvc {
     /// The service over `access` (shared with the training jobs).
     pub fn new(access: RegistryAccess) -> Self {
-        Registry { access }
+        RegistrySvc { access }
     }
 }
 
@@ -59,7 +59,7 @@ fn required(field: &str, value: &str) -> Result<()> {
 }
 
 #[tonic::async_trait]
-impl RegistryService for Registry {
+impl RegistryService for RegistrySvc {
     async fn register_model(
         &self,
         request: Request<proto::RegisterModelRequest>,

@@ -12,13 +12,13 @@ use quiver_app::serving::Serving;
 use quiver_core::Repo;
 use quiver_core::store::OnlineStore;
 
-use crate::online::Online;
+use crate::online::OnlineSvc;
 use crate::proto::online_service_server::OnlineServiceServer;
 use crate::proto::registry_service_server::RegistryServiceServer;
 use crate::proto::training_service_server::TrainingServiceServer;
-use crate::registry::Registry;
+use crate::registry::RegistrySvc;
 use crate::status::GrpcError;
-use crate::training::Training;
+use crate::training::TrainingSvc;
 
 /// Largest request accepted (4 MiB): a lookup is a few hundred entities, not a bulk load.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -53,13 +53,13 @@ pub async fn serve_with(
     let paths = Confinement::new(&repo.dir, &options.data_roots)?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<OnlineServiceServer<Online>>()
+        .set_serving::<OnlineServiceServer<OnlineSvc>>()
         .await;
     health_reporter
-        .set_serving::<RegistryServiceServer<Registry>>()
+        .set_serving::<RegistryServiceServer<RegistrySvc>>()
         .await;
     health_reporter
-        .set_serving::<TrainingServiceServer<Training>>()
+        .set_serving::<TrainingServiceServer<TrainingSvc>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -68,10 +68,10 @@ pub async fn serve_with(
     // The registry is opened by one call at a time, registry calls and training jobs alike.
     let access = RegistryAccess::new(repo.clone());
     let jobs = Jobs::new(repo.clone(), access.lock(), paths);
-    let registry = RegistryServiceServer::new(Registry::new(access))
+    let registry = RegistryServiceServer::new(RegistrySvc::new(access))
         .max_decoding_message_size(MAX_ARTIFACT_BYTES);
-    let training = TrainingServiceServer::new(Training::new(jobs));
-    let online = OnlineServiceServer::new(Online::new(Arc::new(Serving::new(repo, store))))
+    let training = TrainingServiceServer::new(TrainingSvc::new(jobs));
+    let online = OnlineServiceServer::new(OnlineSvc::new(Arc::new(Serving::new(repo, store))))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     tonic::transport::Server::builder()
         // Caps a request's time when the client sets no deadline; client deadlines

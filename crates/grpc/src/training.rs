@@ -17,14 +17,14 @@ use crate::{GrpcError, convert};
 const MAX_WAIT: Duration = Duration::from_secs(25);
 
 /// The service over one repository's jobs.
-pub struct Training {
+pub struct TrainingSvc {
     jobs: Jobs,
 }
 
-impl Training {
+impl TrainingSvc {
     /// The service over `jobs`.
     pub fn new(jobs: Jobs) -> Self {
-        Training { jobs }
+        TrainingSvc { jobs }
     }
 }
 
@@ -48,7 +48,7 @@ fn job_request(r: proto::TrainingSetRequest) -> JobRequest {
 }
 
 #[tonic::async_trait]
-impl TrainingService for Training {
+impl TrainingService for TrainingSvc {
     async fn start_training_set(
         &self,
         request: Request<proto::TrainingSetRequest>,

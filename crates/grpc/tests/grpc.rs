@@ -277,7 +277,7 @@ async fn registry_service_registers_selects_and_traces() {
         cat.write_dataset(
             "train",
             quiver_registry::DatasetKind::Training,
-            &quiver_app::catalog::Table {
+            &quiver_app::catalog::Rows {
                 schema: out.schema(),
                 batches: vec![out],
             },

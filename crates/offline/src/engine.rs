@@ -32,7 +32,7 @@ use crate::reuse::{self, ReuseCatalog};
 use crate::state::{self, StateKind};
 use crate::stats::ScanStats;
 use crate::sweep::{FeatureSpec, Kind};
-use crate::table::{self, Column as OutColumn, Order, Table};
+use crate::table::{self, Column as OutColumn, Order, TrainingSet};
 use crate::{Error, Result, gate, source};
 
 /// How a session runs.
@@ -75,10 +75,7 @@ impl Default for EngineOptions {
     }
 }
 
-/// The least memory pool a partition of a join runs in: its inputs' repartitioning holds a
-/// batch per partition pair, and a spilled bucket split as far as it goes still needs its
-/// spine rows and a batch of events at once.
-pub const MIN_MEMORY_PER_PARTITION: usize = 128 << 10;
+pub use crate::plan::MIN_MEMORY_PER_PARTITION;
 
 /// A DataFusion session that plans the point-in-time join.
 pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
@@ -145,7 +142,7 @@ pub struct JoinRequest {
 }
 
 /// The training set and what was done to build it: a `RecordBatch`, or from
-/// [`Engine::join_table`] a [`Table`] whose features are gathered as they are written.
+/// [`Engine::join_table`] a [`TrainingSet`] whose features are gathered as they are written.
 #[derive(Debug)]
 pub struct JoinOutput<T = RecordBatch> {
     pub batch: T,
@@ -161,7 +158,7 @@ pub struct JoinOutput<T = RecordBatch> {
     pub reused: usize,
 }
 
-impl JoinOutput<Table> {
+impl JoinOutput<TrainingSet> {
     /// The same output with every column gathered.
     pub fn gathered(self) -> Result<JoinOutput> {
         Ok(JoinOutput {
@@ -594,12 +591,12 @@ impl Engine {
     }
 
     /// [`Engine::join_file`], its features left in the sweep's pieces for a writer to
-    /// gather (see [`Table`]).
+    /// gather (see [`TrainingSet`]).
     pub async fn join_file_table(
         &self,
         spine: &Path,
         req: &JoinRequest,
-    ) -> Result<JoinOutput<Table>> {
+    ) -> Result<JoinOutput<TrainingSet>> {
         let (schema, batches) = source::read_table(&self.ctx, spine).await?;
         self.join_table(schema, batches, req).await
     }
@@ -621,7 +618,7 @@ impl Engine {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
         req: &JoinRequest,
-    ) -> Result<JoinOutput<Table>> {
+    ) -> Result<JoinOutput<TrainingSet>> {
         if req.features.is_empty() {
             return Err(Error::Core(quiver_core::Error::Request(
                 "no features requested".into(),
@@ -714,7 +711,7 @@ impl Engine {
             fields.push(Field::new(&names[i], c.data_type().clone(), true));
             arrays.push(c);
         }
-        let batch = Table::new(Arc::new(Schema::new(fields)), arrays, n)?;
+        let batch = TrainingSet::new(Arc::new(Schema::new(fields)), arrays, n)?;
         Ok(JoinOutput {
             batch,
             explain,

@@ -41,4 +41,4 @@ pub use engine::{
     Engine, EngineOptions, JoinOutput, JoinRequest, SourceVersion, session, spine_time_column,
 };
 pub use error::{Error, Result};
-pub use table::{Columns, Table};
+pub use table::{Columns, TrainingSet};

@@ -574,7 +574,7 @@ fn parquet_schema_of(schema: &SchemaRef) -> SchemaRef {
 /// Parquet with the columns of each row group encoded in parallel, one thread per core: a
 /// training set is wide (a column per feature) and encoding is most of the time it takes to
 /// write. Each thread takes its columns a slice at a time, so a result whose features are
-/// still in the sweep's pieces ([`crate::table::Table`]) is reordered into a small buffer
+/// still in the sweep's pieces ([`crate::table::TrainingSet`]) is reordered into a small buffer
 /// that is reused rather than into whole new columns.
 fn write_parquet<C: Columns + ?Sized>(
     file: std::fs::File,

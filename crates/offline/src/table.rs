@@ -3,9 +3,9 @@
 //! The sweep returns each feature as pieces (one per bucket swept) plus where each spine row
 //! sits among them. Gathering a 2M-row, 21-feature result into whole new columns touched
 //! 336 MB of fresh memory, and on the machines Quiver is measured on those first touches
-//! (page faults zeroing pages) were most of that step's time. A [`Table`] keeps the pieces
+//! (page faults zeroing pages) were most of that step's time. A [`TrainingSet`] keeps the pieces
 //! and gathers on demand: the Parquet writer asks for one slice of a column at a time into a
-//! buffer that is reused, so the reordered result never exists whole; [`Table::into_batch`]
+//! buffer that is reused, so the reordered result never exists whole; [`TrainingSet::into_batch`]
 //! gathers everything for callers that want a `RecordBatch`.
 
 use std::ops::Range;
@@ -312,20 +312,20 @@ impl Columns for RecordBatch {
 }
 
 /// A training set: the spine's columns, then the features, some still in pieces.
-pub struct Table {
+pub struct TrainingSet {
     schema: SchemaRef,
     columns: Vec<Column>,
     rows: usize,
 }
 
-impl Table {
-    pub(crate) fn new(schema: SchemaRef, columns: Vec<Column>, rows: usize) -> Result<Table> {
+impl TrainingSet {
+    pub(crate) fn new(schema: SchemaRef, columns: Vec<Column>, rows: usize) -> Result<TrainingSet> {
         if columns.len() != schema.fields().len() || columns.iter().any(|c| c.len() != rows) {
             return Err(Error::Internal(
                 "a training set's columns do not match its schema or row count".into(),
             ));
         }
-        Ok(Table {
+        Ok(TrainingSet {
             schema,
             columns,
             rows,
@@ -354,9 +354,9 @@ impl Table {
     }
 }
 
-impl From<RecordBatch> for Table {
-    fn from(b: RecordBatch) -> Table {
-        Table {
+impl From<RecordBatch> for TrainingSet {
+    fn from(b: RecordBatch) -> TrainingSet {
+        TrainingSet {
             schema: b.schema(),
             rows: b.num_rows(),
             columns: b.columns().iter().cloned().map(Column::Ready).collect(),
@@ -364,7 +364,7 @@ impl From<RecordBatch> for Table {
     }
 }
 
-impl Columns for Table {
+impl Columns for TrainingSet {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -461,7 +461,7 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
             Field::new("i", DataType::Int64, true),
         ]));
-        let t = Table::new(schema, vec![col, ints], 4).unwrap();
+        let t = TrainingSet::new(schema, vec![col, ints], 4).unwrap();
         let b = t.slice_batch(1, 3).unwrap();
         assert_eq!(
             b.column(0).as_string::<i32>(),

@@ -56,6 +56,11 @@ use crate::Error;
 use crate::pack::{BUCKETS, Pack, buckets_at};
 use crate::sweep::{FeatureSpec, Lanes, needed_span, sweep};
 
+/// The least memory pool a partition of a join runs in: its inputs' repartitioning holds a
+/// batch per partition pair, and a spilled bucket split as far as it goes still needs its
+/// spine rows and a batch of events at once.
+pub const MIN_MEMORY_PER_PARTITION: usize = 128 << 10;
+
 pub const RID: &str = "__rid";
 pub const TIME: &str = "__t";
 pub const CREATED: &str = "__c";

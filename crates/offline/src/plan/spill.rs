@@ -139,7 +139,7 @@ impl Budget {
         // Every partition may need as much at once, and the repartitioning of the inputs
         // holds batches beside them: a quarter more.
         let mut least = (want as f64 * self.partitions as f64 * 1.25)
-            .max((crate::engine::MIN_MEMORY_PER_PARTITION * self.partitions) as f64);
+            .max((MIN_MEMORY_PER_PARTITION * self.partitions) as f64);
         if waited {
             // The pool was full of what the others held: this much more would have let
             // the request through while they hold it.
