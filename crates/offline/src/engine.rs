@@ -111,8 +111,10 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
                 gate::bytes(MIN_MEMORY_PER_PARTITION as f64),
             )));
         }
+        // The limit governs the join's own pool, not the session's (see `JoinPool`).
+        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limit);
+        config = config.with_extension(Arc::new(crate::plan::JoinPool(Arc::new(pool))));
         runtime = runtime
-            .with_memory_limit(limit, 1.0)
             // DataFusion's spill files go where a killed run's are found and removed.
             .with_disk_manager_builder(
                 datafusion::execution::disk_manager::DiskManagerBuilder::default().with_mode(

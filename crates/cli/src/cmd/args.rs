@@ -67,11 +67,11 @@ pub struct RunOptions {
     #[arg(long)]
     pub partitions: Option<usize>,
     /// Memory pool limit, e.g. 512MB or 2GB (default: unbounded). It bounds what the join
-    /// operators hold (packed events, sweeps, the inputs' repartitioning): past it they
-    /// spill to disk. It does not bound the spine as read, the training set being written or
-    /// the process's own overhead, so the peak resident size is above it (64MB gave a
-    /// 317 MB peak on a 2M-row spine). Below 128KB per partition a join cannot run and is
-    /// refused at once.
+    /// operators hold (packed events, spilled buckets, sweeps): past it they spill to disk.
+    /// It does not bound the spine as read, the few batches per partition pair DataFusion's
+    /// repartitioning holds, the training set being written or the process's own overhead,
+    /// so the peak resident size is above it (64MB gave a 317 MB peak on a 2M-row spine).
+    /// Below 128KB per partition a join cannot run and is refused at once.
     #[arg(long, value_parser = parse_bytes, verbatim_doc_comment)]
     pub memory_limit: Option<usize>,
     /// Neither reuse stored feature states nor store new ones.

@@ -126,9 +126,14 @@ impl ExecutionPlan for PitJoinExec {
         let spills = MetricBuilder::new(&self.metrics).spill_count(partition);
         let spec = self.spec.clone();
         let schema = self.schema();
-        let pool = context.memory_pool();
+        // The join's own pool when the session has one (see [`JoinPool`]), else the session's.
+        let pool = match context.session_config().get_extension::<JoinPool>() {
+            Some(p) => Arc::clone(&p.0),
+            None => Arc::clone(context.memory_pool()),
+        };
+        let pool = &pool;
         // Each partition packs events in memory up to half its share of a bounded pool; the
-        // rest is for the inputs' repartitioning and for sweeping spilled buckets.
+        // rest is for sweeping spilled buckets.
         let partitions = self
             .properties()
             .output_partitioning()
@@ -341,8 +346,8 @@ pub(super) fn new_pack<'l>(
     )?)
 }
 
-/// Pack a bucket's spilled events, growing the reservation as they come (waiting for memory
-/// other partitions free).
+/// Pack a bucket's spilled events, growing the reservation as they come (within the
+/// partition's share of the pool).
 pub(super) async fn push_spilled(
     spec: &ViewSpec,
     pack: &mut Pack<'_>,
@@ -353,10 +358,10 @@ pub(super) async fn push_spilled(
 ) -> DFResult<()> {
     for batch in read_spilled(file)? {
         let batch = batch?;
-        grow_waiting(reservation, batch.get_array_memory_size(), budget).await?;
+        grow(reservation, batch.get_array_memory_size(), budget).await?;
         push_batch(spec, pack, &batch)?;
         let now = held(spine_bytes, pack);
-        grow_waiting(reservation, now.saturating_sub(reservation.size()), budget).await?;
+        grow(reservation, now.saturating_sub(reservation.size()), budget).await?;
         reservation.resize(now);
     }
     Ok(())

@@ -61,6 +61,16 @@ use crate::sweep::{FeatureSpec, Lanes, needed_span, sweep};
 /// spine rows and a batch of events at once.
 pub const MIN_MEMORY_PER_PARTITION: usize = 128 << 10;
 
+/// The memory pool the join's operators ([`PitJoinExec`]) reserve from, kept apart from the
+/// session's pool (a session config extension). The session's pool stays unbounded so that
+/// DataFusion's `RepartitionExec` never spills: in DataFusion 55 a repartition that spills
+/// from two inputs at once can deadlock, every task parked and nothing failing
+/// (apache/datafusion#24883, fixed after 55 by apache/datafusion#24891); `--memory-limit 1MB`
+/// on a 2M-row spine hung that way. The repartition buffers a few batches per partition
+/// pair; the join's packed events, spilled buckets and sweeps are what grows with the data.
+#[derive(Debug)]
+pub struct JoinPool(pub Arc<dyn datafusion::execution::memory_pool::MemoryPool>);
+
 pub const RID: &str = "__rid";
 pub const TIME: &str = "__t";
 pub const CREATED: &str = "__c";

@@ -43,7 +43,7 @@ pub(super) fn sweep_spilled<'a>(
                 .sum::<usize>()
                 + file.metadata().map_err(io_error)?.len() as usize
                 + spilled.events.1[b] * SWEEP_BYTES_PER_EVENT;
-            let share = budget.cap.saturating_mul(2).max(1);
+            let share = budget.share.max(1);
             if need > share && level < MAX_SPLITS {
                 let ways = need.div_ceil(share).next_power_of_two().min(BUCKETS);
                 let mut spines = Spill::try_new(spine_schema, 1, spec.key_count, level + 1, ways)?;
@@ -69,7 +69,7 @@ pub(super) fn sweep_spilled<'a>(
             let spine = concat_batches(&spine_schema, &parts)?;
             drop(parts);
             let spine_bytes = spine.get_array_memory_size();
-            grow_waiting(reservation, spine_bytes, budget).await?;
+            grow(reservation, spine_bytes, budget).await?;
             let mut pack = new_pack(spec, layout, &spine)?;
             drop(spine);
             push_spilled(spec, &mut pack, file, spine_bytes, reservation, budget).await?;
@@ -84,12 +84,16 @@ pub(super) fn sweep_spilled<'a>(
     })
 }
 
-/// Grow a reservation, waiting while other consumers hold the pool: the inputs'
-/// repartitioning frees its buffers as the other partitions drain them. A request the whole
-/// pool could not hold fails at once, and any other after [`MEMORY_WAIT`], with an error
-/// naming the least limit that would do (before, a pool too small for one bucket waited
-/// [`MEMORY_WAIT`] per bucket, for ever in effect).
-pub(super) async fn grow_waiting(
+/// Grow a partition's reservation. The join's pool holds only its partitions' reservations
+/// ([`super::JoinPool`]). A partition may borrow beyond its share (pool / partitions) when the
+/// pool has room, but never waits for it: past its share a refusal fails at once, naming the
+/// least limit that would give it. Within its share a refusal waits, and cannot wait for
+/// ever: the pool is the sum of the shares, so some other partition holds more than its
+/// share, and such a borrower never waits — it finishes its bucket and gives the memory
+/// back. (Before, any refusal waited, and two partitions each holding part of what they
+/// needed waited for each other: 20 s and a failure, before that for ever.) [`MEMORY_WAIT`]
+/// bounds a wait all the same.
+pub(super) async fn grow(
     reservation: &MemoryReservation,
     bytes: usize,
     budget: Budget,
@@ -99,19 +103,25 @@ pub(super) async fn grow_waiting(
     loop {
         match reservation.try_grow(bytes) {
             Ok(()) => return Ok(()),
-            Err(_) if want > budget.pool => return Err(budget.too_small(want, false)),
-            Err(_) if start.elapsed() > MEMORY_WAIT => return Err(budget.too_small(want, true)),
+            Err(_) if want > budget.share || start.elapsed() > MEMORY_WAIT => {
+                return Err(budget.too_small(want));
+            }
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
         }
     }
 }
 
+/// How long a partition within its share waits for a borrower to give memory back.
+pub(super) const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A partition's view of a bounded memory pool.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Budget {
-    /// What a partition packs in memory before it spills: half its share of the pool (the
-    /// other half is for the inputs' repartitioning and for sweeping spilled buckets).
+    /// What a partition packs in memory before it spills: half its share (the other half is
+    /// for sweeping spilled buckets).
     pub(super) cap: usize,
+    /// The most a partition holds at once: the pool over the partitions.
+    pub(super) share: usize,
     /// The whole pool.
     pub(super) pool: usize,
     pub(super) partitions: usize,
@@ -122,40 +132,34 @@ impl Budget {
         match limit {
             MemoryLimit::Finite(n) => Budget {
                 cap: n / (2 * partitions),
+                share: n / partitions,
                 pool: n,
                 partitions,
             },
             _ => Budget {
                 cap: usize::MAX,
+                share: usize::MAX,
                 pool: usize::MAX,
                 partitions,
             },
         }
     }
 
-    /// The error for a partition that needs `want` bytes at once; `waited` when the pool
-    /// could hold them but the other consumers did not free enough in time.
-    pub(super) fn too_small(&self, want: usize, waited: bool) -> DataFusionError {
-        // Every partition may need as much at once, and the repartitioning of the inputs
-        // holds batches beside them: a quarter more.
-        let mut least = (want as f64 * self.partitions as f64 * 1.25)
-            .max((MIN_MEMORY_PER_PARTITION * self.partitions) as f64);
-        if waited {
-            // The pool was full of what the others held: this much more would have let
-            // the request through while they hold it.
-            least = least.max((self.pool as f64 + want as f64) * 1.25);
-        }
+    /// The error for a partition that needs `want` bytes at once, more than its share (or
+    /// than a borrower left it).
+    pub(super) fn too_small(&self, want: usize) -> DataFusionError {
+        // Every partition has the same share.
+        let least =
+            (want.saturating_mul(self.partitions)).max(MIN_MEMORY_PER_PARTITION * self.partitions);
         DataFusionError::from(Error::MemoryLimit(format!(
-            "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than the memory pool ({}) can give it; use --memory-limit {} or more, or leave it unbounded",
+            "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than its share of the memory pool ({} of {}); use --memory-limit {} or more, or leave it unbounded",
             crate::gate::bytes(want as f64),
+            crate::gate::bytes(self.share as f64),
             crate::gate::bytes(self.pool as f64),
-            crate::gate::bytes(least),
+            crate::gate::bytes(least as f64),
         )))
     }
 }
-
-/// How long a spilled bucket waits for memory before the join fails.
-pub(super) const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Rows of one partition (events, or a spine too large to hold) spilled to disk in Arrow IPC,
 /// one anonymous temp file per bucket of [`crate::pack`]; the key columns are
