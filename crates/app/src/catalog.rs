@@ -50,15 +50,19 @@ pub struct Pins {
 
 /// A table version's rows.
 pub struct Rows {
+    /// The rows' schema.
     pub schema: SchemaRef,
+    /// The rows, in batches.
     pub batches: Vec<RecordBatch>,
 }
 
 impl Rows {
+    /// The rows as one batch.
     pub fn concat(&self) -> Result<RecordBatch> {
         Ok(concat_batches(&self.schema, &self.batches).map_err(quiver_offline::Error::from)?)
     }
 
+    /// How many rows there are.
     pub fn rows(&self) -> usize {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
@@ -76,15 +80,20 @@ pub fn hash_table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(Conten
 /// What changed between two dataset versions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diff {
+    /// One line per column removed (`-`), added (`+`) or retyped (`~`).
     pub schema_changes: Vec<String>,
+    /// Rows only in the second version (rows compared as multisets).
     pub added: u64,
+    /// Rows only in the first version (rows compared as multisets).
     pub removed: u64,
 }
 
 /// The result of [`Catalog::reproduce`].
 #[derive(Debug)]
 pub struct Reproduction {
+    /// The dataset version as recorded.
     pub target: DatasetVersion,
+    /// The content hash of the rebuilt rows.
     pub rebuilt: ContentHash,
     /// `None` when identical; else where the rebuilt rows first differ from the stored ones.
     pub difference: Option<String>,
@@ -92,12 +101,15 @@ pub struct Reproduction {
 
 /// The registry and the offline store of one repository.
 pub struct Catalog {
+    /// The repository: its definitions and where its stores live.
     pub repo: Repo,
+    /// The repository's registry of versions and lineage.
     pub registry: Registry,
     opts: EngineOptions,
 }
 
 impl Catalog {
+    /// Open the registry of `repo`; joins and reads run with `opts`.
     pub fn open(repo: Repo, opts: EngineOptions) -> Result<Catalog> {
         let registry = Registry::open(&repo.registry)?;
         Ok(Catalog {
@@ -111,6 +123,7 @@ impl Catalog {
         Ok(quiver_offline::session(&self.opts)?)
     }
 
+    /// The Delta table folder of dataset `name` in the offline store.
     pub fn dataset_path(&self, name: &str) -> PathBuf {
         self.repo.offline_store.join("datasets").join(name)
     }

@@ -21,10 +21,13 @@ pub enum Error {
     /// A bug or a failing store; its message is for the operator's log, not the caller.
     #[error("{0}")]
     Internal(String),
+    /// The offline engine failed (a source, the spine, a join or a Delta table).
     #[error(transparent)]
     Offline(#[from] quiver_offline::Error),
+    /// The registry failed or lacks what was asked for.
     #[error(transparent)]
     Registry(#[from] quiver_registry::Error),
+    /// A definition or request error from `quiver-core`.
     #[error(transparent)]
     Core(#[from] quiver_core::Error),
 }

@@ -35,14 +35,19 @@ pub enum JobState {
 /// A job as a caller sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Job {
+    /// The id callers follow the job by.
     pub id: String,
+    /// Whether it is running, succeeded or failed.
     pub state: JobState,
     /// The output file, when the request wrote one.
     pub out: String,
+    /// When it started, microseconds since the epoch.
     pub started_micros: i64,
     /// Seconds run so far, or in all once ended.
     pub seconds: f64,
+    /// Rows of the built training set.
     pub rows: u64,
+    /// Columns of the built training set.
     pub columns: u64,
     /// `NAME@VERSION (hash …)` when registered.
     pub registered: String,
@@ -55,17 +60,23 @@ pub struct Job {
 /// A training-set request as it arrives over the network: paths as the caller wrote them.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
+    /// The features to join: a feature service or a list (required).
     pub features: Option<Features>,
     /// A Parquet or CSV file, or a recorded dataset NAME[@VERSION].
     pub spine: String,
+    /// The spine's time column; default `event_timestamp`, else its only timestamp column.
     pub spine_timestamp: Option<String>,
+    /// Name every feature column `view__feature`.
     pub full_names: bool,
     /// The output file (none: register only).
     pub out: Option<String>,
     /// Whether an existing output file may be replaced.
     pub overwrite: bool,
+    /// Record the result as the next version of this dataset.
     pub register: Option<String>,
+    /// SOURCE@VERSION pins.
     pub pins: Vec<String>,
+    /// Time travel: read every source as it was at this instant (microseconds).
     pub as_of: Option<i64>,
 }
 

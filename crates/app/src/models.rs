@@ -20,18 +20,25 @@ use crate::{Error, Result};
 /// What `quiver models register` records besides the artifact.
 #[derive(Debug, Clone, Default)]
 pub struct Registration {
+    /// The model's name.
     pub name: String,
     /// `TRAINSET@VER` (or the latest).
     pub dataset: String,
+    /// Training parameters, as (name, value).
     pub params: Vec<(String, String)>,
     /// (metric, `EVALSET@VER`, value)
     pub metrics: Vec<(String, String, f64)>,
+    /// Named costs such as latency; `size_bytes` is added from the artifact unless given.
     pub costs: Vec<(String, f64)>,
     /// `NAME@VER` of a parent model.
     pub parent: Option<String>,
+    /// The training seed.
     pub seed: Option<u64>,
+    /// The algorithm it was trained with (a model needs it to be retrained).
     pub algo: Option<String>,
+    /// The label column it predicts (a model needs it to be retrained).
     pub label: Option<String>,
+    /// Free-form (key, value) tags.
     pub tags: Vec<(String, String)>,
     /// The source tree the model came from (see [`code_version`]).
     pub code: Option<CodeVersion>,
@@ -395,15 +402,18 @@ fn check_name(name: &str) -> Result<()> {
 /// A model version rebuilt from its lineage.
 #[derive(Debug, Clone)]
 pub struct ModelReproduction {
+    /// The model version as registered.
     pub model: ModelVersion,
     /// Its training set as recorded, and the hash of the rebuilt one.
     pub dataset: quiver_registry::DatasetVersion,
+    /// The hash of the training set rebuilt from its lineage.
     pub dataset_rebuilt: quiver_core::hash::ContentHash,
     /// The hash of the artifact trained again.
     pub rebuilt: quiver_core::hash::ContentHash,
 }
 
 impl ModelReproduction {
+    /// Whether both the training set and the artifact came out with their recorded hashes.
     pub fn identical(&self) -> bool {
         self.rebuilt == self.model.artifact.hash && self.dataset_rebuilt == self.dataset.hash
     }
@@ -436,7 +446,9 @@ fn latency(model: &Model, rows: &RecordBatch) -> Result<(f64, f64)> {
 /// One candidate configuration of successive halving.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The algorithm to train.
     pub algo: Algo,
+    /// Its parameters, by name.
     pub params: BTreeMap<String, String>,
 }
 
@@ -478,6 +490,7 @@ pub fn grid(algos: &[Algo], grid: &[(String, Vec<String>)]) -> Vec<Config> {
 /// What successive halving did.
 #[derive(Debug)]
 pub struct Halving {
+    /// The rungs: how many configurations train on how many rows at each.
     pub plan: Vec<quiver_registry::select::Rung>,
     /// Training rows used in all (never above the budget).
     pub rows_used: usize,
@@ -508,17 +521,27 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
 /// The settings of one halving run.
 #[derive(Debug, Clone)]
 pub struct HalvingSpec {
+    /// The name every trained model is registered under.
     pub name: String,
+    /// The training set, `NAME[@VER]`.
     pub dataset: String,
+    /// The dataset the metric is measured on, `NAME[@VER]`.
     pub eval: String,
+    /// The label column.
     pub label: String,
+    /// The metric configurations are ranked by.
     pub metric: String,
+    /// Whether a lower metric is better.
     pub minimize: bool,
+    /// The candidate configurations.
     pub configs: Vec<Config>,
     /// Total training rows over all rungs.
     pub budget: usize,
+    /// The halving factor: each rung keeps the best 1/η.
     pub eta: usize,
+    /// How many models `top` keeps (at least one).
     pub k: usize,
+    /// Seed of the row samples and of every training run.
     pub seed: u64,
 }
 

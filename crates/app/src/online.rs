@@ -28,8 +28,11 @@ const CHUNK: usize = 20_000;
 /// Rows written for one view.
 #[derive(Debug, Clone)]
 pub struct Materialized {
+    /// The view materialized.
     pub view: String,
+    /// Rows written to the online store.
     pub rows: usize,
+    /// Wall-clock seconds it took.
     pub seconds: f64,
 }
 
@@ -431,7 +434,9 @@ fn refuse_null_keys(
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
+    /// Rows pushed.
     pub rows: usize,
+    /// Entities written for the view pushed to.
     pub entities: usize,
 }
 
@@ -575,13 +580,16 @@ fn decode_batch(bytes: &[u8]) -> Result<RecordBatch, datafusion::arrow::error::A
 /// Per-value status of an online lookup, as Feast reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// A value is stored (for a latest-value feature, one within the ttl).
     Present,
+    /// Nothing stored for the entity, or only events after the lookup time.
     NotFound,
     /// A latest-value feature whose latest event is older than the view's ttl at lookup time.
     Expired,
 }
 
 impl Status {
+    /// The status as Feast spells it.
     pub fn name(self) -> &'static str {
         match self {
             Status::Present => "PRESENT",
@@ -594,7 +602,9 @@ impl Status {
 /// One feature of one entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Value {
+    /// The feature's value; null unless present (a count of an unknown entity is 0).
     pub value: Scalar,
+    /// Whether the value was found, missing or expired.
     pub status: Status,
     /// The latest event time of the entity in the view, when there is one.
     pub event_time: Option<i64>,

@@ -16,8 +16,11 @@ use crate::{Error, Result};
 pub struct Request {
     /// A Parquet or CSV file, or a recorded dataset NAME[@VERSION].
     pub spine: String,
+    /// The features to join onto the spine.
     pub features: Vec<FeatureRef>,
+    /// The spine's time column; default `event_timestamp`, else its only timestamp column.
     pub spine_timestamp: Option<String>,
+    /// Name every feature column `view__feature`.
     pub full_names: bool,
     /// Output file, Parquet or CSV by extension; written only when the join succeeds.
     pub out: Option<PathBuf>,
@@ -34,7 +37,9 @@ pub struct Request {
 /// What was built.
 #[derive(Debug, Clone, Default)]
 pub struct Built {
+    /// Rows of the training set.
     pub rows: usize,
+    /// Columns of the training set: the spine's and the features'.
     pub columns: usize,
     /// The plan, as `--explain` prints it.
     pub plan: Vec<String>,

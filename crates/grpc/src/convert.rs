@@ -74,6 +74,7 @@ pub fn scalar_of(v: &proto::Value) -> Scalar {
     }
 }
 
+/// A scalar as a protobuf value (null leaves no value set).
 pub fn to_value(s: &Scalar) -> proto::Value {
     let val = match s {
         Scalar::Null => None,

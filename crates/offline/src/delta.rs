@@ -105,7 +105,9 @@ pub fn to_delta_types(batch: &RecordBatch, what: &str) -> Result<RecordBatch> {
 pub struct Snapshot {
     /// The Delta version (from 0).
     pub version: u64,
+    /// The version's data files, in source order (oldest first).
     pub files: Vec<PathBuf>,
+    /// The table's Arrow schema at this version.
     pub schema: SchemaRef,
     /// Commit time of this version, microseconds.
     pub committed_micros: Option<i64>,

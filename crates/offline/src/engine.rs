@@ -40,6 +40,7 @@ use crate::{Error, Result, gate, source};
 pub struct EngineOptions {
     /// Partitions the join is split into (by entity key hash); defaults to the core count.
     pub target_partitions: usize,
+    /// Rows per batch that DataFusion's operators produce.
     pub batch_size: usize,
     /// A memory pool limit in bytes; `None` = unbounded.
     pub memory_limit: Option<usize>,
@@ -136,6 +137,7 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
 /// A training-set request.
 #[derive(Debug, Clone, Default)]
 pub struct JoinRequest {
+    /// The features to compute for every spine row.
     pub features: Vec<FeatureRef>,
     /// The spine's time column; default `event_timestamp`, else its only timestamp column.
     pub spine_timestamp: Option<String>,
@@ -147,6 +149,7 @@ pub struct JoinRequest {
 /// [`Engine::join_table`] a [`TrainingSet`] whose features are gathered as they are written.
 #[derive(Debug)]
 pub struct JoinOutput<T = RecordBatch> {
+    /// The training set: the spine's columns, then the features.
     pub batch: T,
     /// Human-readable plan: per view, the pruning applied and the physical plan.
     pub explain: Vec<String>,
@@ -179,6 +182,7 @@ impl JoinOutput<TrainingSet> {
 pub struct SourceVersion {
     /// Stable identity: equal ids, equal rows.
     pub id: String,
+    /// The version's data files, whose footers give scan statistics.
     pub files: Vec<PathBuf>,
 }
 
@@ -193,6 +197,8 @@ impl SourceVersion {
     }
 }
 
+/// The offline engine of one repository: a DataFusion session that plans point-in-time
+/// joins, the sources' tables and the reuse catalog.
 pub struct Engine {
     repo: Repo,
     ctx: SessionContext,
@@ -231,6 +237,7 @@ fn column(name: &str) -> Expr {
 }
 
 impl Engine {
+    /// An engine over `repo`; fails when `opts.memory_limit` is below the least a join runs in.
     pub fn new(repo: Repo, opts: EngineOptions) -> Result<Engine> {
         let reuse = opts
             .reuse_budget
@@ -289,10 +296,12 @@ impl Engine {
         self
     }
 
+    /// The repository requests are resolved against.
     pub fn repo(&self) -> &Repo {
         &self.repo
     }
 
+    /// The DataFusion session joins are planned and run in.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }

@@ -9,28 +9,41 @@ use datafusion::error::DataFusionError;
 /// Result alias with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What can go wrong in the offline engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A definition or request error from `quiver-core` (bad config, time values, requests).
     #[error(transparent)]
     Core(#[from] quiver_core::Error),
     /// An integer sum left Int64: an error, never a wrapped number (DESIGN §3).
     #[error("feature `{feature}`: integer sum overflows Int64 at spine row {row}")]
-    SumOverflow { feature: String, row: u64 },
+    SumOverflow {
+        /// The feature whose sum overflowed (`view:feature`).
+        feature: String,
+        /// The spine row (its `__rid`) whose window overflowed.
+        row: u64,
+    },
     /// A source's files or schema do not fit its definition.
     #[error("{0}")]
     Source(String),
     /// The spine does not fit the request.
     #[error("spine: {0}")]
     Spine(String),
+    /// A file or folder could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or folder involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// DataFusion failed to plan or run a query.
     #[error("{0}")]
     DataFusion(DataFusionError),
+    /// An Arrow error (casting, building, reading or writing batches).
     #[error(transparent)]
     Arrow(#[from] ArrowError),
+    /// A broken invariant: a bug in Quiver, not a fault in the input.
     #[error("internal error: {0}")]
     Internal(String),
     /// The memory limit is too small for the join; the message names the least that works.

@@ -28,6 +28,7 @@ pub enum Choice {
 }
 
 impl Choice {
+    /// The stored state this choice starts from (`None` when cold).
     pub fn entry(&self) -> Option<&Entry> {
         match self {
             Choice::Cold => None,
@@ -35,6 +36,7 @@ impl Choice {
         }
     }
 
+    /// The band of events merged in (widen) or subtracted (narrow), if any.
     pub fn band(&self) -> Option<Window> {
         match self {
             Choice::Widen(_, b) | Choice::Narrow(_, b) => Some(*b),
@@ -42,6 +44,7 @@ impl Choice {
         }
     }
 
+    /// One explain line: how the feature of window `want` is produced.
     pub fn describe(&self, want: &Window) -> String {
         match self {
             Choice::Cold => format!("{want}: computed from the scan"),
@@ -182,12 +185,17 @@ pub fn hull(ranges: impl IntoIterator<Item = (Option<i64>, i64)>) -> Option<(Opt
 /// A plan's expected reads: the scan and the stored states.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cost {
+    /// What the source scan is expected to read.
     pub scan: Estimate,
+    /// Bytes of stored states read.
     pub stored_bytes: u64,
+    /// Rows of stored states read.
     pub stored_rows: u64,
 }
 
 impl Cost {
+    /// The cost of scanning `range` (the whole table when there are no `stats`) plus reading
+    /// the `stored` states.
     pub fn of(
         stats: Option<&ScanStats>,
         range: Option<(Option<i64>, i64)>,
@@ -210,14 +218,17 @@ impl Cost {
         }
     }
 
+    /// All bytes expected to be read: the scan's and the stored states'.
     pub fn bytes(&self) -> u64 {
         self.scan.bytes.saturating_add(self.stored_bytes)
     }
 
+    /// All rows expected to be read: the scan's and the stored states'.
     pub fn rows(&self) -> u64 {
         self.scan.rows.saturating_add(self.stored_rows)
     }
 
+    /// The cost as text, for explain.
     pub fn text(&self) -> String {
         if self.scan.bytes >= u64::MAX / 4 {
             return "the whole source (no statistics)".into();
@@ -238,6 +249,7 @@ impl Cost {
     }
 }
 
+/// A byte count in decimal units (B, kB, MB, GB), for messages.
 pub fn bytes(b: f64) -> String {
     if b >= 1e9 {
         format!("{:.2} GB", b / 1e9)

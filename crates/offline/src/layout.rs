@@ -35,17 +35,24 @@ pub const FILE_ROWS: usize = 1 << 20;
 /// Footer bytes a row group costs every scan (column chunk metadata and statistics).
 const ROW_GROUP_FOOTER: f64 = 600.0;
 
+/// How a rewrite groups rows by event time (UTC); a row group never spans two buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bucket {
+    /// No bucketing: the table is one bucket.
     None,
+    /// One bucket per hour.
     Hour,
+    /// One bucket per day.
     Day,
+    /// One bucket per calendar month.
     Month,
+    /// One bucket per calendar year.
     Year,
 }
 
 impl Bucket {
+    /// Every bucketing, finest after none; the candidates layout selection tries.
     pub const ALL: [Bucket; 5] = [
         Bucket::None,
         Bucket::Hour,
@@ -75,6 +82,7 @@ impl Bucket {
         }
     }
 
+    /// The bucketing's name, for reports.
     pub fn name(self) -> &'static str {
         match self {
             Bucket::None => "none",
@@ -86,14 +94,18 @@ impl Bucket {
     }
 }
 
+/// How a rewrite orders rows inside a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Order {
+    /// By event time.
     Time,
+    /// By entity key, then event time (scans restricted to few keys read fewer row groups).
     KeyTime,
 }
 
 impl Order {
+    /// The order's name, for reports.
     pub fn name(self) -> &'static str {
         match self {
             Order::Time => "time",
@@ -102,9 +114,12 @@ impl Order {
     }
 }
 
+/// A candidate physical layout of a source's table.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Layout {
+    /// How rows are bucketed by time.
     pub bucket: Bucket,
+    /// How rows are ordered inside a bucket.
     pub order: Order,
 }
 
@@ -122,19 +137,24 @@ impl std::fmt::Display for Layout {
 /// The costed choice for one source.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourcePlan {
+    /// The source's name.
     pub source: String,
+    /// How many logged scans of the source were costed.
     pub scans: usize,
     /// Bytes the logged scans read on the current layout (from its footers).
     pub current_bytes: u64,
     /// Every candidate with the bytes the logged scans would read.
     pub candidates: Vec<(Layout, u64)>,
+    /// The candidate whose logged scans read the fewest bytes.
     pub best: Layout,
+    /// Bytes the logged scans would read on `best`.
     pub best_bytes: u64,
     /// What the rewrite reads and writes: the table's bytes.
     pub rewrite_bytes: u64,
 }
 
 impl SourcePlan {
+    /// Bytes the logged scans would read less on `best` than on the current layout.
     pub fn saving(&self) -> u64 {
         self.current_bytes.saturating_sub(self.best_bytes)
     }
@@ -333,7 +353,9 @@ pub fn arrange(
 /// What `quiver optimize` decided for one source, and the version it wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
+    /// The costed candidates.
     pub plan: SourcePlan,
+    /// Whether the source was picked for rewriting within the budget.
     pub chosen: bool,
     /// The Delta version the rewrite committed.
     pub written: Option<u64>,

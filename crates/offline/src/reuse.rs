@@ -37,20 +37,27 @@ pub const DEFAULT_BUDGET: u64 = 2 << 30;
 pub struct Entry {
     /// File stem under `entries/`.
     pub id: String,
+    /// The source the state was computed from.
     pub source: String,
+    /// The id of the source version it was computed from ([`crate::SourceVersion`]).
     pub source_version: String,
     /// Hash of the definition without its window.
     pub def: String,
     /// Hash of the spine (keys and times in row order).
     pub spine: String,
+    /// The window the state covers.
     pub window: Window,
     /// The feature it was computed for (`view:feature`), for listings.
     pub feature: String,
+    /// Spine rows (one state per row).
     pub rows: u64,
+    /// Size of the stored file.
     pub bytes: u64,
     /// What computing it cost, microseconds (the eviction weight).
     pub cost_micros: u64,
+    /// GreedyDual-Size priority: the lowest is evicted first.
     pub priority: f64,
+    /// When the entry was last stored or used (the older goes first at equal priority).
     pub used_micros: i64,
 }
 
@@ -132,10 +139,12 @@ impl ReuseCatalog {
         }
     }
 
+    /// The catalog's folder (`reuse` in the offline store).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The byte budget stores evict down to.
     pub fn budget(&self) -> u64 {
         self.budget
     }
@@ -411,20 +420,26 @@ fn read_ipc(path: &Path) -> Result<Option<RecordBatch>> {
 /// One scan of a source by a join: what layout selection optimizes for.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ScanRecord {
+    /// The source scanned.
     pub source: String,
     /// Event-time range read, microseconds (`lo` = `None`: unbounded).
     pub lo: Option<i64>,
+    /// Upper end of the event-time range read, microseconds.
     pub hi: i64,
     /// Columns read.
     pub columns: Vec<String>,
+    /// The view's join key columns (what a (key, time) layout sorts by).
     pub key_columns: Vec<String>,
     /// Distinct spine keys (a key-restricted scan when small).
     pub distinct_keys: u64,
+    /// Bytes the scan read from the source's files.
     pub bytes_scanned: u64,
+    /// When the scan ran, microseconds since the epoch.
     pub at_micros: i64,
 }
 
 impl ScanRecord {
+    /// The record stamped with the current time.
     pub fn now(mut self) -> Self {
         self.at_micros = now_micros();
         self

@@ -106,9 +106,12 @@ impl TimePruned {
     }
 }
 
+/// The file format of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Parquet files.
     Parquet,
+    /// CSV files with a header row.
     Csv,
 }
 

@@ -25,15 +25,23 @@ use crate::{Error, Result};
 /// kind share stored states (a `mean` and a `sum` of a float column, `var` and `stddev`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StateKind {
+    /// An event count.
     Count,
+    /// An exact integer sum (Decimal128) and its count.
     IntSum,
+    /// Float sums (double-double) with counts of NaN and infinities: sum and mean.
     Float {
+        /// Also a shifted second moment: var and stddev.
         moments: bool,
     },
+    /// A min or max value.
     Extreme {
+        /// `true` for max, `false` for min.
         max: bool,
     },
+    /// The window's first value.
     First,
+    /// The window's last value.
     Last,
     /// A latest-value feature: its value (exact reuse only).
     Latest,
@@ -63,6 +71,7 @@ impl StateKind {
         )
     }
 
+    /// The kind's name, part of a stored state's definition key.
     pub fn name(self) -> &'static str {
         match self {
             StateKind::Count => "count",
@@ -114,15 +123,20 @@ impl StateKind {
 /// Per-row float sums as the sweep keeps them.
 #[derive(Default)]
 pub struct FloatParts {
+    /// Per row, how many values were summed.
     pub n: Vec<i64>,
+    /// Per row, the sum of the values (double-double).
     pub s1: Vec<Dd>,
     /// Per-row shift and shifted second moment (moments only).
     pub c: Vec<f64>,
+    /// Per row, the shifted sum of squares (double-double; moments only).
     pub s2: Vec<Dd>,
+    /// Per row, the counts of NaN, +∞ and −∞ values.
     pub special: Vec<[i64; 3]>,
 }
 
 impl FloatParts {
+    /// The state column, one struct per row.
     pub fn build(self, moments: bool) -> Result<ArrayRef> {
         let mut out = FloatCols::new(self.n, moments);
         for (r, (&s1, &sp)) in self.s1.iter().zip(&self.special).enumerate() {
@@ -214,6 +228,7 @@ pub fn with_value(kind: StateKind, n: Vec<i64>, value: Option<ArrayRef>) -> Resu
     }
 }
 
+/// An integer-sum state column from per-row counts and exact sums.
 pub fn int_sum(n: Vec<i64>, s: Vec<i128>) -> Result<ArrayRef> {
     let s = Decimal128Array::from(s).with_precision_and_scale(38, 0)?;
     build(

@@ -22,6 +22,7 @@ use crate::{Error, Result};
 pub struct Group {
     /// Event-time range in microseconds; `None` when unknown (no statistics, text times).
     pub time: Option<(i64, i64)>,
+    /// Rows in the group (0 for a CSV file: unknown).
     pub rows: u64,
     /// Compressed bytes of the columns a scan reads.
     pub bytes: u64,
@@ -32,8 +33,11 @@ pub struct Group {
 /// What a scan is expected to read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Estimate {
+    /// Compressed bytes read.
     pub bytes: u64,
+    /// Rows read.
     pub rows: u64,
+    /// Row groups (or files without statistics) read.
     pub groups: u64,
 }
 
@@ -51,6 +55,7 @@ impl std::ops::Add for Estimate {
 /// The statistics of a source's files for one set of read columns.
 #[derive(Debug, Clone, Default)]
 pub struct ScanStats {
+    /// Every row group of the source's files, in file order.
     pub groups: Vec<Group>,
 }
 
@@ -99,6 +104,7 @@ impl ScanStats {
             })
     }
 
+    /// What a scan of every row group reads.
     pub fn total(&self) -> Estimate {
         self.estimate(None, i64::MAX)
     }

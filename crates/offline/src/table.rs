@@ -286,7 +286,9 @@ pub(crate) fn spans(rows: usize, step: usize) -> impl Iterator<Item = (usize, us
 
 /// A result's columns, read in slices: what the output writers take.
 pub trait Columns: Sync {
+    /// The columns' schema.
     fn schema(&self) -> SchemaRef;
+    /// Rows in every column.
     fn num_rows(&self) -> usize;
     /// Rows `off..off + len` of column `i`.
     fn column_slice(&self, i: usize, off: usize, len: usize) -> Result<ArrayRef>;
@@ -332,14 +334,17 @@ impl TrainingSet {
         })
     }
 
+    /// The schema: the spine's columns, then the features.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
+    /// Rows: one per spine row.
     pub fn num_rows(&self) -> usize {
         self.rows
     }
 
+    /// Columns: the spine's and the features'.
     pub fn num_columns(&self) -> usize {
         self.columns.len()
     }

@@ -15,6 +15,8 @@ pub struct PitJoinExec {
 }
 
 impl PitJoinExec {
+    /// The operator over the physical `spine` and `events` inputs, with the spine's
+    /// partition count.
     pub fn try_new(
         spine: Arc<dyn ExecutionPlan>,
         events: Arc<dyn ExecutionPlan>,
@@ -37,6 +39,7 @@ impl PitJoinExec {
         })
     }
 
+    /// The view's part of the request that this operator computes.
     pub fn spec(&self) -> &ViewSpec {
         &self.spec
     }

@@ -71,17 +71,24 @@ pub const MIN_MEMORY_PER_PARTITION: usize = 128 << 10;
 #[derive(Debug)]
 pub struct JoinPool(pub Arc<dyn datafusion::execution::memory_pool::MemoryPool>);
 
+/// Spine column: the spine row's id (UInt64), which the join's output is keyed by.
 pub const RID: &str = "__rid";
+/// Time column of both inputs (spine: Int64 microseconds; events: as stored).
 pub const TIME: &str = "__t";
+/// Events column: the created time, when the source has one.
 pub const CREATED: &str = "__c";
+/// Events column [`SeqExec`] appends: the event's position in source order.
 pub const SEQ: &str = "__seq";
 
+/// Name of the `i`th entity key column of both inputs.
 pub fn key_col(i: usize) -> String {
     format!("__k{i}")
 }
+/// Name of the `i`th value column of the events input.
 pub fn value_col(i: usize) -> String {
     format!("__v{i}")
 }
+/// Name of the `i`th filter column (Boolean) of the events input.
 pub fn filter_col(i: usize) -> String {
     format!("__f{i}")
 }
@@ -89,16 +96,25 @@ pub fn filter_col(i: usize) -> String {
 /// Everything the operator needs to know about one feature view's part of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 pub struct ViewSpec {
+    /// The feature view's name.
     pub view: String,
+    /// The name of the view's source.
     pub source: String,
     /// The source's time column, for messages.
     pub time_column: String,
+    /// The source's created-time column, when it has one.
     pub created_column: Option<String>,
+    /// Number of entity key columns (`__k0..`).
     pub key_count: usize,
+    /// Number of value columns (`__v0..`).
     pub value_count: usize,
+    /// Number of filter columns (`__f0..`).
     pub filter_count: usize,
+    /// The view's ttl: how old an event a latest-value feature may still return.
     pub ttl: Option<Duration>,
+    /// Whether a spine row sees only events created at or before its time.
     pub filter_created: bool,
+    /// The features to compute, in output column order.
     pub features: Vec<FeatureSpec>,
 }
 
@@ -124,6 +140,7 @@ pub struct PitJoinNode {
 }
 
 impl PitJoinNode {
+    /// The join of one view's `spine` and `events` plans, laid out as the module doc says.
     pub fn try_new(spine: LogicalPlan, events: LogicalPlan, spec: ViewSpec) -> DFResult<Self> {
         let schema = Arc::new(DFSchema::try_from(spec.output_schema().as_ref().clone())?);
         Ok(Self {
@@ -134,6 +151,7 @@ impl PitJoinNode {
         })
     }
 
+    /// The node wrapped as a logical plan (an extension node).
     pub fn into_plan(self) -> LogicalPlan {
         LogicalPlan::Extension(datafusion::logical_expr::Extension {
             node: Arc::new(self),

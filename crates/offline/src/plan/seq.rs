@@ -15,6 +15,7 @@ pub struct SeqExec {
 }
 
 impl SeqExec {
+    /// Number the rows of `input` (or pass them through when they carry `__seq`).
     pub fn new(input: Arc<dyn ExecutionPlan>) -> Self {
         let mut fields: Vec<Field> = input
             .schema()

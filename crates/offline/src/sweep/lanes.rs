@@ -12,6 +12,7 @@ use super::*;
 pub struct Lanes {
     /// The value column of each float / int lane.
     pub floats: Vec<usize>,
+    /// The value column of each int lane.
     pub ints: Vec<usize>,
     /// A feature label per int lane, for the message when values do not fit in Int64.
     pub int_labels: Vec<String>,
@@ -21,6 +22,7 @@ pub struct Lanes {
     pub raw: Vec<bool>,
     /// Filters kept as Arrow arrays (`filter_created`).
     pub raw_filters: bool,
+    /// The Arrow type of each value column.
     pub types: Vec<DataType>,
     /// Per feature: what it computes from which input, and its mask.
     pub(super) inputs: Vec<(Input, usize)>,
@@ -52,6 +54,8 @@ pub(super) enum Input {
 }
 
 impl Lanes {
+    /// Lay out a view's `features` over value columns of `types`; under `filter_created`,
+    /// values and filters stay Arrow arrays.
     pub fn new(
         features: &[FeatureSpec],
         types: &[DataType],

@@ -43,29 +43,38 @@ pub struct FeatureSpec {
     pub name: String,
     /// `view:feature`, for messages.
     pub label: String,
+    /// What the feature computes.
     pub kind: Kind,
     /// Index into the value columns; `None` for `count` of `*`.
     pub column: Option<usize>,
     /// Index into the filter columns.
     pub filter: Option<usize>,
+    /// The Arrow type of the feature's output column.
     pub output_type: DataType,
     /// Emit the window's partial-aggregate state ([`crate::state`]) instead of its value
     /// (window aggregates with a mergeable state, sources without `filter_created`).
     pub state: bool,
 }
 
+/// What a feature computes from its view's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
 pub enum Kind {
+    /// An aggregate over each spine row's window.
     Agg(Agg, Window),
+    /// The latest value within the view's ttl.
     Latest,
 }
 
 /// The spine rows of one bucket of a partition ([`crate::pack`]): key ids local to the
 /// bucket (`NULL_ID` where a key or the time is null) and times in microseconds.
 pub struct SpineSide {
+    /// Each spine row's id (`__rid`).
     pub rid: UInt64Array,
+    /// Each spine row's key id.
     pub ids: Vec<u32>,
+    /// Each spine row's time.
     pub t: Vec<i64>,
+    /// Number of distinct keys in the bucket (key ids are below it).
     pub nkeys: usize,
 }
 
@@ -73,14 +82,20 @@ pub struct SpineSide {
 /// whose key is in the spine and whose time is set; `seq` is the source order.
 #[derive(Default)]
 pub struct EventSide {
+    /// Each event's key id.
     pub ids: Vec<u32>,
+    /// Each event's time, microseconds.
     pub t: Vec<i64>,
     /// Created times, null as `i64::MIN` (earliest).
     pub created: Option<Vec<i64>>,
+    /// Each event's position in source order.
     pub seq: Vec<u64>,
     /// The lanes of [`Lanes`].
     pub floats: Vec<Vec<f64>>,
+    /// Per int lane, each event's value.
     pub ints: Vec<Vec<i64>>,
+    /// Per mask, 1 where the event counts (value set, filter true); `None` for a mask that
+    /// keeps every event.
     pub masks: Vec<Option<Vec<u8>>>,
     /// Per value column, the Arrow array where the layout keeps it.
     pub raw: Vec<Option<ArrayRef>>,
