@@ -62,7 +62,7 @@ pub struct Job {
 pub struct JobRequest {
     /// The features to join: a feature service or a list (required).
     pub features: Option<Features>,
-    /// A Parquet or CSV file, or a recorded dataset NAME[@VERSION].
+    /// A Parquet or CSV file, or a recorded dataset `NAME[@VERSION]`.
     pub spine: String,
     /// The spine's time column; default `event_timestamp`, else its only timestamp column.
     pub spine_timestamp: Option<String>,

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// What to build.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
-    /// A Parquet or CSV file, or a recorded dataset NAME[@VERSION].
+    /// A Parquet or CSV file, or a recorded dataset `NAME[@VERSION]`.
     pub spine: String,
     /// The features to join onto the spine.
     pub features: Vec<FeatureRef>,
@@ -47,7 +47,7 @@ pub struct Built {
     pub registered: Option<String>,
 }
 
-/// Whether a spine argument names a file or folder (else it is a dataset NAME[@VER]).
+/// Whether a spine argument names a file or folder (else it is a dataset `NAME[@VER]`).
 pub fn looks_like_path(s: &str) -> bool {
     let p = Path::new(s);
     p.exists()

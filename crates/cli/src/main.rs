@@ -3,6 +3,10 @@
 //! This file parses and dispatches only: each command is an `Args` struct in [`cmd`], one
 //! module per command group, whose `run` calls `quiver-app` for the work and prints.
 
+// The doc comments of commands and flags are clap's help text, where `NAME[@VER]` is syntax,
+// not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! The feature repository file, `quiver.yaml` (DESIGN §2).
 //!
-//! Loading happens in two steps: the YAML is read into [`file`] structs that reject unknown
+//! Loading happens in two steps: the YAML is read into [`file`](mod@file) structs that reject unknown
 //! fields (so a typo never passes silently), then every field is checked and resolved into a
 //! [`Repo`]. Every mistake names the file and the field's path, e.g.
 //! `feature_views.user_purchases.features[2].window`, and says what would be valid — before
@@ -21,19 +21,28 @@ pub mod file {
     use indexmap::IndexMap;
     use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
+    /// The whole of `quiver.yaml` as written, before any check.
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct RepoFile {
+        /// The project's name; must not be empty.
         pub project: String,
+        /// Folder of the offline store, relative to the repository; default `.quiver/offline`.
         pub offline_store: Option<String>,
+        /// Folder of the online store, relative to the repository; default `.quiver/online`.
         pub online_store: Option<String>,
+        /// Folder of the registry, relative to the repository; default `.quiver/registry`.
         pub registry: Option<String>,
+        /// The entities, by name.
         #[serde(default, deserialize_with = "unique")]
         pub entities: IndexMap<String, EntityDef>,
+        /// The event sources, by name.
         #[serde(default, deserialize_with = "unique")]
         pub sources: IndexMap<String, SourceDef>,
+        /// The feature views, by name.
         #[serde(default, deserialize_with = "unique")]
         pub feature_views: IndexMap<String, ViewDef>,
+        /// The feature services, by name: each a list of `view:feature` references.
         #[serde(default, deserialize_with = "unique")]
         pub feature_services: IndexMap<String, Vec<String>>,
     }
@@ -69,44 +78,76 @@ pub mod file {
         d.deserialize_map(Unique(PhantomData))
     }
 
+    /// An entity: what feature values are keyed by (a user, a product).
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct EntityDef {
+        /// The key columns that identify one entity, in order; at least one, none twice.
         pub join_keys: Vec<String>,
+        /// Free text for readers; Quiver does not use it.
         pub description: Option<String>,
     }
 
+    /// A source of timestamped events.
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct SourceDef {
+        /// A Parquet file, folder or glob, or a CSV file, relative to the repository; absent: the
+        /// table Quiver manages for the source (filled by pushes).
         pub path: Option<String>,
+        /// The event-time column: when each row's event happened.
         pub timestamp: String,
+        /// A column of when each row was recorded; it breaks ties between events at the same time.
         pub created_timestamp: Option<String>,
+        /// Hide rows recorded after the lookup time from it (so a backfill does not leak); needs
+        /// `created_timestamp`.
         #[serde(default)]
         pub filter_created: bool,
+        /// Free text for readers; Quiver does not use it.
         pub description: Option<String>,
     }
 
+    /// A feature view: features of one entity computed from one source.
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ViewDef {
+        /// The entity the features are keyed by (a name under `entities`).
         pub entity: String,
+        /// The source the features are computed from (a name under `sources`).
         pub source: String,
+        /// How long a latest value stays valid after its event, as a duration such as `7d`; absent:
+        /// for ever.
         pub ttl: Option<String>,
+        /// The view's features, in order; at least one.
         pub features: Vec<FeatureDef>,
+        /// Free text for readers; Quiver does not use it.
         pub description: Option<String>,
     }
 
+    /// One feature as written: a window aggregate when `agg` is set, else the latest value of a
+    /// column.
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct FeatureDef {
+        /// The feature's name, unique in its view; it may not contain `:` or `__`.
         pub name: String,
+        /// The aggregate function (`count`, `sum`, …); absent: a latest-value feature.
         pub agg: Option<String>,
+        /// The source column read; default: the feature's name (`*` counts rows, with
+        /// `agg: count`).
         pub column: Option<String>,
+        /// The window length, such as `30d`; absent: a lifetime window. Aggregates only.
         pub window: Option<String>,
+        /// How far before the lookup time the window ends, such as `1d`; default 0. Aggregates
+        /// only.
         pub offset: Option<String>,
+        /// Which window ends are included: `right` (default), `left`, `both` or `neither`.
+        /// Aggregates only.
         pub closed: Option<String>,
+        /// A SQL boolean expression over source columns selecting the events the aggregate sees.
+        /// Aggregates only.
         pub filter: Option<String>,
+        /// Free text for readers; Quiver does not use it.
         pub description: Option<String>,
     }
 }
@@ -118,39 +159,63 @@ pub struct Repo {
     pub dir: PathBuf,
     /// The repository file, as given (used in messages).
     pub file: PathBuf,
+    /// The project's name.
     pub project: String,
+    /// Folder of the offline store, resolved against `dir`.
     pub offline_store: PathBuf,
+    /// Folder of the online store, resolved against `dir`.
     pub online_store: PathBuf,
+    /// Folder of the registry, resolved against `dir`.
     pub registry: PathBuf,
+    /// The join key columns of each entity, by entity name.
     pub entities: IndexMap<String, Vec<String>>,
+    /// The sources, by name.
     pub sources: IndexMap<String, Source>,
+    /// The feature views, by name, in file order.
     pub views: IndexMap<String, FeatureView>,
+    /// The features of each feature service, by service name, in the order listed.
     pub services: IndexMap<String, Vec<FeatureRef>>,
 }
 
+/// A validated event source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Source {
+    /// The source's name in `quiver.yaml`.
     pub name: String,
     /// Resolved against the repo folder; `None` = the table Quiver manages for this source.
     pub path: Option<PathBuf>,
+    /// The event-time column.
     pub timestamp: String,
+    /// The column of when each row was recorded, if the source has one; it breaks ties at equal
+    /// event times.
     pub created_timestamp: Option<String>,
+    /// Whether rows recorded after a lookup time are hidden from it (needs `created_timestamp`).
     pub filter_created: bool,
 }
 
+/// A validated feature view: features of one entity computed from one source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FeatureView {
+    /// The view's name in `quiver.yaml`.
     pub name: String,
+    /// The name of the entity the view's values are keyed by.
     pub entity: String,
+    /// The entity's join key columns, in order, copied here so a view is self-contained.
     pub join_keys: Vec<String>,
+    /// The name of the source the features are computed from.
     pub source: String,
+    /// How long a latest value stays valid after its event; none: for ever.
     pub ttl: Option<Duration>,
+    /// The features, in definition order (the order of the values stored online).
     pub features: Vec<Feature>,
 }
 
+/// One feature of a feature view.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Feature {
+    /// The feature's name, unique in its view.
     pub name: String,
+    /// How the value is computed: a window aggregate or the latest value.
     pub kind: FeatureKind,
     /// The source column, or `*` for `count` of rows.
     pub column: String,
@@ -158,11 +223,15 @@ pub struct Feature {
     pub filter: Option<String>,
 }
 
+/// How a feature's value is computed from its source's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureKind {
+    /// An aggregate of the column over the events in a window before the lookup time.
     Aggregate {
+        /// The aggregate function.
         agg: Agg,
+        /// The window of events it aggregates.
         window: Window,
     },
     /// The column's value in the latest event within the view's ttl.
@@ -174,7 +243,9 @@ pub enum FeatureKind {
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub struct FeatureRef {
+    /// The feature view's name.
     pub view: String,
+    /// The feature's name within the view.
     pub feature: String,
 }
 
@@ -284,6 +355,8 @@ impl Repo {
             })
     }
 
+    /// The view and the definition of a feature reference; `None` when the repository has no such
+    /// feature.
     pub fn feature(&self, r: &FeatureRef) -> Option<(&FeatureView, &Feature)> {
         let v = self.views.get(&r.view)?;
         Some((v, v.features.iter().find(|f| f.name == r.feature)?))

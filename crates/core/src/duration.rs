@@ -30,6 +30,7 @@ const UNITS: [(&str, i64); 7] = [
 pub struct Duration(i64);
 
 impl Duration {
+    /// The empty duration (a window without offset).
     pub const ZERO: Duration = Duration(0);
 
     /// Parse `<integer><unit>` with unit one of `us ms s m h d w` (a day is 86 400 s).
@@ -61,6 +62,7 @@ impl Duration {
         Duration(us.max(0))
     }
 
+    /// The duration in microseconds.
     pub fn micros(self) -> i64 {
         self.0
     }

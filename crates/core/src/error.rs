@@ -12,14 +12,19 @@ pub enum Error {
     /// `feature_views.user_purchases.features[2].window`.
     #[error("{}: {path}: {message}", file.display())]
     Config {
+        /// The repository file the mistake is in.
         file: PathBuf,
+        /// The field's path in the file.
         path: String,
+        /// What is wrong and what would be valid.
         message: String,
     },
     /// The repository file could not be read at all.
     #[error("cannot read {}: {source}", file.display())]
     Io {
+        /// The file that could not be read.
         file: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// A value of a time column could not be read as an instant.
@@ -27,15 +32,23 @@ pub enum Error {
         "column `{column}`, row {row}: cannot read {value:?} as a time (expected RFC 3339 / ISO 8601, e.g. 2024-01-31T12:00:00Z or 2024-01-31)"
     )]
     BadTime {
+        /// The column's name.
         column: String,
+        /// The row number in the whole table, from 0.
         row: usize,
+        /// The text that is not an instant.
         value: String,
     },
     /// A column used as a time column has a type that holds no instants.
     #[error(
         "column `{column}` is {data_type}; a time column must be a timestamp, a date, or RFC 3339 strings"
     )]
-    NotATimeColumn { column: String, data_type: String },
+    NotATimeColumn {
+        /// The column's name.
+        column: String,
+        /// The column's Arrow type, as displayed.
+        data_type: String,
+    },
     /// A store (online or registry) failed; the message says which and why.
     #[error("{0}")]
     Store(String),
@@ -45,7 +58,9 @@ pub enum Error {
     /// A feature reference names a view the repository does not have.
     #[error("unknown feature view `{view}` in `{reference}`; views: {known}")]
     UnknownView {
+        /// The view named in the reference.
         view: String,
+        /// The reference as written.
         reference: String,
         /// The views there are, comma separated.
         known: String,
@@ -53,19 +68,33 @@ pub enum Error {
     /// A feature reference names a feature its view does not have.
     #[error("feature view `{view}` has no feature `{feature}`; it has: {known}")]
     UnknownFeature {
+        /// The view of the reference.
         view: String,
+        /// The feature the view does not have.
         feature: String,
+        /// The features the view has, comma separated.
         known: String,
     },
     /// A feature service the repository does not have.
     #[error("unknown feature service `{name}`; services: {known}")]
-    UnknownService { name: String, known: String },
+    UnknownService {
+        /// The service asked for.
+        name: String,
+        /// The services there are, comma separated.
+        known: String,
+    },
     /// A feature reference that is not `view:feature`.
     #[error("feature reference `{reference}` must be written view:feature")]
-    BadReference { reference: String },
+    BadReference {
+        /// The reference as written.
+        reference: String,
+    },
     /// The same feature asked for twice in one request.
     #[error("feature `{reference}` is requested twice")]
-    DuplicateFeature { reference: String },
+    DuplicateFeature {
+        /// The reference asked for twice, as written.
+        reference: String,
+    },
     /// A request that names no feature.
     #[error("no features requested")]
     NoFeatures,

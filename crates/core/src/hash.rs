@@ -118,6 +118,7 @@ pub fn type_class(dt: &DataType) -> Option<String> {
 /// small and can be stored, so that an append extends it (see [`TableHasher::resume`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HashState {
+    /// Number of rows hashed.
     pub rows: u64,
     /// Sum of the row hashes mod 2²⁵⁶, little-endian 64-bit limbs.
     pub sum: [u64; 4],
@@ -177,6 +178,7 @@ impl TableHasher {
         &self.schema
     }
 
+    /// Add the rows of a batch, which must have the hasher's columns in order.
     pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_columns() != self.schema.len() {
             return Err(Error::Request(format!(
@@ -226,10 +228,13 @@ impl TableHasher {
         self.state
     }
 
+    /// Add the rows another hasher of the same schema has seen, such as a partition hashed in
+    /// parallel.
     pub fn merge(&mut self, other: &TableHasher) {
         self.state.merge(&other.state);
     }
 
+    /// The hash of the rows added so far.
     pub fn finish(&self) -> ContentHash {
         finish(&self.schema, &self.state)
     }

@@ -28,8 +28,10 @@ pub enum Closed {
 }
 
 impl Closed {
+    /// The valid spellings, for error messages.
     pub const NAMES: &'static str = "right, left, both, neither";
 
+    /// Read a closure as written in `quiver.yaml`; `None` if unknown.
     pub fn parse(s: &str) -> Option<Closed> {
         Some(match s {
             "right" => Closed::Right,
@@ -63,6 +65,7 @@ impl fmt::Display for Closed {
 /// The lower edge of a window: which event times are at or after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lower {
+    /// No lower edge: every earlier event counts (a lifetime window, or no ttl).
     Unbounded,
     /// event time > x
     Exclusive(i64),
@@ -117,7 +120,9 @@ impl Upper {
 pub struct Window {
     /// `None` is a lifetime window.
     pub length: Option<Duration>,
+    /// How far before the spine time the window ends; 0: at it.
     pub offset: Duration,
+    /// Which ends of the window are included.
     pub closed: Closed,
 }
 
@@ -208,22 +213,34 @@ pub fn latest_edges(ttl: Option<Duration>, t: i64) -> (Lower, Upper) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Agg {
+    /// The number of events with a non-null value (of rows, for column `*`).
     Count,
+    /// The sum of the values: Int64 for integer columns, Float64 otherwise.
     Sum,
+    /// The arithmetic mean of the values (also written `avg`).
     Mean,
+    /// The smallest value.
     Min,
+    /// The largest value.
     Max,
+    /// The earliest non-null value in the window.
     First,
+    /// The latest non-null value in the window.
     Last,
+    /// The sample standard deviation of the values (null under two values).
     Stddev,
+    /// The sample variance of the values (null under two values).
     Var,
+    /// The number of distinct non-null values.
     CountDistinct,
 }
 
 impl Agg {
+    /// The valid spellings, for error messages.
     pub const NAMES: &'static str =
         "count, sum, mean, min, max, first, last, stddev, var, count_distinct";
 
+    /// Read an aggregate as written in `quiver.yaml` (`avg` is `mean`); `None` if unknown.
     pub fn parse(s: &str) -> Option<Agg> {
         Some(match s {
             "count" => Agg::Count,
@@ -240,6 +257,7 @@ impl Agg {
         })
     }
 
+    /// The aggregate's name as written in `quiver.yaml`.
     pub fn name(self) -> &'static str {
         match self {
             Agg::Count => "count",
@@ -296,10 +314,13 @@ impl fmt::Display for Agg {
     }
 }
 
+/// Whether a column type is an integer of any width, signed or unsigned.
 pub fn is_integer(dt: &DataType) -> bool {
     dt.is_integer()
 }
 
+/// Whether a column type is a number (integer or float): what `sum`, `mean`, `stddev` and `var`
+/// take.
 pub fn is_numeric(dt: &DataType) -> bool {
     dt.is_integer()
         || matches!(
@@ -327,10 +348,13 @@ fn is_string(dt: &DataType) -> bool {
     )
 }
 
+/// Whether values of a column type can be ordered: what `min` and `max` take.
 pub fn is_ordered(dt: &DataType) -> bool {
     is_numeric(dt) || is_temporal(dt) || is_string(dt) || *dt == DataType::Boolean
 }
 
+/// Whether values of a column type can be compared for equality: what `count_distinct` and key
+/// columns take.
 pub fn is_hashable(dt: &DataType) -> bool {
     is_ordered(dt)
 }

@@ -9,7 +9,9 @@ use crate::Result;
 /// ([`crate::semantics::key_join_type`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyValue {
+    /// An integer key of any width, as i64.
     Int(i64),
+    /// A string key.
     Str(String),
 }
 
@@ -137,10 +139,15 @@ mod tests {
 /// A feature value as the online path stores and serves it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar {
+    /// No value: a null in the source, or no event in the window or ttl.
     Null,
+    /// A boolean value.
     Bool(bool),
+    /// An integer value.
     Int(i64),
+    /// A floating-point value.
     Float(f64),
+    /// A string value.
     Str(String),
     /// An instant in microseconds since the epoch, UTC.
     Time(i64),
@@ -158,9 +165,14 @@ pub enum Scalar {
 /// events known at `as_of`. `steps` is empty, or has one list per value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRow {
+    /// The lookup time the values were computed for (a materialization or push), in microseconds.
     pub as_of: i64,
+    /// The event time of the entity's latest event at or before `as_of`, if any.
     pub event_time: Option<i64>,
+    /// The features' values as of `as_of`, in the view's definition order.
     pub values: Vec<Scalar>,
+    /// Per feature, the `(time, value)` steps after `as_of` where its value changes; empty, or one
+    /// list per value.
     pub steps: Vec<Vec<(i64, Scalar)>>,
 }
 

@@ -16,6 +16,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
 use crate::{Error, Result};
 
+/// Microseconds in a day of 86 400 s (Arrow Date32 values count days).
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Whether a column of this type can be read as instants.

@@ -67,7 +67,7 @@ fn delta_type(dt: &DataType) -> DataType {
     }
 }
 
-/// A batch with every column in the type Delta stores ([`delta_type`]); a value that does
+/// A batch with every column in the type Delta stores (`delta_type`); a value that does
 /// not fit (an unsigned integer above Int64) is an error naming the column.
 pub fn to_delta_types(batch: &RecordBatch, what: &str) -> Result<RecordBatch> {
     let schema = batch.schema();
@@ -216,7 +216,7 @@ pub enum Mode {
 /// leaves the commit, and whoever records the version next reads what made it from here.
 pub const NOTE_KEY: &str = "quiver.operation";
 
-/// What made version `version` of a table, as [`write`] noted it in the commit, if it did.
+/// What made version `version` of a table, as [`write`](fn@write) noted it in the commit, if it did.
 pub async fn commit_note(path: &Path, version: u64) -> Result<Option<serde_json::Value>> {
     use futures::StreamExt;
     let table = open(path, Some(version)).await?;
@@ -256,7 +256,7 @@ async fn writer_lock(path: &Path) -> Result<std::fs::File> {
 /// folder that no commit of the log references — object_store's unfinished uploads
 /// (`…parquet#N`) always, finished files only when they are newer than the oldest commit
 /// the log still holds (an older one may be referenced by a commit the log no longer
-/// lists). Call only under [`writer_lock`]. Returns the files removed.
+/// lists). Call only under `writer_lock`. Returns the files removed.
 pub fn remove_orphans(path: &Path) -> Result<Vec<PathBuf>> {
     let log = path.join("_delta_log");
     let Ok(entries) = std::fs::read_dir(&log) else {
@@ -352,7 +352,7 @@ fn decode(p: &str) -> String {
 /// Delta version. For an append to an existing table the batches are first checked against
 /// its schema ([`conform`]); `what` names the input in messages; `note` (what made the
 /// version) is kept in the commit ([`commit_note`]). Writers of a table take turns
-/// ([`writer_lock`]), and each first removes what a writer that died left behind.
+/// (`writer_lock`), and each first removes what a writer that died left behind.
 pub async fn write(
     path: &Path,
     batches: Vec<RecordBatch>,

@@ -34,19 +34,39 @@ const FORMAT_KEY: &[u8] = b"format";
 /// Result alias with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What can go wrong in the online store, each naming the store's folder.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// sled itself failed (I/O, corruption or an aborted transaction).
     #[error("online store {}: {source}", path.display())]
-    Sled { path: PathBuf, source: sled::Error },
+    Sled {
+        /// The store's folder.
+        path: PathBuf,
+        /// The underlying sled error.
+        source: sled::Error,
+    },
     /// Another process has the store open: sled lets one process at a time hold it.
     #[error("online store {}: another process holds it open (a running `quiver serve`?); stop that process, or ask the server instead with --addr HOST:PORT", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// The store's folder.
+        path: PathBuf,
+    },
+    /// The folder holds a store of another layout version than [`STORE_FORMAT`].
     #[error("online store {}: format version {found} is not supported (this build reads {STORE_FORMAT}); delete the folder and materialize again", path.display())]
-    Format { path: PathBuf, found: u8 },
+    Format {
+        /// The store's folder.
+        path: PathBuf,
+        /// The format version recorded in the store.
+        found: u8,
+    },
+    /// A bucket value could not be decoded, so its entities cannot be read.
     #[error("online store {}: bucket {bucket} of view `{view}` is damaged", path.display())]
     Damaged {
+        /// The store's folder.
         path: PathBuf,
+        /// The feature view whose tree holds the bucket.
         view: String,
+        /// The number of the damaged bucket.
         bucket: u32,
     },
 }

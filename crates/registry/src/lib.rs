@@ -49,54 +49,116 @@ const FORMAT_KEY: &[u8] = b"format";
 /// How long `open` waits for another process to release the registry.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// Result alias with the registry's [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What can go wrong reading or writing the registry, each naming what it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The store (or an artifact file) could not be opened, read or written.
     #[error("registry {}: {source}", path.display())]
-    Sled { path: PathBuf, source: sled::Error },
+    Sled {
+        /// The registry folder or artifact file concerned.
+        path: PathBuf,
+        /// The underlying failure (an I/O error for artifact files).
+        source: sled::Error,
+    },
+    /// The registry was written with a record layout this build does not read.
     #[error("registry {}: format version {found} is not supported (this build reads {FORMAT})", path.display())]
-    Format { path: PathBuf, found: u32 },
+    Format {
+        /// The registry folder.
+        path: PathBuf,
+        /// The layout version found in it.
+        found: u32,
+    },
+    /// A record (or an artifact) does not decode or does not match its hash.
     #[error("registry {}: record {key} is unreadable: {message}", path.display())]
     Corrupt {
+        /// The registry folder or artifact file.
         path: PathBuf,
+        /// The record's key, like `name@version`, or the artifact's hash.
         key: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// No version of a dataset of this name is recorded.
     #[error("unknown dataset `{name}`{}", known_list(.known))]
-    UnknownDataset { name: String, known: Vec<String> },
-    #[error("dataset `{name}` has no version {version}; versions: 1..={latest}")]
-    UnknownVersion {
+    UnknownDataset {
+        /// The dataset asked for.
         name: String,
-        version: u64,
-        latest: u64,
-    },
-    #[error("feature view `{name}` has no recorded versions; run `quiver apply`")]
-    UnknownView { name: String },
-    #[error("feature view `{name}` has no version {version}; versions: 1..={latest}")]
-    UnknownViewVersion {
-        name: String,
-        version: u64,
-        latest: u64,
-    },
-    #[error("dataset `{name}` version {version} is already recorded with other content")]
-    Conflict { name: String, version: u64 },
-    #[error("unknown model `{name}`{}", known_models(.known))]
-    UnknownModel { name: String, known: Vec<String> },
-    #[error("model `{name}` has no version {version}; versions: 1..={latest}")]
-    UnknownModelVersion {
-        name: String,
-        version: u64,
-        latest: u64,
-    },
-    #[error("model `{name}` has no alias `{alias}`{}", if .known.is_empty() { "; it has no aliases".to_string() } else { format!("; aliases: {}", .known.join(", ")) })]
-    UnknownAlias {
-        name: String,
-        alias: String,
+        /// The datasets the registry holds, sorted.
         known: Vec<String>,
     },
+    /// The dataset exists but not at this version.
+    #[error("dataset `{name}` has no version {version}; versions: 1..={latest}")]
+    UnknownVersion {
+        /// The dataset's name.
+        name: String,
+        /// The version asked for.
+        version: u64,
+        /// The dataset's latest version.
+        latest: u64,
+    },
+    /// No version of a feature view of this name is recorded (it was never applied).
+    #[error("feature view `{name}` has no recorded versions; run `quiver apply`")]
+    UnknownView {
+        /// The view asked for.
+        name: String,
+    },
+    /// The feature view is recorded but not at this version.
+    #[error("feature view `{name}` has no version {version}; versions: 1..={latest}")]
+    UnknownViewVersion {
+        /// The view's name.
+        name: String,
+        /// The version asked for.
+        version: u64,
+        /// The view's latest version.
+        latest: u64,
+    },
+    /// A dataset version recorded again with a different content hash.
+    #[error("dataset `{name}` version {version} is already recorded with other content")]
+    Conflict {
+        /// The dataset's name.
+        name: String,
+        /// The version recorded twice.
+        version: u64,
+    },
+    /// No version of a model of this name is registered.
+    #[error("unknown model `{name}`{}", known_models(.known))]
+    UnknownModel {
+        /// The model asked for.
+        name: String,
+        /// The models the registry holds, sorted.
+        known: Vec<String>,
+    },
+    /// The model exists but not at this version.
+    #[error("model `{name}` has no version {version}; versions: 1..={latest}")]
+    UnknownModelVersion {
+        /// The model's name.
+        name: String,
+        /// The version asked for.
+        version: u64,
+        /// The model's latest version.
+        latest: u64,
+    },
+    /// The model has no alias of this name.
+    #[error("model `{name}` has no alias `{alias}`{}", if .known.is_empty() { "; it has no aliases".to_string() } else { format!("; aliases: {}", .known.join(", ")) })]
+    UnknownAlias {
+        /// The model's name.
+        name: String,
+        /// The alias asked for.
+        alias: String,
+        /// The aliases the model has.
+        known: Vec<String>,
+    },
+    /// A reference (`NAME@VERSION`, an alias) that cannot be read.
     #[error("bad reference {text:?}: {message}")]
-    BadRef { text: String, message: String },
+    BadRef {
+        /// The reference as written.
+        text: String,
+        /// What is wrong with it and how to write it.
+        message: String,
+    },
 }
 
 fn known_list(known: &[String]) -> String {
@@ -134,6 +196,7 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
+    /// The kind's name, as shown in listings and SQL tables.
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::Source => "source",
@@ -148,15 +211,25 @@ impl DatasetKind {
 #[serde(rename_all = "snake_case")]
 pub enum Storage {
     /// A Delta table folder at a Delta version (time travel reads it back).
-    Delta { table: String, version: i64 },
+    Delta {
+        /// The table's folder, as an absolute path.
+        table: String,
+        /// The Delta version holding this dataset version's rows.
+        version: i64,
+    },
     /// Files the user points at (versioned by content; earlier contents are not kept).
-    File { path: String },
+    File {
+        /// The file, folder or glob, as an absolute path.
+        path: String,
+    },
 }
 
 /// `name@version`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct VersionRef {
+    /// The dataset, view or model name.
     pub name: String,
+    /// The version number, from 1.
     pub version: u64,
 }
 
@@ -191,8 +264,11 @@ pub fn parse_ref(text: &str) -> Result<(String, Option<u64>)> {
 /// A feature used by a join: the view version whose definition computed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureUse {
+    /// The feature view's name.
     pub view: String,
+    /// The view version whose definition computed the feature.
     pub view_version: u64,
+    /// The feature's name within the view.
     pub feature: String,
 }
 
@@ -206,13 +282,17 @@ impl std::fmt::Display for FeatureUse {
 /// A point-in-time join, as recorded for its training set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRecord {
+    /// The spine version whose rows were joined.
     pub spine: VersionRef,
+    /// The spine's time column as given; none: the default choice.
     pub spine_timestamp: Option<String>,
+    /// Whether every feature column was named `view__feature`.
     pub full_names: bool,
     /// Each source table version read.
     pub sources: Vec<VersionRef>,
     /// The requested features in order, with their definition versions.
     pub features: Vec<FeatureUse>,
+    /// The version of Quiver that ran the join.
     pub quiver_version: String,
 }
 
@@ -222,33 +302,44 @@ pub struct JoinRecord {
 pub enum Operation {
     /// Files appended to a managed source table.
     Ingest {
+        /// The names of the files appended.
         files: Vec<String>,
     },
     /// Files referenced by path, seen with this content.
     Observe {
+        /// The absolute path read; for files by path, followed by `#` and a fingerprint of the
+        /// files (sizes, modification times).
         path: String,
     },
     /// A user file stored as a dataset (`quiver datasets add`).
     Add {
+        /// The file whose rows were stored, as an absolute path.
         file: String,
     },
+    /// A point-in-time join of a spine with feature views: a training set.
     Join(JoinRecord),
     /// One side of a seeded random split of a parent version.
     Split {
+        /// The version split.
         parent: VersionRef,
+        /// The fraction of the parent's rows on the train side, between 0 and 1.
         ratio: f64,
+        /// The seed of the random split, so it can be made again.
         seed: u64,
         /// `train` (the `ratio` side) or `test`.
         part: String,
     },
     /// The rows of a parent version where a SQL predicate holds.
     Filter {
+        /// The version filtered.
         parent: VersionRef,
+        /// The SQL predicate over the parent's columns that kept rows satisfy.
         predicate: String,
     },
 }
 
 impl Operation {
+    /// The operation's name, as used for lineage edges.
     pub fn name(&self) -> &'static str {
         match self {
             Operation::Ingest { .. } => "ingest",
@@ -292,21 +383,28 @@ impl Operation {
 /// One version of a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetVersion {
+    /// The dataset's name.
     pub name: String,
     /// From 1, in the order versions were made.
     pub version: u64,
+    /// What the dataset is for.
     pub kind: DatasetKind,
+    /// The content hash of its rows, whatever files hold them.
     pub hash: ContentHash,
     /// The hash's running state, so an append extends it.
     pub state: HashState,
     /// (column, logical class) in column order.
     pub schema: Vec<(String, String)>,
+    /// When the version was made, in microseconds since the epoch.
     pub created_micros: i64,
+    /// Where its rows live.
     pub storage: Storage,
+    /// How it was made: the source of its lineage edges.
     pub op: Operation,
 }
 
 impl DatasetVersion {
+    /// This version as `name@version`.
     pub fn reference(&self) -> VersionRef {
         VersionRef {
             name: self.name.clone(),
@@ -319,7 +417,9 @@ impl DatasetVersion {
 /// source's `path` is kept for information; data versions are recorded separately).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewDefinition {
+    /// The feature view as defined.
     pub view: FeatureView,
+    /// The view's source (its time columns affect the values).
     pub source: Source,
 }
 
@@ -333,6 +433,7 @@ impl ViewDefinition {
         serde_json::to_string(&(&self.view, &source)).unwrap_or_default()
     }
 
+    /// The hash of the definition: equal hashes, equal computed values.
     pub fn hash(&self) -> ContentHash {
         quiver_core::hash::hash_bytes(self.canonical().as_bytes())
     }
@@ -357,10 +458,15 @@ impl ViewDefinition {
 /// One version of a feature view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewVersion {
+    /// The view's name.
     pub view: String,
+    /// The version number, from 1, in the order definitions were applied.
     pub version: u64,
+    /// The hash of the definition ([`ViewDefinition::hash`]).
     pub hash: ContentHash,
+    /// When the version was applied, in microseconds since the epoch.
     pub created_micros: i64,
+    /// The definition recorded.
     pub definition: ViewDefinition,
 }
 
@@ -368,8 +474,11 @@ pub struct ViewVersion {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Artifact {
+    /// A dataset version.
     Dataset(VersionRef),
+    /// A feature-view version.
     View(VersionRef),
+    /// A model version.
     Model(VersionRef),
 }
 
@@ -386,8 +495,11 @@ impl fmt::Display for Artifact {
 /// `from` was read to make `to`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Edge {
+    /// The artifact read.
     pub from: Artifact,
+    /// The artifact made from it.
     pub to: Artifact,
+    /// The operation that made `to`: `join`, `split`, `train`, `derive` and so on.
     pub op: String,
 }
 
@@ -513,6 +625,7 @@ impl Registry {
         }
     }
 
+    /// The registry's folder.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -707,6 +820,7 @@ impl Registry {
         }
     }
 
+    /// Every version of a feature view, oldest first (empty when unknown).
     pub fn view_versions(&self, view: &str) -> Result<Vec<ViewVersion>> {
         self.views
             .scan_prefix(prefix(view))
@@ -717,6 +831,7 @@ impl Registry {
             .collect()
     }
 
+    /// The names of all feature views with a recorded version, sorted.
     pub fn view_names(&self) -> Result<Vec<String>> {
         let mut out = BTreeSet::new();
         for kv in self.views.iter() {
@@ -727,6 +842,7 @@ impl Registry {
         Ok(out.into_iter().collect())
     }
 
+    /// One version of a feature view (`None` = the latest), or an error naming what exists.
     pub fn view_version(&self, view: &str, version: Option<u64>) -> Result<ViewVersion> {
         let all = self.view_versions(view)?;
         let Some(latest) = all.last() else {

@@ -15,7 +15,9 @@ use crate::{
 /// A model artifact in the store, named by its content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactFile {
+    /// The BLAKE3 hash of its bytes, which names its file.
     pub hash: ContentHash,
+    /// Its size in bytes.
     pub bytes: u64,
     /// The file name it was registered from (for information).
     pub file: String,
@@ -24,52 +26,74 @@ pub struct ArtifactFile {
 /// A metric measured on an evaluation dataset version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
+    /// The metric's name, such as `rmse` or `auc`.
     pub name: String,
+    /// The evaluation dataset version it was measured on.
     pub eval: VersionRef,
+    /// The value measured.
     pub value: f64,
 }
 
 /// The source tree a model was made from, when known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeVersion {
+    /// The git commit checked out.
     pub commit: String,
+    /// Whether the work tree had uncommitted changes.
     pub dirty: bool,
 }
 
+/// Where a model was registered: the machine and the Quiver build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
+    /// The operating system, as Rust names it (`linux`, `macos`, …).
     pub os: String,
+    /// The CPU architecture, as Rust names it (`x86_64`, `aarch64`, …).
     pub arch: String,
+    /// The version of Quiver that registered it.
     pub quiver_version: String,
 }
 
 /// One version of a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelVersion {
+    /// The model's name.
     pub name: String,
     /// From 1, in the order versions were registered.
     pub version: u64,
+    /// The stored artifact.
     pub artifact: ArtifactFile,
     /// The training dataset version.
     pub dataset: VersionRef,
     /// The features it was trained on, with their definition versions (from the training
     /// set's lineage).
     pub features: Vec<FeatureUse>,
+    /// The algorithm it was trained with; needed to retrain it.
     pub algo: Option<String>,
+    /// The label column it predicts; needed to retrain it.
     pub label: Option<String>,
+    /// Training parameters by name.
     pub params: BTreeMap<String, String>,
+    /// Metrics measured on evaluation dataset versions.
     pub metrics: Vec<Metric>,
     /// Costs by name: `size_bytes`, `latency_mean_ms`, `latency_p99_ms`, or any given.
     pub costs: BTreeMap<String, f64>,
+    /// The model version it was derived from, if any (a `derive` lineage edge).
     pub parent: Option<VersionRef>,
+    /// The training seed, if any.
     pub seed: Option<u64>,
+    /// The source tree it was made from, when known.
     pub code: Option<CodeVersion>,
+    /// Where it was registered.
     pub env: Environment,
+    /// Free tags by name.
     pub tags: BTreeMap<String, String>,
+    /// When it was registered, in microseconds since the epoch.
     pub created_micros: i64,
 }
 
 impl ModelVersion {
+    /// This version as `name@version`.
     pub fn reference(&self) -> VersionRef {
         VersionRef {
             name: self.name.clone(),
@@ -94,8 +118,11 @@ impl ModelVersion {
 /// Which version of a model a reference means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSel {
+    /// The latest version.
     Latest,
+    /// A version by number.
     Version(u64),
+    /// The version an alias points at.
     Alias(String),
 }
 
@@ -131,8 +158,11 @@ pub enum Change {
     /// A feature's definition as of a view version: everything built from a view version
     /// where the feature was defined otherwise is stale.
     Feature {
+        /// The feature view's name.
         view: String,
+        /// The feature's name within the view.
         feature: String,
+        /// The view version whose definition of the feature is current.
         version: u64,
     },
 }
@@ -212,6 +242,7 @@ impl Registry {
         })
     }
 
+    /// Every version of a model, oldest first (empty when unknown).
     pub fn model_versions(&self, name: &str) -> Result<Vec<ModelVersion>> {
         self.models
             .scan_prefix(prefix(name))
@@ -222,6 +253,7 @@ impl Registry {
             .collect()
     }
 
+    /// Every model version, by name then version.
     pub fn all_model_versions(&self) -> Result<Vec<ModelVersion>> {
         self.models
             .iter()
@@ -232,6 +264,7 @@ impl Registry {
             .collect()
     }
 
+    /// The names of all registered models, sorted.
     pub fn model_names(&self) -> Result<Vec<String>> {
         let mut out = BTreeSet::new();
         for m in self.all_model_versions()? {
@@ -288,6 +321,7 @@ impl Registry {
         self.flush()
     }
 
+    /// The version an alias of a model points at, if it is set.
     pub fn alias(&self, name: &str, alias: &str) -> Result<Option<u64>> {
         Ok(self
             .aliases

@@ -10,7 +10,9 @@ use crate::{ModelVersion, VersionRef};
 /// `cost <= max`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limit {
+    /// The cost's name, such as `latency_p99_ms`.
     pub cost: String,
+    /// The largest value allowed.
     pub max: f64,
 }
 
@@ -37,14 +39,19 @@ pub fn parse_limit(text: &str) -> Result<Limit, String> {
 /// What `best` found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Best {
+    /// The best version within the limits.
     Found {
+        /// The version chosen.
         model: VersionRef,
+        /// Its metric value.
         metric: f64,
     },
     /// Nothing fits. `closest` is the candidate with the smallest total relative violation,
     /// with what it violates.
     NoneFits {
+        /// How many versions have the metric on the evaluation set.
         candidates: usize,
+        /// The closest to fitting, with the limits it violates in words.
         closest: Option<(VersionRef, Vec<String>)>,
     },
 }
@@ -172,7 +179,9 @@ pub fn pareto(
 /// One rung of successive halving: how many configurations train, on how many rows each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rung {
+    /// How many configurations train in the rung.
     pub configs: usize,
+    /// How many training rows each of them gets.
     pub rows: usize,
 }
 

@@ -43,22 +43,46 @@ use smartcore::tree::decision_tree_regressor::{
 /// The artifact format written by this build.
 pub const FORMAT: u32 = 1;
 
+/// Result alias with the trainer's [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why a model could not be trained, loaded or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A column the model reads is not in the dataset: the column, then the dataset's columns.
     #[error("column `{0}` is not in the dataset (columns: {1})")]
     MissingColumn(String, String),
+    /// A column the model reads is not numeric (integers, floats or booleans).
     #[error("column `{column}` is {dtype}: a model reads numbers (ints, floats, bools)")]
-    NotNumeric { column: String, dtype: String },
+    NotNumeric {
+        /// The column's name.
+        column: String,
+        /// The column's Arrow type, as displayed.
+        dtype: String,
+    },
+    /// A training row has no label, so it cannot be learned from.
     #[error("label `{column}` has a null at row {row}")]
-    NullLabel { column: String, row: usize },
+    NullLabel {
+        /// The label column.
+        column: String,
+        /// The row number in the training data, from 0.
+        row: usize,
+    },
+    /// A parameter, label or feature list that the learner cannot take.
     #[error("parameter {0}")]
     Param(String),
+    /// The learner failed to fit the data.
     #[error("{algo}: {message}")]
-    Fit { algo: String, message: String },
+    Fit {
+        /// The learner's name.
+        algo: String,
+        /// smartcore's message.
+        message: String,
+    },
+    /// The dataset has no rows; the text says for what (`train on`, `use`).
     #[error("the dataset has no rows to {0}")]
     Empty(&'static str),
+    /// A model artifact that cannot be read, or data that does not fit its matrix.
     #[error("model artifact: {0}")]
     Artifact(String),
 }
@@ -67,8 +91,12 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algo {
+    /// Least-squares linear regression: predicts a number.
     Linear,
+    /// Logistic regression: predicts the probability of class 1 (labels 0 and 1).
     Logistic,
+    /// A decision tree, classifying or regressing (parameter `task`; default: classification
+    /// when every label is 0 or 1).
     Tree,
 }
 
@@ -87,6 +115,7 @@ impl std::str::FromStr for Algo {
 }
 
 impl Algo {
+    /// The learner's name, as written in `--algo` and recorded with a model.
     pub fn name(self) -> &'static str {
         match self {
             Algo::Linear => "linear",
@@ -99,13 +128,16 @@ impl Algo {
 /// What to train.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// The learner to fit.
     pub algo: Algo,
+    /// The label column to predict.
     pub label: String,
     /// Feature columns, in order.
     pub features: Vec<String>,
     /// Learner parameters: `alpha` (logistic), `max_depth`, `min_samples_leaf`,
     /// `min_samples_split` (tree), `task` = `classification|regression` (tree).
     pub params: BTreeMap<String, String>,
+    /// The random seed, used by decision trees; recorded so training can be repeated exactly.
     pub seed: u64,
 }
 
@@ -113,7 +145,9 @@ pub struct Spec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
+    /// The label is a number to predict.
     Regression,
+    /// The label is a whole-number class.
     Classification,
 }
 
@@ -136,14 +170,21 @@ enum Fitted {
 /// A trained model.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Model {
+    /// The artifact format version ([`FORMAT`]).
     pub format: u32,
+    /// The learner that fitted it.
     pub algo: Algo,
+    /// Whether it predicts a number or a class.
     pub task: Task,
+    /// The label column it was trained to predict.
     pub label: String,
+    /// The feature columns it reads, in order.
     pub features: Vec<String>,
     /// Training means, used for missing feature values.
     pub fill: Vec<f64>,
+    /// The learner parameters it was trained with.
     pub params: BTreeMap<String, String>,
+    /// The seed it was trained with.
     pub seed: u64,
     fitted: Fitted,
 }
@@ -414,6 +455,7 @@ impl Model {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// Read an artifact written by [`Model::to_bytes`], refusing another format version.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
         let m: Model = serde_json::from_slice(bytes).map_err(|e| Error::Artifact(e.to_string()))?;
         if m.format != FORMAT {

@@ -142,11 +142,18 @@ impl ExecutionPlan for PitJoinExec {
             .output_partitioning()
             .partition_count()
             .max(1);
-        let budget = Budget::of(pool.memory_limit(), partitions);
+        let waits = context
+            .session_config()
+            .get_extension::<JoinPool>()
+            .map(|p| Arc::clone(&p.1));
+        let budget = Budget::of(pool.memory_limit(), partitions, waits);
         let reservation = MemoryConsumer::new(format!("PitJoinExec[{partition}]"))
             .with_can_spill(true)
             .register(pool);
         let out_schema = schema.clone();
+        // Counted while it runs, so that waiting partitions can tell when every other one
+        // is waiting too.
+        let running = budget.waits.as_ref().map(|w| w.running());
         let fut = async move {
             let batches = run(
                 &spec,
@@ -154,11 +161,12 @@ impl ExecutionPlan for PitJoinExec {
                 spine,
                 events,
                 &reservation,
-                budget,
+                &budget,
                 &spills,
             )
             .await;
             reservation.free();
+            drop(running);
             batches.map(|b| futures::stream::iter(b.into_iter().map(Ok)))
         };
         let stream = futures::stream::once(fut).try_flatten();
@@ -191,7 +199,7 @@ pub(super) async fn run(
     mut spine: SendableRecordBatchStream,
     mut events: SendableRecordBatchStream,
     reservation: &MemoryReservation,
-    budget: Budget,
+    budget: &Budget,
     spills: &Count,
 ) -> DFResult<Vec<RecordBatch>> {
     let spine_schema = spine.schema();
@@ -303,7 +311,7 @@ pub(super) async fn run_from_disk(
     mut events: SendableRecordBatchStream,
     span: (i64, i64),
     reservation: &MemoryReservation,
-    budget: Budget,
+    budget: &Budget,
 ) -> DFResult<Vec<RecordBatch>> {
     let ev_schema = events.schema();
     let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0, BUCKETS)?;
@@ -357,7 +365,7 @@ pub(super) async fn push_spilled(
     file: &mut std::fs::File,
     spine_bytes: usize,
     reservation: &MemoryReservation,
-    budget: Budget,
+    budget: &Budget,
 ) -> DFResult<()> {
     for batch in read_spilled(file)? {
         let batch = batch?;

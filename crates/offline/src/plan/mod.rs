@@ -69,7 +69,12 @@ pub const MIN_MEMORY_PER_PARTITION: usize = 128 << 10;
 /// on a 2M-row spine hung that way. The repartition buffers a few batches per partition
 /// pair; the join's packed events, spilled buckets and sweeps are what grows with the data.
 #[derive(Debug)]
-pub struct JoinPool(pub Arc<dyn datafusion::execution::memory_pool::MemoryPool>);
+pub struct JoinPool(
+    /// The pool, bounded by `--memory-limit`.
+    pub Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    /// Its running and waiting partitions.
+    pub Arc<Waits>,
+);
 
 /// Spine column: the spine row's id (UInt64), which the join's output is keyed by.
 pub const RID: &str = "__rid";
@@ -283,4 +288,5 @@ mod spill;
 pub use exec::PitJoinExec;
 use exec::*;
 pub use seq::SeqExec;
+pub use spill::Waits;
 use spill::*;

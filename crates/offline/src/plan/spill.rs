@@ -26,7 +26,7 @@ pub(super) fn sweep_spilled<'a>(
     layout: &'a Lanes,
     mut spilled: Spilled,
     level: u32,
-    budget: Budget,
+    budget: &'a Budget,
     reservation: &'a MemoryReservation,
 ) -> futures::future::BoxFuture<'a, DFResult<Vec<RecordBatch>>> {
     Box::pin(async move {
@@ -84,38 +84,97 @@ pub(super) fn sweep_spilled<'a>(
     })
 }
 
-/// Grow a partition's reservation. The join's pool holds only its partitions' reservations
-/// ([`super::JoinPool`]). A partition may borrow beyond its share (pool / partitions) when the
-/// pool has room, but never waits for it: past its share a refusal fails at once, naming the
-/// least limit that would give it. Within its share a refusal waits, and cannot wait for
-/// ever: the pool is the sum of the shares, so some other partition holds more than its
-/// share, and such a borrower never waits — it finishes its bucket and gives the memory
-/// back. (Before, any refusal waited, and two partitions each holding part of what they
-/// needed waited for each other: 20 s and a failure, before that for ever.) [`MEMORY_WAIT`]
-/// bounds a wait all the same.
+/// Grow a partition's reservation, waiting while other partitions hold the pool: they give
+/// memory back as they finish their buckets. A request the whole pool could not hold fails
+/// at once, and so does a wait that could not end — every running partition of the join's
+/// pool waiting ([`Waits`]): two partitions each holding part of what they needed once
+/// waited for each other for ever. The error names a limit that would give the request.
+/// [`MEMORY_WAIT`] bounds a wait all the same.
 pub(super) async fn grow(
     reservation: &MemoryReservation,
     bytes: usize,
-    budget: Budget,
+    budget: &Budget,
 ) -> DFResult<()> {
-    let start = std::time::Instant::now();
     let want = reservation.size().saturating_add(bytes);
+    if reservation.try_grow(bytes).is_ok() {
+        return Ok(());
+    }
+    if want > budget.pool {
+        return Err(budget.too_small(want, false));
+    }
+    let _waiting = budget.waits.as_ref().map(|w| w.waiting());
+    let start = std::time::Instant::now();
     loop {
-        match reservation.try_grow(bytes) {
-            Ok(()) => return Ok(()),
-            Err(_) if want > budget.share || start.elapsed() > MEMORY_WAIT => {
-                return Err(budget.too_small(want));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        if reservation.try_grow(bytes).is_ok() {
+            return Ok(());
+        }
+        let stuck = budget.waits.as_ref().is_some_and(|w| w.all_waiting());
+        if stuck || start.elapsed() > MEMORY_WAIT {
+            // A partition frees its memory before it stops counting as running: one that
+            // just ended has left room.
+            if reservation.try_grow(bytes).is_ok() {
+                return Ok(());
             }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+            return Err(budget.too_small(want, true));
         }
     }
 }
 
-/// How long a partition within its share waits for a borrower to give memory back.
+/// How many partitions of a join's pool run and how many of them wait for memory: when all
+/// that run wait, none will give memory back.
+#[derive(Debug, Default)]
+pub struct Waits {
+    running: std::sync::atomic::AtomicUsize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one partition in a [`Waits`] counter while it lives.
+pub(super) struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A running partition, counted while it lives (owned, for a stream).
+pub(super) struct Running(Arc<Waits>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Waits {
+    /// Count a partition as running until the guard drops.
+    pub(super) fn running(self: &Arc<Self>) -> Running {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running(Arc::clone(self))
+    }
+
+    /// Count a partition as waiting until the guard drops.
+    fn waiting(&self) -> Counted<'_> {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(&self.waiting)
+    }
+
+    fn all_waiting(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.load(SeqCst) >= self.running.load(SeqCst)
+    }
+}
+
+/// How long a partition waits for memory before the join fails.
 pub(super) const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A partition's view of a bounded memory pool.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Budget {
     /// What a partition packs in memory before it spills: half its share (the other half is
     /// for sweeping spilled buckets).
@@ -125,36 +184,42 @@ pub(super) struct Budget {
     /// The whole pool.
     pub(super) pool: usize,
     pub(super) partitions: usize,
+    /// The pool's running and waiting partitions, when the join has its own pool.
+    pub(super) waits: Option<Arc<Waits>>,
 }
 
 impl Budget {
-    pub(super) fn of(limit: MemoryLimit, partitions: usize) -> Self {
+    pub(super) fn of(limit: MemoryLimit, partitions: usize, waits: Option<Arc<Waits>>) -> Self {
         match limit {
             MemoryLimit::Finite(n) => Budget {
                 cap: n / (2 * partitions),
                 share: n / partitions,
                 pool: n,
                 partitions,
+                waits,
             },
             _ => Budget {
                 cap: usize::MAX,
                 share: usize::MAX,
                 pool: usize::MAX,
                 partitions,
+                waits,
             },
         }
     }
 
-    /// The error for a partition that needs `want` bytes at once, more than its share (or
-    /// than a borrower left it).
-    pub(super) fn too_small(&self, want: usize) -> DataFusionError {
-        // Every partition has the same share.
-        let least =
+    /// The error for a partition that needs `want` bytes at once; `waited` when the pool
+    /// could hold them but the other partitions held the rest.
+    pub(super) fn too_small(&self, want: usize, waited: bool) -> DataFusionError {
+        // Every partition may need as much at once; after a wait, the others held the pool.
+        let mut least =
             (want.saturating_mul(self.partitions)).max(MIN_MEMORY_PER_PARTITION * self.partitions);
+        if waited {
+            least = least.max(self.pool.saturating_add(want));
+        }
         DataFusionError::from(Error::MemoryLimit(format!(
-            "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than its share of the memory pool ({} of {}); use --memory-limit {} or more, or leave it unbounded",
+            "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than the memory pool ({}) can give it; use --memory-limit {} or more, or leave it unbounded",
             crate::gate::bytes(want as f64),
-            crate::gate::bytes(self.share as f64),
             crate::gate::bytes(self.pool as f64),
             crate::gate::bytes(least as f64),
         )))

@@ -155,7 +155,7 @@ impl Lanes {
 
 /// What a partition still needs of its events older than every finite window: nothing,
 /// except that lifetime first / last / latest-value features need a key's earliest or latest
-/// such event. [`crate::pack`] keeps only those, so a spine covering the last months of a
+/// such event. `crate::pack` keeps only those, so a spine covering the last months of a
 /// long history sorts and sweeps only those months.
 pub struct OldEvents {
     /// Events before this microsecond are old.

@@ -1,5 +1,5 @@
 //! The point-in-time sweep of one bucket of a partition (DESIGN §4; buckets come from
-//! [`crate::pack`]).
+//! `crate::pack`).
 //!
 //! Events are grouped by entity key with a counting sort on dense key ids — times and every
 //! lane of the [`Lanes`] carried along in one scatter, so later passes read contiguous
@@ -65,7 +65,7 @@ pub enum Kind {
     Latest,
 }
 
-/// The spine rows of one bucket of a partition ([`crate::pack`]): key ids local to the
+/// The spine rows of one bucket of a partition (`crate::pack`): key ids local to the
 /// bucket (`NULL_ID` where a key or the time is null) and times in microseconds.
 pub struct SpineSide {
     /// Each spine row's id (`__rid`).
@@ -78,7 +78,7 @@ pub struct SpineSide {
     pub nkeys: usize,
 }
 
-/// The events of one bucket, in arrival order, as [`crate::pack`] keeps them: only events
+/// The events of one bucket, in arrival order, as `crate::pack` keeps them: only events
 /// whose key is in the spine and whose time is set; `seq` is the source order.
 #[derive(Default)]
 pub struct EventSide {
