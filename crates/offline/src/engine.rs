@@ -114,10 +114,7 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
         }
         // The limit governs the join's own pool, not the session's (see `JoinPool`).
         let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limit);
-        config = config.with_extension(Arc::new(crate::plan::JoinPool(
-            Arc::new(pool),
-            Default::default(),
-        )));
+        config = config.with_extension(Arc::new(crate::plan::JoinPool(Arc::new(pool))));
         runtime = runtime
             // DataFusion's spill files go where a killed run's are found and removed.
             .with_disk_manager_builder(

@@ -489,11 +489,6 @@ impl<'l> Pack<'l> {
         })
     }
 
-    /// The first and last microsecond of event time this pack keeps.
-    pub fn span(&self) -> (i64, i64) {
-        self.span
-    }
-
     /// Events packed so far.
     pub fn events(&self) -> usize {
         self.events

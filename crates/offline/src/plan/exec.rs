@@ -142,18 +142,11 @@ impl ExecutionPlan for PitJoinExec {
             .output_partitioning()
             .partition_count()
             .max(1);
-        let waits = context
-            .session_config()
-            .get_extension::<JoinPool>()
-            .map(|p| Arc::clone(&p.1));
-        let budget = Budget::of(pool.memory_limit(), partitions, waits);
+        let budget = Budget::of(pool.memory_limit(), partitions);
         let reservation = MemoryConsumer::new(format!("PitJoinExec[{partition}]"))
             .with_can_spill(true)
             .register(pool);
         let out_schema = schema.clone();
-        // Counted while it runs, so that waiting partitions can tell when every other one
-        // is waiting too.
-        let running = budget.waits.as_ref().map(|w| w.running());
         let fut = async move {
             let batches = run(
                 &spec,
@@ -166,7 +159,6 @@ impl ExecutionPlan for PitJoinExec {
             )
             .await;
             reservation.free();
-            drop(running);
             batches.map(|b| futures::stream::iter(b.into_iter().map(Ok)))
         };
         let stream = futures::stream::once(fut).try_flatten();
@@ -185,14 +177,15 @@ pub(super) fn held(spine: usize, pack: &Pack) -> usize {
     spine + all + largest + largest / 2
 }
 
-/// Collect a partition and sweep it. Events are packed into key-hash buckets as they
-/// arrive ([`crate::pack`]) and swept a bucket at a time. When the partition would hold more
-/// than `cap` bytes, or the memory pool refuses another batch, switch to spilling: every
-/// later batch is split by the same bucket hash into one file per bucket, and each bucket
-/// reads its file back just before it is swept, so memory is bounded by what was packed plus
-/// one bucket, not by the partition. The cap also keeps the inputs' own repartitioning from
-/// running out of memory: DataFusion 55's `RepartitionExec` can deadlock once it spills
-/// (apache/datafusion#24883).
+/// Collect a partition and sweep it. Without a memory limit, events are packed into key-hash
+/// buckets as they arrive ([`crate::pack`]) and swept a bucket at a time. With one, a
+/// partition holds its spine and the events as they arrive up to its share of the pool, then
+/// packs and sweeps them; past its share it goes to disk ([`run_from_disk`]): the spine and
+/// every event are split by the same bucket hash into one file per bucket and each bucket is
+/// swept on its own, split further when it must be. Memory is then bounded by one bucket, and
+/// a partition never needs more than its share, so partitions never wait for each other's
+/// memory. The bound also keeps the inputs' own repartitioning from running out of memory:
+/// DataFusion 55's `RepartitionExec` can deadlock once it spills (apache/datafusion#24883).
 pub(super) async fn run(
     spec: &ViewSpec,
     schema: &SchemaRef,
@@ -238,38 +231,74 @@ pub(super) async fn run(
             spine_spill = Some(sp);
         }
     }
+    // The times the spine's windows admit.
+    let span = if lo <= hi {
+        needed_span(&spec.features, spec.ttl, lo, hi)
+    } else {
+        (i64::MAX, i64::MIN)
+    };
+    let ev_schema = events.schema();
     if let Some(sp) = spine_spill {
-        let span = if lo <= hi {
-            needed_span(&spec.features, spec.ttl, lo, hi)
-        } else {
-            (i64::MAX, i64::MIN)
-        };
-        return run_from_disk(spec, schema, sp, events, span, reservation, budget).await;
+        let ev_spill = Spill::try_new(ev_schema, 0, spec.key_count, 0, BUCKETS)?;
+        return run_from_disk(
+            spec,
+            schema,
+            sp,
+            ev_spill,
+            events,
+            span,
+            reservation,
+            budget,
+        )
+        .await;
     }
     let spine = concat_batches(&spine_schema, &spine_batches)?;
     drop(spine_batches);
     let spine_bytes = reservation.size();
-    let ev_schema = events.schema();
     let layout = layout_of(spec, &ev_schema)?;
     let mut pack = new_pack(spec, &layout, &spine)?;
-    drop(spine);
-    let mut spill: Option<Spill> = None;
-    while let Some(b) = events.next().await {
-        let b = b?;
-        if let Some(sp) = spill.as_mut() {
-            sp.write(&in_span(spec, pack.span(), &b)?)?;
-            continue;
+    if budget.share == usize::MAX {
+        drop(spine);
+        while let Some(b) = events.next().await {
+            push_batch(spec, &mut pack, &b?)?;
         }
-        let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
-        // The batch as it arrives must fit; once packed, it holds far less.
-        if reservation.size() + need <= budget.cap && reservation.try_grow(need).is_ok() {
-            push_batch(spec, &mut pack, &b)?;
-            reservation.resize(held(spine_bytes, &pack));
-        } else {
-            let mut sp = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0, BUCKETS)?;
-            sp.write(&in_span(spec, pack.span(), &b)?)?;
+    } else {
+        // Held as they arrive, so that the partition can still go to disk whole.
+        let mut held = Vec::new();
+        while let Some(b) = events.next().await {
+            let b = in_span(spec, span, &b?)?;
+            // The batch and its sweep must fit; once packed, it holds far less.
+            let need = b.get_array_memory_size() + b.num_rows() * SWEEP_BYTES_PER_EVENT;
+            if reservation.size() + need <= budget.share && reservation.try_grow(need).is_ok() {
+                held.push(b);
+                continue;
+            }
+            drop(pack);
+            let mut sp = Spill::try_new(spine_schema, 1, spec.key_count, 0, BUCKETS)?;
+            sp.write(&spine)?;
+            drop(spine);
+            let mut ev_spill = Spill::try_new(ev_schema, 0, spec.key_count, 0, BUCKETS)?;
+            for h in held.drain(..) {
+                ev_spill.write(&h)?;
+            }
+            ev_spill.write(&b)?;
+            reservation.resize(0);
             spills.add(1);
-            spill = Some(sp);
+            return run_from_disk(
+                spec,
+                schema,
+                sp,
+                ev_spill,
+                events,
+                span,
+                reservation,
+                budget,
+            )
+            .await;
+        }
+        drop(spine);
+        for b in held {
+            push_batch(spec, &mut pack, &b)?;
         }
     }
     crate::profile::stage(format_args!(
@@ -277,22 +306,9 @@ pub(super) async fn run(
         spec.view,
         pack.events()
     ));
-    let mut files = spill
-        .map(|s| s.finish().map(|(files, _)| files))
-        .transpose()?;
+    reservation.resize(held(spine_bytes, &pack));
     let mut out = Vec::new();
     for b in 0..BUCKETS {
-        if let Some(files) = files.as_mut() {
-            push_spilled(
-                spec,
-                &mut pack,
-                &mut files[b],
-                spine_bytes,
-                reservation,
-                budget,
-            )
-            .await?;
-        }
         out.extend(sweep_bucket(spec, schema, &layout, &mut pack, b)?);
         reservation.resize(held(spine_bytes, &pack));
     }
@@ -300,21 +316,23 @@ pub(super) async fn run(
     Ok(out)
 }
 
-/// [`run`] for a spine that does not fit the partition's share of the pool: the spine and
-/// every event (cut to the time `span` the spine's windows admit) are split by bucket into
-/// files, then each bucket is packed from its two files and swept on its own, so memory holds
-/// one bucket's spine and events at a time ([`sweep_spilled`]).
+/// [`run`] for a partition past its share of the pool: the spine and every event (cut to the
+/// time `span` the spine's windows admit) are split by bucket into files (`events` goes
+/// where `ev_spill`'s first batches went), then each bucket is packed from its two files and
+/// swept on its own, so memory holds one bucket's spine and events at a time
+/// ([`sweep_spilled`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_from_disk(
     spec: &ViewSpec,
     schema: &SchemaRef,
     spine: Spill,
+    mut ev_spill: Spill,
     mut events: SendableRecordBatchStream,
     span: (i64, i64),
     reservation: &MemoryReservation,
     budget: &Budget,
 ) -> DFResult<Vec<RecordBatch>> {
     let ev_schema = events.schema();
-    let mut ev_spill = Spill::try_new(ev_schema.clone(), 0, spec.key_count, 0, BUCKETS)?;
     while let Some(b) = events.next().await {
         ev_spill.write(&in_span(spec, span, &b?)?)?;
     }
@@ -369,7 +387,7 @@ pub(super) async fn push_spilled(
 ) -> DFResult<()> {
     for batch in read_spilled(file)? {
         let batch = batch?;
-        grow(reservation, batch.get_array_memory_size(), budget).await?;
+        grow(reservation, batch_bytes(&batch), budget).await?;
         push_batch(spec, pack, &batch)?;
         let now = held(spine_bytes, pack);
         grow(reservation, now.saturating_sub(reservation.size()), budget).await?;

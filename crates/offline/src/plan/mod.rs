@@ -72,8 +72,6 @@ pub const MIN_MEMORY_PER_PARTITION: usize = 128 << 10;
 pub struct JoinPool(
     /// The pool, bounded by `--memory-limit`.
     pub Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
-    /// Its running and waiting partitions.
-    pub Arc<Waits>,
 );
 
 /// Spine column: the spine row's id (UInt64), which the join's output is keyed by.
@@ -288,5 +286,4 @@ mod spill;
 pub use exec::PitJoinExec;
 use exec::*;
 pub use seq::SeqExec;
-pub use spill::Waits;
 use spill::*;

@@ -15,11 +15,14 @@ pub(super) struct Spilled {
 /// partition at most, beyond which one key holds too many rows for any split.
 pub(super) const MAX_SPLITS: u32 = 3;
 
-/// Pack and sweep spilled buckets one at a time. A bucket whose spine, events and sweep would
-/// pass the partition's share of the pool (`2 × cap`: a spilled bucket may use the half the
-/// pack did not) is split again by the next bits of the key hash, as many ways as it takes to
-/// fit (a power of two up to [`BUCKETS`]), and swept sub-bucket by sub-bucket, so a pool far
-/// smaller than a bucket still suffices.
+/// Pack and sweep spilled buckets one at a time. A bucket whose spine, events and sweep might
+/// pass the partition's share of the pool (estimated from its files, within a factor of two)
+/// is split again by the next bits of the key hash, as many ways as it takes to fit (a power
+/// of two up to [`BUCKETS`]), and swept sub-bucket by sub-bucket, so a pool far smaller than a
+/// bucket still suffices. Split as far as it goes, a bucket may still hold too many spine
+/// rows (a few hot keys, or every row without a key: they all hash alike); a spine row's
+/// features depend on the events alone, so its spine is swept in slices, each against the
+/// bucket's events read again.
 pub(super) fn sweep_spilled<'a>(
     spec: &'a ViewSpec,
     schema: &'a SchemaRef,
@@ -31,24 +34,22 @@ pub(super) fn sweep_spilled<'a>(
 ) -> futures::future::BoxFuture<'a, DFResult<Vec<RecordBatch>>> {
     Box::pin(async move {
         let mut out = Vec::new();
+        // The files' sizes estimate the pack and its sweep only roughly: aim at half.
+        let share = (budget.share / 2).max(1);
         for b in 0..spilled.spines.len() {
-            let parts = read_spilled(&mut spilled.spines[b])?.collect::<Result<Vec<_>, _>>()?;
-            let Some(spine_schema) = parts.first().map(|p| p.schema()) else {
-                continue;
-            };
+            let spine_file = &mut spilled.spines[b];
+            let spine_len = spine_file.metadata().map_err(io_error)?.len() as usize;
+            let spine_reader = read_spilled(spine_file)?;
+            let spine_schema = spine_reader.schema();
             let file = &mut spilled.events.0[b];
-            let need = parts
-                .iter()
-                .map(|p| p.get_array_memory_size())
-                .sum::<usize>()
-                + file.metadata().map_err(io_error)?.len() as usize
+            let events_len = file.metadata().map_err(io_error)?.len() as usize
                 + spilled.events.1[b] * SWEEP_BYTES_PER_EVENT;
-            let share = budget.share.max(1);
+            let need = spine_len + events_len;
             if need > share && level < MAX_SPLITS {
                 let ways = need.div_ceil(share).next_power_of_two().min(BUCKETS);
                 let mut spines = Spill::try_new(spine_schema, 1, spec.key_count, level + 1, ways)?;
-                for p in parts {
-                    spines.write(&p)?;
+                for p in spine_reader {
+                    spines.write(&p?)?;
                 }
                 let reader = read_spilled(file)?;
                 let mut events =
@@ -66,108 +67,74 @@ pub(super) fn sweep_spilled<'a>(
                 );
                 continue;
             }
-            let spine = concat_batches(&spine_schema, &parts)?;
-            drop(parts);
-            let spine_bytes = spine.get_array_memory_size();
-            grow(reservation, spine_bytes, budget).await?;
-            let mut pack = new_pack(spec, layout, &spine)?;
-            drop(spine);
-            push_spilled(spec, &mut pack, file, spine_bytes, reservation, budget).await?;
-            // The pack deals this bucket's keys to its own buckets again, and rows without a
-            // key or time to its bucket 0: sweep whichever hold rows.
-            for inner in 0..BUCKETS {
-                out.extend(sweep_bucket(spec, schema, layout, &mut pack, inner)?);
+            // Spine rows per slice: what is left of the share beside the events, a quarter of
+            // it at least.
+            let slice_bytes = share.saturating_sub(events_len).max(share / 4).max(1);
+            let mut slice: Vec<RecordBatch> = Vec::new();
+            let mut parts = spine_reader.peekable();
+            while let Some(p) = parts.next() {
+                let p = p?;
+                slice.push(p);
+                let full = slice.iter().map(batch_bytes).sum::<usize>() >= slice_bytes;
+                if !full && parts.peek().is_some() {
+                    continue;
+                }
+                let spine = concat_batches(&spine_schema, &std::mem::take(&mut slice))?;
+                if spine.num_rows() == 0 {
+                    continue;
+                }
+                let spine_bytes = batch_bytes(&spine);
+                grow(reservation, spine_bytes, budget).await?;
+                let mut pack = new_pack(spec, layout, &spine)?;
+                drop(spine);
+                file.seek(std::io::SeekFrom::Start(0)).map_err(io_error)?;
+                push_spilled(spec, &mut pack, file, spine_bytes, reservation, budget).await?;
+                // The pack deals this bucket's keys to its own buckets again, and rows
+                // without a key or time to its bucket 0: sweep whichever hold rows.
+                for inner in 0..BUCKETS {
+                    out.extend(sweep_bucket(spec, schema, layout, &mut pack, inner)?);
+                }
+                reservation.resize(0);
             }
-            reservation.resize(0);
         }
         Ok(out)
     })
 }
 
-/// Grow a partition's reservation, waiting while other partitions hold the pool: they give
-/// memory back as they finish their buckets. A request the whole pool could not hold fails
-/// at once, and so does a wait that could not end — every running partition of the join's
-/// pool waiting ([`Waits`]): two partitions each holding part of what they needed once
-/// waited for each other for ever. The error names a limit that would give the request.
-/// [`MEMORY_WAIT`] bounds a wait all the same.
+/// The bytes a batch's rows take. A batch read from an IPC file shares one buffer among its
+/// columns, which [`RecordBatch::get_array_memory_size`] counts once per column.
+pub(super) fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
+}
+
+/// Grow a partition's reservation within its share of the pool. Every partition may hold
+/// up to its share (the pool over the partitions) and never more through this call, so a
+/// partition that waits for memory holds no more than its share, and the others' holdings
+/// plus its request fit the pool: when they give memory back it gets it, and waits always end
+/// (lending one partition more than its share let two partitions each hold part of what they
+/// needed and wait for each other). A request past the share fails at once; its error names a
+/// limit that gives every partition as much. [`MEMORY_WAIT`] bounds a wait all the same.
 pub(super) async fn grow(
     reservation: &MemoryReservation,
     bytes: usize,
     budget: &Budget,
 ) -> DFResult<()> {
     let want = reservation.size().saturating_add(bytes);
-    if reservation.try_grow(bytes).is_ok() {
-        return Ok(());
+    if want > budget.share {
+        return Err(budget.too_small(want));
     }
-    if want > budget.pool {
-        return Err(budget.too_small(want, false));
-    }
-    let _waiting = budget.waits.as_ref().map(|w| w.waiting());
     let start = std::time::Instant::now();
-    loop {
+    while reservation.try_grow(bytes).is_err() {
+        if start.elapsed() > MEMORY_WAIT {
+            return Err(budget.too_small(want));
+        }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        if reservation.try_grow(bytes).is_ok() {
-            return Ok(());
-        }
-        let stuck = budget.waits.as_ref().is_some_and(|w| w.all_waiting());
-        if stuck || start.elapsed() > MEMORY_WAIT {
-            // A partition frees its memory before it stops counting as running: one that
-            // just ended has left room.
-            if reservation.try_grow(bytes).is_ok() {
-                return Ok(());
-            }
-            return Err(budget.too_small(want, true));
-        }
     }
-}
-
-/// How many partitions of a join's pool run and how many of them wait for memory: when all
-/// that run wait, none will give memory back.
-#[derive(Debug, Default)]
-pub struct Waits {
-    running: std::sync::atomic::AtomicUsize,
-    waiting: std::sync::atomic::AtomicUsize,
-}
-
-/// Counts one partition in a [`Waits`] counter while it lives.
-pub(super) struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// A running partition, counted while it lives (owned, for a stream).
-pub(super) struct Running(Arc<Waits>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0
-            .running
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Waits {
-    /// Count a partition as running until the guard drops.
-    pub(super) fn running(self: &Arc<Self>) -> Running {
-        self.running
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Running(Arc::clone(self))
-    }
-
-    /// Count a partition as waiting until the guard drops.
-    fn waiting(&self) -> Counted<'_> {
-        self.waiting
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Counted(&self.waiting)
-    }
-
-    fn all_waiting(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.waiting.load(SeqCst) >= self.running.load(SeqCst)
-    }
+    Ok(())
 }
 
 /// How long a partition waits for memory before the join fails.
@@ -184,43 +151,36 @@ pub(super) struct Budget {
     /// The whole pool.
     pub(super) pool: usize,
     pub(super) partitions: usize,
-    /// The pool's running and waiting partitions, when the join has its own pool.
-    pub(super) waits: Option<Arc<Waits>>,
 }
 
 impl Budget {
-    pub(super) fn of(limit: MemoryLimit, partitions: usize, waits: Option<Arc<Waits>>) -> Self {
+    pub(super) fn of(limit: MemoryLimit, partitions: usize) -> Self {
         match limit {
             MemoryLimit::Finite(n) => Budget {
                 cap: n / (2 * partitions),
                 share: n / partitions,
                 pool: n,
                 partitions,
-                waits,
             },
             _ => Budget {
                 cap: usize::MAX,
                 share: usize::MAX,
                 pool: usize::MAX,
                 partitions,
-                waits,
             },
         }
     }
 
-    /// The error for a partition that needs `want` bytes at once; `waited` when the pool
-    /// could hold them but the other partitions held the rest.
-    pub(super) fn too_small(&self, want: usize, waited: bool) -> DataFusionError {
-        // Every partition may need as much at once; after a wait, the others held the pool.
-        let mut least =
+    /// The error for a partition that needs `want` bytes at once, more than its share.
+    pub(super) fn too_small(&self, want: usize) -> DataFusionError {
+        // Every partition may need as much at once.
+        let least =
             (want.saturating_mul(self.partitions)).max(MIN_MEMORY_PER_PARTITION * self.partitions);
-        if waited {
-            least = least.max(self.pool.saturating_add(want));
-        }
         DataFusionError::from(Error::MemoryLimit(format!(
-            "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than the memory pool ({}) can give it; use --memory-limit {} or more, or leave it unbounded",
+            "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than its share of the memory pool ({} over {} partitions) gives it; use --memory-limit {} or more, or leave it unbounded",
             crate::gate::bytes(want as f64),
             crate::gate::bytes(self.pool as f64),
+            self.partitions,
             crate::gate::bytes(least as f64),
         )))
     }
