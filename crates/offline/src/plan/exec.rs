@@ -375,22 +375,40 @@ pub(super) fn new_pack<'l>(
     )?)
 }
 
-/// Pack a bucket's spilled events, growing the reservation as they come (within the
-/// partition's share of the pool).
+/// Pack a bucket's spilled events (`rows` of them in `file`), growing the reservation as
+/// they come (within the partition's share of the pool).
 pub(super) async fn push_spilled(
     spec: &ViewSpec,
     pack: &mut Pack<'_>,
-    file: &mut std::fs::File,
+    (file, rows): (&mut std::fs::File, usize),
     spine_bytes: usize,
     reservation: &MemoryReservation,
     budget: &Budget,
 ) -> DFResult<()> {
+    let mut read = 0;
     for batch in read_spilled(file)? {
         let batch = batch?;
-        grow(reservation, batch_bytes(&batch), budget).await?;
+        read += batch.num_rows();
+        // Should the share run out, the pack is forecast to grow with the events still to
+        // come as it did with those read.
+        let whole = |held: usize| held.saturating_mul(rows.max(1)) / read.max(1);
+        let bytes = batch_bytes(&batch);
+        grow(
+            reservation,
+            bytes,
+            budget,
+            whole(reservation.size() + bytes),
+        )
+        .await?;
         push_batch(spec, pack, &batch)?;
         let now = held(spine_bytes, pack);
-        grow(reservation, now.saturating_sub(reservation.size()), budget).await?;
+        grow(
+            reservation,
+            now.saturating_sub(reservation.size()),
+            budget,
+            whole(now),
+        )
+        .await?;
         reservation.resize(now);
     }
     Ok(())

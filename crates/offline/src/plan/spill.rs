@@ -67,9 +67,10 @@ pub(super) fn sweep_spilled<'a>(
                 );
                 continue;
             }
-            // Spine rows per slice: what is left of the share beside the events, a quarter of
-            // it at least.
-            let slice_bytes = share.saturating_sub(events_len).max(share / 4).max(1);
+            // Spine rows per slice: what is left of the share beside the events, a sixteenth
+            // of it at least.
+            let slice_bytes = share.saturating_sub(events_len).max(share / 16).max(1);
+            let rows = spilled.events.1[b];
             let mut slice: Vec<RecordBatch> = Vec::new();
             let mut parts = spine_reader.peekable();
             while let Some(p) = parts.next() {
@@ -84,11 +85,19 @@ pub(super) fn sweep_spilled<'a>(
                     continue;
                 }
                 let spine_bytes = batch_bytes(&spine);
-                grow(reservation, spine_bytes, budget).await?;
+                grow(reservation, spine_bytes, budget, 0).await?;
                 let mut pack = new_pack(spec, layout, &spine)?;
                 drop(spine);
                 file.seek(std::io::SeekFrom::Start(0)).map_err(io_error)?;
-                push_spilled(spec, &mut pack, file, spine_bytes, reservation, budget).await?;
+                push_spilled(
+                    spec,
+                    &mut pack,
+                    (file, rows),
+                    spine_bytes,
+                    reservation,
+                    budget,
+                )
+                .await?;
                 // The pack deals this bucket's keys to its own buckets again, and rows
                 // without a key or time to its bucket 0: sweep whichever hold rows.
                 for inner in 0..BUCKETS {
@@ -118,19 +127,23 @@ pub(super) fn batch_bytes(batch: &RecordBatch) -> usize {
 /// (lending one partition more than its share let two partitions each hold part of what they
 /// needed and wait for each other). A request past the share fails at once; its error names a
 /// limit that gives every partition as much. [`MEMORY_WAIT`] bounds a wait all the same.
+///
+/// `whole` forecasts what the partition will hold once the step that asks finishes (the
+/// rest of a bucket's events), so that the error names a limit that gets past it.
 pub(super) async fn grow(
     reservation: &MemoryReservation,
     bytes: usize,
     budget: &Budget,
+    whole: usize,
 ) -> DFResult<()> {
     let want = reservation.size().saturating_add(bytes);
     if want > budget.share {
-        return Err(budget.too_small(want));
+        return Err(budget.too_small(want, whole));
     }
     let start = std::time::Instant::now();
     while reservation.try_grow(bytes).is_err() {
         if start.elapsed() > MEMORY_WAIT {
-            return Err(budget.too_small(want));
+            return Err(budget.too_small(want, whole));
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
@@ -171,11 +184,12 @@ impl Budget {
         }
     }
 
-    /// The error for a partition that needs `want` bytes at once, more than its share.
-    pub(super) fn too_small(&self, want: usize) -> DataFusionError {
+    /// The error for a partition that needs `want` bytes at once, more than its share, and
+    /// is forecast to need `whole` by the end of its step.
+    pub(super) fn too_small(&self, want: usize, whole: usize) -> DataFusionError {
         // Every partition may need as much at once.
-        let least =
-            (want.saturating_mul(self.partitions)).max(MIN_MEMORY_PER_PARTITION * self.partitions);
+        let least = (want.max(whole).saturating_mul(self.partitions))
+            .max(MIN_MEMORY_PER_PARTITION * self.partitions);
         DataFusionError::from(Error::MemoryLimit(format!(
             "the join needs {} at once in one partition (one bucket's spine rows, events and sweep), more than its share of the memory pool ({} over {} partitions) gives it; use --memory-limit {} or more, or leave it unbounded",
             crate::gate::bytes(want as f64),
