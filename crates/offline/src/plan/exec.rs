@@ -237,23 +237,50 @@ pub(super) async fn run(
     } else {
         (i64::MAX, i64::MIN)
     };
+    let (spine, ev_spill) = match spine_spill {
+        Some(sp) => {
+            let ev_spill = Spill::try_new(events.schema(), 0, spec.key_count, 0, BUCKETS)?;
+            (sp, ev_spill)
+        }
+        None => {
+            let spine = concat_batches(&spine_schema, &spine_batches)?;
+            drop(spine_batches);
+            match run_in_memory(spec, schema, spine, &mut events, span, reservation, budget).await?
+            {
+                Ok(out) => return Ok(out),
+                Err(to_disk) => {
+                    spills.add(1);
+                    to_disk
+                }
+            }
+        }
+    };
+    run_from_disk(
+        spec,
+        schema,
+        spine,
+        ev_spill,
+        events,
+        span,
+        reservation,
+        budget,
+    )
+    .await
+}
+
+/// [`run`] for a spine that fits its share: the events are packed and swept in memory, or,
+/// when they pass the share, the spine and the events read so far are split into bucket files
+/// (the `Err`) for [`run_from_disk`] to go on with.
+async fn run_in_memory(
+    spec: &ViewSpec,
+    schema: &SchemaRef,
+    spine: RecordBatch,
+    events: &mut SendableRecordBatchStream,
+    span: (i64, i64),
+    reservation: &MemoryReservation,
+    budget: &Budget,
+) -> DFResult<Result<Vec<RecordBatch>, (Spill, Spill)>> {
     let ev_schema = events.schema();
-    if let Some(sp) = spine_spill {
-        let ev_spill = Spill::try_new(ev_schema, 0, spec.key_count, 0, BUCKETS)?;
-        return run_from_disk(
-            spec,
-            schema,
-            sp,
-            ev_spill,
-            events,
-            span,
-            reservation,
-            budget,
-        )
-        .await;
-    }
-    let spine = concat_batches(&spine_schema, &spine_batches)?;
-    drop(spine_batches);
     let spine_bytes = reservation.size();
     let layout = layout_of(spec, &ev_schema)?;
     let mut pack = new_pack(spec, &layout, &spine)?;
@@ -273,28 +300,14 @@ pub(super) async fn run(
                 held.push(b);
                 continue;
             }
-            drop(pack);
-            let mut sp = Spill::try_new(spine_schema, 1, spec.key_count, 0, BUCKETS)?;
+            let mut sp = Spill::try_new(spine.schema(), 1, spec.key_count, 0, BUCKETS)?;
             sp.write(&spine)?;
-            drop(spine);
             let mut ev_spill = Spill::try_new(ev_schema, 0, spec.key_count, 0, BUCKETS)?;
-            for h in held.drain(..) {
-                ev_spill.write(&h)?;
+            for h in held.iter().chain([&b]) {
+                ev_spill.write(h)?;
             }
-            ev_spill.write(&b)?;
             reservation.resize(0);
-            spills.add(1);
-            return run_from_disk(
-                spec,
-                schema,
-                sp,
-                ev_spill,
-                events,
-                span,
-                reservation,
-                budget,
-            )
-            .await;
+            return Ok(Err((sp, ev_spill)));
         }
         drop(spine);
         for b in held {
@@ -313,7 +326,7 @@ pub(super) async fn run(
         reservation.resize(held(spine_bytes, &pack));
     }
     crate::profile::stage(format_args!("{}: buckets swept", spec.view));
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// [`run`] for a partition past its share of the pool: the spine and every event (cut to the

@@ -71,15 +71,16 @@ pub(super) fn sweep_spilled<'a>(
             // of it at least.
             let slice_bytes = share.saturating_sub(events_len).max(share / 16).max(1);
             let rows = spilled.events.1[b];
-            let mut slice: Vec<RecordBatch> = Vec::new();
+            let (mut slice, mut sliced): (Vec<RecordBatch>, usize) = (Vec::new(), 0);
             let mut parts = spine_reader.peekable();
             while let Some(p) = parts.next() {
                 let p = p?;
+                sliced += batch_bytes(&p);
                 slice.push(p);
-                let full = slice.iter().map(batch_bytes).sum::<usize>() >= slice_bytes;
-                if !full && parts.peek().is_some() {
+                if sliced < slice_bytes && parts.peek().is_some() {
                     continue;
                 }
+                sliced = 0;
                 let spine = concat_batches(&spine_schema, &std::mem::take(&mut slice))?;
                 if spine.num_rows() == 0 {
                     continue;
