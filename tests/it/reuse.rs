@@ -472,3 +472,81 @@ async fn states_over_the_budget_are_not_kept() {
     let cat = e.reuse_catalog().unwrap();
     assert!(cat.entries().unwrap().is_empty());
 }
+
+/// Rows `from..to` of a spine.
+fn rows_of(sp: &RecordBatch, from: usize, to: usize) -> RecordBatch {
+    sp.slice(from, to - from)
+}
+
+/// Day after day, the spine changes as training sets do: rows appended (a refresh), the oldest
+/// rows dropped and new ones appended (a rolling window), new rows scattered through it, or
+/// only its first rows kept. Each day's join computes only the rows no earlier spine holds,
+/// returns the cold column, and stores the new rows alone when the spine lines up with the
+/// stored ones in a few runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_refresh_returns_the_cold_column() {
+    let reusable = AGGS.len() - 1;
+    for seed in 0..10u64 {
+        let mut rng = SmallRng::seed_from_u64(100 + seed);
+        let dir = tempfile::tempdir().unwrap();
+        let span = 24 * 12;
+        let w = [Some(5), Some(50), None][seed as usize % 3];
+        let closed = ["right", "left", "both", "neither"][rng.random_range(0..4)];
+        write_repo(dir.path(), &[w], 0, closed, rng.random_bool(0.5));
+        write_events(dir.path(), &mut rng, 3000, span);
+        let warm = engine(dir.path(), true, 1 + seed as usize % 3);
+        let cold = engine(dir.path(), false, 2);
+        let mut sp = spine(&mut rng, 300, span);
+        run(&warm, &sp, 0).await;
+        for day in 0..5 {
+            let n = sp.num_rows();
+            let change = (seed as usize + day) % 4;
+            let (next, stored_whole) = match change {
+                // appended
+                0 => (concat(&[sp.clone(), spine(&mut rng, 40, span)]), false),
+                // rolled: the first rows go, new ones come
+                1 => {
+                    let drop = rng.random_range(1..40);
+                    let kept = rows_of(&sp, drop, n);
+                    (concat(&[kept, spine(&mut rng, 40, span)]), false)
+                }
+                // new rows scattered through the spine: more runs than parts allow
+                2 => {
+                    let mut pieces = Vec::new();
+                    for i in (0..n).step_by(3) {
+                        pieces.push(rows_of(&sp, i, (i + 3).min(n)));
+                        pieces.push(spine(&mut rng, 1, span));
+                    }
+                    (concat(&pieces), true)
+                }
+                // the first rows only
+                _ => (rows_of(&sp, 0, n / 2), false),
+            };
+            let what = format!("seed {seed} day {day} change {change}");
+            let got = run(&warm, &next, 0).await;
+            assert_same(&got.batch, &run(&cold, &next, 0).await.batch, &what);
+            assert_eq!(got.reused, reusable, "{what}: features from stored states");
+            assert_eq!(warm.wait_pending(), None, "{what}");
+            // the day's entries: pieces of stored files and of the new rows, or whole
+            let cat = warm.reuse_catalog().unwrap();
+            let newest = cat
+                .entries()
+                .unwrap()
+                .into_iter()
+                .max_by_key(|e| e.used_micros)
+                .unwrap();
+            assert_eq!(newest.rows as usize, next.num_rows(), "{what}");
+            if change < 3 {
+                assert_eq!(newest.parts.len() == 1, stored_whole, "{what}: {newest:?}");
+            }
+            // what was stored reads back as the same column again
+            let again = run(&warm, &next, 0).await;
+            assert_same(&again.batch, &got.batch, &format!("{what} (exact)"));
+            sp = next;
+        }
+    }
+}
+
+fn concat(parts: &[RecordBatch]) -> RecordBatch {
+    datafusion::arrow::compute::concat_batches(&parts[0].schema(), parts).unwrap()
+}

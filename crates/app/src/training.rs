@@ -210,6 +210,13 @@ pub async fn build(
         ));
         written?;
     }
+    // The states stored behind the join may take at most this long past the output.
+    if !engine.settle_pending(STORE_BOUND) {
+        plan.push(format!(
+            "feature states not stored: storing them took longer than {:.1} s past the output",
+            STORE_BOUND.as_secs_f64()
+        ));
+    }
     Ok(Built {
         rows: o.batch.num_rows(),
         columns: o.batch.num_columns(),
@@ -217,6 +224,9 @@ pub async fn build(
         registered: None,
     })
 }
+
+/// How long a join waits, after its output is written, for its feature states to be stored.
+const STORE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn write_out<C: quiver_offline::table::Columns + ?Sized>(
     req: &Request,

@@ -282,6 +282,34 @@ impl Engine {
         self.store_error.lock().ok().and_then(|mut e| e.take())
     }
 
+    /// Wait at most `bound` for the states still being stored, then let the rest go: a
+    /// process about to exit calls this so that slow storage never holds the user up by more
+    /// than the bound. States not stored by then are simply not kept (the catalog changes by
+    /// rename under its lock, so an interrupted store leaves it as it was; its files are
+    /// swept later). Returns whether everything was stored.
+    pub fn settle_pending(&self, bound: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            let done = self
+                .pending
+                .lock()
+                .map(|p| p.iter().all(|h| h.is_finished()))
+                .unwrap_or(true);
+            if done {
+                self.wait_pending();
+                return true;
+            }
+            if start.elapsed() >= bound {
+                // dropped handles detach their threads; the process exit ends them
+                if let Ok(mut p) = self.pending.lock() {
+                    p.clear();
+                }
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
     /// The reuse catalog, when reuse is on.
     pub fn reuse_catalog(&self) -> Option<&ReuseCatalog> {
         self.reuse.as_ref()
@@ -900,6 +928,7 @@ impl Engine {
                 .map_err(|_| Error::Internal("reading stored states panicked".into()))??,
             None => HashMap::new(),
         };
+        crate::profile::stage(format_args!("view {}: stored states read", p.view.name));
         let finished = self.finish_view(p, &plan, swept, prefetched, &sbatch, &mut explain)?;
         crate::profile::stage(format_args!(
             "view {}: states handed to the writer",
@@ -973,13 +1002,17 @@ impl Engine {
         let mut stored_read = 0u64;
         let mut reused = 0usize;
         let mut loaded: HashMap<String, ArrayRef> = HashMap::new();
+        // the spine as pieces of stored spines and the rows computed here, when a feature
+        // took rows of other spines in a few runs
+        let mut spine_pieces: Option<Vec<reuse::Piece>> = None;
         let per_feature = compute_micros / (plan.work.len() + plan.sub_work.len()).max(1) as u64;
         for (fp, f) in plan.features.iter().zip(&p.features) {
-            let computed = fp.slot.map(|j| {
+            // (a cross-spine feature whose rows other spines all hold has no second pass)
+            let computed = fp.slot.and_then(|j| {
                 if fp.cross.is_some() {
-                    sub_cols[j].clone()
+                    sub_cols.get(j).cloned()
                 } else {
-                    cols[j].clone()
+                    cols.get(j).cloned()
                 }
             });
             let Some(kind) = fp.kind else {
@@ -1030,25 +1063,51 @@ impl Engine {
                 loaded.insert(e.id.clone(), Arc::clone(&a));
                 Ok(a)
             };
+            let mut pieces = None;
             let from = match (&fp.choice, &fp.cross, computed) {
-                (_, Some(c), Some(rest)) => {
+                (_, Some(c), rest) => {
                     let mut arrays = c
                         .entries
                         .iter()
                         .map(&mut load)
                         .collect::<Result<Vec<_>>>()?;
-                    arrays.push(rest);
-                    let last = arrays.len() - 1;
-                    let idx = c
-                        .rows
-                        .iter()
-                        .enumerate()
-                        .map(|(r, m)| match m {
-                            Some((e, q)) => (*e as usize, *q as usize),
-                            None => (last, in_sub[r] as usize),
-                        })
-                        .collect();
-                    StateFrom::Rows(arrays, idx)
+                    let rest = match (rest, arrays.first()) {
+                        (Some(r), _) => r,
+                        (None, Some(a)) if c.matched == c.rows.len() => a.slice(0, 0),
+                        _ => return Err(Error::Internal("rows left without a pass".into())),
+                    };
+                    match cross_runs(c, &in_sub) {
+                        // a few runs: slices of the stored states and of the rows computed
+                        // here, finished as they are and stored as pieces
+                        Some(runs) => {
+                            let slices = runs
+                                .iter()
+                                .map(|&(src, start, len)| match src {
+                                    NEW_ROWS => rest.slice(start as usize, len as usize),
+                                    e => arrays[e as usize].slice(start as usize, len as usize),
+                                })
+                                .collect();
+                            if spine_pieces.is_none() {
+                                spine_pieces = Some(run_pieces(&runs, |e| &c.entries[e].spine));
+                            }
+                            pieces = Some((run_pieces(&runs, |e| &c.entries[e].id), rest));
+                            StateFrom::Runs(slices)
+                        }
+                        None => {
+                            arrays.push(rest);
+                            let last = arrays.len() - 1;
+                            let idx = c
+                                .rows
+                                .iter()
+                                .enumerate()
+                                .map(|(r, m)| match m {
+                                    Some((e, q)) => (*e as usize, *q as usize),
+                                    None => (last, in_sub[r] as usize),
+                                })
+                                .collect();
+                            StateFrom::Rows(arrays, idx)
+                        }
+                    }
                 }
                 (gate::Choice::Cold, None, Some(c)) => StateFrom::Ready(c),
                 (gate::Choice::Exact(e), None, _) => StateFrom::Ready(load(e)?),
@@ -1076,28 +1135,33 @@ impl Engine {
                         cost_micros: per_feature,
                         priority: 0.0,
                         used_micros: 0,
+                        parts: Vec::new(),
                     },
+                    pieces,
                 ));
             }
             finish.push(finish_job(states.len()));
             states.push((def.clone(), want, from));
         }
         let panicked = |what: &'static str| move || Error::Internal(format!("{what} panicked"));
+        crate::profile::stage(format_args!("view {}: states planned", p.view.name));
         let states = table::on_cores(
             states.into_iter().map(|(_, _, from)| from).collect(),
             StateFrom::state,
             panicked("merging states"),
         )?;
+        crate::profile::stage(format_args!("view {}: states merged", p.view.name));
         let out = table::on_cores(
             finish,
             |job| job.run(&states),
             panicked("finishing a feature"),
         )?;
-        let to_store: Vec<(reuse::Entry, ArrayRef)> = to_store
+        let to_store: Vec<(reuse::Entry, reuse::ToStore<Vec<ArrayRef>, ArrayRef>)> = to_store
             .into_iter()
-            .map(|(k, e)| {
-                let rows = states[k].len() as u64;
-                (reuse::Entry { rows, ..e }, Arc::clone(&states[k]))
+            .map(|(k, e, pieces)| {
+                let rows = states[k].iter().map(|a| a.len() as u64).sum();
+                let whole = states[k].clone();
+                (reuse::Entry { rows, ..e }, reuse::ToStore { whole, pieces })
             })
             .collect();
         crate::profile::stage(format_args!("view {}: finished", p.view.name));
@@ -1105,16 +1169,20 @@ impl Engine {
             // Write-behind: the states are compressed and written on a thread of their own
             // while the caller uses the result; the next lookup (or dropping the engine)
             // waits for it.
-            let spine_cols = gate::spine_batch(sbatch)?;
+            let spine_cols = reuse::ToStore {
+                whole: gate::spine_batch(sbatch)?,
+                pieces: match spine_pieces {
+                    Some(p) => Some((p, gate::spine_batch(&sub_spine(sbatch, &plan.unmatched)?)?)),
+                    None => None,
+                },
+            };
             let (cat, count) = ((*cat).clone(), to_store.len());
             let spine_key = plan.spine_key.clone();
             let failed = Arc::clone(&self.store_error);
             let handle = std::thread::spawn(move || {
                 let kept = cat.touch(&touched).and_then(|_| match to_store.is_empty() {
                     true => Ok(0),
-                    false => cat
-                        .store_spine(&spine_key, &spine_cols)
-                        .and_then(|_| cat.store(to_store)),
+                    false => cat.store((&spine_key, spine_cols), to_store),
                 });
                 if let Err(e) = kept
                     && let Ok(mut f) = failed.lock()
@@ -1463,16 +1531,22 @@ enum StateFrom {
     Merge(StateKind, ArrayRef, ArrayRef, bool),
     /// Rows of several states by (state, row): other spines' and the scan's.
     Rows(Vec<ArrayRef>, Vec<(usize, usize)>),
+    /// Slices of stored states and of the scan's, in row order (a spine that lines up with
+    /// stored ones in a few runs): kept as chunks, each finished as it is.
+    Runs(Vec<ArrayRef>),
 }
 
 impl StateFrom {
-    fn state(self) -> Result<ArrayRef> {
+    fn state(self) -> Result<Vec<ArrayRef>> {
         match self {
-            StateFrom::Ready(a) => Ok(a),
+            StateFrom::Ready(a) => Ok(vec![a]),
+            StateFrom::Runs(slices) => Ok(slices),
             StateFrom::Merge(kind, stored, band, subtract) => {
-                state::combine(kind, &stored, &band, subtract)
+                Ok(vec![state::combine(kind, &stored, &band, subtract)?])
             }
-            StateFrom::Rows(arrays, idx) => OutColumn::from_positions(arrays, idx).array(),
+            StateFrom::Rows(arrays, idx) => {
+                Ok(vec![OutColumn::from_positions(arrays, idx).array()?])
+            }
         }
     }
 }
@@ -1491,7 +1565,8 @@ enum FinishJob {
 }
 
 impl FinishJob {
-    fn run(self, states: &[ArrayRef]) -> Result<OutColumn> {
+    /// The finished column: each chunk of the state finished as it is, then joined.
+    fn run(self, states: &[Vec<ArrayRef>]) -> Result<OutColumn> {
         match self {
             FinishJob::Plain(c) => Ok(c),
             FinishJob::State {
@@ -1499,14 +1574,65 @@ impl FinishJob {
                 agg,
                 kind,
                 label,
-            } => Ok(OutColumn::Ready(state::finish(
-                agg,
-                kind,
-                &states[state],
-                &label,
-            )?)),
+            } => {
+                let mut done = states[state]
+                    .iter()
+                    .map(|chunk| state::finish(agg, kind, chunk, &label))
+                    .collect::<Result<Vec<_>>>()?;
+                if done.len() == 1 {
+                    return Ok(OutColumn::Ready(done.remove(0)));
+                }
+                let refs: Vec<&dyn Array> = done.iter().map(|a| a.as_ref()).collect();
+                Ok(OutColumn::Ready(datafusion::arrow::compute::concat(&refs)?))
+            }
         }
     }
+}
+
+/// The source of a run of rows computed here (not taken from a stored entry).
+const NEW_ROWS: u32 = u32::MAX;
+
+/// A cross-spine state as runs (entry index or [`NEW_ROWS`], first row there, rows): runs of
+/// consecutive rows of one stored entry, and of the rows computed here (`in_sub`: each spine
+/// row's place among them). `None` when there are more runs than a stored entry may have
+/// parts (rows of many spines, or new rows scattered through the spine): the state is then
+/// gathered row by row and stored whole.
+fn cross_runs(c: &cross::Cross, in_sub: &[u32]) -> Option<Vec<(u32, u32, u32)>> {
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+    for (r, m) in c.rows.iter().enumerate() {
+        let (src, q) = match m {
+            Some((e, q)) => (*e, *q),
+            None => (NEW_ROWS, in_sub[r]),
+        };
+        match runs.last_mut() {
+            Some((s, start, len)) if *s == src && *start + *len == q => *len += 1,
+            _ => {
+                if runs.len() == reuse::MAX_PARTS {
+                    return None;
+                }
+                runs.push((src, q, 1));
+            }
+        }
+    }
+    (!runs.is_empty()).then_some(runs)
+}
+
+/// Runs as catalog pieces, a stored run naming what `of` gives for its entry (its id, or its
+/// spine's key).
+fn run_pieces<'a>(runs: &[(u32, u32, u32)], of: impl Fn(usize) -> &'a String) -> Vec<reuse::Piece> {
+    runs.iter()
+        .map(|&(src, start, rows)| match src {
+            NEW_ROWS => reuse::Piece::New {
+                start: start as u64,
+                rows: rows as u64,
+            },
+            e => reuse::Piece::Stored {
+                of: of(e as usize).clone(),
+                start: start as u64,
+                rows: rows as u64,
+            },
+        })
+        .collect()
 }
 
 /// A spine input restricted to some rows, renumbered so the sweep puts them in that order.

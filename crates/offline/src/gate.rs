@@ -182,7 +182,8 @@ pub fn hull(ranges: impl IntoIterator<Item = (Option<i64>, i64)>) -> Option<(Opt
     })
 }
 
-/// A plan's expected reads: the scan and the stored states.
+/// A plan's expected work: the scan, the spine rows swept, the stored states read and the
+/// spine rows matched against stored spines.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cost {
     /// What the source scan is expected to read.
@@ -191,7 +192,48 @@ pub struct Cost {
     pub stored_bytes: u64,
     /// Rows of stored states read.
     pub stored_rows: u64,
+    /// Stored files read (each part of each stored state).
+    pub stored_files: u64,
+    /// Spine rows swept, once per feature computed (cold features and bands over every row,
+    /// the rest over the rows other spines lack).
+    pub swept: u64,
+    /// Spine rows matched against other spines' rows (once per spine, whatever the features).
+    pub matched: u64,
 }
+
+/// The cost gate's time model: wall seconds per unit of each kind of work, on the 2 cores a
+/// join runs on. Fitted to the stage timings (`QUIVER_PROFILE=1`) of cold and warm runs of
+/// `benches/reuse_process.py` on the project's 2-core machine (benches/README.md, "Reuse,
+/// whole process"): a cold daily join decoded 13 M event rows and packed 11.6 M in 0.59 s and
+/// swept them in 0.46 s; a warm one decoded 4 M in 0.17 s; an exact repeat read and finished
+/// 5.5 M stored state rows in 0.08 s.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeModel {
+    /// Per event row decoded (every row of every row group the scan reads).
+    pub scan_row: f64,
+    /// Per event row inside the scanned time range (packed by key and time, swept).
+    pub event_row: f64,
+    /// Per spine row swept, per feature (the sweep's output, finishing).
+    pub swept_row: f64,
+    /// Per stored state row read (reading the file, finishing).
+    pub stored_row: f64,
+    /// Per stored file read (finding, opening and decoding its header): what makes reuse
+    /// lose on tiny joins, where it saves nothing else.
+    pub stored_file: f64,
+    /// Per spine row matched against a stored spine (aligning, or hashing when it does not
+    /// line up).
+    pub matched_row: f64,
+}
+
+/// The fitted model (see [`TimeModel`]).
+pub const TIME_MODEL: TimeModel = TimeModel {
+    scan_row: 4.0e-8,
+    event_row: 4.0e-8,
+    swept_row: 2.0e-8,
+    stored_row: 1.5e-8,
+    stored_file: 5.0e-4,
+    matched_row: 1.0e-8,
+};
 
 impl Cost {
     /// The cost of scanning `range` (the whole table when there are no `stats`) plus reading
@@ -209,13 +251,30 @@ impl Cost {
                 bytes: u64::MAX / 4,
                 rows: u64::MAX / 4,
                 groups: 0,
+                in_range: u64::MAX / 4,
             },
         };
         Cost {
             scan,
             stored_bytes: stored.iter().map(|e| e.bytes).sum(),
             stored_rows: stored.iter().map(|e| e.rows).sum(),
+            stored_files: stored.iter().map(|e| e.parts.len().max(1) as u64).sum(),
+            swept: 0,
+            matched: 0,
         }
+    }
+
+    /// The expected seconds of this work under `m`.
+    pub fn seconds(&self, m: &TimeModel) -> f64 {
+        if self.scan.bytes >= u64::MAX / 4 {
+            return f64::INFINITY;
+        }
+        self.scan.rows as f64 * m.scan_row
+            + self.scan.in_range as f64 * m.event_row
+            + self.swept as f64 * m.swept_row
+            + self.stored_rows as f64 * m.stored_row
+            + self.stored_files as f64 * m.stored_file
+            + self.matched as f64 * m.matched_row
     }
 
     /// All bytes expected to be read: the scan's and the stored states'.
@@ -234,7 +293,8 @@ impl Cost {
             return "the whole source (no statistics)".into();
         }
         let mut s = format!(
-            "≈ {} in {} row group(s), {} rows",
+            "≈ {:.3} s: {} in {} row group(s), {} rows",
+            self.seconds(&TIME_MODEL),
             bytes(self.scan.bytes as f64),
             self.scan.groups,
             self.scan.rows
@@ -383,6 +443,7 @@ mod tests {
             cost_micros: 1,
             priority: 0.0,
             used_micros: 0,
+            parts: Vec::new(),
         };
         let stored = [e(10), e(30), e(60)];
         let kind = StateKind::of(Agg::Sum, Some(&DataType::Int64)).unwrap();

@@ -7,10 +7,14 @@
 //! stored beside it, so a request for another window of the same definition and spine finds
 //! it for widening or narrowing.
 //!
-//! Layout: `OFFLINE_STORE/reuse/manifest.json` lists the entries, `entries/ID.arrow` holds one
-//! state column (Arrow IPC). An entry file is complete before the manifest names it (write to
-//! a temporary name, rename), and the manifest itself is replaced by rename, so a crash leaves
-//! either the old or the new catalog. Writers serialize on a lock file.
+//! Layout: `OFFLINE_STORE/reuse/manifest.json` lists the entries; `entries/FILE.arrow` and
+//! `spines/FILE.arrow` hold state columns and spines' key and time columns (Arrow IPC). An
+//! entry's state and a spine are lists of **parts** (row ranges of such files), so a spine
+//! that grew by a day is stored as yesterday's files plus a file of the new rows: nothing
+//! already stored is rewritten. Files are immutable (each write takes a new name) and are
+//! removed when no entry or spine refers to them. A file is complete before the manifest names
+//! it (write to a temporary name, rename), and the manifest itself is replaced by rename, so a
+//! crash leaves either the old or the new catalog. Writers serialize on a lock file.
 //!
 //! Eviction is GreedyDual-Size: an entry's priority is the clock plus its compute cost per
 //! byte, refreshed on every hit; over budget, the lowest priority goes and the clock rises to
@@ -28,7 +32,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-const FORMAT: u32 = 1;
+/// Format 2 stores states and spines as parts of files; format 1 (one file per entry and per
+/// spine) is read and rewritten as 2.
+const FORMAT: u32 = 2;
+/// An entry or spine of more parts than this is stored whole instead (a spine that lines up
+/// with stored ones only in many short runs, and the read fan-out of many days of growth).
+pub const MAX_PARTS: usize = 64;
 /// The default size budget of the catalog.
 pub const DEFAULT_BUDGET: u64 = 2 << 30;
 
@@ -59,6 +68,61 @@ pub struct Entry {
     pub priority: f64,
     /// When the entry was last stored or used (the older goes first at equal priority).
     pub used_micros: i64,
+    /// Its state, in row order, as parts of files under `entries/` (format 1: empty, the
+    /// whole of `entries/ID.arrow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// Rows `start..start + rows` of a stored file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Part {
+    /// The file's stem.
+    pub file: String,
+    /// Its first row.
+    pub start: u64,
+    /// How many rows.
+    pub rows: u64,
+}
+
+/// A stored file's size and rows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+struct FileInfo {
+    bytes: u64,
+    rows: u64,
+}
+
+/// A piece of a state or spine to store: rows of something already stored, or rows of what
+/// this store writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    /// Rows `start..start + rows` of a stored entry (by id) or spine (by key).
+    Stored {
+        /// The entry's id or the spine's key.
+        of: String,
+        /// Its first row.
+        start: u64,
+        /// How many rows.
+        rows: u64,
+    },
+    /// Rows `start..start + rows` of the new array.
+    New {
+        /// Its first row.
+        start: u64,
+        /// How many rows.
+        rows: u64,
+    },
+}
+
+/// What to store of a state column or a spine: the whole, and when it is mostly stored
+/// already, its pieces and the array of the rows that are not. The catalog stores the pieces
+/// when everything they name is still there, the whole otherwise.
+#[derive(Debug, Clone)]
+pub struct ToStore<W, N = W> {
+    /// The whole column (as chunks) or spine batch.
+    pub whole: W,
+    /// Its pieces in row order, and the array their `New` rows index.
+    pub pieces: Option<(Vec<Piece>, N)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -67,6 +131,160 @@ struct Manifest {
     /// GreedyDual-Size clock.
     clock: f64,
     entries: Vec<Entry>,
+    /// State files under `entries/`.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, FileInfo>,
+    /// Each stored spine as parts of files under `spines/`.
+    #[serde(default)]
+    spines: std::collections::BTreeMap<String, Vec<Part>>,
+    /// Spine files under `spines/`.
+    #[serde(default)]
+    spine_files: std::collections::BTreeMap<String, FileInfo>,
+}
+
+impl Manifest {
+    /// A format-1 manifest in format 2: each entry the whole of its own file, each spine the
+    /// whole of `spines/KEY.arrow`.
+    fn upgrade(&mut self) {
+        for e in &mut self.entries {
+            if e.parts.is_empty() {
+                e.parts = vec![Part {
+                    file: e.id.clone(),
+                    start: 0,
+                    rows: e.rows,
+                }];
+                self.files.insert(
+                    e.id.clone(),
+                    FileInfo {
+                        bytes: e.bytes,
+                        rows: e.rows,
+                    },
+                );
+            }
+            if !self.spines.contains_key(&e.spine) {
+                self.spines.insert(
+                    e.spine.clone(),
+                    vec![Part {
+                        file: e.spine.clone(),
+                        start: 0,
+                        rows: e.rows,
+                    }],
+                );
+                self.spine_files.insert(
+                    e.spine.clone(),
+                    FileInfo {
+                        bytes: 0,
+                        rows: e.rows,
+                    },
+                );
+            }
+        }
+        self.format = FORMAT;
+    }
+
+    /// The state bytes an entry reads: its parts' shares of their files.
+    fn entry_bytes(&self, parts: &[Part]) -> u64 {
+        parts
+            .iter()
+            .map(|p| {
+                let f = self.files.get(&p.file).copied().unwrap_or_default();
+                (f.bytes as u128 * p.rows as u128 / f.rows.max(1) as u128) as u64
+            })
+            .sum()
+    }
+
+    /// Resolve pieces against stored parts (`of` looks a stored entry's or spine's parts up),
+    /// the new rows being parts of `new_file`; `None` when a piece names what is gone or the
+    /// result has too many parts.
+    fn resolve(
+        pieces: &[Piece],
+        new_file: &str,
+        of: impl Fn(&str) -> Option<Vec<Part>>,
+    ) -> Option<Vec<Part>> {
+        let mut out: Vec<Part> = Vec::new();
+        for piece in pieces {
+            let parts = match piece {
+                Piece::Stored {
+                    of: id,
+                    start,
+                    rows,
+                } => sub_parts(&of(id)?, *start, *rows)?,
+                Piece::New { start, rows } => vec![Part {
+                    file: new_file.to_string(),
+                    start: *start,
+                    rows: *rows,
+                }],
+            };
+            for p in parts {
+                match out.last_mut() {
+                    Some(l) if l.file == p.file && l.start + l.rows == p.start => l.rows += p.rows,
+                    _ => out.push(p),
+                }
+            }
+        }
+        (out.len() <= MAX_PARTS).then_some(out)
+    }
+}
+
+/// Where a stored state or spine ends up: its `resolved` parts, naming the `new` file written
+/// for it (now listed in `files`), or — when what the pieces named is gone — a whole file
+/// written by `whole`, the new file then dropped (`drop_new`). Returns the parts and the bytes
+/// written.
+fn settle(
+    resolved: Option<Vec<Part>>,
+    new: &Option<(String, FileInfo)>,
+    files: &mut std::collections::BTreeMap<String, FileInfo>,
+    drop_new: impl FnOnce(),
+    whole: impl FnOnce() -> Result<(String, FileInfo)>,
+) -> Result<(Vec<Part>, u64)> {
+    let (parts, written) = match resolved {
+        Some(parts) => (parts, new.clone()),
+        None => {
+            drop_new();
+            let (f, info) = whole()?;
+            let part = Part {
+                file: f.clone(),
+                start: 0,
+                rows: info.rows,
+            };
+            (vec![part], Some((f, info)))
+        }
+    };
+    let bytes = written.as_ref().map_or(0, |(_, i)| i.bytes);
+    if let Some((f, info)) = written {
+        files.insert(f, info);
+    }
+    Ok((parts, bytes))
+}
+
+/// Rows `start..start + rows` of a list of parts, as parts; `None` when out of range.
+fn sub_parts(parts: &[Part], start: u64, rows: u64) -> Option<Vec<Part>> {
+    let (mut at, end) = (0u64, start.checked_add(rows)?);
+    let mut out = Vec::new();
+    for p in parts {
+        let (lo, hi) = (at.max(start), (at + p.rows).min(end));
+        if lo < hi {
+            out.push(Part {
+                file: p.file.clone(),
+                start: p.start + (lo - at),
+                rows: hi - lo,
+            });
+        }
+        at += p.rows;
+    }
+    (out.iter().map(|p| p.rows).sum::<u64>() == rows).then_some(out)
+}
+
+/// A new file name: files are never rewritten, since other entries may name their rows.
+fn fresh_name(stem: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut h = blake3::Hasher::new();
+    h.update(stem.as_bytes());
+    h.update(&now_micros().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.finalize().to_hex()[..32].to_string()
 }
 
 /// A handle on the catalog folder.
@@ -85,8 +303,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 use quiver_core::time::now_micros;
 
-/// The catalog's writer lock: a file created exclusively, removed on drop. A lock older than
-/// a minute belongs to a writer that died and is taken over.
+/// The catalog's writer lock: a file created exclusively, holding its writer's pid, removed on
+/// drop. A lock whose process is gone (a join that exited before its states were stored), or
+/// older than a minute, belongs to a writer that died and is taken over.
 struct Lock(PathBuf);
 
 impl Lock {
@@ -99,13 +318,26 @@ impl Lock {
                 .create_new(true)
                 .open(&path)
             {
-                Ok(_) => return Ok(Lock(path)),
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(Lock(path));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&path)
+                    let age = std::fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(60));
+                        .and_then(|t| t.elapsed().ok());
+                    // a pid is written just after the file is made: give it a moment
+                    let dead = age.is_some_and(|a| a > Duration::from_millis(100))
+                        && std::fs::read_to_string(&path)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<u32>().ok())
+                            .is_some_and(|pid| {
+                                Path::new("/proc/self").exists()
+                                    && !Path::new(&format!("/proc/{pid}")).exists()
+                            });
+                    let stale = dead || age.is_some_and(|age| age > Duration::from_secs(60));
                     if stale {
                         let _ = std::fs::remove_file(&path);
                     } else if start.elapsed() > Duration::from_secs(30) {
@@ -164,12 +396,16 @@ impl ReuseCatalog {
                 let m: Manifest = serde_json::from_slice(&b).map_err(|e| {
                     Error::Source(format!("{}: not a reuse manifest: {e}", p.display()))
                 })?;
-                if m.format != FORMAT {
-                    return Err(Error::Source(format!(
-                        "{}: reuse catalog format {} (this Quiver reads {FORMAT})",
-                        p.display(),
-                        m.format
-                    )));
+                let mut m = m;
+                match m.format {
+                    1 => m.upgrade(),
+                    FORMAT => {}
+                    other => {
+                        return Err(Error::Source(format!(
+                            "{}: reuse catalog format {other} (this Quiver reads 1 and {FORMAT})",
+                            p.display()
+                        )));
+                    }
                 }
                 Ok(m)
             }
@@ -202,26 +438,67 @@ impl ReuseCatalog {
         } else {
             u64::MAX
         };
-        let (keep, gone) = evict(&mut m, budget);
-        m.entries = keep;
+        evict(&mut m, budget);
+        // Files no entry or spine names any more go (only files the manifest listed: a
+        // concurrent writer's new files are not listed yet).
+        let live: std::collections::HashSet<&str> =
+            m.entries.iter().map(|e| e.spine.as_str()).collect();
+        m.spines.retain(|k, _| live.contains(k.as_str()));
+        let dead = |files: &mut std::collections::BTreeMap<String, FileInfo>,
+                    used: std::collections::HashSet<String>| {
+            let gone: Vec<String> = files
+                .keys()
+                .filter(|f| !used.contains(*f))
+                .cloned()
+                .collect();
+            for f in &gone {
+                files.remove(f);
+            }
+            gone
+        };
+        let used = m
+            .entries
+            .iter()
+            .flat_map(|e| &e.parts)
+            .map(|p| p.file.clone());
+        let gone_states = dead(&mut m.files, used.collect());
+        let used = m.spines.values().flatten().map(|p| p.file.clone());
+        let gone_spines = dead(&mut m.spine_files, used.collect());
         self.write_manifest(&m)?;
-        for e in gone {
-            let _ = std::fs::remove_file(self.entry_path(&e.id));
+        self.sweep_strays(&m);
+        for f in gone_states {
+            let _ = std::fs::remove_file(self.entry_path(&f));
         }
-        // Spines no entry refers to any more go too.
-        if let Ok(files) = std::fs::read_dir(self.dir.join("spines")) {
-            let live: std::collections::HashSet<&str> =
-                m.entries.iter().map(|e| e.spine.as_str()).collect();
+        for f in gone_spines {
+            let _ = std::fs::remove_file(self.spine_path(&f));
+        }
+        Ok(out)
+    }
+
+    /// Remove files the manifest does not name that are older than ten minutes: left by a
+    /// store that was cut short (a process that exited past its bound, a crash). A
+    /// concurrent writer's new files are seconds old.
+    fn sweep_strays(&self, m: &Manifest) {
+        let old = |f: &std::fs::DirEntry| {
+            f.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(600))
+        };
+        for (dir, named) in [("entries", &m.files), ("spines", &m.spine_files)] {
+            let Ok(files) = std::fs::read_dir(self.dir.join(dir)) else {
+                continue;
+            };
             for f in files.flatten() {
                 let name = f.file_name();
-                let stem = name.to_string_lossy();
-                let key = stem.strip_suffix(".arrow").unwrap_or(&stem);
-                if !live.contains(key) {
+                let name = name.to_string_lossy();
+                let stem = name.strip_suffix(".arrow").unwrap_or(&name);
+                if !named.contains_key(stem) && old(&f) {
                     let _ = std::fs::remove_file(f.path());
                 }
             }
         }
-        Ok(out)
     }
 
     /// Every entry, for listings and tests.
@@ -239,37 +516,79 @@ impl ReuseCatalog {
             .collect())
     }
 
-    fn spine_path(&self, key: &str) -> PathBuf {
-        self.dir.join("spines").join(format!("{key}.arrow"))
+    fn spine_path(&self, file: &str) -> PathBuf {
+        self.dir.join("spines").join(format!("{file}.arrow"))
     }
 
-    /// Keep a spine's key and time columns (once per spine), so that another spine can find
-    /// its rows among them (cross-spine reuse).
-    pub fn store_spine(&self, key: &str, cols: &RecordBatch) -> Result<()> {
-        let p = self.spine_path(key);
-        if p.exists() {
-            return Ok(());
+    /// Read parts of files (each file once) as one batch; `None` when a file has gone.
+    fn assemble(
+        &self,
+        parts: &[Part],
+        path: impl Fn(&str) -> PathBuf,
+    ) -> Result<Option<RecordBatch>> {
+        let mut files: std::collections::HashMap<&str, RecordBatch> = Default::default();
+        let mut slices = Vec::with_capacity(parts.len());
+        for p in parts {
+            if !files.contains_key(p.file.as_str()) {
+                let Some(b) = read_ipc(&path(&p.file))? else {
+                    return Ok(None);
+                };
+                files.insert(&p.file, b);
+            }
+            let b = &files[p.file.as_str()];
+            if p.start + p.rows > b.num_rows() as u64 {
+                return Err(Error::Source(format!(
+                    "{}: {} rows, a part names rows {}..{}",
+                    path(&p.file).display(),
+                    b.num_rows(),
+                    p.start,
+                    p.start + p.rows
+                )));
+            }
+            slices.push(b.slice(p.start as usize, p.rows as usize));
         }
-        let dir = self.dir.join("spines");
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        write_ipc(&p, cols)
+        match slices.len() {
+            0 => Ok(None),
+            1 => Ok(slices.pop()),
+            _ => Ok(Some(arrow::compute::concat_batches(
+                &slices[0].schema(),
+                &slices,
+            )?)),
+        }
     }
 
-    /// A stored spine's key and time columns.
+    /// A stored spine's key and time columns, in row order.
     pub fn load_spine(&self, key: &str) -> Result<Option<RecordBatch>> {
-        read_ipc(&self.spine_path(key))
+        let m = self.read_manifest()?;
+        match m.spines.get(key) {
+            Some(parts) => self.assemble(parts, |f| self.spine_path(f)),
+            None => Ok(None),
+        }
     }
 
-    /// Read a stored state; `None` when its file has gone (evicted by a concurrent writer).
+    /// Read a stored state; `None` when a file of it has gone (evicted by a concurrent
+    /// writer).
     pub fn load(&self, e: &Entry) -> Result<Option<ArrayRef>> {
-        let p = self.entry_path(&e.id);
-        let Some(batch) = read_ipc(&p)? else {
+        let whole;
+        let parts = match e.parts.is_empty() {
+            true => {
+                whole = [Part {
+                    file: e.id.clone(),
+                    start: 0,
+                    rows: e.rows,
+                }];
+                &whole[..]
+            }
+            false => &e.parts[..],
+        };
+        let Some(batch) = self.assemble(parts, |f| self.entry_path(f))? else {
             return Ok(None);
         };
         if batch.num_rows() as u64 != e.rows || batch.num_columns() != 1 {
             return Err(Error::Source(format!(
-                "{}: reuse entry does not match its manifest",
-                p.display()
+                "{}: reuse entry {} does not match its manifest",
+                self.dir.display(),
+                e.id
             )));
         }
         Ok(Some(batch.column(0).clone()))
@@ -289,18 +608,49 @@ impl ReuseCatalog {
         })
     }
 
-    /// Store states (entry metadata without id/bytes/priority, and the column). A set of
-    /// states larger than half the budget is refused (an error saying so; nothing stored).
-    /// Returns the bytes written.
-    pub fn store(&self, items: Vec<(Entry, ArrayRef)>) -> Result<u64> {
+    /// Store states (entry metadata without id/bytes/priority, and the column) computed over
+    /// the spine `spine.0` (its key and time columns, stored once per spine). States and the
+    /// spine given as pieces of stored ones write only their new rows. A set of states larger
+    /// than half the budget is refused (an error saying so; nothing stored). Returns the bytes
+    /// written.
+    pub fn store(
+        &self,
+        spine: (&str, ToStore<RecordBatch>),
+        items: Vec<(Entry, ToStore<Vec<ArrayRef>, ArrayRef>)>,
+    ) -> Result<u64> {
         if items.is_empty() {
             return Ok(0);
         }
+        // a state given in chunks (stored slices and new rows) is one column when stored whole
+        let one = |chunks: &[ArrayRef]| -> Result<ArrayRef> {
+            match chunks {
+                [a] => Ok(a.clone()),
+                _ => {
+                    let refs: Vec<&dyn arrow::array::Array> =
+                        chunks.iter().map(|a| a.as_ref()).collect();
+                    Ok(arrow::compute::concat(&refs)?)
+                }
+            }
+        };
+        let items = items
+            .into_iter()
+            .map(|(e, st)| {
+                let whole = match &st.pieces {
+                    Some(_) => None,
+                    None => Some(one(&st.whole)?),
+                };
+                Ok((e, st, whole))
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Admission: one join may not take more than half the budget, or a single large
         // cold join would flush everything else (and pay a large write for it).
         let size: u64 = items
             .iter()
-            .map(|(_, c)| c.get_array_memory_size() as u64)
+            .map(|(_, c, whole)| match (&c.pieces, whole) {
+                (Some((_, new)), _) => new.get_array_memory_size() as u64,
+                (None, Some(w)) => w.get_array_memory_size() as u64,
+                (None, None) => 0,
+            })
             .sum();
         if size > self.budget / 2 {
             return Err(Error::Source(format!(
@@ -309,28 +659,99 @@ impl ReuseCatalog {
                 self.budget as f64 / 1e6
             )));
         }
-        std::fs::create_dir_all(self.dir.join("entries")).map_err(io(&self.dir))?;
-        let mut written = Vec::new();
-        let mut total = 0;
-        for (mut e, col) in items {
-            e.id = entry_id(&e);
-            let p = self.entry_path(&e.id);
-            let schema = Schema::new(vec![Field::new("state", col.data_type().clone(), false)]);
-            let batch = RecordBatch::try_new(std::sync::Arc::new(schema), vec![col])?;
-            write_ipc(&p, &batch)?;
-            e.bytes = std::fs::metadata(&p).map_err(io(&p))?.len();
-            total += e.bytes;
-            written.push(e);
+        for d in ["entries", "spines"] {
+            let d = self.dir.join(d);
+            std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        self.update(true, |m| {
-            for mut e in written {
+        // The new rows are written before the lock is taken; what the manifest no longer
+        // has by then is written whole under it.
+        let state_file = |col: &ArrayRef| -> Result<(String, FileInfo)> {
+            let name = fresh_name("state");
+            let schema = Schema::new(vec![Field::new("state", col.data_type().clone(), false)]);
+            let batch = RecordBatch::try_new(std::sync::Arc::new(schema), vec![col.clone()])?;
+            Ok((name.clone(), write_file(&self.entry_path(&name), &batch)?))
+        };
+        let spine_file = |b: &RecordBatch| -> Result<(String, FileInfo)> {
+            let name = fresh_name("spine");
+            Ok((name.clone(), write_file(&self.spine_path(&name), b)?))
+        };
+        let (spine_key, spine) = spine;
+        let spine_known = self.read_manifest()?.spines.contains_key(spine_key);
+        let spine_new = match (&spine.pieces, spine_known) {
+            (Some((_, new)), false) if new.num_rows() > 0 => Some(spine_file(new)?),
+            _ => None,
+        };
+        let mut written = Vec::with_capacity(items.len());
+        for (mut e, st, whole) in items {
+            e.id = entry_id(&e);
+            let new = match (&st.pieces, &whole) {
+                (Some((_, new)), _) if new.is_empty() => None,
+                (Some((_, new)), _) => Some(state_file(new)?),
+                (None, Some(w)) => Some(state_file(w)?),
+                (None, None) => None,
+            };
+            written.push((e, st, new));
+        }
+        let mut orphans: Vec<PathBuf> = Vec::new();
+        let total = self.update(true, |m| -> Result<u64> {
+            let mut total = 0;
+            if !m.spines.contains_key(spine_key) {
+                let pieces = spine.pieces.as_ref().and_then(|(pieces, _)| {
+                    let new = spine_new.as_ref().map_or("", |(f, _)| f.as_str());
+                    Manifest::resolve(pieces, new, |k| m.spines.get(k).cloned())
+                });
+                let (parts, bytes) = settle(
+                    pieces,
+                    &spine_new,
+                    &mut m.spine_files,
+                    || orphans.extend(spine_new.iter().map(|(f, _)| self.spine_path(f))),
+                    || spine_file(&spine.whole),
+                )?;
+                total += bytes;
+                m.spines.insert(spine_key.to_string(), parts);
+            } else if let Some((f, _)) = &spine_new {
+                orphans.push(self.spine_path(f));
+            }
+            for (mut e, st, new) in written {
+                let resolved = match &st.pieces {
+                    Some((pieces, _)) => {
+                        let name = new.as_ref().map_or("", |(f, _)| f.as_str());
+                        Manifest::resolve(pieces, name, |id| {
+                            m.entries
+                                .iter()
+                                .find(|x| x.id == id)
+                                .map(|x| x.parts.clone())
+                        })
+                    }
+                    None => new.as_ref().map(|(f, info)| {
+                        vec![Part {
+                            file: f.clone(),
+                            start: 0,
+                            rows: info.rows,
+                        }]
+                    }),
+                };
+                let (parts, bytes) = settle(
+                    resolved,
+                    &new,
+                    &mut m.files,
+                    || orphans.extend(new.iter().map(|(f, _)| self.entry_path(f))),
+                    || state_file(&one(&st.whole)?),
+                )?;
+                total += bytes;
+                e.parts = parts;
+                e.bytes = m.entry_bytes(&e.parts);
                 e.priority = m.clock + weight(&e);
                 e.used_micros = now_micros();
                 m.entries.retain(|x| x.id != e.id);
                 m.entries.push(e);
             }
+            Ok(total)
         })?;
-        Ok(total)
+        for p in orphans {
+            let _ = std::fs::remove_file(p);
+        }
+        total
     }
 
     /// Drop every entry computed from a source (a new version of it makes them stale).
@@ -339,16 +760,11 @@ impl ReuseCatalog {
         if !self.manifest_path().exists() {
             return Ok(0);
         }
-        let gone = self.update(false, |m| {
-            let (gone, keep): (Vec<Entry>, Vec<Entry>) =
-                m.entries.drain(..).partition(|e| e.source == source);
-            m.entries = keep;
-            gone
-        })?;
-        for e in &gone {
-            let _ = std::fs::remove_file(self.entry_path(&e.id));
-        }
-        Ok(gone.len())
+        self.update(false, |m| {
+            let before = m.entries.len();
+            m.entries.retain(|e| e.source != source);
+            before - m.entries.len()
+        })
     }
 
     /// Append a record of a scan to the join log that layout selection reads.
@@ -389,17 +805,24 @@ fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<()> {
     let tmp = path.with_extension(format!("{}-{seq}.tmp", std::process::id()));
     {
         let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        // LZ4: counts, non-finite tallies and low parts of sums are mostly small or zero, and
-        // LZ4 compresses them at memory speed (zstd saved a little more, and cost the join
-        // more time than it saved).
-        let opts = arrow::ipc::writer::IpcWriteOptions::default()
-            .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))?;
-        let mut w =
-            FileWriter::try_new_with_options(std::io::BufWriter::new(f), &batch.schema(), opts)?;
+        // Uncompressed: a state is read back by every join that reuses it, and decoding LZ4
+        // (arrow's pure-Rust codec) took ~100 ms per 1.8 M-row state, longer than computing
+        // the day a refresh adds; uncompressed files are read at the speed of a copy. They
+        // take ~4x the disk (the budget counts file bytes, so fewer states are kept).
+        let mut w = FileWriter::try_new(std::io::BufWriter::new(f), &batch.schema())?;
         w.write(batch)?;
         w.finish()?;
     }
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Write a batch as a new Arrow IPC file; returns its size and rows.
+fn write_file(path: &Path, batch: &RecordBatch) -> Result<FileInfo> {
+    write_ipc(path, batch)?;
+    Ok(FileInfo {
+        bytes: std::fs::metadata(path).map_err(io(path))?.len(),
+        rows: batch.num_rows() as u64,
+    })
 }
 
 /// Read the one batch of an Arrow IPC file; `None` when there is no file.
@@ -460,13 +883,24 @@ fn entry_id(e: &Entry) -> String {
     h.finalize().to_hex()[..32].to_string()
 }
 
-/// GreedyDual-Size over the manifest: split into what stays and what goes.
-fn evict(m: &mut Manifest, budget: u64) -> (Vec<Entry>, Vec<Entry>) {
-    let mut entries = std::mem::take(&mut m.entries);
-    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
-    let mut gone = Vec::new();
-    while total > budget && !entries.is_empty() {
-        let (i, _) = entries
+/// GreedyDual-Size over the manifest: entries go, lowest priority first, until the files
+/// the rest name (each counted once: entries share the files of the days they grew from)
+/// fit the budget.
+fn evict(m: &mut Manifest, budget: u64) {
+    let total = |m: &Manifest| -> u64 {
+        let used: std::collections::HashSet<&str> = m
+            .entries
+            .iter()
+            .flat_map(|e| &e.parts)
+            .map(|p| p.file.as_str())
+            .collect();
+        used.iter()
+            .map(|f| m.files.get(*f).map_or(0, |i| i.bytes))
+            .sum()
+    };
+    while !m.entries.is_empty() && total(m) > budget {
+        let (i, _) = m
+            .entries
             .iter()
             .enumerate()
             .min_by(|a, b| {
@@ -475,12 +909,9 @@ fn evict(m: &mut Manifest, budget: u64) -> (Vec<Entry>, Vec<Entry>) {
                     .then(a.1.used_micros.cmp(&b.1.used_micros))
             })
             .expect("non-empty");
-        let e = entries.swap_remove(i);
+        let e = m.entries.swap_remove(i);
         m.clock = m.clock.max(e.priority);
-        total -= e.bytes;
-        gone.push(e);
     }
-    (entries, gone)
 }
 
 /// A hash of named parts, hex: the definition and spine keys.
@@ -517,6 +948,7 @@ mod tests {
             cost_micros: cost,
             priority: 0.0,
             used_micros: 0,
+            parts: Vec::new(),
         }
     }
 
@@ -534,11 +966,91 @@ mod tests {
         crate::state::with_value(crate::state::StateKind::Count, n, None).unwrap()
     }
 
+    /// A spine of `n` rows: times 0, 1, ...
+    fn spine_of(from: i64, n: usize) -> RecordBatch {
+        let t: ArrayRef = std::sync::Arc::new(arrow::array::Int64Array::from_iter_values(
+            from..from + n as i64,
+        ));
+        RecordBatch::try_from_iter([("t", t)]).unwrap()
+    }
+
+    fn store1(c: &ReuseCatalog, e: Entry, col: ArrayRef) {
+        let spine = ToStore {
+            whole: spine_of(0, col.len()),
+            pieces: None,
+        };
+        let key = e.spine.clone();
+        let st = ToStore {
+            whole: vec![col],
+            pieces: None,
+        };
+        c.store((&key, spine), vec![(e, st)]).unwrap();
+    }
+
+    #[test]
+    fn a_grown_spine_stores_only_its_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ReuseCatalog::new(dir.path(), DEFAULT_BUDGET);
+        store1(&c, entry("d", 30, 10), col());
+        let old = c.entries().unwrap().remove(0);
+        let files = |sub: &str| {
+            std::fs::read_dir(dir.path().join("reuse").join(sub))
+                .unwrap()
+                .count()
+        };
+        assert_eq!((files("entries"), files("spines")), (1, 1));
+        // today: the last 990 stored rows, then 10 new ones
+        let new_col = col().slice(0, 10);
+        let pieces = vec![
+            Piece::Stored {
+                of: old.id.clone(),
+                start: 10,
+                rows: 990,
+            },
+            Piece::New { start: 0, rows: 10 },
+        ];
+        let whole =
+            arrow::compute::concat(&[col().slice(10, 990).as_ref(), new_col.as_ref()]).unwrap();
+        let spine_pieces = vec![
+            Piece::Stored {
+                of: "sp".into(),
+                start: 10,
+                rows: 990,
+            },
+            Piece::New { start: 0, rows: 10 },
+        ];
+        let spine = ToStore {
+            whole: spine_of(10, 1000),
+            pieces: Some((spine_pieces, spine_of(1000, 10))),
+        };
+        let e = Entry {
+            spine: "sp2".into(),
+            ..entry("d", 30, 10)
+        };
+        let st = ToStore {
+            whole: vec![whole.clone()],
+            pieces: Some((pieces, new_col)),
+        };
+        c.store(("sp2", spine), vec![(e, st)]).unwrap();
+        assert_eq!((files("entries"), files("spines")), (2, 2));
+        let grown = c.find("d", "sp2").unwrap().remove(0);
+        assert_eq!(grown.parts.len(), 2);
+        assert_eq!(c.load(&grown).unwrap().unwrap().as_ref(), whole.as_ref());
+        assert_eq!(c.load_spine("sp2").unwrap().unwrap(), spine_of(10, 1000));
+        // yesterday's entry goes; its file stays while today's names its rows
+        c.update(false, |m| m.entries.retain(|e| e.spine == "sp2"))
+            .unwrap();
+        assert_eq!((files("entries"), files("spines")), (2, 2));
+        assert_eq!(c.load(&grown).unwrap().unwrap().as_ref(), whole.as_ref());
+        assert_eq!(c.invalidate("s").unwrap(), 1);
+        assert_eq!((files("entries"), files("spines")), (0, 0));
+    }
+
     #[test]
     fn stores_finds_loads_and_invalidates() {
         let dir = tempfile::tempdir().unwrap();
         let c = ReuseCatalog::new(dir.path(), DEFAULT_BUDGET);
-        c.store(vec![(entry("d", 30, 10), col())]).unwrap();
+        store1(&c, entry("d", 30, 10), col());
         let found = c.find("d", "sp").unwrap();
         assert_eq!(found.len(), 1);
         let got = c.load(&found[0]).unwrap().unwrap();
@@ -546,21 +1058,21 @@ mod tests {
         assert!(c.find("d", "other").unwrap().is_empty());
         assert_eq!(c.invalidate("s").unwrap(), 1);
         assert!(c.find("d", "sp").unwrap().is_empty());
-        assert!(!c.entry_path(&found[0].id).exists());
+        assert!(!c.entry_path(&found[0].parts[0].file).exists());
     }
 
     #[test]
     fn eviction_keeps_the_costly_per_byte_within_budget() {
         let dir = tempfile::tempdir().unwrap();
         let probe = ReuseCatalog::new(dir.path(), DEFAULT_BUDGET);
-        probe.store(vec![(entry("probe", 1, 1), col())]).unwrap();
+        store1(&probe, entry("probe", 1, 1), col());
         let size = probe.entries().unwrap()[0].bytes;
         probe.invalidate("s").unwrap();
         // Room for two entries: the cheap one goes when a third arrives.
         let c = ReuseCatalog::new(dir.path(), size * 2 + size / 2);
-        c.store(vec![(entry("a", 1, 1_000_000), col())]).unwrap();
-        c.store(vec![(entry("b", 2, 10), col())]).unwrap();
-        c.store(vec![(entry("c", 3, 1_000_000), col())]).unwrap();
+        store1(&c, entry("a", 1, 1_000_000), col());
+        store1(&c, entry("b", 2, 10), col());
+        store1(&c, entry("c", 3, 1_000_000), col());
         let mut defs: Vec<String> = c.entries().unwrap().into_iter().map(|e| e.def).collect();
         defs.sort();
         assert_eq!(defs, ["a", "c"]);

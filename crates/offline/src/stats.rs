@@ -39,6 +39,9 @@ pub struct Estimate {
     pub rows: u64,
     /// Row groups (or files without statistics) read.
     pub groups: u64,
+    /// Rows expected inside the time range (each group's rows spread evenly over its
+    /// [min, max]): the events the join keeps, packs and sweeps after decoding.
+    pub in_range: u64,
 }
 
 impl std::ops::Add for Estimate {
@@ -48,6 +51,7 @@ impl std::ops::Add for Estimate {
             bytes: self.bytes + o.bytes,
             rows: self.rows + o.rows,
             groups: self.groups + o.groups,
+            in_range: self.in_range + o.in_range,
         }
     }
 }
@@ -96,10 +100,19 @@ impl ScanStats {
                 Some((min, max)) => max >= lo.unwrap_or(i64::MIN) && min <= hi,
             })
             .fold(Estimate::default(), |e, g| {
+                let in_range = match g.time {
+                    None => g.rows,
+                    Some((min, max)) => {
+                        let (a, b) = (min.max(lo.unwrap_or(i64::MIN)), max.min(hi));
+                        let share = (b as f64 - a as f64 + 1.0) / (max as f64 - min as f64 + 1.0);
+                        (g.rows as f64 * share.clamp(0.0, 1.0)) as u64
+                    }
+                };
                 e + Estimate {
                     bytes: g.bytes,
                     rows: g.rows,
                     groups: 1,
+                    in_range,
                 }
             })
     }

@@ -80,6 +80,10 @@ pub struct RunOptions {
     /// Size budget of the reuse catalog (OFFLINE_STORE/reuse), e.g. 4GB (default 2GB).
     #[arg(long, value_parser = parse_bytes)]
     pub reuse_budget: Option<usize>,
+    /// Take every reuse the plan finds, whatever the cost gate predicts: the reuse benchmark
+    /// times the plan the gate turned down with it.
+    #[arg(long, hide = true)]
+    pub force_reuse: bool,
 }
 
 impl RunOptions {
@@ -91,6 +95,7 @@ impl RunOptions {
         }
         opts.memory_limit = self.memory_limit;
         opts.after_sweep = Some(alloc::trim);
+        opts.reuse_always = self.force_reuse;
         if !self.no_reuse {
             opts.reuse_budget = Some(
                 self.reuse_budget

@@ -52,8 +52,54 @@ impl<'a> CrossFinder<'a> {
 
     /// For each row of this spine, its row in the stored spine `key`; `None` when that spine
     /// cannot be read or has other columns.
-    fn match_spine(&mut self, key: &str) -> Result<Option<Vec<Option<u32>>>> {
+    ///
+    /// A spine's key is the hash of its content, so a stored spine of `rows` rows that this
+    /// one begins with (rows appended since) is recognised by hashing this spine's first
+    /// `rows` rows, without reading it. Otherwise the two spines are aligned, walking both in
+    /// order ([`align`]): a spine that grew (rows inserted) or rolled (its oldest rows dropped)
+    /// lines up in a few runs compared column by column, with no row encoded or hashed. When
+    /// that finds less than half of this spine (a shuffled or re-sorted spine), every row is
+    /// hashed instead.
+    fn match_spine(&mut self, key: &str, rows: u64) -> Result<Option<Vec<Option<u32>>>> {
         use datafusion::arrow::row::{RowConverter, SortField};
+        let n = self.cols.first().map_or(0, |c| c.len());
+        if rows as usize <= n && rows > 0 {
+            let prefix: Vec<ArrayRef> = self
+                .cols
+                .iter()
+                .map(|c| c.slice(0, rows as usize))
+                .collect();
+            if gate::spine_key(&prefix)? == key {
+                crate::profile::stage(format_args!("stored spine is this one's first {rows} rows"));
+                return Ok(Some(
+                    (0..n)
+                        .map(|r| (r < rows as usize).then_some(r as u32))
+                        .collect(),
+                ));
+            }
+        }
+        let Some(stored) = self.cat.load_spine(key)? else {
+            return Ok(None);
+        };
+        if stored.num_columns() != self.cols.len()
+            || stored
+                .columns()
+                .iter()
+                .zip(&self.cols)
+                .any(|(a, b)| a.data_type() != b.data_type())
+        {
+            return Ok(None);
+        }
+        crate::profile::stage(format_args!(
+            "stored spine read ({} rows)",
+            stored.num_rows()
+        ));
+        let aligned = align(&self.cols, stored.columns())?;
+        crate::profile::stage(format_args!("spines aligned"));
+        let found = aligned.iter().filter(|m| m.is_some()).count();
+        if found * 2 >= aligned.len() || found == stored.num_rows() {
+            return Ok(Some(aligned));
+        }
         if self.mine.is_none() {
             let conv = RowConverter::new(
                 self.cols
@@ -68,11 +114,7 @@ impl<'a> CrossFinder<'a> {
         let Some((conv, mine, hashes)) = &self.mine else {
             return Ok(None);
         };
-        let stored = match self.cat.load_spine(key)? {
-            Some(b) if b.num_columns() == self.cols.len() => conv.convert_columns(b.columns()).ok(),
-            _ => None,
-        };
-        let Some(stored) = stored else {
+        let Ok(stored) = conv.convert_columns(stored.columns()) else {
             return Ok(None);
         };
         let mut first: HashMap<u64, u32, ahash::RandomState> =
@@ -102,7 +144,7 @@ impl<'a> CrossFinder<'a> {
         let mut matched = 0;
         for e in others {
             if !self.matches.contains_key(&e.spine) {
-                let m = self.match_spine(&e.spine)?;
+                let m = self.match_spine(&e.spine, e.rows)?;
                 self.matches.insert(e.spine.clone(), m);
             }
             let Some(Some(there)) = self.matches.get(&e.spine) else {
@@ -157,4 +199,196 @@ pub(super) fn time_span(t: &Int64Array, rows: impl Iterator<Item = u32>) -> (i64
     rows.filter(|&r| t.is_valid(r as usize))
         .map(|r| t.value(r as usize))
         .fold((i64::MAX, i64::MIN), |(a, b), x| (a.min(x), b.max(x)))
+}
+
+/// How far ahead [`align`] looks for a row after a mismatch, in either spine.
+const LOOKAHEAD: usize = 64;
+/// How many times [`align`] searches the whole stored spine for a row it lost.
+const SEARCHES: usize = 64;
+
+/// Aligns this spine's rows (`mine`: keys and time) with a stored spine's (`stored`, the same
+/// columns) by walking both in order: equal stretches are compared a chunk at a time
+/// (`not_distinct` over both columns: nulls equal nulls, as the row encoding has them), a row
+/// of this spine missing from the stored one (inserted) or a stored row missing here (dropped)
+/// is stepped over by looking a little ahead in each, and a longer jump (a rolling spine's
+/// dropped first day) is found by searching the stored times. Every match is checked, so the
+/// result is exact whatever the spines' orders; a spine that does not line up gives up early
+/// and reports what it matched. Returns, per row of `mine`, its row in `stored`.
+pub(super) fn align(mine: &[ArrayRef], stored: &[ArrayRef]) -> Result<Vec<Option<u32>>> {
+    use datafusion::arrow::array::{DynComparator, make_comparator};
+    use datafusion::arrow::compute::SortOptions;
+    let n = mine.first().map_or(0, |c| c.len());
+    let m = stored.first().map_or(0, |c| c.len());
+    let mut out = vec![None; n];
+    if n == 0 || m == 0 || m > u32::MAX as usize {
+        return Ok(out);
+    }
+    let cmps: Vec<DynComparator> = mine
+        .iter()
+        .zip(stored)
+        .map(|(a, b)| make_comparator(a.as_ref(), b.as_ref(), SortOptions::default()))
+        .collect::<std::result::Result<_, _>>()?;
+    let eq = |i: usize, j: usize| cmps.iter().all(|c| c(i, j).is_eq());
+    // the stored rows of each time, for the long jumps (the time column is the last, Int64)
+    let times = |cols: &[ArrayRef]| {
+        cols.last()
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .cloned()
+    };
+    let (my_t, their_t) = (times(mine), times(stored));
+    let find = |i: usize| -> Option<usize> {
+        let (a, b) = (my_t.as_ref()?, their_t.as_ref()?);
+        if a.is_null(i) {
+            return None;
+        }
+        let t = a.value(i);
+        b.values()
+            .iter()
+            .enumerate()
+            .filter(|&(j, &x)| x == t && b.is_valid(j))
+            .map(|(j, _)| j)
+            .find(|&j| eq(i, j))
+    };
+    let (mut i, mut j) = (0usize, 0usize);
+    let (mut matched, mut missed, mut searches, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    while i < n {
+        if j < m && eq(i, j) {
+            let len = 1 + equal_run(mine, i + 1, stored, j + 1)?;
+            for (k, slot) in out[i..i + len].iter_mut().enumerate() {
+                *slot = Some((j + k) as u32);
+            }
+            (i, j, matched) = (i + len, j + len, matched + len);
+            continue;
+        }
+        // stored rows dropped here: this row a little further on in the stored spine
+        if let Some(d) = (1..LOOKAHEAD).find(|&d| j + d < m && eq(i, j + d)) {
+            j += d;
+            continue;
+        }
+        // rows inserted here: the stored row a little further on in this spine
+        let inserted = j < m && (1..LOOKAHEAD).any(|d| i + d < n && eq(i + d, j));
+        if !inserted && searches < SEARCHES {
+            searches += 1;
+            if let Some(k) = find(i) {
+                j = k;
+                continue;
+            }
+            // a row found nowhere (the new day of a refresh): the next is likely new too
+            failed += 1;
+            if failed >= 4 {
+                searches = SEARCHES;
+            }
+        }
+        i += 1;
+        missed += 1;
+        // a spine that does not line up: stop paying for lookaheads
+        if missed > 4096 && missed > matched {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// How many rows from `mine[i..]` and `stored[j..]` are equal, compared a chunk at a time.
+fn equal_run(mine: &[ArrayRef], i: usize, stored: &[ArrayRef], j: usize) -> Result<usize> {
+    use datafusion::arrow::compute::kernels::cmp::not_distinct;
+    let n = mine.first().map_or(0, |c| c.len());
+    let m = stored.first().map_or(0, |c| c.len());
+    let (mut run, mut chunk) = (0usize, 64usize);
+    loop {
+        let len = chunk.min(n - (i + run)).min(m - (j + run));
+        if len == 0 {
+            return Ok(run);
+        }
+        let mut same: Option<datafusion::arrow::buffer::BooleanBuffer> = None;
+        for (a, b) in mine.iter().zip(stored) {
+            let e = not_distinct(&a.slice(i + run, len), &b.slice(j + run, len))?;
+            let v = e.values().clone();
+            same = Some(match same {
+                Some(s) => &s & &v,
+                None => v,
+            });
+        }
+        let same = same.expect("at least one column");
+        if same.count_set_bits() == len {
+            run += len;
+            chunk = (chunk * 2).min(1 << 16);
+            continue;
+        }
+        return Ok(run + same.iter().position(|b| !b).unwrap_or(len));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+
+    use super::align;
+
+    /// Key and time columns: keys with nulls, times with ties.
+    fn cols(rows: &[(Option<i64>, Option<i64>)]) -> Vec<ArrayRef> {
+        let k: Int64Array = rows.iter().map(|r| r.0).collect();
+        let t: Int64Array = rows.iter().map(|r| r.1).collect();
+        vec![Arc::new(k), Arc::new(t)]
+    }
+
+    fn row(i: i64) -> (Option<i64>, Option<i64>) {
+        (
+            (i % 11 != 0).then_some(i % 7),
+            (i % 13 != 0).then_some(i / 3),
+        )
+    }
+
+    #[test]
+    fn aligns_dropped_inserted_and_appended_rows_exactly() {
+        let stored: Vec<_> = (0..5000).map(row).collect();
+        // the first 700 rows dropped, a stretch of 200 dropped in the middle, new rows
+        // scattered and appended
+        let mut mine = Vec::new();
+        for i in 700..5000 {
+            if (2000..2200).contains(&i) {
+                continue;
+            }
+            mine.push(stored[i as usize]);
+            if i % 97 == 0 {
+                mine.push((Some(100 + i), Some(-i)));
+            }
+        }
+        mine.extend((0..300).map(|i| (Some(1000 + i), Some(9000 + i))));
+        let got = align(&cols(&mine), &cols(&stored)).unwrap();
+        // every match is exact; equal rows elsewhere (all-null ones repeat) may cost a few
+        // rows their match, never a wrong one
+        for (r, m) in got.iter().enumerate() {
+            if let Some(q) = m {
+                assert_eq!(mine[r], stored[*q as usize], "row {r}");
+            }
+        }
+        let found = got.iter().filter(|m| m.is_some()).count();
+        assert!(
+            (4000..=4100).contains(&found),
+            "{found} of 4100 old rows found"
+        );
+    }
+
+    #[test]
+    fn a_shuffled_spine_gives_up_without_wrong_matches() {
+        let stored: Vec<_> = (0..20_000).map(row).collect();
+        let mut mine = stored.clone();
+        let mut x = 7u64;
+        for i in (1..mine.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            mine.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let got = align(&cols(&mine), &cols(&stored)).unwrap();
+        for (r, m) in got.iter().enumerate() {
+            if let Some(q) = m {
+                assert_eq!(mine[r], stored[*q as usize]);
+            }
+        }
+        assert!(got.iter().filter(|m| m.is_some()).count() < mine.len() / 2);
+    }
 }

@@ -93,12 +93,13 @@ impl fmt::Display for GateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (cold, best) = (&self.cold, &self.chosen.1);
         let what = match self.chosen.0 {
-            (false, false) => "recompute (reuse would not read less)".to_string(),
+            (false, false) => "recompute (reuse would not be faster)".to_string(),
             _ if self.forced => "reuse (forced)".to_string(),
             (pa, cr) => format!(
-                "reuse{}{} (saves {} and {} rows)",
+                "reuse{}{} (saves ≈ {:.3} s, {} and {} rows)",
                 if pa { ", partial windows" } else { "" },
                 if cr { ", rows of other spines" } else { "" },
+                cold.seconds(&gate::TIME_MODEL) - best.seconds(&gate::TIME_MODEL),
                 gate::bytes(cold.bytes().saturating_sub(best.bytes()) as f64),
                 cold.rows().saturating_sub(best.rows())
             ),
@@ -336,22 +337,27 @@ impl Engine {
         }
         if !candidates.is_empty() && typed(p, spine) && !self.reuse_always {
             stats.load(p, &version)?;
-            let mut ids: Vec<(&str, u64)> = candidates
-                .iter()
-                .flat_map(|(_, es)| es.iter().map(|e| (e.id.as_str(), e.bytes)))
-                .collect();
-            ids.sort();
-            ids.dedup();
-            let stored: u64 = ids.iter().map(|(_, b)| b).sum();
+            // at best, the latest stored spine holds every row: one state read per feature
+            let mut best_case = Cost::of(
+                None,
+                None,
+                &candidates.iter().map(|(_, es)| &es[0]).collect::<Vec<_>>(),
+            );
+            best_case.matched = spine.t.len() as u64;
             let whole = gate::hull(
                 candidates
                     .iter()
                     .map(|(i, _)| gate::needed(&p.features[*i].kind, p.view.ttl, tmin, tmax)),
             );
-            if stored >= Cost::of(stats.get(), whole, &[]).bytes() {
+            let mut cold = Cost::of(stats.get(), whole, &[]);
+            cold.swept = candidates.len() as u64 * spine.t.len() as u64;
+            let model = &gate::TIME_MODEL;
+            if best_case.seconds(model) >= cold.seconds(model) {
                 plan.notes.push(format!(
-                    "  rows of other spines not matched: their states ({}) outweigh the scan",
-                    gate::bytes(stored as f64)
+                    "  rows of other spines not matched: reading their states (≈ {:.3} s) \
+                     takes longer than computing (≈ {:.3} s)",
+                    best_case.seconds(model),
+                    cold.seconds(model)
                 ));
                 candidates.clear();
             }
@@ -382,7 +388,11 @@ impl Engine {
             if let Some((_, version)) = &plan.reuse {
                 stats.load(p, version)?;
             }
-            let cost = |pa: bool, cr: bool| plan_cost(p, spine, plan, stats.get(), pa, cr);
+            // the rows other spines lack, and their times, found once for every plan
+            let unmatched = unmatched_rows(plan.features.iter().map(|f| &f.cross));
+            let span = time_span(spine.t, unmatched.iter().copied());
+            let rest = (unmatched.len(), span);
+            let cost = |pa: bool, cr: bool| plan_cost(p, spine, plan, stats.get(), (pa, cr), rest);
             let cold = cost(false, false);
             let mut best = ((false, false), cold.cost);
             for (pa, cr) in [(true, false), (false, true), (true, true)] {
@@ -391,10 +401,11 @@ impl Engine {
                 }
                 let c = cost(pa, cr).cost;
                 let forced = self.reuse_always && pa == has_partial && cr == has_cross;
-                if forced
-                    || (!self.reuse_always
-                        && (c.bytes(), c.rows()) < (best.1.bytes(), best.1.rows()))
-                {
+                let (secs, best_secs) = (
+                    c.seconds(&gate::TIME_MODEL),
+                    best.1.seconds(&gate::TIME_MODEL),
+                );
+                if forced || (!self.reuse_always && secs < best_secs) {
                     best = ((pa, cr), c);
                 }
             }
@@ -467,14 +478,15 @@ struct Estimate {
 }
 
 /// The cost of a plan that takes partial windows (`partial_on`) and rows of other spines
-/// (`cross_on`) where they were found.
+/// (`cross_on`) where they were found; `unmatched` counts the rows other spines lack and
+/// spans their times.
 fn plan_cost(
     p: &ViewParts<'_>,
     spine: &SpineFacts<'_>,
     plan: &ReusePlan<'_>,
     stats: Option<&ScanStats>,
-    partial_on: bool,
-    cross_on: bool,
+    (partial_on, cross_on): (bool, bool),
+    (unmatched, (ut0, ut1)): (usize, (i64, i64)),
 ) -> Estimate {
     let (tmin, tmax) = spine.span;
     let ttl = p.view.ttl;
@@ -497,14 +509,9 @@ fn plan_cost(
             },
         }
     }
-    let unmatched = if cross_on {
-        unmatched_rows(plan.features.iter().map(|f| &f.cross))
-    } else {
-        Vec::new()
-    };
-    let (ut0, ut1) = time_span(spine.t, unmatched.iter().copied());
+    let unmatched = if cross_on { unmatched } else { 0 };
     let main_range = gate::hull(main.iter().map(|k| gate::needed(k, ttl, tmin, tmax)));
-    let sub_range = if unmatched.is_empty() {
+    let sub_range = if unmatched == 0 {
         None
     } else {
         gate::hull(sub.iter().map(|k| gate::needed(k, ttl, ut0, ut1)))
@@ -523,6 +530,11 @@ fn plan_cost(
     let mut c = Cost::of(stats, whole(main_range), &stored);
     let s = Cost::of(stats, whole(sub_range), &[]);
     c.scan = c.scan + s.scan;
+    let n = spine.t.len() as u64;
+    c.swept = main.len() as u64 * n + sub.len() as u64 * unmatched as u64;
+    if cross_on && plan.features.iter().any(|f| f.cross.is_some()) {
+        c.matched = n;
+    }
     Estimate {
         cost: c,
         main: main_range,
