@@ -143,6 +143,12 @@ impl<'a> CrossFinder<'a> {
         let mut entries = Vec::new();
         let mut matched = 0;
         for e in others {
+            // rows matched up to `prefix` and none after it (new rows appended): a spine of
+            // no more rows than that — the day before of a refresh — has nothing to add
+            let prefix = rows.iter().take_while(|r| r.is_some()).count();
+            if matched == prefix && matched > 0 && e.rows as usize <= prefix {
+                continue;
+            }
             if !self.matches.contains_key(&e.spine) {
                 let m = self.match_spine(&e.spine, e.rows)?;
                 self.matches.insert(e.spine.clone(), m);
