@@ -26,13 +26,59 @@ fn events(v: Vec<i64>) -> RecordBatch {
     ])
 }
 
+/// Where a test's source files are: a local folder (paths relative to the repository) or a
+/// bucket of the test S3 server (its folder, and `s3://bucket/` before every path).
+pub struct Place {
+    /// The folder the test writes its files into.
+    pub data: std::path::PathBuf,
+    /// What a path in `quiver.yaml` starts with.
+    pub prefix: String,
+    /// Lines added to `quiver.yaml`.
+    pub storage: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Place {
+    pub fn local() -> Place {
+        let d = tempfile::tempdir().unwrap();
+        Place {
+            data: d.path().to_path_buf(),
+            prefix: format!("{}/", d.path().display()),
+            storage: String::new(),
+            _dir: Some(d),
+        }
+    }
+
+    pub fn s3() -> Place {
+        let (bucket, data) = crate::s3::SERVER.bucket();
+        Place {
+            data,
+            prefix: format!("s3://{bucket}/"),
+            storage: crate::s3::SERVER.storage_yaml(),
+            _dir: None,
+        }
+    }
+
+    /// The bucket's name (empty for a local folder).
+    pub fn bucket(&self) -> &str {
+        self.prefix
+            .strip_prefix("s3://")
+            .map_or("", |b| b.trim_end_matches('/'))
+    }
+
+    pub fn both() -> [Place; 2] {
+        [Place::local(), Place::s3()]
+    }
+}
+
 async fn latest(
     dir: &std::path::Path,
     path: &str,
     partitions: usize,
+    storage: &str,
 ) -> (Vec<Option<i64>>, Vec<Option<i64>>) {
     let yaml = format!(
-        "project: files\nentities:\n  u: {{ join_keys: [uid] }}\nsources:\n  ev: {{ path: \"{path}\", timestamp: t }}\nfeature_views:\n  v:\n    entity: u\n    source: ev\n    features:\n      - {{ name: v }}\n      - {{ name: first_v, agg: first, column: v }}\n      - {{ name: n, agg: count, column: \"*\" }}\n"
+        "project: files\nentities:\n  u: {{ join_keys: [uid] }}\nsources:\n  ev: {{ path: \"{path}\", timestamp: t }}\nfeature_views:\n  v:\n    entity: u\n    source: ev\n    features:\n      - {{ name: v }}\n      - {{ name: first_v, agg: first, column: v }}\n      - {{ name: n, agg: count, column: \"*\" }}\n{storage}"
     );
     std::fs::write(dir.join("quiver.yaml"), yaml).unwrap();
     let repo = Repo::load(dir).unwrap();
@@ -71,23 +117,29 @@ async fn latest(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glob_folder_and_csv_sources_keep_source_order() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("parts")).unwrap();
-    // every event ties on (key, time): the last row of the last file is the latest
-    write_parquet(&dir.path().join("parts/b.parquet"), &events(vec![3, 4]));
-    write_parquet(&dir.path().join("parts/a.parquet"), &events(vec![1, 2]));
-    write_parquet(&dir.path().join("parts/c.parquet"), &events(vec![5, 6, 7]));
-    for partitions in 1..=3 {
-        let (v, n) = latest(dir.path(), "parts/*.parquet", partitions).await;
-        assert_eq!(v, [Some(7), Some(1)], "glob, {partitions} partitions");
-        assert_eq!(n, [Some(7)]);
-        let (v, _) = latest(dir.path(), "parts/", partitions).await;
-        assert_eq!(v, [Some(7), Some(1)], "folder, {partitions} partitions");
+    // the same files, read from a local folder and from the test S3 server
+    for place in Place::both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, p, storage) = (&place.data, &place.prefix, &place.storage);
+        std::fs::create_dir(data.join("parts")).unwrap();
+        // every event ties on (key, time): the last row of the last file is the latest
+        write_parquet(&data.join("parts/b.parquet"), &events(vec![3, 4]));
+        write_parquet(&data.join("parts/a.parquet"), &events(vec![1, 2]));
+        write_parquet(&data.join("parts/c.parquet"), &events(vec![5, 6, 7]));
+        for partitions in 1..=3 {
+            let glob = format!("{p}parts/*.parquet");
+            let (v, n) = latest(dir.path(), &glob, partitions, storage).await;
+            assert_eq!(v, [Some(7), Some(1)], "{glob}, {partitions} partitions");
+            assert_eq!(n, [Some(7)]);
+            let folder = format!("{p}parts/");
+            let (v, _) = latest(dir.path(), &folder, partitions, storage).await;
+            assert_eq!(v, [Some(7), Some(1)], "{folder}, {partitions} partitions");
+        }
+        std::fs::write(data.join("ev.csv"), "uid,t,v\n1,1970-01-01T01:00:00Z,10\n1,1970-01-01T01:00:00Z,11\n1,1970-01-01T03:00:00Z,12\n").unwrap();
+        let (v, n) = latest(dir.path(), &format!("{p}ev.csv"), 2, storage).await;
+        assert_eq!(v, [Some(11), Some(10)], "{p}ev.csv");
+        assert_eq!(n, [Some(2)]);
     }
-    std::fs::write(dir.path().join("ev.csv"), "uid,t,v\n1,1970-01-01T01:00:00Z,10\n1,1970-01-01T01:00:00Z,11\n1,1970-01-01T03:00:00Z,12\n").unwrap();
-    let (v, n) = latest(dir.path(), "ev.csv", 2).await;
-    assert_eq!(v, [Some(11), Some(10)]);
-    assert_eq!(n, [Some(2)]);
 }
 
 #[tokio::test]
@@ -136,6 +188,12 @@ async fn parquet_round_trip_keeps_spine_column_types() {
 /// that can hold an event of some window), and the values are those of a full read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_spine_reads_only_the_late_row_groups() {
+    for place in Place::both() {
+        late_spine_reads_late_row_groups(place).await;
+    }
+}
+
+async fn late_spine_reads_late_row_groups(place: Place) {
     use datafusion::parquet::file::properties::WriterProperties;
     let dir = tempfile::tempdir().unwrap();
     // two keys, one event an hour each for 100 days, in time order: 48 row groups of 100 rows
@@ -153,11 +211,17 @@ async fn a_late_spine_reads_only_the_late_row_groups() {
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(100))
         .build();
-    let f = std::fs::File::create(dir.path().join("ev.parquet")).unwrap();
+    let f = std::fs::File::create(place.data.join("ev.parquet")).unwrap();
     let mut w = ArrowWriter::try_new(f, events.schema(), Some(props)).unwrap();
     w.write(&events).unwrap();
     w.close().unwrap();
-    let yaml = "project: p\nentities:\n  u: { join_keys: [uid] }\nsources:\n  ev: { path: ev.parquet, timestamp: t }\nfeature_views:\n  v:\n    entity: u\n    source: ev\n    features:\n      - { name: s, agg: sum, column: v, window: 1d }\n      - { name: n, agg: count, column: \"*\", window: 1d }\n";
+    let file_len = std::fs::metadata(place.data.join("ev.parquet"))
+        .unwrap()
+        .len();
+    let yaml = format!(
+        "project: p\nentities:\n  u: {{ join_keys: [uid] }}\nsources:\n  ev: {{ path: \"{}ev.parquet\", timestamp: t }}\nfeature_views:\n  v:\n    entity: u\n    source: ev\n    features:\n      - {{ name: s, agg: sum, column: v, window: 1d }}\n      - {{ name: n, agg: count, column: \"*\", window: 1d }}\n{}",
+        place.prefix, place.storage
+    );
     std::fs::write(dir.path().join("quiver.yaml"), yaml).unwrap();
     let e = Engine::new(Repo::load(dir.path()).unwrap(), EngineOptions::default()).unwrap();
     let run = |times: Vec<i64>| {
@@ -178,10 +242,31 @@ async fn a_late_spine_reads_only_the_late_row_groups() {
     // key 1's event of hour h has value 2h; a 1d window (t − 1d, t] at an exact hour holds 24
     let expect = |t: i64| -> i64 { ((t / H - 23)..=(t / H)).map(|h| 2 * h).sum() };
     let late = [98 * DAY + 5 * H, 99 * DAY];
+    let served = || crate::s3::SERVER.served(place.bucket());
+    // The first join reads the footers (for the schema and the scan estimate); count what
+    // the server sent for the scan alone, in a second run.
+    run(late.to_vec()).await;
+    let before = served();
     let out = run(late.to_vec()).await;
+    let requested = served() - before;
+    if !place.storage.is_empty() {
+        assert!(
+            requested * 4 < file_len && requested > 0,
+            "a late spine over S3 requested {requested} of a {file_len}-byte file"
+        );
+    }
     assert_eq!(i64s(&out.batch, "s"), late.map(|t| Some(expect(t))));
     assert_eq!(i64s(&out.batch, "n"), [Some(24), Some(24)]);
+    let before = served();
     let wide = run(vec![2 * DAY, 99 * DAY]).await;
+    let wide_requested = served() - before;
+    if !place.storage.is_empty() {
+        // and a spine across the whole file requested most of it
+        assert!(
+            requested * 5 < wide_requested,
+            "late {requested}, wide {wide_requested} of {file_len} bytes"
+        );
+    }
     assert_eq!(i64s(&wide.batch, "s")[1], Some(expect(99 * DAY)));
     // the late spine needs about 2 of the 100 days
     assert!(

@@ -172,9 +172,23 @@ feature_views:
 
 #[test]
 fn reproduce_names_the_first_difference_after_tampering() {
+    reproduce_after_tampering(String::new());
+}
+
+/// The same, with the offline store (managed tables, datasets) on the test S3 server.
+#[test]
+fn reproduce_names_the_first_difference_after_tampering_on_s3() {
+    let (bucket, _) = crate::s3::SERVER.bucket();
+    reproduce_after_tampering(format!(
+        "offline_store: s3://{bucket}/offline\n{}",
+        crate::s3::SERVER.storage_yaml()
+    ));
+}
+
+fn reproduce_after_tampering(storage: String) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("quiver.yaml"), YAML).unwrap();
+    std::fs::write(dir.path().join("quiver.yaml"), format!("{YAML}{storage}")).unwrap();
     let repo = quiver_core::Repo::load(dir.path()).unwrap();
     let day = 86_400_000i64;
     let events = batch(vec![

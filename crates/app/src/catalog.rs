@@ -111,6 +111,7 @@ pub struct Catalog {
 impl Catalog {
     /// Open the registry of `repo`; joins and reads run with `opts`.
     pub fn open(repo: Repo, opts: EngineOptions) -> Result<Catalog> {
+        quiver_offline::objects::configure(&repo.storage);
         let registry = Registry::open(&repo.registry)?;
         Ok(Catalog {
             repo,
@@ -578,7 +579,7 @@ impl Catalog {
         .await?;
         // States computed from older versions can never serve again (they are keyed by
         // version); free their space now. A failure here only delays that to eviction.
-        let _ = ReuseCatalog::new(&self.repo.offline_store, 0).invalidate(name);
+        let _ = ReuseCatalog::of_repo(&self.repo, 0).invalidate(name);
         self.sync_with(name, &table, DatasetKind::Source, Some((dv, op)))
             .await?;
         Ok(self.registry.dataset_version(name, Some(dv + 1))?)
@@ -991,7 +992,11 @@ impl Catalog {
     }
 }
 
+/// A location as the registry records it: an object URL as written, a path made absolute.
 fn abs(p: &Path) -> String {
+    if quiver_offline::objects::is_remote(p) {
+        return p.display().to_string();
+    }
     std::path::absolute(p)
         .unwrap_or_else(|_| p.to_path_buf())
         .display()

@@ -87,6 +87,11 @@ impl Error {
             Error::Offline(O::Source(_) | O::Spine(_)) => ErrorKind::Invalid,
             // The rows sent make an integer sum leave Int64: the data is refused, not wrapped.
             Error::Offline(O::SumOverflow { .. }) => ErrorKind::FailedPrecondition,
+            Error::Offline(O::Object { fault, .. }) => match fault {
+                quiver_offline::ObjectFault::Missing => ErrorKind::NotFound,
+                quiver_offline::ObjectFault::Denied => ErrorKind::PermissionDenied,
+                quiver_offline::ObjectFault::Failed => ErrorKind::Internal,
+            },
             Error::Offline(_) => ErrorKind::Internal,
         }
     }

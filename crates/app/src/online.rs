@@ -457,6 +457,7 @@ pub async fn push(
     now: i64,
     opts: EngineOptions,
 ) -> crate::Result<Pushed> {
+    quiver_offline::objects::configure(&repo.storage);
     let def = repo.views.get(view).ok_or_else(|| {
         quiver_offline::Error::Core(quiver_core::Error::Request(format!(
             "unknown feature view `{view}`"

@@ -56,6 +56,7 @@ pub struct Serving {
 impl Serving {
     /// Serve `repo` from `store`.
     pub fn new(repo: Repo, store: Arc<dyn OnlineStore>) -> Self {
+        quiver_offline::objects::configure(&repo.storage);
         Serving {
             repo: Arc::new(repo),
             store,

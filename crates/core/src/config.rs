@@ -45,6 +45,32 @@ pub mod file {
         /// The feature services, by name: each a list of `view:feature` references.
         #[serde(default, deserialize_with = "unique")]
         pub feature_services: IndexMap<String, Vec<String>>,
+        /// How to reach object storage named by `s3://` paths.
+        #[serde(default)]
+        pub storage: StorageDef,
+    }
+
+    /// The `storage:` section.
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StorageDef {
+        /// S3 and S3-compatible stores.
+        pub s3: Option<S3Def>,
+    }
+
+    /// The `storage.s3:` section: where and how, never who (credentials come from the
+    /// environment or the shared credentials file, so they are never written here).
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct S3Def {
+        /// Endpoint URL of an S3-compatible store, e.g. `http://127.0.0.1:9000`.
+        pub endpoint: Option<String>,
+        /// Region; default `AWS_REGION`, else `us-east-1`.
+        pub region: Option<String>,
+        /// Address buckets as `endpoint/bucket` (true) or `bucket.endpoint` (false).
+        pub path_style: Option<bool>,
+        /// Allow plain HTTP endpoints (local test servers).
+        pub allow_http: Option<bool>,
     }
 
     /// A map whose keys must be distinct. YAML allows a key twice and serde's maps keep the
@@ -175,6 +201,43 @@ pub struct Repo {
     pub views: IndexMap<String, FeatureView>,
     /// The features of each feature service, by service name, in the order listed.
     pub services: IndexMap<String, Vec<FeatureRef>>,
+    /// How object storage is reached (`storage:` in `quiver.yaml`).
+    pub storage: Storage,
+}
+
+/// Settings of object storage from `quiver.yaml`; each unset one falls back to the standard
+/// environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...).
+/// Credentials are deliberately not here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Storage {
+    /// `storage.s3.endpoint`.
+    pub s3_endpoint: Option<String>,
+    /// `storage.s3.region`.
+    pub s3_region: Option<String>,
+    /// `storage.s3.path_style`.
+    pub s3_path_style: Option<bool>,
+    /// `storage.s3.allow_http`.
+    pub s3_allow_http: Option<bool>,
+}
+
+/// The URL scheme of a location written `scheme://...`, if it is one Quiver reads through
+/// object storage (`s3`, `s3a`). `file://` is not among them: it is resolved to a local path.
+pub fn object_scheme(location: &str) -> Option<&str> {
+    let (scheme, _) = location.split_once("://")?;
+    matches!(scheme, "s3" | "s3a").then_some(scheme)
+}
+
+/// A location from `quiver.yaml` or the command line as a path: an object URL is kept as
+/// written (`s3://bucket/key` — no local folder is prefixed), `file:///x` becomes `/x`, and
+/// anything else is resolved against `dir`.
+pub fn resolve_location(dir: &Path, location: &str) -> PathBuf {
+    if object_scheme(location).is_some() {
+        PathBuf::from(location)
+    } else if let Some(local) = location.strip_prefix("file://") {
+        PathBuf::from(local)
+    } else {
+        dir.join(location)
+    }
 }
 
 /// A validated event source.
@@ -378,6 +441,27 @@ fn join_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
+fn storage(def: &file::StorageDef, file: &Path) -> Result<Storage> {
+    let Some(s3) = &def.s3 else {
+        return Ok(Storage::default());
+    };
+    if let Some(e) = &s3.endpoint
+        && !(e.starts_with("http://") || e.starts_with("https://"))
+    {
+        return Err(Error::config(
+            file,
+            "storage.s3.endpoint",
+            format!("`{e}` is not an http:// or https:// URL"),
+        ));
+    }
+    Ok(Storage {
+        s3_endpoint: s3.endpoint.clone(),
+        s3_region: s3.region.clone(),
+        s3_path_style: s3.path_style,
+        s3_allow_http: s3.allow_http,
+    })
+}
+
 fn resolve(raw: file::RepoFile, file: &Path, dir: PathBuf) -> Result<Repo> {
     let err = |path: String, msg: String| Error::config(file, path, msg);
     if raw.project.trim().is_empty() {
@@ -417,7 +501,7 @@ fn resolve(raw: file::RepoFile, file: &Path, dir: PathBuf) -> Result<Repo> {
             name.clone(),
             Source {
                 name: name.clone(),
-                path: s.path.as_ref().map(|p| dir.join(p)),
+                path: s.path.as_deref().map(|p| resolve_location(&dir, p)),
                 timestamp: s.timestamp.clone(),
                 created_timestamp: s.created_timestamp.clone(),
                 filter_created: s.filter_created,
@@ -478,7 +562,10 @@ fn resolve(raw: file::RepoFile, file: &Path, dir: PathBuf) -> Result<Repo> {
         );
     }
     let mut repo = Repo {
-        offline_store: dir.join(raw.offline_store.as_deref().unwrap_or(".quiver/offline")),
+        offline_store: resolve_location(
+            &dir,
+            raw.offline_store.as_deref().unwrap_or(".quiver/offline"),
+        ),
         online_store: dir.join(raw.online_store.as_deref().unwrap_or(".quiver/online")),
         registry: dir.join(raw.registry.as_deref().unwrap_or(".quiver/registry")),
         dir,
@@ -488,6 +575,7 @@ fn resolve(raw: file::RepoFile, file: &Path, dir: PathBuf) -> Result<Repo> {
         sources,
         views,
         services: IndexMap::new(),
+        storage: storage(&raw.storage, file)?,
     };
     for (sname, refs) in &raw.feature_services {
         let mut out = Vec::new();

@@ -23,20 +23,79 @@ use deltalake::errors::DeltaTableError;
 use deltalake::protocol::SaveMode;
 use quiver_core::hash::type_class;
 
+use crate::objects;
 use crate::{Error, Result};
 
-/// Whether a folder is a Delta table.
+/// Whether a folder (or object prefix) is a Delta table.
 pub fn is_delta_table(path: &Path) -> bool {
-    path.join("_delta_log").is_dir()
+    match objects::url_of(&path.join("_delta_log")) {
+        Some(log) => objects::list(&log).is_ok_and(|l| !l.is_empty()),
+        None => path.join("_delta_log").is_dir(),
+    }
 }
 
 fn url(path: &Path) -> Result<url::Url> {
+    if let Some(u) = objects::url_of(path) {
+        register_object_stores();
+        // A table is a folder: its URL ends with `/`, so the log is found under it.
+        let text = u.as_str().trim_end_matches('/');
+        return url::Url::parse(&format!("{text}/"))
+            .map_err(|e| Error::Source(format!("{}: {e}", path.display())));
+    }
     let abs = std::path::absolute(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
     url::Url::from_directory_path(&abs)
         .map_err(|_| Error::Source(format!("{}: not a usable table path", path.display())))
+}
+
+/// Teach deltalake to reach `s3://` tables through Quiver's stores (`objects`), and to
+/// commit there with Delta's default log store: each commit is a conditional put (create
+/// only), which S3 and compatible stores honour, so no lock table is needed.
+fn register_object_stores() {
+    use deltalake::logstore::{
+        LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig,
+    };
+    struct Stores;
+    impl ObjectStoreFactory for Stores {
+        fn parse_url_opts(
+            &self,
+            url: &url::Url,
+            _: &StorageConfig,
+        ) -> deltalake::DeltaResult<(ObjectStoreRef, object_store::path::Path)> {
+            let err = |e: Error| DeltaTableError::Generic(e.to_string());
+            Ok((
+                objects::store(url).map_err(err)?,
+                objects::key(url).map_err(err)?,
+            ))
+        }
+    }
+    struct Logs;
+    impl LogStoreFactory for Logs {
+        fn with_options(
+            &self,
+            prefixed_store: ObjectStoreRef,
+            root_store: ObjectStoreRef,
+            location: &url::Url,
+            options: &StorageConfig,
+        ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+            Ok(deltalake::logstore::default_logstore(
+                prefixed_store,
+                root_store,
+                location,
+                options,
+            ))
+        }
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for scheme in ["s3://", "s3a://"] {
+            let u = url::Url::parse(scheme).expect("a scheme URL");
+            deltalake::logstore::object_store_factories().insert(u.clone(), Arc::new(Stores));
+            deltalake::logstore::logstore_factories().insert(u, Arc::new(Logs));
+        }
+    });
 }
 
 fn delta_err(path: &Path, e: DeltaTableError) -> Error {
@@ -234,7 +293,13 @@ pub async fn commit_note(path: &Path, version: u64) -> Result<Option<serde_json:
 /// its commit (`_quiver_writer.lock` in the table's folder; released when the handle
 /// drops, or when the process dies). Under it no other writer has files in flight, so files
 /// no commit references are leftovers of a writer that died ([`remove_orphans`]).
-async fn writer_lock(path: &Path) -> Result<std::fs::File> {
+///
+/// Object storage has no such lock: there each commit is a conditional put, so concurrent
+/// writers still cannot both commit a version, and a dead writer's files stay unreferenced.
+async fn writer_lock(path: &Path) -> Result<Option<std::fs::File>> {
+    if objects::is_remote(path) {
+        return Ok(None);
+    }
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -246,7 +311,7 @@ async fn writer_lock(path: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(path.join("_quiver_writer.lock"))
         .map_err(io)?;
-    tokio::task::spawn_blocking(move || f.lock().map(|_| f))
+    tokio::task::spawn_blocking(move || f.lock().map(|_| Some(f)))
         .await
         .map_err(|e| Error::Internal(format!("table lock: {e}")))?
         .map_err(io)
@@ -258,6 +323,9 @@ async fn writer_lock(path: &Path) -> Result<std::fs::File> {
 /// the log still holds (an older one may be referenced by a commit the log no longer
 /// lists). Call only under `writer_lock`. Returns the files removed.
 pub fn remove_orphans(path: &Path) -> Result<Vec<PathBuf>> {
+    if objects::is_remote(path) {
+        return Ok(vec![]);
+    }
     let log = path.join("_delta_log");
     let Ok(entries) = std::fs::read_dir(&log) else {
         return Ok(vec![]);
@@ -381,10 +449,12 @@ pub async fn write(
                 .collect::<Result<Vec<_>>>()?,
             _ => batches.clone(),
         };
-        std::fs::create_dir_all(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        if !objects::is_remote(path) {
+            std::fs::create_dir_all(path).map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
         let table = DeltaTable::try_from_url(url(path)?)
             .await
             .map_err(|e| delta_err(path, e))?;
@@ -464,7 +534,18 @@ pub async fn rewrite(
             .last()
             .unwrap_or_else(|| cuts.iter().copied().find(|&c| c > start).unwrap_or(n));
         let name = format!("part-{file_no:05}-{tag}.snappy.parquet");
-        let file = path.join(&name);
+        // An object is written locally first and uploaded whole.
+        let staging = match objects::is_remote(path) {
+            true => Some(tempfile::tempdir().map_err(|source| Error::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?),
+            false => None,
+        };
+        let file = match &staging {
+            Some(d) => d.path().join(&name),
+            None => path.join(&name),
+        };
         let bad =
             |e: parquet::errors::ParquetError| Error::Source(format!("{}: {e}", file.display()));
         {
@@ -494,6 +575,9 @@ pub async fn rewrite(
                 source,
             })?
             .len() as i64;
+        if let Some(u) = objects::url_of(&path.join(&name)) {
+            objects::upload(&file, &u)?;
+        }
         actions.push(Action::Add(Add {
             path: name,
             partition_values: Default::default(),

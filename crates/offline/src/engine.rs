@@ -87,6 +87,9 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
         // order that breaks ties; hash repartitioning keeps each input's order.
         .with_round_robin_repartition(false);
     config.options_mut().execution.parquet.pushdown_filters = false;
+    // DataFusion reads the last 512 KiB of each file for its footer by default: free on a
+    // local disk, but over object storage a small file is read whole before it is pruned.
+    config.options_mut().execution.parquet.metadata_size_hint = Some(64 << 10);
     // Read strings as the files declare them (Utf8), not as views, so spine columns come out
     // of a join with the types they went in with.
     config
@@ -100,7 +103,9 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
         .options_mut()
         .execution
         .enable_file_stream_work_stealing = false;
-    let mut runtime = RuntimeEnvBuilder::new();
+    // `s3://` URLs are answered by Quiver's stores, built from the repository's settings.
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(crate::objects::Registry::default()));
     if let Some(limit) = opts.memory_limit {
         let least = MIN_MEMORY_PER_PARTITION * opts.target_partitions.max(1);
         if limit < least {
@@ -239,9 +244,8 @@ fn column(name: &str) -> Expr {
 impl Engine {
     /// An engine over `repo`; fails when `opts.memory_limit` is below the least a join runs in.
     pub fn new(repo: Repo, opts: EngineOptions) -> Result<Engine> {
-        let reuse = opts
-            .reuse_budget
-            .map(|b| ReuseCatalog::new(&repo.offline_store, b));
+        crate::objects::configure(&repo.storage);
+        let reuse = opts.reuse_budget.map(|b| ReuseCatalog::of_repo(&repo, b));
         Ok(Engine {
             repo,
             ctx: session(&opts)?,
@@ -1342,8 +1346,7 @@ impl Engine {
                 scanned = files
                     .iter()
                     .filter(|f| source::Format::of(f) == source::Format::Csv)
-                    .filter_map(|f| std::fs::metadata(f).ok())
-                    .map(|m| m.len())
+                    .filter_map(|f| source::file_size(f).ok())
                     .sum();
             }
         }

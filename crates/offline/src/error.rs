@@ -37,6 +37,17 @@ pub enum Error {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// Object storage refused or failed a request; `message` says what failed (bucket
+    /// missing, access denied, object not found, ...), never a credential.
+    #[error("{url}: {message}")]
+    Object {
+        /// The URL of the object, folder or bucket involved.
+        url: String,
+        /// What failed.
+        message: String,
+        /// Which kind of failure it is.
+        fault: ObjectFault,
+    },
     /// DataFusion failed to plan or run a query.
     #[error("{0}")]
     DataFusion(DataFusionError),
@@ -49,6 +60,17 @@ pub enum Error {
     /// The memory limit is too small for the join; the message names the least that works.
     #[error("{0}")]
     MemoryLimit(String),
+}
+
+/// The kinds of object-storage failure callers tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectFault {
+    /// The object, prefix or bucket does not exist.
+    Missing,
+    /// The credentials are missing, wrong, or not allowed this request.
+    Denied,
+    /// Anything else: the URL is malformed, the store failed or could not be reached.
+    Failed,
 }
 
 /// Errors raised inside the operator travel through DataFusion boxed; unbox them on the way

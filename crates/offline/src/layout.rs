@@ -367,7 +367,7 @@ pub async fn optimize(
     budget: Option<u64>,
     dry_run: bool,
 ) -> Result<Vec<Outcome>> {
-    let log = crate::reuse::ReuseCatalog::new(&repo.offline_store, 0).scans()?;
+    let log = crate::reuse::ReuseCatalog::of_repo(repo, 0).scans()?;
     let mut plans = Vec::new();
     let mut tables = Vec::new();
     for (name, src) in &repo.sources {

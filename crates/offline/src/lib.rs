@@ -26,6 +26,7 @@ mod engine;
 mod error;
 pub mod gate;
 pub mod layout;
+pub mod objects;
 mod pack;
 pub mod plan;
 pub mod profile;
@@ -40,5 +41,5 @@ pub mod table;
 pub use engine::{
     Engine, EngineOptions, JoinOutput, JoinRequest, SourceVersion, session, spine_time_column,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ObjectFault, Result};
 pub use table::{Columns, TrainingSet};

@@ -370,6 +370,23 @@ impl ReuseCatalog {
         }
     }
 
+    /// The catalog of `repo`: `OFFLINE_STORE/reuse` when the offline store is a folder. When
+    /// it is object storage, the catalog stays on this machine, in the repository's
+    /// `.quiver/cache/reuse-HASH` (HASH of the store's URL): states are a cache, its
+    /// lock and atomic renames need a file system, and a lost cache only costs recomputing.
+    pub fn of_repo(repo: &quiver_core::Repo, budget: u64) -> ReuseCatalog {
+        if crate::objects::is_remote(&repo.offline_store) {
+            let id = quiver_core::hash::hash_bytes(repo.offline_store.to_string_lossy().as_bytes())
+                .to_string();
+            let dir = repo
+                .dir
+                .join(".quiver/cache")
+                .join(format!("reuse-{}", &id[..16.min(id.len())]));
+            return ReuseCatalog { dir, budget };
+        }
+        ReuseCatalog::new(&repo.offline_store, budget)
+    }
+
     /// The catalog's folder (`reuse` in the offline store).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -21,6 +21,9 @@ use datafusion::prelude::SessionContext;
 use quiver_core::Source;
 use quiver_core::hash::type_class;
 
+use parquet::file::metadata::ParquetMetaData;
+
+use crate::objects;
 use crate::table::{Columns, on_cores, spans};
 use crate::{Error, Result};
 
@@ -133,7 +136,9 @@ impl Format {
 /// glob. Sorted, so that "source order" (DESIGN §3 ties) is the order of the file names.
 pub fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
     let text = path.to_string_lossy();
-    let mut files = if text.contains(['*', '?', '[']) {
+    let mut files = if let Some(url) = objects::url_of(path) {
+        remote_files(&url)?
+    } else if text.contains(['*', '?', '[']) {
         glob_files(path)?
     } else if path.is_dir() {
         let mut out = Vec::new();
@@ -169,6 +174,54 @@ pub fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
             files[0].display(),
             other.display()
         )));
+    }
+    Ok(files)
+}
+
+/// The files an object URL names: an object, every object under a prefix ("folder"), or the
+/// objects under a glob's fixed prefix that match it segment by segment.
+fn remote_files(url: &url::Url) -> Result<Vec<PathBuf>> {
+    let text = url.as_str();
+    let data_file = |p: &Path| {
+        matches!(
+            p.extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase())
+                .as_deref(),
+            Some("parquet" | "csv" | "pq")
+        )
+    };
+    if let Some(star) = text.find(['*', '?', '[']) {
+        let base = &text[..text[..star].rfind('/').map_or(0, |i| i + 1)];
+        let base_url = url::Url::parse(base).map_err(|e| Error::Source(format!("{text}: {e}")))?;
+        let pattern: Vec<&str> = text[base.len()..].split('/').collect();
+        return Ok(objects::list(&base_url)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                let rest = p.to_string_lossy();
+                let segs: Vec<&str> = rest[base.len().min(rest.len())..].split('/').collect();
+                segs.len() == pattern.len()
+                    && segs.iter().zip(&pattern).all(|(s, pat)| wildcard(pat, s))
+            })
+            .collect());
+    }
+    if !text.ends_with('/')
+        && let Some(_) = objects::head(url)?
+    {
+        return Ok(vec![PathBuf::from(text)]);
+    }
+    let files: Vec<PathBuf> = objects::list(url)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| data_file(p))
+        .collect();
+    if files.is_empty() {
+        return Err(Error::Object {
+            url: text.to_string(),
+            message: "no such object, and no Parquet or CSV objects under it".into(),
+            fault: crate::ObjectFault::Missing,
+        });
     }
     Ok(files)
 }
@@ -279,6 +332,9 @@ pub async fn files_table(
     let urls = files
         .iter()
         .map(|f| {
+            if objects::is_remote(f) {
+                return ListingTableUrl::parse(f.to_string_lossy()).map_err(Error::from);
+            }
             let abs = std::path::absolute(f).map_err(|source| Error::Io {
                 path: f.clone(),
                 source,
@@ -351,6 +407,15 @@ fn check_parquet_files(files: &[PathBuf], schema: Option<&SchemaRef>, what: &str
 /// The Arrow schema in a Parquet file's footer, or what is wrong with the file.
 fn parquet_schema(path: &Path) -> std::result::Result<SchemaRef, String> {
     use parquet::file::metadata::ParquetMetaDataReader;
+    if objects::is_remote(path) {
+        let m = parquet_footer(path)?;
+        let schema = parquet::arrow::parquet_to_arrow_schema(
+            m.file_metadata().schema_descr(),
+            m.file_metadata().key_value_metadata(),
+        )
+        .map_err(|e| e.to_string())?;
+        return Ok(Arc::new(schema));
+    }
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     // The footer is the metadata, its length (4 bytes) and the magic `PAR1`. The async
@@ -377,12 +442,97 @@ fn parquet_schema(path: &Path) -> std::result::Result<SchemaRef, String> {
     Ok(Arc::new(parsed))
 }
 
+/// The size of a file or object.
+pub fn file_size(path: &Path) -> Result<u64> {
+    match objects::url_of(path) {
+        Some(u) => Ok(objects::head(&u)?.map_or(0, |m| m.size)),
+        None => std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+    }
+}
+
+/// The footer of a Parquet file, local or an object (read with two ranged requests at most:
+/// the last 64 KiB, and the rest of the metadata if it is larger), or what is wrong with it.
+pub(crate) fn parquet_footer(path: &Path) -> std::result::Result<Arc<ParquetMetaData>, String> {
+    use parquet::file::metadata::ParquetMetaDataReader;
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    let Some(url) = objects::url_of(path) else {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        return ParquetMetaDataReader::new()
+            .parse_and_finish(&file)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+    };
+    let meta = objects::head(&url)
+        .map_err(|e| e.to_string())?
+        .ok_or("object not found")?;
+    let len = meta.size;
+    if len < 12 {
+        return Err(format!("{len} bytes is too short for a Parquet file"));
+    }
+    // An object's footer is read once per version of the object: a join checks the schemas
+    // and estimates its scan from the same footers, and every read is a round trip.
+    type Footers = HashMap<(String, u64, Option<String>), Arc<ParquetMetaData>>;
+    static FOOTERS: LazyLock<Mutex<Footers>> = LazyLock::new(Default::default);
+    let id = (url.to_string(), len, meta.e_tag.clone());
+    if let Some(m) = FOOTERS.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        return Ok(m.clone());
+    }
+    // Most footers fit the last 16 KiB; a larger one costs a second request.
+    let tail_len = len.min(16 << 10);
+    let tail = objects::get_range(&url, len - tail_len..len).map_err(|e| e.to_string())?;
+    let footer: [u8; 8] = tail[tail.len() - 8..].try_into().expect("8 bytes");
+    let meta_len = parquet::file::metadata::FooterTail::try_new(&footer)
+        .map_err(|e| e.to_string())?
+        .metadata_length() as u64;
+    if meta_len + 8 > len {
+        return Err(format!(
+            "its footer declares {meta_len} bytes of metadata in a {len}-byte file"
+        ));
+    }
+    let bytes = if meta_len + 8 <= tail_len {
+        tail.slice((tail_len - 8 - meta_len) as usize..(tail_len - 8) as usize)
+    } else {
+        objects::get_range(&url, len - 8 - meta_len..len - 8).map_err(|e| e.to_string())?
+    };
+    let m = std::panic::catch_unwind(|| ParquetMetaDataReader::decode_metadata(&bytes))
+        .map_err(|_| "the Parquet reader failed on its footer (corrupt file)".to_string())?
+        .map(Arc::new)
+        .map_err(|e| e.to_string())?;
+    let mut cache = FOOTERS.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= 4096 {
+        cache.clear();
+    }
+    cache.insert(id, m.clone());
+    Ok(m)
+}
+
 /// What identifies the files under a path without reading them: each file's absolute path,
 /// size and modification time, hashed. Equal fingerprints, equal rows (short of a rewrite
 /// that keeps size and mtime); it names the version of a source Quiver does not manage.
 pub fn fingerprint(path: &Path) -> Result<(String, Vec<PathBuf>)> {
     let files = list_files(path)?;
     let mut h = String::new();
+    if let Some(url) = objects::url_of(path) {
+        // An object's identity is its URL, size and entity tag (or modification time).
+        for f in &files {
+            let u = objects::url_of(f).expect("listed under an object URL");
+            let m = objects::head(&u)?.ok_or_else(|| Error::Object {
+                url: u.to_string(),
+                message: "object not found".into(),
+                fault: crate::ObjectFault::Missing,
+            })?;
+            let tag = m.e_tag.unwrap_or_else(|| m.last_modified.to_rfc3339());
+            h.push_str(&format!("{}|{}|{tag}\n", f.display(), m.size));
+        }
+        let id = quiver_core::hash::hash_bytes(h.as_bytes());
+        return Ok((format!("{url}#{id}"), files));
+    }
     for f in &files {
         let m = std::fs::metadata(f).map_err(|source| Error::Io {
             path: f.clone(),
@@ -478,6 +628,25 @@ pub fn write_new_table<C: Columns + ?Sized>(path: &Path, data: &C) -> Result<()>
 }
 
 fn write_table_as<C: Columns + ?Sized>(path: &Path, data: &C, replace: bool) -> Result<()> {
+    if let Some(url) = objects::url_of(path) {
+        // Written whole to a local file first, then uploaded: the object appears complete
+        // when the upload finishes, or not at all.
+        if !replace && objects::head(&url)?.is_some() {
+            return Err(Error::Object {
+                url: url.to_string(),
+                message: "already exists".into(),
+                fault: crate::ObjectFault::Failed,
+            });
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        let dir = tempfile::tempdir().map_err(|source| Error::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let local = dir.path().join(name);
+        write_table_as(&local, data, true)?;
+        return objects::upload(&local, &url);
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -73,12 +73,15 @@ impl ScanStats {
             match Format::of(f) {
                 Format::Parquet => parquet_groups(f, time_col, &wanted, &mut groups)?,
                 Format::Csv => {
-                    let len = std::fs::metadata(f)
-                        .map_err(|source| Error::Io {
-                            path: f.clone(),
-                            source,
-                        })?
-                        .len();
+                    let len = match crate::objects::url_of(f) {
+                        Some(u) => crate::objects::head(&u)?.map_or(0, |m| m.size),
+                        None => std::fs::metadata(f)
+                            .map_err(|source| Error::Io {
+                                path: f.clone(),
+                                source,
+                            })?
+                            .len(),
+                    };
                     groups.push(Group {
                         time: None,
                         rows: 0,
@@ -156,11 +159,17 @@ fn parquet_groups(
     let bad = |e: parquet::errors::ParquetError| {
         Error::Source(format!("{}: cannot read the footer: {e}", f.display()))
     };
-    let file = std::fs::File::open(f).map_err(|source| Error::Io {
-        path: f.to_path_buf(),
-        source,
-    })?;
-    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(bad)?;
+    let meta = if crate::objects::is_remote(f) {
+        let footer = crate::source::parquet_footer(f)
+            .map_err(|m| Error::Source(format!("{}: cannot read the footer: {m}", f.display())))?;
+        ArrowReaderMetadata::try_new(footer, ArrowReaderOptions::new()).map_err(bad)?
+    } else {
+        let file = std::fs::File::open(f).map_err(|source| Error::Io {
+            path: f.to_path_buf(),
+            source,
+        })?;
+        ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(bad)?
+    };
     let pq = meta.metadata();
     let schema = meta.schema();
     let times =
