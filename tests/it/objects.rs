@@ -85,3 +85,79 @@ async fn missing_objects_and_buckets_are_named() {
         assert!(!err.contains(crate::s3::SECRET_KEY), "{err}");
     }
 }
+
+/// `quiver join` as the CLI runs it, with the source, the spine, the output and the
+/// registered dataset all in a bucket: the output is the bytes of the same join run on
+/// local files, and the registered version reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_from_s3_to_s3_is_the_local_join() {
+    use quiver_app::training::{Request, build};
+    let (bucket, folder) = SERVER.bucket();
+    let local = tempfile::tempdir().unwrap();
+    let n = 2_000i64;
+    let events = batch(vec![
+        (
+            "uid",
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 37))) as ArrayRef,
+        ),
+        ("t", ts((0..n).map(|i| Some(i * H / 3)).collect())),
+        (
+            "x",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| (i * 7 % 11) as f64),
+            )),
+        ),
+    ]);
+    let spine = "uid,event_timestamp\n1,1970-01-05T00:00:00Z\n2,1970-01-10T00:00:00Z\n36,1970-01-20T12:00:00Z\n";
+    for d in [&folder, &local.path().to_path_buf()] {
+        source::write_table(&d.join("ev.parquet"), &events).unwrap();
+        std::fs::write(d.join("spine.csv"), spine).unwrap();
+    }
+    std::fs::create_dir(local.path().join("out")).unwrap();
+    let mut outs = Vec::new();
+    for (prefix, storage) in [
+        (
+            format!("s3://{bucket}/"),
+            format!(
+                "offline_store: s3://{bucket}/offline\n{}",
+                SERVER.storage_yaml()
+            ),
+        ),
+        (format!("{}/", local.path().display()), String::new()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "project: o\nentities:\n  u: {{ join_keys: [uid] }}\nsources:\n  ev: {{ path: \"{prefix}ev.parquet\", timestamp: t }}\nfeature_views:\n  v:\n    entity: u\n    source: ev\n    features:\n      - {{ name: x }}\n      - {{ name: s, agg: sum, column: x, window: 2d }}\n{storage}"
+        );
+        std::fs::write(dir.path().join("quiver.yaml"), yaml).unwrap();
+        let repo = Repo::load(dir.path()).unwrap();
+        let req = Request {
+            spine: format!("{prefix}spine.csv"),
+            features: repo.resolve_refs(&["v:x", "v:s"]).unwrap(),
+            out: Some(format!("{prefix}out/train.parquet").into()),
+            register: Some("train".into()),
+            ..Default::default()
+        };
+        let built = build(repo.clone(), EngineOptions::default(), &req, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(built.rows, 3);
+        assert!(built.registered.as_deref().unwrap().starts_with("train@1"));
+        let cat = quiver_app::catalog::Catalog::open(repo, EngineOptions::default()).unwrap();
+        let stored = cat.dataset_path("train");
+        assert_eq!(
+            stored.to_string_lossy().starts_with("s3://"),
+            !storage.is_empty()
+        );
+        assert!(quiver_offline::delta::is_delta_table(&stored));
+        outs.push(
+            std::fs::read(if storage.is_empty() {
+                local.path().join("out/train.parquet")
+            } else {
+                folder.join("out/train.parquet")
+            })
+            .unwrap_or_else(|e| panic!("{prefix}: {e}")),
+        );
+    }
+    assert_eq!(outs[0], outs[1]);
+}

@@ -72,7 +72,13 @@ pub fn check(req: &Request) -> Result<()> {
             "give an output file, a dataset name to register, or both".into(),
         ));
     }
-    if let Some(out) = &req.out {
+    // An object URL has no folder to check: the upload says what failed, and nothing
+    // appears unless it completes.
+    if let Some(out) = req
+        .out
+        .as_ref()
+        .filter(|o| !quiver_offline::objects::is_remote(o))
+    {
         if out.is_dir() {
             return Err(Error::Invalid(format!(
                 "out {} is a folder; give a .parquet or .csv file",
@@ -97,7 +103,9 @@ fn check_spine(req: &Request) -> Result<()> {
     if req.spine.is_empty() {
         return Err(Error::Invalid("spine: empty".into()));
     }
-    if looks_like_path(&req.spine) && !Path::new(&req.spine).exists() {
+    // An object URL is checked when it is read (the error names the URL and what failed).
+    let remote = quiver_offline::objects::is_remote(Path::new(&req.spine));
+    if looks_like_path(&req.spine) && !remote && !Path::new(&req.spine).exists() {
         return Err(Error::NotFound(format!(
             "spine: {}: no such file or folder",
             req.spine
