@@ -34,9 +34,14 @@ fn start() -> &'static Server {
         std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
     }
-    let root = tempfile::tempdir().unwrap().keep();
+    serve(tempfile::tempdir().unwrap().keep())
+}
+
+/// Serve the buckets (folders) under `root` on a free loopback port, on a thread of its own,
+/// for the rest of the process.
+pub fn serve(root: PathBuf) -> &'static Server {
     let (tx, rx) = std::sync::mpsc::channel();
-    let dir = root.clone();
+    let dir = root;
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -111,6 +116,16 @@ impl Server {
             "storage:\n  s3: {{ endpoint: \"http://{}\", region: us-east-1, path_style: true, allow_http: true }}\n",
             self.addr
         )
+    }
+
+    /// Body bytes of GET responses so far, `bucket=bytes` per bucket (for the benchmark
+    /// server, `examples/s3_server.rs`).
+    #[allow(dead_code)]
+    pub fn served_report(&self) -> String {
+        let m = self.served.lock().unwrap();
+        let mut v: Vec<String> = m.iter().map(|(b, n)| format!("{b}={n}")).collect();
+        v.sort();
+        v.join(" ")
     }
 
     /// Body bytes of GET responses from `bucket` so far.
