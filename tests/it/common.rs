@@ -54,10 +54,22 @@ pub fn engine(
     batch_size: usize,
     partitions: usize,
 ) -> Engine {
+    engine_on(repo, sources, batch_size, partitions, None)
+}
+
+/// [`engine`], whose plans `runner` runs (a cluster) when given.
+pub fn engine_on(
+    repo: Repo,
+    sources: &[(&str, &RecordBatch)],
+    batch_size: usize,
+    partitions: usize,
+    runner: Option<Arc<dyn quiver_offline::runner::PlanRunner>>,
+) -> Engine {
     let opts = EngineOptions {
         target_partitions: partitions,
         batch_size,
         memory_limit: None,
+        runner,
         ..Default::default()
     };
     let mut e = Engine::new(repo, opts).unwrap();

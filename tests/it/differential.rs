@@ -18,6 +18,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::common::*;
+use quiver_offline::runner::PlanRunner;
 use quiver_offline::{EngineOptions, JoinRequest};
 
 const AGGS: [&str; 10] = [
@@ -412,7 +413,17 @@ fn split_table(b: &RecordBatch, batch_size: usize, parts: usize) -> Arc<MemTable
 }
 
 async fn run(case: &Case, batch_size: usize, partitions: usize) -> RecordBatch {
-    let e = engine(repo(&case.yaml), &[], batch_size, partitions).with_source_table(
+    run_on(case, batch_size, partitions, None).await
+}
+
+/// [`run`], with each view's plan run by `runner` (a cluster) when given.
+async fn run_on(
+    case: &Case,
+    batch_size: usize,
+    partitions: usize,
+    runner: Option<Arc<dyn PlanRunner>>,
+) -> RecordBatch {
+    let e = engine_on(repo(&case.yaml), &[], batch_size, partitions, runner).with_source_table(
         "ev",
         split_table(&case.events, batch_size, 1 + batch_size % 3),
     );
@@ -426,13 +437,23 @@ async fn run(case: &Case, batch_size: usize, partitions: usize) -> RecordBatch {
 /// Each seed's case against the SQL reference, at a batch size and partition count that
 /// vary with the seed.
 async fn agree_over(seeds: std::ops::Range<u64>, late: bool) {
+    agree_over_on(seeds, late, None).await
+}
+
+/// [`agree_over`], with the plans run by `runner` (a cluster) when given: the same cases
+/// against the same reference.
+pub(crate) async fn agree_over_on(
+    seeds: std::ops::Range<u64>,
+    late: bool,
+    runner: Option<Arc<dyn PlanRunner>>,
+) {
     for seed in seeds {
         let case = gen_shaped(seed, late);
         let want = reference(&case).await;
         let sizes = [1usize, 2, 7, 49, 50, 51, 100];
         let bs = sizes[seed as usize % sizes.len()];
         let parts = 1 + seed as usize % 4;
-        let got = run(&case, bs, parts).await;
+        let got = run_on(&case, bs, parts, runner.clone()).await;
         compare(
             &case,
             &got,

@@ -1,5 +1,6 @@
 //! Integration tests of the offline engine, one binary for all areas.
 
+mod cluster;
 mod common;
 mod differential;
 mod errors;

@@ -137,6 +137,8 @@ impl Jobs {
             register: r.register,
             pins: r.pins,
             as_of: r.as_of,
+            // a server's jobs run where its repository says (`engine.cluster`)
+            cluster: None,
         };
         training::check(&req)?;
         Ok(req)

@@ -32,6 +32,9 @@ pub struct Request {
     pub pins: Vec<String>,
     /// Time travel: read every source as it was at this instant (microseconds).
     pub as_of: Option<i64>,
+    /// Run the join on this Ballista cluster (`df://HOST:PORT`) instead of in this process;
+    /// default `engine.cluster` of `quiver.yaml`.
+    pub cluster: Option<String>,
 }
 
 /// What was built.
@@ -129,6 +132,7 @@ pub async fn explain(
     }
     check_spine(req)?;
     opts.plan_only = true;
+    let opts = on_cluster(&repo, opts, req)?;
     let req = Request {
         register: None,
         ..req.clone()
@@ -149,6 +153,18 @@ pub async fn explain(
         .join_file_table(Path::new(&req.spine), &join_request(&req))
         .await?;
     Ok((o.explain, o.batch.num_rows(), o.batch.num_columns()))
+}
+
+/// `opts` with the cluster that runs the join, if any: the request's, else `engine.cluster`
+/// of `quiver.yaml`. Planning, reuse, registration and lineage stay here; only each view's
+/// physical plan runs there.
+fn on_cluster(repo: &Repo, mut opts: EngineOptions, req: &Request) -> Result<EngineOptions> {
+    if let Some(url) = req.cluster.as_ref().or(repo.cluster.as_ref()) {
+        let cluster = quiver_cluster::Cluster::new(url, repo.staging.clone(), repo.storage.clone())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        opts.runner = Some(std::sync::Arc::new(cluster));
+    }
+    Ok(opts)
 }
 
 fn join_request(req: &Request) -> JoinRequest {
@@ -176,6 +192,7 @@ pub async fn build(
     progress: impl Fn(String),
 ) -> Result<Built> {
     check(req)?;
+    let opts = on_cluster(&repo, opts, req)?;
     progress(format!(
         "joining {} feature(s) onto {}",
         req.features.len(),

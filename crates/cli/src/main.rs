@@ -17,7 +17,7 @@ mod alloc;
 mod cmd;
 mod table;
 
-use cmd::{datasets, init, join, lineage, models, online, optimize, sql, validate};
+use cmd::{cluster, datasets, init, join, lineage, models, online, optimize, sql, validate};
 
 #[global_allocator]
 static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
@@ -93,6 +93,10 @@ enum Command {
     /// Rebuild a dataset version (or, as model:NAME@VER, a model Quiver trained) from its
     /// lineage and compare content hashes (exit 1 when they differ).
     Reproduce(datasets::Reproduce),
+    /// Start a Ballista scheduler that runs joins (`join --cluster df://HOST:PORT`).
+    Scheduler(cluster::Scheduler),
+    /// Start a Ballista executor of a scheduler's joins.
+    Executor(cluster::Executor),
 }
 
 fn main() -> ExitCode {
@@ -141,5 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Select(c) => c.run(repo).await,
         Command::Sql(c) => c.run(repo).await,
         Command::Reproduce(c) => c.run(repo).await,
+        Command::Scheduler(c) => c.run(repo).await,
+        Command::Executor(c) => c.run(repo).await,
     }
 }

@@ -1794,3 +1794,185 @@ fn a_held_online_store_is_named_once_with_the_way_out() {
     assert!(!e.contains("WouldBlock"), "{e}");
     assert!(took < std::time::Duration::from_secs(8), "{took:?}");
 }
+
+// ---- a cluster of processes (issue 20)
+
+/// A child process killed (by pid) and reaped when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `quiver ARGS` and return it with the first line it prints (its address), waiting at
+/// most 60 s.
+fn started(args: &[&str]) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("quiver starts"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("quiver {args:?} printed nothing in 60 s"));
+    (child, line.trim().to_string())
+}
+
+/// `quiver scheduler` and two `quiver executor` processes on free loopback ports: the sample
+/// join run there writes the bytes the local join writes, and a registered join keeps its
+/// version, lineage and reproducibility (the catalog stays with the client).
+#[test]
+fn a_join_on_a_cluster_of_processes_is_the_local_join() {
+    let (_scheduler, said) = started(&["scheduler", "--bind", "127.0.0.1:0"]);
+    let url = said
+        .strip_prefix("scheduler listening on ")
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_string();
+    assert!(url.starts_with("df://127.0.0.1:"), "{url}");
+    let executors: Vec<(Child, String)> = (0..2)
+        .map(|_| {
+            started(&[
+                "executor",
+                "--scheduler",
+                &url,
+                "--bind",
+                "127.0.0.1:0",
+                "--concurrent-tasks",
+                "2",
+            ])
+        })
+        .collect();
+    for (_, said) in &executors {
+        assert!(said.contains("listening on 127.0.0.1:"), "{said}");
+    }
+
+    let dir = sample_repo();
+    let d = dir.path();
+    let (local, remote) = (d.join("local.csv"), d.join("cluster.csv"));
+    let join = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--partitions",
+            "3",
+            "--no-reuse",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        ok(q(d, &a))
+    };
+    join(&local, &[]);
+    let said = join(&remote, &["--cluster", &url, "--explain"]);
+    assert!(
+        said.contains(&format!("runs on Ballista cluster {url}")),
+        "{said}"
+    );
+    assert!(said.contains("stage "), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&remote).unwrap(),
+        std::fs::read_to_string(&local).unwrap()
+    );
+    // the staged spines are gone
+    let staging = d.join(".quiver/offline/staging");
+    assert_eq!(
+        std::fs::read_dir(&staging).map_or(0, |r| r.count()),
+        0,
+        "{}",
+        staging.display()
+    );
+
+    // the same through quiver.yaml, registered: version, lineage and reproduce as locally
+    let yaml = std::fs::read_to_string(d.join("quiver.yaml")).unwrap();
+    std::fs::write(
+        d.join("quiver.yaml"),
+        format!("{yaml}\nengine:\n  cluster: {url}\n"),
+    )
+    .unwrap();
+    let said = ok(q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--register",
+            "train",
+            "--explain",
+        ],
+    ));
+    assert!(
+        said.contains("train@1") && said.contains("runs on Ballista cluster"),
+        "{said}"
+    );
+    std::fs::write(d.join("quiver.yaml"), &yaml).unwrap();
+    assert!(ok(q(d, &["reproduce", "train@1"])).contains("identical"));
+    let up = ok(q(d, &["lineage", "train@1", "--upstream"]));
+    assert!(up.contains("spine"), "{up}");
+
+    // a cluster nobody listens on is named, and nothing is written
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = d.join("gone.csv");
+    let o = q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--out",
+            gone.to_str().unwrap(),
+            "--cluster",
+            &format!("df://127.0.0.1:{port}"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("df://127.0.0.1:{port}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!gone.exists());
+    let o = q(
+        d,
+        &[
+            "join",
+            "--spine",
+            "spine.csv",
+            "--service",
+            "churn_v1",
+            "--out",
+            "x.csv",
+            "--cluster",
+            "127.0.0.1:1",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("expected df://HOST:PORT"),
+        "{}",
+        stderr(&o)
+    );
+}

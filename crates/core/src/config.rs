@@ -48,6 +48,20 @@ pub mod file {
         /// How to reach object storage named by `s3://` paths.
         #[serde(default)]
         pub storage: StorageDef,
+        /// Where joins run.
+        #[serde(default)]
+        pub engine: EngineDef,
+    }
+
+    /// The `engine:` section.
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EngineDef {
+        /// A Ballista scheduler that runs joins, `df://HOST:PORT`.
+        pub cluster: Option<String>,
+        /// Where a cluster's executors read staged spines: a folder they share or an
+        /// `s3://` prefix; default `staging` in the offline store.
+        pub staging: Option<String>,
     }
 
     /// The `storage:` section.
@@ -203,6 +217,10 @@ pub struct Repo {
     pub services: IndexMap<String, Vec<FeatureRef>>,
     /// How object storage is reached (`storage:` in `quiver.yaml`).
     pub storage: Storage,
+    /// A Ballista scheduler that runs joins (`engine.cluster`, `df://HOST:PORT`).
+    pub cluster: Option<String>,
+    /// Where a cluster's executors read staged spines (`engine.staging`, resolved).
+    pub staging: PathBuf,
 }
 
 /// Settings of object storage from `quiver.yaml`; each unset one falls back to the standard
@@ -441,6 +459,21 @@ fn join_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
+/// Checks a cluster address: `df://HOST:PORT`.
+pub fn check_cluster(address: &str) -> std::result::Result<(), String> {
+    let ok = address.strip_prefix("df://").is_some_and(|a| {
+        a.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{address}` is not a cluster address: expected df://HOST:PORT"
+        ))
+    }
+}
+
 fn storage(def: &file::StorageDef, file: &Path) -> Result<Storage> {
     let Some(s3) = &def.s3 else {
         return Ok(Storage::default());
@@ -576,6 +609,16 @@ fn resolve(raw: file::RepoFile, file: &Path, dir: PathBuf) -> Result<Repo> {
         views,
         services: IndexMap::new(),
         storage: storage(&raw.storage, file)?,
+        cluster: None,
+        staging: PathBuf::new(),
+    };
+    if let Some(c) = &raw.engine.cluster {
+        check_cluster(c).map_err(|m| err("engine.cluster".into(), m))?;
+        repo.cluster = Some(c.clone());
+    }
+    repo.staging = match &raw.engine.staging {
+        Some(s) => resolve_location(&repo.dir, s),
+        None => repo.offline_store.join("staging"),
     };
     for (sname, refs) in &raw.feature_services {
         let mut out = Vec::new();

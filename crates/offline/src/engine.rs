@@ -29,6 +29,7 @@ use reuse_plan::ReusePlan;
 mod cross;
 mod reuse_plan;
 use crate::reuse::{self, ReuseCatalog};
+use crate::runner::PlanRunner;
 use crate::state::{self, StateKind};
 use crate::stats::ScanStats;
 use crate::sweep::{FeatureSpec, Kind};
@@ -58,6 +59,9 @@ pub struct EngineOptions {
     /// reported; no event is read, no state stored, nothing logged, and every feature
     /// comes back null.
     pub plan_only: bool,
+    /// Run each view's physical plan there instead of in this process (a cluster); the
+    /// spine is staged where its executors read it.
+    pub runner: Option<Arc<dyn PlanRunner>>,
 }
 
 impl Default for EngineOptions {
@@ -72,6 +76,7 @@ impl Default for EngineOptions {
             reuse_always: false,
             after_sweep: None,
             plan_only: false,
+            runner: None,
         }
     }
 }
@@ -213,6 +218,7 @@ pub struct Engine {
     reuse_always: bool,
     after_sweep: Option<fn()>,
     plan_only: bool,
+    runner: Option<Arc<dyn PlanRunner>>,
     /// States being written behind the join that computed them.
     pending: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// The last failure of a background store, reported by the next join.
@@ -255,6 +261,7 @@ impl Engine {
             reuse_always: opts.reuse_always,
             after_sweep: opts.after_sweep,
             plan_only: opts.plan_only,
+            runner: opts.runner,
             pending: Default::default(),
             store_error: Default::default(),
         })
@@ -1229,11 +1236,33 @@ impl Engine {
         let slices: Vec<RecordBatch> = (0..n.div_ceil(bs).max(1))
             .map(|i| sbatch.slice(i * bs, bs.min(n - (i * bs).min(n))))
             .collect();
-        let mem = MemTable::try_new(sbatch.schema(), vec![slices])?;
-        let spine_plan =
-            LogicalPlanBuilder::scan("spine", provider_as_source(Arc::new(mem)), None)?.build()?;
-
         let mut explain = Vec::new();
+        // A cluster's executors read the spine from a staged file (a plan carrying it would
+        // pass gRPC's message limits); the file is removed when the view is done.
+        let staged = match &self.runner {
+            Some(runner) if !self.plan_only => {
+                let staged = Staged::write(runner.staging(), &view.name, sbatch)?;
+                explain.push(format!("  spine staged at {}", staged.0.display()));
+                Some(staged)
+            }
+            _ => None,
+        };
+        let spine_table: Arc<dyn TableProvider> = match &staged {
+            Some(s) => {
+                source::files_table(
+                    &self.ctx,
+                    std::slice::from_ref(&s.0),
+                    None,
+                    &s.0,
+                    "staged spine",
+                )
+                .await?
+            }
+            None => Arc::new(MemTable::try_new(sbatch.schema(), vec![slices])?),
+        };
+        let spine_plan =
+            LogicalPlanBuilder::scan("spine", provider_as_source(spine_table), None)?.build()?;
+
         let table = Arc::new(source::TimePruned {
             inner: p.table.clone(),
             time: src.timestamp.clone(),
@@ -1319,6 +1348,15 @@ impl Engine {
                 .map(|l| format!("    {l}")),
         );
         crate::profile::stage(format_args!("view {}: planned", view.name));
+        if self.plan_only
+            && let Some(runner) = &self.runner
+        {
+            explain.push(format!(
+                "  would run on {}, the spine staged in {}",
+                runner.describe(),
+                runner.staging().display()
+            ));
+        }
         if self.plan_only {
             // nothing runs: the caller (`view_columns`) answers with null features
             return Ok(SweptView {
@@ -1329,16 +1367,35 @@ impl Engine {
                 distinct_keys: distinct,
             });
         }
-        let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
+        let (batches, spills, mut scanned) = match &self.runner {
+            Some(runner) => {
+                explain.push(format!("  runs on {}", runner.describe()));
+                let spine = staged.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+                let ran = runner.run(phys.clone(), &self.ctx, &spine).await?;
+                drop(staged);
+                explain.extend(ran.explain);
+                let metric = |name: &str| ran.metrics.get(name).copied().unwrap_or(0);
+                let (spills, scanned) = (metric("spill_count") as usize, metric("bytes_scanned"));
+                (ran.batches, spills, scanned)
+            }
+            None => {
+                let parts = collect_partitioned(phys.clone(), self.ctx.task_ctx()).await?;
+                let spills = phys.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
+                let scanned = metric_sum(phys.as_ref(), "bytes_scanned");
+                (
+                    parts.into_iter().flatten().collect::<Vec<_>>(),
+                    spills,
+                    scanned,
+                )
+            }
+        };
         crate::profile::stage(format_args!("view {}: joined", view.name));
         if let Some(hook) = self.after_sweep {
             hook();
         }
-        let spills = phys.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
         if spills > 0 {
             explain.push(format!("  {spills} partition(s) exceeded the memory pool and were swept from disk in buckets"));
         }
-        let mut scanned = metric_sum(phys.as_ref(), "bytes_scanned");
         if scanned == 0 {
             // CSV scans are not metered by DataFusion; they read their files whole.
             let loc = source::source_location(&self.repo.offline_store, src);
@@ -1350,11 +1407,7 @@ impl Engine {
                     .sum();
             }
         }
-        let batches: Vec<RecordBatch> = parts
-            .into_iter()
-            .flatten()
-            .filter(|b| b.num_rows() > 0)
-            .collect();
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         // Where each spine row sits among the pieces.
         let ids = batches
             .iter()
@@ -1833,4 +1886,41 @@ fn time_literal(dt: &DataType, us: i64) -> Expr {
         _ => ScalarValue::Null,
     };
     lit(v)
+}
+
+/// A spine written where a cluster's executors read it, removed when dropped.
+struct Staged(PathBuf);
+
+impl Staged {
+    fn write(dir: &Path, view: &str, spine: &RecordBatch) -> Result<Staged> {
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("spine-{view}-{}-{nanos}-{n}.parquet", std::process::id());
+        if !crate::objects::is_remote(dir) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let path = dir.join(name);
+        source::write_table(&path, spine)?;
+        Ok(Staged(path))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Best effort: a leftover staged spine is garbage, not state.
+        match crate::objects::url_of(&self.0) {
+            Some(url) => {
+                let _ = crate::objects::delete(&url);
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
 }

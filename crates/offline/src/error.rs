@@ -60,6 +60,15 @@ pub enum Error {
     /// The memory limit is too small for the join; the message names the least that works.
     #[error("{0}")]
     MemoryLimit(String),
+    /// A cluster that runs the join could not be reached or failed the job; the message names
+    /// the cluster and what failed.
+    #[error("cluster {cluster}: {message}")]
+    Cluster {
+        /// The scheduler's address, as configured.
+        cluster: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// The kinds of object-storage failure callers tell apart.

@@ -31,6 +31,7 @@ mod pack;
 pub mod plan;
 pub mod profile;
 pub mod reuse;
+pub mod runner;
 pub mod source;
 mod spill_dir;
 pub mod state;

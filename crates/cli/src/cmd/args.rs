@@ -84,6 +84,12 @@ pub struct RunOptions {
     /// times the plan the gate turned down with it.
     #[arg(long, hide = true)]
     pub force_reuse: bool,
+    /// Run the join on this Ballista cluster, df://HOST:PORT (default: `engine.cluster` of
+    /// quiver.yaml, else in this process). Planning, reuse and registration stay here; the
+    /// spine is staged in `engine.staging` (default OFFLINE_STORE/staging), which every
+    /// executor must be able to read.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
 }
 
 impl RunOptions {

@@ -58,6 +58,7 @@ impl Join {
             register: self.register,
             pins,
             as_of,
+            cluster: self.run.cluster.clone(),
         };
         let bar = ProgressBar::new_spinner();
         bar.set_style(
@@ -125,6 +126,7 @@ impl Explain {
             full_names: self.full_names,
             pins,
             as_of,
+            cluster: self.run.cluster.clone(),
             ..Default::default()
         };
         let (plan, rows, columns) =

@@ -2,6 +2,7 @@
 //! parses nothing more and calls `quiver-app` (or the engine) for the work, then prints.
 
 pub mod args;
+pub mod cluster;
 pub mod datasets;
 pub mod init;
 pub mod join;

@@ -96,8 +96,9 @@ pub fn filter_col(i: usize) -> String {
     format!("__f{i}")
 }
 
-/// Everything the operator needs to know about one feature view's part of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+/// Everything the operator needs to know about one feature view's part of a request
+/// (serializable: a cluster's codec sends it to the executors).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub struct ViewSpec {
     /// The feature view's name.
     pub view: String,

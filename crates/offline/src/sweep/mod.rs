@@ -37,7 +37,7 @@ use crate::{Error, Result};
 pub(crate) const NULL_ID: u32 = u32::MAX;
 
 /// What a feature computes, resolved against the event columns of its view.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub struct FeatureSpec {
     /// Output column name.
     pub name: String,
@@ -57,7 +57,9 @@ pub struct FeatureSpec {
 }
 
 /// What a feature computes from its view's events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize,
+)]
 pub enum Kind {
     /// An aggregate over each spine row's window.
     Agg(Agg, Window),
