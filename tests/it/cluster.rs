@@ -137,7 +137,7 @@ async fn both_inputs_stay_co_partitioned_through_the_shuffle() {
             stages.len() >= 3
                 && stages
                     .iter()
-                    .any(|l| l.contains(&format!("({partitions} partitions)"))
+                    .any(|l| l.contains(&format!("({partitions} partitions"))
                         && l.contains("PitJoinExec")),
             "{}",
             out.explain.join("\n")

@@ -268,47 +268,68 @@ impl Cluster {
         };
         for stage in answer.into_inner().stages {
             let mut ops = Vec::new();
+            // the stage's wall time: its tasks' first start to last end (ns)
+            let (mut first, mut last) = (i64::MAX, i64::MIN);
             for op in &stage.operators {
                 let spine = staged.is_some_and(|f| op.operator_desc.contains(f));
-                let mut rows = 0u64;
-                let mut elapsed = 0u64;
-                let mut bytes = 0u64;
+                let (mut rows, mut elapsed, mut bytes) = (0u64, 0u64, 0u64);
+                let mut longest: BTreeMap<&str, u64> = BTreeMap::new();
                 for m in &op.metrics {
                     let (name, value) = match &m.metric {
                         Some(Metric::OutputRows(v)) => {
                             rows += v;
-                            ("output_rows".to_string(), *v)
+                            ("output_rows", *v)
                         }
                         Some(Metric::ElapseTime(v)) => {
                             elapsed += v;
-                            ("elapsed_compute".to_string(), *v)
+                            ("elapsed_compute", *v)
                         }
-                        Some(Metric::SpillCount(v)) => ("spill_count".to_string(), *v),
-                        Some(Metric::SpilledBytes(v)) => ("spilled_bytes".to_string(), *v),
-                        Some(Metric::OutputBytes(v)) => {
-                            bytes += v;
-                            ("output_bytes".to_string(), *v)
+                        Some(Metric::SpillCount(v)) => ("spill_count", *v),
+                        Some(Metric::SpilledBytes(v)) => ("spilled_bytes", *v),
+                        Some(Metric::OutputBytes(v)) => ("output_bytes", *v),
+                        Some(Metric::Count(c)) => (c.name.as_str(), c.value),
+                        Some(Metric::Gauge(g)) => (g.name.as_str(), g.value),
+                        Some(Metric::Time(t)) => {
+                            *longest.entry(t.name.as_str()).or_insert(0) += t.value;
+                            (t.name.as_str(), t.value)
                         }
-                        Some(Metric::Count(c)) => (c.name.clone(), c.value),
-                        Some(Metric::Gauge(g)) => (g.name.clone(), g.value),
-                        Some(Metric::Time(t)) => (t.name.clone(), t.value),
+                        Some(Metric::StartTimestamp(t)) => {
+                            first = first.min(*t);
+                            continue;
+                        }
+                        Some(Metric::EndTimestamp(t)) => {
+                            last = last.max(*t);
+                            continue;
+                        }
                         _ => continue,
                     };
+                    if name.contains("bytes") && name != "spilled_bytes" {
+                        bytes += value;
+                    }
                     if !spine {
-                        *sums.entry(name).or_insert(0) += value;
+                        *sums.entry(name.to_string()).or_insert(0) += value;
                     }
                 }
-                let mut text = format!("{} {} rows", op.operator_type, rows);
+                let mut text = format!("{} {rows} rows", op.operator_type);
                 if elapsed > 0 {
-                    text += &format!(" {:.3} s", elapsed as f64 / 1e9);
+                    text += &format!(", compute {:.2} s", elapsed as f64 / 1e9);
+                }
+                if let Some((name, t)) = longest.iter().max_by_key(|(_, t)| **t)
+                    && *t > 0
+                {
+                    text += &format!(", {name} {:.2} s", *t as f64 / 1e9);
                 }
                 if bytes > 0 {
-                    text += &format!(" {}", human_bytes(bytes));
+                    text += &format!(", {}", human_bytes(bytes));
                 }
                 ops.push(text);
             }
+            let wall = match last > first {
+                true => format!(", wall {:.2} s", (last - first) as f64 / 1e9),
+                false => String::new(),
+            };
             lines.push(format!(
-                "  stage {} ({} partitions): {}",
+                "  stage {} ({} partitions{wall}): {}",
                 stage.stage_id,
                 stage.partitions,
                 ops.join(" ← ")
