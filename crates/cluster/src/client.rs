@@ -14,7 +14,7 @@ use ballista_core::serde::protobuf::operator_metric::Metric;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{
     CancelJobParams, ExecuteQueryParams, GetJobMetricsParams, GetJobStatusParams, KeyValuePair,
-    PartitionLocation, SuccessfulJob, execute_query_result, job_status,
+    PartitionLocation, RemoveSessionParams, SuccessfulJob, execute_query_result, job_status,
 };
 use datafusion::arrow::array::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
@@ -129,15 +129,21 @@ impl Cluster {
             })
             .collect();
         let mut scheduler = self.scheduler(max).await?;
+        // A session per job: the scheduler keeps a session's settings, and the next job may
+        // carry others (another repository's storage, another partition count).
+        static JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let session_id = format!(
-            "quiver-{}-{}",
+            "quiver-{}-{}-{}",
             std::process::id(),
-            start.elapsed().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros()),
+            JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let mut request = tonic::Request::new(ExecuteQueryParams {
             query: Some(Query::PhysicalPlan(buf)),
             settings,
-            session_id,
+            session_id: session_id.clone(),
             operation_id: String::new(),
         });
         ballista_core::version::insert_version_header(request.metadata_mut());
@@ -179,6 +185,10 @@ impl Cluster {
         }
         let fetched = start.elapsed();
         let (metrics, stages) = self.metrics(&mut scheduler, &job, staged).await;
+        // best effort: the scheduler would otherwise keep the job's session
+        let _ = scheduler
+            .remove_session(RemoveSessionParams { session_id })
+            .await;
         let mut explain = vec![format!(
             "  job {job}: plan {} sent; submitted in {:.3} s, ran {:.3} s (scheduler: queued {} ms, executing {} ms), results fetched in {:.3} s ({})",
             human_bytes(plan_bytes as u64),
