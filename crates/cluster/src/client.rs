@@ -46,13 +46,9 @@ impl Cluster {
     /// The cluster whose scheduler is at `url` (`df://HOST:PORT`), with spines staged under
     /// `staging`, and scans configured by the repository's `storage`.
     pub fn new(url: &str, staging: PathBuf, storage: Storage) -> Result<Cluster> {
-        let addr = url
-            .strip_prefix("df://")
-            .filter(|a| {
-                a.rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-            })
-            .ok_or_else(|| Error::Address(url.to_string()))?;
+        // the one rule for cluster addresses, shared with `engine.cluster` in quiver.yaml
+        quiver_core::config::check_cluster(url).map_err(|_| Error::Address(url.to_string()))?;
+        let addr = &url["df://".len()..];
         Ok(Cluster {
             url: url.to_string(),
             endpoint: format!("http://{addr}"),
