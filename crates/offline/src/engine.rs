@@ -1233,9 +1233,6 @@ impl Engine {
         let view = p.view;
         let src = p.source;
         let bs = self.ctx.state().config().batch_size();
-        let slices: Vec<RecordBatch> = (0..n.div_ceil(bs).max(1))
-            .map(|i| sbatch.slice(i * bs, bs.min(n - (i * bs).min(n))))
-            .collect();
         let mut explain = Vec::new();
         // A cluster's executors read the spine from a staged file (a plan carrying it would
         // pass gRPC's message limits); the file is removed when the view is done.
@@ -1258,7 +1255,12 @@ impl Engine {
                 )
                 .await?
             }
-            None => Arc::new(MemTable::try_new(sbatch.schema(), vec![slices])?),
+            None => {
+                let slices: Vec<RecordBatch> = (0..n.div_ceil(bs).max(1))
+                    .map(|i| sbatch.slice(i * bs, bs.min(n - (i * bs).min(n))))
+                    .collect();
+                Arc::new(MemTable::try_new(sbatch.schema(), vec![slices])?)
+            }
         };
         let spine_plan =
             LogicalPlanBuilder::scan("spine", provider_as_source(spine_table), None)?.build()?;
