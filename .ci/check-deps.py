@@ -26,7 +26,7 @@ ALLOWED = {
 }
 # Engines, servers and stores that must stay out of core; transports that must stay out of app.
 FORBIDDEN = {
-    "quiver-core": {"datafusion", "tokio", "tonic", "sled", "deltalake", "parquet"},
+    "quiver-core": {"datafusion", "tokio", "tonic", "sled", "redis", "deltalake", "parquet"},
     "quiver-app": {"tonic", "tonic-health", "tonic-reflection", "prost", "arrow-flight", "axum", "hyper"},
 }
 

@@ -57,8 +57,15 @@ fn close(a: &Scalar, b: &Scalar) -> bool {
     }
 }
 
+/// On sled, a single Redis and a Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_lookups_equal_the_offline_join() {
+    for backend in quiver_online::testing::Backend::all() {
+        online_equals_offline(&backend).await;
+    }
+}
+
+async fn online_equals_offline(backend: &quiver_online::testing::Backend) {
     let (mut present, mut expired, mut moved) = (0, 0, 0);
     for seed in 0..4u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
@@ -122,9 +129,11 @@ async fn online_lookups_equal_the_offline_join() {
             w.close().unwrap();
             std::fs::write(d.join("quiver.yaml"), YAML).unwrap();
         }
-        let repo = Repo::load(dir.path()).unwrap();
-        let store = quiver_online::SledStore::open(&repo.online_store).unwrap();
-        materialize(&repo, &store, &[], end, EngineOptions::default(), |_, _| {})
+        let mut repo = Repo::load(dir.path()).unwrap();
+        repo.online_store = backend.fresh();
+        let store = quiver_online::open(&repo).await.unwrap();
+        let store = store.as_ref();
+        materialize(&repo, store, &[], end, EngineOptions::default(), |_, _| {})
             .await
             .unwrap();
 
@@ -159,9 +168,9 @@ async fn online_lookups_equal_the_offline_join() {
         lookups.retain(|&at| at >= end);
         let engine =
             Engine::new(Repo::load(known.path()).unwrap(), EngineOptions::default()).unwrap();
-        let at_end = get(&repo, &store, &refs, &entities, end).unwrap();
+        let at_end = get(&repo, store, &refs, &entities, end).await.unwrap();
         for at in lookups {
-            let online = get(&repo, &store, &refs, &entities, at).unwrap();
+            let online = get(&repo, store, &refs, &entities, at).await.unwrap();
             let spine = batch(vec![
                 ("uid", Arc::new(Int64Array::from(uids.clone())) as ArrayRef),
                 ("event_timestamp", ts(vec![Some(at); uids.len()])),
@@ -182,7 +191,8 @@ async fn online_lookups_equal_the_offline_join() {
                     let on = &online[e][j];
                     assert!(
                         close(&on.value, &col[e]),
-                        "seed {seed}, uid {u}, {r} materialized at {end}, looked up at {at}: online {:?} ({:?}), offline {:?}",
+                        "{}: seed {seed}, uid {u}, {r} materialized at {end}, looked up at {at}: online {:?} ({:?}), offline {:?}",
+                        backend.name(),
                         on.value,
                         on.status,
                         col[e]

@@ -57,6 +57,12 @@ pub enum ErrorKind {
     /// The request is valid, but the data it acts on refuses it (an integer sum that leaves
     /// Int64).
     FailedPrecondition,
+    /// A store the request needs cannot be reached now (a shared online store down or
+    /// restarting); the same request may succeed later.
+    Unavailable,
+    /// Another writer changed what the request was computed from, again and again; the
+    /// caller may retry.
+    Aborted,
     /// Not the caller's fault; details belong in the server's log.
     Internal,
 }
@@ -98,7 +104,11 @@ impl Error {
 }
 
 fn core_kind(c: &quiver_core::Error) -> ErrorKind {
-    if c.is_not_found() {
+    if let quiver_core::Error::Unavailable(_) = c {
+        ErrorKind::Unavailable
+    } else if let quiver_core::Error::Conflict(_) = c {
+        ErrorKind::Aborted
+    } else if c.is_not_found() {
         ErrorKind::NotFound
     } else if c.is_request() {
         ErrorKind::Invalid

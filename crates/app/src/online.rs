@@ -23,7 +23,6 @@ use quiver_offline::{Engine, EngineOptions, JoinRequest};
 /// The hidden feature that carries the latest event time of each entity.
 const EVENT_TIME: &str = "__event_time";
 const AS_OF: &str = "__as_of";
-const CHUNK: usize = 20_000;
 
 /// Rows written for one view.
 #[derive(Debug, Clone)]
@@ -107,10 +106,8 @@ pub async fn materialize_range(
     // Later lookups see the events known at `end`, not events the store was never told of.
     // Rows pushed for the online store alone count as the source's.
     let engine = Engine::new(serving_repo(repo), opts)?;
-    let engine = with_pushed(engine, store, None)
-        .await?
-        .known_at(end)
-        .await?;
+    let (engine, _) = with_pushed(engine, store, None).await?;
+    let engine = engine.known_at(end).await?;
     let mut done = Vec::new();
     for view in names {
         let started = Instant::now();
@@ -118,7 +115,8 @@ pub async fn materialize_range(
             Range::All => None,
             Range::Since(t) => Some(t),
             Range::Incremental => store
-                .watermark(&view)?
+                .watermark(&view)
+                .await?
                 // Inclusive: a window closed at its start still held an event exactly `reach`
                 // before the watermark.
                 .map(|w| w.saturating_sub(reach(&repo.views[&view]))),
@@ -131,17 +129,16 @@ pub async fn materialize_range(
         let mut written = 0;
         // Each group of entities is written as it is computed; the watermark moves after the
         // last (a crash before it leaves the old watermark, and the next run redoes the work).
-        compute_rows(&engine, &view, entities, end, |mut rows| {
+        let mut groups = compute_rows(&engine, &view, entities, end).await?;
+        while let Some(mut rows) = groups.next().await? {
             store.order_for_write(&mut rows);
-            for chunk in rows.chunks(CHUNK) {
-                store.write(&view, chunk, None)?;
+            for chunk in rows.chunks(store.write_chunk().max(1)) {
+                store.write(&view, chunk, None).await?;
                 written += chunk.len();
                 progress(&view, written);
             }
-            Ok(())
-        })
-        .await?;
-        store.write(&view, &[], Some(end))?;
+        }
+        store.write(&view, &[], Some(end)).await?;
         quiver_offline::profile::stage(format_args!("materialize {view}: {written} rows written"));
         done.push(Materialized {
             view,
@@ -174,31 +171,60 @@ fn serving_repo(repo: &Repo) -> Repo {
 /// key columns) as of `end`, computed by the offline join of a [`serving_repo`] engine: one
 /// spine row per entity at `end`, and one at each instant after it where a window of the view
 /// changes for that entity ([`step_times`]); the latter become the row's steps.
-async fn compute_rows(
-    engine: &Engine,
-    view: &str,
+async fn compute_rows<'a>(
+    engine: &'a Engine,
+    view: &'a str,
     entities: RecordBatch,
     end: i64,
-    mut sink: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> CoreResult<()>,
-) -> quiver_offline::Result<()> {
-    let n = entities.num_rows();
+) -> quiver_offline::Result<RowGroups<'a>> {
     let steps = step_times(engine, view, &entities, end).await?;
-    // Entities are joined in groups of at most JOIN_ROWS spine rows (an entity's steps stay
-    // together) and handed to `sink` group by group, so memory is bounded by a group, not by
-    // every entity's steps at once.
-    let mut from = 0;
-    while from < n {
+    Ok(RowGroups {
+        engine,
+        view,
+        entities,
+        steps,
+        end,
+        from: 0,
+    })
+}
+
+/// The groups of stored rows [`compute_rows`] computes, one join at a time.
+struct RowGroups<'a> {
+    engine: &'a Engine,
+    view: &'a str,
+    entities: RecordBatch,
+    steps: Vec<Vec<i64>>,
+    end: i64,
+    from: usize,
+}
+
+impl RowGroups<'_> {
+    /// The next group's rows, `None` after the last.
+    async fn next(&mut self) -> quiver_offline::Result<Option<Vec<(Vec<u8>, Vec<u8>)>>> {
+        let (n, from) = (self.entities.num_rows(), self.from);
+        if from >= n {
+            return Ok(None);
+        }
+        // Entities are joined in groups of at most JOIN_ROWS spine rows (an entity's steps
+        // stay together), so memory is bounded by a group, not by every entity's steps at
+        // once.
         let (mut to, mut size) = (from, 0);
-        while to < n && (to == from || size + 1 + steps[to].len() <= JOIN_ROWS) {
-            size += 1 + steps[to].len();
+        while to < n && (to == from || size + 1 + self.steps[to].len() <= JOIN_ROWS) {
+            size += 1 + self.steps[to].len();
             to += 1;
         }
-        let group = entities.slice(from, to - from);
-        sink(compute_group(engine, view, group, &steps[from..to], end).await?)
-            .map_err(quiver_offline::Error::Core)?;
-        from = to;
+        self.from = to;
+        let group = self.entities.slice(from, to - from);
+        compute_group(
+            self.engine,
+            self.view,
+            group,
+            &self.steps[from..to],
+            self.end,
+        )
+        .await
+        .map(Some)
     }
-    Ok(())
 }
 
 /// Spine rows per join of [`compute_rows`].
@@ -463,26 +489,56 @@ pub async fn push(
             "unknown feature view `{view}`"
         )))
     })?;
-    let source = &def.source;
-    let ctx = quiver_offline::session(&opts)?;
+    // Another process sharing the store may store a push to the same source while this one
+    // is computed; the store then refuses this one (its count moved) and it is computed
+    // again over the new state, a bounded number of times.
+    let mut attempt = 1;
+    loop {
+        match push_once(repo, store, view, &def.source, &rows, appended, now, &opts).await {
+            Err(e) if is_conflict(&e) && attempt < PUSH_ATTEMPTS => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Times a push is computed before a conflict is reported.
+const PUSH_ATTEMPTS: usize = 20;
+
+fn is_conflict(e: &crate::Error) -> bool {
+    matches!(
+        e,
+        crate::Error::Core(quiver_core::Error::Conflict(_))
+            | crate::Error::Offline(quiver_offline::Error::Core(quiver_core::Error::Conflict(_)))
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_once(
+    repo: &Repo,
+    store: &dyn OnlineStore,
+    view: &str,
+    source: &str,
+    rows: &RecordBatch,
+    appended: bool,
+    now: i64,
+    opts: &EngineOptions,
+) -> crate::Result<Pushed> {
+    let ctx = quiver_offline::session(opts)?;
     let table =
         quiver_offline::source::source_table(&ctx, &repo.offline_store, &repo.sources[source])
             .await?;
-    let rows =
-        quiver_offline::delta::conform(&table.schema(), &rows, &format!("push to `{view}`"))?;
+    let rows = quiver_offline::delta::conform(&table.schema(), rows, &format!("push to `{view}`"))?;
     refuse_null_keys(repo, source, view, &rows)?;
     let n = rows.num_rows();
     let new = (!appended).then(|| rows.clone());
-    let engine = Engine::new(serving_repo(repo), opts)?;
-    let engine = with_pushed(engine, store, Some((source.as_str(), table, new.as_ref())))
-        .await?
-        .known_at(now)
-        .await?;
+    let engine = Engine::new(serving_repo(repo), opts.clone())?;
+    let (engine, after) = with_pushed(engine, store, Some((source, table, new.as_ref()))).await?;
+    let engine = engine.known_at(now).await?;
     // Every view of the source takes the rows (they are the source's), each for the entities
     // the rows name under its own keys.
     let mut writes = Vec::new();
     let mut entities_written = 0;
-    for (name, v) in repo.views.iter().filter(|(_, v)| &v.source == source) {
+    for (name, v) in repo.views.iter().filter(|(_, v)| v.source == source) {
         let keys: Vec<usize> = v
             .join_keys
             .iter()
@@ -496,18 +552,19 @@ pub async fn push(
         let entities =
             datafusion::arrow::compute::concat_batches(&schema, &distinct.collect().await?)?;
         let mut out = Vec::new();
-        compute_rows(&engine, name, entities, now, |rows| {
+        let mut groups = compute_rows(&engine, name, entities, now).await?;
+        while let Some(rows) = groups.next().await? {
             out.extend(rows);
-            Ok(())
-        })
-        .await?;
+        }
         if name == view {
             entities_written = out.len();
         }
         writes.push((name.clone(), out));
     }
     let logged = new.as_ref().map(encode_batch).transpose()?;
-    store.push(source, logged.as_deref(), &writes)?;
+    store
+        .push(source, logged.as_deref(), &writes, after)
+        .await?;
     Ok(Pushed {
         rows: n,
         entities: entities_written,
@@ -522,18 +579,23 @@ async fn with_pushed(
     engine: Engine,
     store: &dyn OnlineStore,
     pushing: Option<(&str, Arc<dyn TableProvider>, Option<&RecordBatch>)>,
-) -> quiver_offline::Result<Engine> {
+) -> quiver_offline::Result<(Engine, u64)> {
     let repo = engine.repo().clone();
     let sources: std::collections::BTreeSet<&str> =
         repo.views.values().map(|v| v.source.as_str()).collect();
     let mut engine = engine;
+    let mut after = 0;
     for name in sources {
         let src = &repo.sources[name];
-        let logged = store.pushed(name)?;
+        let log = store.pushed(name).await?;
         let (read, new) = match &pushing {
-            Some((s, table, new)) if *s == name => (Some(table.clone()), *new),
+            Some((s, table, new)) if *s == name => {
+                after = log.pushes;
+                (Some(table.clone()), *new)
+            }
             _ => (None, None),
         };
+        let logged = log.batches;
         if logged.is_empty() && new.is_none() {
             continue;
         }
@@ -558,7 +620,7 @@ async fn with_pushed(
             .union(ctx.read_table(Arc::new(mem))?)?;
         engine = engine.with_source_table(name, union.into_view());
     }
-    Ok(engine)
+    Ok((engine, after))
 }
 
 /// A pushed batch as the online store keeps it (Arrow IPC stream).
@@ -634,7 +696,7 @@ pub fn parse_entity(text: &str) -> crate::Result<Vec<(String, KeyValue)>> {
 
 /// Look features up for entities at time `at` (microseconds): one point read per (view,
 /// entity). Returns, per entity, one value per requested feature in request order.
-pub fn get(
+pub async fn get(
     repo: &Repo,
     store: &dyn OnlineStore,
     refs: &[FeatureRef],
@@ -673,7 +735,7 @@ pub fn get(
                 Ok(encode_entity_key(&vals))
             })
             .collect::<CoreResult<Vec<_>>>()?;
-        let got = store.get_many(view, &keys)?;
+        let got = store.get_many(view, &keys).await?;
         let decoded = got
             .into_iter()
             .map(|b| b.map(|b| FeatureRow::decode_at(&b, at)).transpose())

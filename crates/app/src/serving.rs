@@ -48,8 +48,9 @@ pub struct Pushed {
 pub struct Serving {
     repo: Arc<Repo>,
     store: Arc<dyn OnlineStore>,
-    /// Serializes pushes: each reads the source's earlier online-only pushes, computes and
-    /// writes; two at once would each write values without the other's rows.
+    /// Serializes this process's pushes: each reads the source's earlier online-only pushes,
+    /// computes and writes; two at once would each write values without the other's rows.
+    /// (Pushes from other processes sharing the store are caught by the store's push count.)
     writer: tokio::sync::Mutex<()>,
 }
 
@@ -71,20 +72,28 @@ impl Serving {
 
     /// Values of `refs` for `entities` at `at` (default now): per entity, one value per
     /// reference in order.
-    pub fn lookup(
+    pub async fn lookup(
         &self,
         refs: &[FeatureRef],
         entities: &[Vec<(String, KeyValue)>],
         at: Option<i64>,
     ) -> Result<Vec<Vec<Value>>> {
         let at = at.unwrap_or_else(quiver_core::time::now_micros);
-        online::get(&self.repo, self.store.as_ref(), refs, entities, at).map_err(|e| match e {
-            Error::Core(quiver_core::Error::Request(m)) => Error::Invalid(format!("entities: {m}")),
-            Error::Core(c) if !c.is_request() && !c.is_not_found() => {
-                Error::Internal(c.to_string())
-            }
-            other => other,
-        })
+        online::get(&self.repo, self.store.as_ref(), refs, entities, at)
+            .await
+            .map_err(|e| match e {
+                Error::Core(quiver_core::Error::Request(m)) => {
+                    Error::Invalid(format!("entities: {m}"))
+                }
+                Error::Core(c)
+                    if !c.is_request()
+                        && !c.is_not_found()
+                        && !matches!(c, quiver_core::Error::Unavailable(_)) =>
+                {
+                    Error::Internal(c.to_string())
+                }
+                other => other,
+            })
     }
 
     /// The schema a push to `view` must give: its source's columns.

@@ -1976,3 +1976,291 @@ fn a_join_on_a_cluster_of_processes_is_the_local_join() {
         stderr(&o)
     );
 }
+
+// ---- a shared online store (issue 21)
+
+/// Start `quiver serve` on a free loopback port and return it with its address, read from the
+/// line it prints once it listens (at most 60 s).
+fn serving(dir: &Path) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--repo"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("quiver serve starts"),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, addr)) = line.rsplit_once(" on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("quiver serve said where it listens");
+    (child, addr)
+}
+
+/// The sample repository with its online store on Redis at `url`.
+fn redis_repo(url: &str) -> tempfile::TempDir {
+    let dir = sample_repo();
+    let yaml = std::fs::read_to_string(dir.path().join("quiver.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("quiver.yaml"),
+        format!("{yaml}\nonline_store: {{ type: redis, url: \"{url}\" }}\n"),
+    )
+    .unwrap();
+    dir
+}
+
+/// `quiver get` through a server (or the store when `addr` is None): the table's rows.
+fn get_rows(d: &Path, addr: Option<&str>, users: &[i64]) -> Vec<String> {
+    let mut args = vec![
+        "get".to_string(),
+        "--features".into(),
+        "user_purchases:amt_30d,user_purchases:amt_lifetime".into(),
+        "--at".into(),
+        "2024-02-09T00:00:00Z".into(),
+    ];
+    if let Some(a) = addr {
+        args.extend(["--addr".into(), a.into()]);
+    }
+    for u in users {
+        args.extend(["--entity".into(), format!("user_id={u}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(q(d, &args)).lines().skip(1).map(String::from).collect()
+}
+
+/// Two `quiver serve` replicas on one Redis answer alike; a materialization by a third process
+/// shows in both; a push through one is seen by the other; Redis restarted under them makes
+/// lookups UNAVAILABLE and then work again without restarting either server.
+#[test]
+fn replicas_share_one_redis_store() {
+    let mut redis = quiver_online::testing::RedisServer::start();
+    let dir = redis_repo(&redis.url());
+    let d = dir.path();
+    let (_a, addr_a) = serving(d);
+    let (_b, addr_b) = serving(d);
+    let users = [1, 2, 3, 7];
+    let before = get_rows(d, Some(&addr_a), &users);
+    assert!(before.iter().all(|r| r.contains("NOT_FOUND")), "{before:?}");
+
+    ok(q(d, &["materialize", "--end", "2024-02-09T00:00:00Z"]));
+    let local = get_rows(d, None, &users);
+    assert!(local[0].contains("700"), "{local:?}");
+    assert_eq!(get_rows(d, Some(&addr_a), &users), local);
+    assert_eq!(get_rows(d, Some(&addr_b), &users), local);
+
+    // A push through replica A: user 3 buys for 7 an hour before T.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let push = |addr: &str| {
+        use quiver_grpc::proto::online_service_client::OnlineServiceClient;
+        use quiver_grpc::proto::{PushRequest, RepeatedValue, Value, value::Val};
+        let col = |v: Vec<Val>| RepeatedValue {
+            val: v.into_iter().map(|v| Value { val: Some(v) }).collect(),
+        };
+        let req = PushRequest {
+            feature_view: "user_purchases".into(),
+            columns: [
+                ("user_id".to_string(), col(vec![Val::Int64Val(3)])),
+                (
+                    "purchase_date".into(),
+                    col(vec![Val::StringVal("2024-02-08T23:00:00Z".into())]),
+                ),
+                (
+                    "ingested_at".into(),
+                    col(vec![Val::StringVal("2024-02-08T23:00:00Z".into())]),
+                ),
+                ("purchase_amt".into(), col(vec![Val::Int64Val(7)])),
+                ("category".into(), col(vec![Val::StringVal("food".into())])),
+            ]
+            .into_iter()
+            .collect(),
+            to_offline: false,
+            at_micros: Some(1_707_436_800_000_000),
+        };
+        let url = format!("http://{addr}");
+        rt.block_on(async move {
+            let mut c = OnlineServiceClient::connect(url).await.unwrap();
+            c.push(req).await
+        })
+    };
+    push(&addr_a).unwrap();
+    let after = get_rows(d, Some(&addr_b), &users);
+    assert_ne!(after, local, "the push through A shows through B");
+    assert_eq!(after, get_rows(d, Some(&addr_a), &users));
+    assert_eq!(after, get_rows(d, None, &users));
+    // Pushes through both replicas at once: every one counts (the store's push count makes a
+    // replica that computed against an older state compute again).
+    std::thread::scope(|s| {
+        for addr in [&addr_a, &addr_b, &addr_a, &addr_b] {
+            s.spawn(|| push(addr).unwrap());
+        }
+    });
+    let lifetime = |rows: &[String]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r.split_whitespace().last().unwrap().to_string())
+            .collect()
+    };
+    // user 3: no purchase in the sample, then five pushes of 7
+    assert_eq!(lifetime(&get_rows(d, Some(&addr_b), &[3])), ["35"]);
+
+    // Redis down: lookups fail as unavailable, promptly; back up: the same servers answer.
+    redis.kill();
+    let o = q(
+        d,
+        &[
+            "get",
+            "--addr",
+            &addr_a,
+            "--features",
+            "user_purchases:amt_30d",
+            "--entity",
+            "user_id=1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).to_lowercase().contains("unavailable"),
+        "{}",
+        stderr(&o)
+    );
+    redis.restart();
+    let back = (0..100).find_map(|_| {
+        let o = q(
+            d,
+            &[
+                "get",
+                "--addr",
+                &addr_b,
+                "--features",
+                "user_purchases:amt_lifetime",
+                "--entity",
+                "user_id=3",
+                "--at",
+                "2024-02-09T00:00:00Z",
+            ],
+        );
+        if o.status.success() {
+            Some(String::from_utf8_lossy(&o.stdout).to_string())
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            None
+        }
+    });
+    let back = back.expect("lookups work again after Redis is back");
+    assert!(
+        back.contains("35"),
+        "values survived the restart (AOF): {back}"
+    );
+}
+
+/// A materialization killed with SIGKILL half-way leaves every entity readable with a whole
+/// value (the previous one or the new one) and the previous watermark, so the next
+/// incremental run starts from where the last complete one ended; running it again finishes
+/// the job.
+#[test]
+fn a_killed_materialization_leaves_whole_values_on_redis() {
+    use quiver_core::store::{FeatureRow, KeyValue, encode_entity_key};
+    let redis = quiver_online::testing::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n: i64 = 200_000;
+    let mut csv = String::from("user_id,ts,amt\n");
+    for u in 0..n {
+        csv.push_str(&format!(
+            "{u},2024-01-0{}T00:00:00Z,{}\n",
+            1 + u % 5,
+            u % 97
+        ));
+    }
+    std::fs::write(d.join("ev.csv"), csv).unwrap();
+    std::fs::write(
+        d.join("quiver.yaml"),
+        format!(
+            "project: kill\nentities:\n  user: {{ join_keys: [user_id] }}\nsources:\n  ev: {{ path: ev.csv, timestamp: ts }}\nfeature_views:\n  spend:\n    entity: user\n    source: ev\n    features:\n      - {{ name: total, agg: sum, column: amt }}\n      - {{ name: n7, agg: count, column: \"*\", window: 7d }}\nonline_store: {{ type: redis, url: \"{}\" }}\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let (t0, t1) = ("2024-01-10T00:00:00Z", "2024-01-20T00:00:00Z");
+    ok(q(d, &["materialize", "--end", t0]));
+    let t0_us = 1_704_844_800_000_000i64;
+    let t1_us = 1_705_708_800_000_000i64;
+
+    let repo = quiver_core::Repo::load(d).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(quiver_online::open(&repo)).unwrap();
+    let sample: Vec<Vec<u8>> = (0..n)
+        .step_by(97)
+        .map(|u| encode_entity_key(&[KeyValue::Int(u)]))
+        .collect();
+    let as_ofs = |keys: &[Vec<u8>]| -> Vec<i64> {
+        rt.block_on(store.get_many("spend", keys))
+            .unwrap()
+            .into_iter()
+            .map(|v| {
+                FeatureRow::decode(&v.expect("every entity has a value"))
+                    .unwrap()
+                    .as_of
+            })
+            .collect()
+    };
+    assert!(as_ofs(&sample).iter().all(|&t| t == t0_us));
+
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["materialize", "--end", t1, "--repo"])
+            .arg(d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Kill it once some, not all, of the sample carries the new values (bounded wait).
+    let started = std::time::Instant::now();
+    let mut killed_at = None;
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        let got = as_ofs(&sample);
+        let new = got.iter().filter(|&&t| t == t1_us).count();
+        if new > 0 && new < got.len() {
+            child.0.kill().unwrap();
+            child.0.wait().unwrap();
+            killed_at = Some(new);
+            break;
+        }
+        assert!(
+            new == 0,
+            "the materialization finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed_at = killed_at.expect("the materialization was caught half-way");
+    assert!(killed_at > 0);
+    // Every entity: a whole value of one of the two materializations.
+    let all: Vec<Vec<u8>> = (0..n)
+        .map(|u| encode_entity_key(&[KeyValue::Int(u)]))
+        .collect();
+    let got = as_ofs(&all);
+    assert!(got.iter().all(|&t| t == t0_us || t == t1_us));
+    assert!(
+        got.contains(&t0_us) && got.contains(&t1_us),
+        "killed half-way"
+    );
+    assert_eq!(
+        rt.block_on(store.watermark("spend")).unwrap(),
+        Some(t0_us),
+        "the watermark moves only when a view is done"
+    );
+    ok(q(d, &["materialize", "--end", t1]));
+    assert!(as_ofs(&all).iter().all(|&t| t == t1_us));
+    assert_eq!(rt.block_on(store.watermark("spend")).unwrap(), Some(t1_us));
+}

@@ -29,8 +29,9 @@ pub mod file {
         pub project: String,
         /// Folder of the offline store, relative to the repository; default `.quiver/offline`.
         pub offline_store: Option<String>,
-        /// Folder of the online store, relative to the repository; default `.quiver/online`.
-        pub online_store: Option<String>,
+        /// The online store: a folder (sled), relative to the repository, default
+        /// `.quiver/online`; or `{ type: sled | redis | redis-cluster, ... }`.
+        pub online_store: Option<OnlineStoreDef>,
         /// Folder of the registry, relative to the repository; default `.quiver/registry`.
         pub registry: Option<String>,
         /// The entities, by name.
@@ -62,6 +63,53 @@ pub mod file {
         /// Where a cluster's executors read staged spines: a folder they share or an
         /// `s3://` prefix; default `staging` in the offline store.
         pub staging: Option<String>,
+    }
+
+    /// The `online_store:` field: a folder, or a map naming the backend.
+    #[derive(Debug)]
+    pub enum OnlineStoreDef {
+        /// A folder of the embedded sled store.
+        Path(String),
+        /// `{ type: ..., ... }`.
+        Typed(TypedOnlineStore),
+    }
+
+    /// `online_store: { type: ..., ... }`. Which fields apply depends on `type`; the check
+    /// after parsing names a field given for the wrong type.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TypedOnlineStore {
+        /// `sled` (embedded, the default), `redis` or `redis-cluster`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// sled: the store's folder.
+        pub path: Option<String>,
+        /// redis: `redis://HOST:PORT/DB` (or `rediss://` for TLS), without a password.
+        pub url: Option<String>,
+        /// redis-cluster: `redis://HOST:PORT` of some of the cluster's nodes.
+        pub nodes: Option<Vec<String>>,
+        /// redis, redis-cluster: the prefix of every key; default `quiver:PROJECT`.
+        pub key_prefix: Option<String>,
+    }
+
+    impl<'de> Deserialize<'de> for OnlineStoreDef {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OnlineStoreDef;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a folder, or a map with `type: sled | redis | redis-cluster`")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                    Ok(OnlineStoreDef::Path(v.to_string()))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                    TypedOnlineStore::deserialize(de::value::MapAccessDeserializer::new(map))
+                        .map(OnlineStoreDef::Typed)
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 
     /// The `storage:` section.
@@ -203,8 +251,8 @@ pub struct Repo {
     pub project: String,
     /// Folder of the offline store, resolved against `dir`.
     pub offline_store: PathBuf,
-    /// Folder of the online store, resolved against `dir`.
-    pub online_store: PathBuf,
+    /// The online store (`online_store:`; default the sled folder `.quiver/online`).
+    pub online_store: OnlineStoreConfig,
     /// Folder of the registry, resolved against `dir`.
     pub registry: PathBuf,
     /// The join key columns of each entity, by entity name.
@@ -221,6 +269,53 @@ pub struct Repo {
     pub cluster: Option<String>,
     /// Where a cluster's executors read staged spines (`engine.staging`, resolved).
     pub staging: PathBuf,
+}
+
+/// Which online store a repository uses, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnlineStoreConfig {
+    /// The embedded store in a folder (resolved against the repository): one process at a
+    /// time opens it.
+    Sled {
+        /// The store's folder.
+        path: PathBuf,
+    },
+    /// One Redis server, shared by every process that serves or materializes.
+    Redis {
+        /// `redis://HOST:PORT/DB` or `rediss://...`, with no password in it: the password
+        /// comes from `QUIVER_REDIS_PASSWORD` (and the user from `QUIVER_REDIS_USERNAME`).
+        url: String,
+        /// The prefix of every key (`quiver:PROJECT` unless given), so projects can share a
+        /// server.
+        key_prefix: String,
+    },
+    /// A Redis Cluster, reached through any of `nodes`.
+    RedisCluster {
+        /// `redis://HOST:PORT` of some of the cluster's nodes.
+        nodes: Vec<String>,
+        /// As for [`OnlineStoreConfig::Redis`].
+        key_prefix: String,
+    },
+}
+
+impl OnlineStoreConfig {
+    /// The folder of a sled store, `None` for the shared stores.
+    pub fn sled_path(&self) -> Option<&Path> {
+        match self {
+            OnlineStoreConfig::Sled { path } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Where the store is, for messages: a folder or the server addresses (never a password,
+    /// which is refused in `quiver.yaml` anyway).
+    pub fn describe(&self) -> String {
+        match self {
+            OnlineStoreConfig::Sled { path } => path.display().to_string(),
+            OnlineStoreConfig::Redis { url, .. } => url.clone(),
+            OnlineStoreConfig::RedisCluster { nodes, .. } => nodes.join(","),
+        }
+    }
 }
 
 /// Settings of object storage from `quiver.yaml`; each unset one falls back to the standard
@@ -474,6 +569,121 @@ pub fn check_cluster(address: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// Check a Redis URL of `quiver.yaml`: `redis://` or `rediss://`, a host, and no password
+/// (it would sit in a file that is committed and copied; it comes from the environment).
+fn check_redis_url(url: &str) -> std::result::Result<(), String> {
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        return Err(format!(
+            "`{url}` is not a Redis URL: expected redis://HOST:PORT/DB or rediss://..."
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        return Err(
+            "a password does not belong in quiver.yaml: remove it from the URL and \
+             set QUIVER_REDIS_PASSWORD in the environment"
+                .into(),
+        );
+    }
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return Err(format!("`{url}` names no host"));
+    }
+    Ok(())
+}
+
+fn online_store(
+    def: Option<&file::OnlineStoreDef>,
+    project: &str,
+    dir: &Path,
+    file: &Path,
+) -> Result<OnlineStoreConfig> {
+    use file::OnlineStoreDef as D;
+    let err = |field: &str, m: String| Error::config(file, format!("online_store.{field}"), m);
+    let t = match def {
+        None => {
+            return Ok(OnlineStoreConfig::Sled {
+                path: dir.join(".quiver/online"),
+            });
+        }
+        Some(D::Path(p)) => return Ok(OnlineStoreConfig::Sled { path: dir.join(p) }),
+        Some(D::Typed(t)) => t,
+    };
+    // A field of another backend is a mistake worth naming, not ignoring.
+    let refuse = |given: bool, field: &str| -> Result<()> {
+        if given {
+            Err(err(field, format!("does not apply to `type: {}`", t.kind)))
+        } else {
+            Ok(())
+        }
+    };
+    let prefix = || {
+        let p = t
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| format!("quiver:{project}"));
+        if p.is_empty() || p.contains(['{', '}']) {
+            return Err(err(
+                "key_prefix",
+                format!(
+                    "`{p}` must be non-empty and hold no braces (they pick Redis Cluster hash slots)"
+                ),
+            ));
+        }
+        Ok(p)
+    };
+    match t.kind.as_str() {
+        "sled" => {
+            refuse(t.url.is_some(), "url")?;
+            refuse(t.nodes.is_some(), "nodes")?;
+            refuse(t.key_prefix.is_some(), "key_prefix")?;
+            Ok(OnlineStoreConfig::Sled {
+                path: dir.join(t.path.as_deref().unwrap_or(".quiver/online")),
+            })
+        }
+        "redis" => {
+            refuse(t.path.is_some(), "path")?;
+            refuse(t.nodes.is_some(), "nodes")?;
+            let url = t
+                .url
+                .clone()
+                .ok_or_else(|| err("url", "is required for `type: redis`".into()))?;
+            check_redis_url(&url).map_err(|m| err("url", m))?;
+            Ok(OnlineStoreConfig::Redis {
+                url,
+                key_prefix: prefix()?,
+            })
+        }
+        "redis-cluster" => {
+            refuse(t.path.is_some(), "path")?;
+            refuse(t.url.is_some(), "url")?;
+            let nodes = t.nodes.clone().unwrap_or_default();
+            if nodes.is_empty() {
+                return Err(err(
+                    "nodes",
+                    "needs at least one redis://HOST:PORT of the cluster".into(),
+                ));
+            }
+            for (i, n) in nodes.iter().enumerate() {
+                check_redis_url(n).map_err(|m| err(&format!("nodes[{i}]"), m))?;
+            }
+            Ok(OnlineStoreConfig::RedisCluster {
+                nodes,
+                key_prefix: prefix()?,
+            })
+        }
+        other => Err(err(
+            "type",
+            format!("unknown online store type `{other}`; types: sled, redis, redis-cluster"),
+        )),
+    }
+}
+
 fn storage(def: &file::StorageDef, file: &Path) -> Result<Storage> {
     let Some(s3) = &def.s3 else {
         return Ok(Storage::default());
@@ -599,7 +809,7 @@ fn resolve(raw: file::RepoFile, file: &Path, dir: PathBuf) -> Result<Repo> {
             &dir,
             raw.offline_store.as_deref().unwrap_or(".quiver/offline"),
         ),
-        online_store: dir.join(raw.online_store.as_deref().unwrap_or(".quiver/online")),
+        online_store: online_store(raw.online_store.as_ref(), &raw.project, &dir, file)?,
         registry: dir.join(raw.registry.as_deref().unwrap_or(".quiver/registry")),
         dir,
         file: file.to_path_buf(),
@@ -930,6 +1140,69 @@ feature_services:
             e.contains("user_profile.features[0].window: a latest-value feature"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn online_stores_parse_and_mistakes_are_named() {
+        let with = |extra: &str| parse(&format!("{GOOD}\nonline_store: {extra}\n"));
+        assert_eq!(
+            parse(GOOD).unwrap().online_store,
+            OnlineStoreConfig::Sled {
+                path: Path::new("repo/.quiver/online").into()
+            }
+        );
+        assert_eq!(
+            with("stores/online").unwrap().online_store,
+            OnlineStoreConfig::Sled {
+                path: Path::new("repo/stores/online").into()
+            }
+        );
+        assert_eq!(
+            with("{ type: redis, url: \"redis://10.0.0.5:6379/2\" }")
+                .unwrap()
+                .online_store,
+            OnlineStoreConfig::Redis {
+                url: "redis://10.0.0.5:6379/2".into(),
+                key_prefix: "quiver:retail".into()
+            }
+        );
+        assert_eq!(
+            with("{ type: redis-cluster, nodes: [\"redis://a:7000\", \"redis://b:7000\"], key_prefix: fs }")
+                .unwrap()
+                .online_store,
+            OnlineStoreConfig::RedisCluster {
+                nodes: vec!["redis://a:7000".into(), "redis://b:7000".into()],
+                key_prefix: "fs".into()
+            }
+        );
+        let e = |extra: &str| with(extra).unwrap_err().to_string();
+        let m = e("{ type: redis, url: \"redis://:hunter2@host:6379\" }");
+        assert!(
+            m.contains("online_store.url: a password does not belong in quiver.yaml")
+                && m.contains("QUIVER_REDIS_PASSWORD")
+                && !m.contains("hunter2"),
+            "{m}"
+        );
+        let m = e("{ type: redis }");
+        assert!(m.contains("online_store.url: is required"), "{m}");
+        let m = e("{ type: redis, url: \"http://x\" }");
+        assert!(m.contains("not a Redis URL"), "{m}");
+        let m = e("{ type: redis, url: \"redis://x\", nodes: [\"redis://y\"] }");
+        assert!(
+            m.contains("online_store.nodes: does not apply to `type: redis`"),
+            "{m}"
+        );
+        let m = e("{ type: redis-cluster, nodes: [] }");
+        assert!(m.contains("online_store.nodes: needs at least one"), "{m}");
+        let m = e("{ type: memcached }");
+        assert!(
+            m.contains("unknown online store type `memcached`; types: sled, redis, redis-cluster"),
+            "{m}"
+        );
+        let m = e("{ type: redis, url: \"redis://x\", key_prefix: \"a{b}\" }");
+        assert!(m.contains("online_store.key_prefix"), "{m}");
+        let m = e("{ type: redis, uri: \"redis://x\" }");
+        assert!(m.contains("unknown field `uri`"), "{m}");
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub enum Error {
     /// A store (online or registry) failed; the message says which and why.
     #[error("{0}")]
     Store(String),
+    /// A shared store cannot be reached now (a server down or restarting); retrying later
+    /// may succeed. The message names the store and what failed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another writer changed what a write was computed from (a concurrent push to the same
+    /// source through another process); computing again over the new state succeeds.
+    #[error("{0}")]
+    Conflict(String),
     /// A request asks for something impossible; the message names the field.
     #[error("{0}")]
     Request(String),

@@ -69,43 +69,80 @@ pub fn decode_entity_key(mut bytes: &[u8]) -> Option<Vec<KeyValue>> {
 /// The rows (encoded entity key, value) to write to one feature view.
 pub type ViewRows = (String, Vec<(Vec<u8>, Vec<u8>)>);
 
+/// What [`OnlineStore::pushed`] returns for a source: the batches pushed for the online
+/// store alone, oldest first, and how many pushes the store has taken for the source in all
+/// (logged or not) — the version a later [`OnlineStore::push`] is computed against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushLog {
+    /// The logged batches, oldest first.
+    pub batches: Vec<Vec<u8>>,
+    /// Pushes stored for the source so far.
+    pub pushes: u64,
+}
+
 /// Where the online values of feature views live.
 ///
 /// Values are opaque bytes to the store; their first byte is the format version of whoever
-/// wrote them. A write of several rows is atomic: after a crash, either all of them are there
-/// or none, and everything a successful `write` returned for survives.
+/// wrote them. A write of several rows is atomic: a reader sees all of it or none, after a
+/// crash either all of it is there or none, and everything a successful `write` returned for
+/// survives (as far as the backend's own durability goes: sled flushes; Redis keeps what its
+/// `appendfsync` keeps).
+///
+/// The methods are async: a shared store answers over the network, and callers are gRPC
+/// handlers on the runtime's threads, which a blocking call would stall.
+#[async_trait::async_trait]
 pub trait OnlineStore: Send + Sync {
     /// Write rows of one view, and optionally move the view's watermark, atomically and durably.
-    fn write(&self, view: &str, rows: &[(Vec<u8>, Vec<u8>)], watermark: Option<i64>) -> Result<()>;
+    async fn write(
+        &self,
+        view: &str,
+        rows: &[(Vec<u8>, Vec<u8>)],
+        watermark: Option<i64>,
+    ) -> Result<()>;
 
     /// The stored value of one entity of a view: one point read.
-    fn get(&self, view: &str, entity: &[u8]) -> Result<Option<Vec<u8>>>;
+    async fn get(&self, view: &str, entity: &[u8]) -> Result<Option<Vec<u8>>>;
 
-    /// Several entities of a view, in the order asked.
-    fn get_many(&self, view: &str, entities: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        entities.iter().map(|e| self.get(view, e)).collect()
-    }
+    /// Several entities of a view, in the order asked, read together (one snapshot: a
+    /// write is seen by all of them or none).
+    async fn get_many(&self, view: &str, entities: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
 
     /// Up to when the view has been materialized (microseconds), if ever.
-    fn watermark(&self, view: &str) -> Result<Option<i64>>;
+    async fn watermark(&self, view: &str) -> Result<Option<i64>>;
 
     /// Delete every value of a view (a changed definition invalidates them).
-    fn clear(&self, view: &str) -> Result<()>;
+    async fn clear(&self, view: &str) -> Result<()>;
 
     /// The rows pushed to a source for the online store alone (not appended to its offline
-    /// table), oldest first, each as the encoded batch given to [`OnlineStore::push`]. Every
-    /// later online computation of the source's views reads them after the source's own rows,
-    /// so a push is not lost when the next one, or a materialization, recomputes an entity.
-    fn pushed(&self, source: &str) -> Result<Vec<Vec<u8>>>;
+    /// table), oldest first, each as the encoded batch given to [`OnlineStore::push`], and the
+    /// source's push count. Every later online computation of the source's views reads them
+    /// after the source's own rows, so a push is not lost when the next one, or a
+    /// materialization, recomputes an entity.
+    async fn pushed(&self, source: &str) -> Result<PushLog>;
 
     /// Store a push: the recomputed rows of each view of the source and, when the rows went to
     /// the online store alone, the pushed batch among the source's [`OnlineStore::pushed`]
-    /// rows — atomically and durably (a crash leaves all of it or none).
-    fn push(&self, source: &str, batch: Option<&[u8]>, views: &[ViewRows]) -> Result<()>;
+    /// rows — atomically and durably (a crash leaves all of it or none). `after` is the push
+    /// count the rows were computed against: if another push was stored since (another
+    /// process shares the store), nothing is written and the result is
+    /// [`crate::Error::Conflict`], so the caller computes again.
+    async fn push(
+        &self,
+        source: &str,
+        batch: Option<&[u8]>,
+        views: &[ViewRows],
+        after: u64,
+    ) -> Result<()>;
 
     /// Order rows the way this store writes them fastest, so that a large write split into
     /// consecutive chunks touches each storage page once (a bucketed store sorts by bucket).
     fn order_for_write(&self, _rows: &mut [(Vec<u8>, Vec<u8>)]) {}
+
+    /// Rows per write call a materialization should use: a store that holds a lock or
+    /// blocks readers while it applies a write wants smaller ones.
+    fn write_chunk(&self) -> usize {
+        20_000
+    }
 }
 
 #[cfg(test)]

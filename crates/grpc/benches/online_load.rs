@@ -1,9 +1,12 @@
 //! Online serving load test: materialize N entities × 20 latest-value features, serve them
 //! with `quiver_grpc::server::serve` on 127.0.0.1, and drive it with a bounded tonic load
-//! generator. Reports materialize rows/s and, for 1 and 100 entities per request at 1 and 16
-//! concurrent clients, p50/p99 latency and requests/s.
+//! generator. Reports materialize rows/s and peak memory and, for 1 and 100 entities per
+//! request at 1 and 16 concurrent clients, p50/p99 latency and requests/s — for each online
+//! store: sled, and Redis (a `redis-server` started on a free loopback port, append-only file
+//! with `appendfsync everysec`, Redis's recommended setting).
 //!
-//! `cargo bench -p quiver-grpc --bench online_load [-- ENTITIES]` (default 1 000 000).
+//! `cargo bench -p quiver-grpc --bench online_load [-- ENTITIES [sled|redis]]` (default
+//! 1 000 000, both stores, each in its own process so peak memory is its own).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,26 +94,69 @@ fn request(ids: &[i64]) -> GetOnlineFeaturesRequest {
     }
 }
 
+/// The process's peak resident set, from getrusage.
+fn peak_rss_mib() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_maxrss as f64 / 1024.0
+}
+
+/// Redis's own peak memory, as `INFO memory` reports it.
+fn redis_memory(port: u16) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "memory"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory_peak_human:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args
+        .iter()
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let Some(backend) = args.iter().find(|a| *a == "sled" || *a == "redis") else {
+        // Each store in a process of its own: peak memory is then the store's.
+        for backend in ["sled", "redis"] {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([n.to_string(), backend.to_string(), "--bench".into()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "{backend} run failed");
+        }
+        return;
+    };
+    println!("\n## online store: {backend}, {n} entities\n");
     let dir = tempfile::tempdir().unwrap();
     write_source(dir.path(), n);
-    let repo = Repo::load(dir.path()).unwrap();
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let mut repo = Repo::load(dir.path()).unwrap();
+    let redis = (backend == "redis")
+        .then(|| quiver_online::testing::RedisServer::start_with(&["--appendfsync", "everysec"]));
+    if let Some(r) = &redis {
+        repo.online_store = quiver_core::config::OnlineStoreConfig::Redis {
+            url: r.url(),
+            key_prefix: "load".into(),
+        };
+    }
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
+    let store = server_rt.block_on(quiver_online::open(&repo)).unwrap();
     let started = Instant::now();
     let done = server_rt
         .block_on(quiver_app::online::materialize(
@@ -127,6 +173,14 @@ fn main() {
         "materialize: {} entity rows x {FEATURES} features in {secs:.2} s = {:.0} rows/s",
         done[0].rows,
         done[0].rows as f64 / secs
+    );
+    println!(
+        "peak memory: quiver process {:.0} MiB{}",
+        peak_rss_mib(),
+        redis.as_ref().map_or(String::new(), |r| format!(
+            ", redis-server {}",
+            redis_memory(r.port())
+        ))
     );
 
     let listener = server_rt

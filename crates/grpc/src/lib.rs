@@ -5,7 +5,7 @@
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! let repo = quiver_core::Repo::load("sample-data")?;
-//! let store = std::sync::Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
+//! let store = quiver_online::open(&repo).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:6566").await?;
 //! quiver_grpc::server::serve(repo, store, listener, std::future::pending()).await?;
 //! # Ok(()) }

@@ -20,13 +20,13 @@ impl OnlineSvc {
         OnlineSvc { serving }
     }
 
-    fn lookup(
+    async fn lookup(
         &self,
         req: proto::GetOnlineFeaturesRequest,
     ) -> Result<proto::GetOnlineFeaturesResponse, GrpcError> {
         let refs = convert::features_of(req.kind)?.resolve(self.serving.repo())?;
         let entities = convert::entity_rows(&req.entities)?;
-        let values = self.serving.lookup(&refs, &entities, req.at_micros)?;
+        let values = self.serving.lookup(&refs, &entities, req.at_micros).await?;
         let pairs: Vec<(&str, &str)> = refs
             .iter()
             .map(|r| (r.view.as_str(), r.feature.as_str()))
@@ -87,7 +87,7 @@ impl OnlineService for OnlineSvc {
         &self,
         request: Request<proto::GetOnlineFeaturesRequest>,
     ) -> Result<Response<proto::GetOnlineFeaturesResponse>, Status> {
-        Ok(Response::new(self.lookup(request.into_inner())?))
+        Ok(Response::new(self.lookup(request.into_inner()).await?))
     }
 
     async fn push(

@@ -41,6 +41,8 @@ impl From<GrpcError> for tonic::Status {
             ErrorKind::Invalid => tonic::Code::InvalidArgument,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Aborted => tonic::Code::Aborted,
             ErrorKind::Internal => {
                 eprintln!("quiver serve: internal error: {message}");
                 return tonic::Status::internal("internal error; see the server log");

@@ -132,7 +132,7 @@ fn request(features: &[&str], entities: Vec<(&str, RepeatedValue)>) -> GetOnline
 async fn serves_lookups_health_and_errors() {
     let dir = sample_copy();
     let repo = Repo::load(dir.path()).unwrap();
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let store = quiver_online::open(&repo).await.unwrap();
     materialize_at_t(&repo, store.as_ref()).await;
 
     let server = Server::start(repo, store).await;
@@ -286,7 +286,7 @@ async fn registry_service_registers_selects_and_traces() {
         .await
         .unwrap();
     }
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let store = quiver_online::open(&repo).await.unwrap();
     let server = Server::start(repo, store).await;
     let url = server.url.clone();
     let channel = connect(&url).await;
@@ -505,12 +505,20 @@ async fn offline_values(
         .collect()
 }
 
+/// On sled, a single Redis and a Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_updates_online_values_like_the_offline_join() {
+    for backend in quiver_online::testing::Backend::all() {
+        push_like_the_offline_join(&backend).await;
+    }
+}
+
+async fn push_like_the_offline_join(backend: &quiver_online::testing::Backend) {
     use quiver_grpc::proto::PushRequest;
     let dir = sample_copy();
-    let repo = Repo::load(dir.path()).unwrap();
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let mut repo = Repo::load(dir.path()).unwrap();
+    repo.online_store = backend.fresh();
+    let store = quiver_online::open(&repo).await.unwrap();
     materialize_at_t(&repo, store.as_ref()).await;
     let server = Server::start(repo.clone(), store.clone()).await;
     let url = server.url.clone();
@@ -690,8 +698,15 @@ async fn push_updates_online_values_like_the_offline_join() {
     server.stop().await;
 }
 
+/// On sled, a single Redis and a Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_materialization_rewrites_only_what_changed() {
+    for backend in quiver_online::testing::Backend::all() {
+        incremental_rewrites_only_what_changed(&backend).await;
+    }
+}
+
+async fn incremental_rewrites_only_what_changed(backend: &quiver_online::testing::Backend) {
     use quiver_app::online::{Range, materialize_range};
     let dir = sample_copy();
     // User 1 bought long ago only, user 2 within a window of t1, user 3 after t1.
@@ -707,18 +722,21 @@ async fn incremental_materialization_rewrites_only_what_changed() {
     let repo = Repo::load(dir.path()).unwrap();
     let day = 86_400_000_000i64;
     let t1 = T - 8 * day; // 2024-02-01
-    let inc_dir = dir.path().join("inc");
-    let full_dir = dir.path().join("full");
-    let inc = quiver_online::SledStore::open(&inc_dir).unwrap();
-    let full = quiver_online::SledStore::open(&full_dir).unwrap();
+    let mut inc_repo = repo.clone();
+    inc_repo.online_store = backend.fresh();
+    let mut full_repo = repo.clone();
+    full_repo.online_store = backend.fresh();
+    let inc = quiver_online::open(&inc_repo).await.unwrap();
+    let full = quiver_online::open(&full_repo).await.unwrap();
+    let (inc, full) = (inc.as_ref(), full.as_ref());
     let opts = EngineOptions::default;
-    let all = materialize_range(&repo, &inc, &[], Range::All, t1, opts(), |_, _| {})
+    let all = materialize_range(&repo, inc, &[], Range::All, t1, opts(), |_, _| {})
         .await
         .unwrap();
     // Incremental to T: user_purchases reaches back 30 days (its longest window) from the
     // watermark t1, so entities with events since t1 − 30d are written again; the rest keep
     // values that cannot have changed.
-    let again = materialize_range(&repo, &inc, &[], Range::Incremental, T, opts(), |_, _| {})
+    let again = materialize_range(&repo, inc, &[], Range::Incremental, T, opts(), |_, _| {})
         .await
         .unwrap();
     let rows = |m: &[quiver_app::online::Materialized], v: &str| {
@@ -726,15 +744,19 @@ async fn incremental_materialization_rewrites_only_what_changed() {
     };
     assert_eq!(rows(&all, "user_purchases"), 2, "{all:?}"); // users 1 and 2
     assert_eq!(rows(&again, "user_purchases"), 2, "{again:?}"); // users 2 and 3, not 1
-    materialize_range(&repo, &full, &[], Range::All, T, opts(), |_, _| {})
+    materialize_range(&repo, full, &[], Range::All, T, opts(), |_, _| {})
         .await
         .unwrap();
     let refs = repo.service("churn_v1").unwrap();
     let ents: Vec<_> = (1..=4)
         .map(|i| vec![("user_id".to_string(), quiver_core::store::KeyValue::Int(i))])
         .collect();
-    let a = quiver_app::online::get(&repo, &inc, &refs, &ents, T).unwrap();
-    let b = quiver_app::online::get(&repo, &full, &refs, &ents, T).unwrap();
+    let a = quiver_app::online::get(&repo, inc, &refs, &ents, T)
+        .await
+        .unwrap();
+    let b = quiver_app::online::get(&repo, full, &refs, &ents, T)
+        .await
+        .unwrap();
     let strip = |v: Vec<Vec<quiver_app::online::Value>>| {
         v.into_iter()
             .map(|r| {
@@ -746,8 +768,10 @@ async fn incremental_materialization_rewrites_only_what_changed() {
     };
     assert_eq!(strip(a), strip(b));
     assert_eq!(
-        quiver_core::store::OnlineStore::watermark(&inc, "user_purchases").unwrap(),
-        Some(T)
+        inc.watermark("user_purchases").await.unwrap(),
+        Some(T),
+        "{}",
+        backend.name()
     );
 }
 
@@ -761,7 +785,7 @@ async fn training_jobs_build_register_and_report_failures() {
     let dir = sample_copy();
     let d = dir.path().to_path_buf();
     let repo = Repo::load(&d).unwrap();
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let store = quiver_online::open(&repo).await.unwrap();
     let server = Server::start(repo, store).await;
     let channel = connect(&server.url).await;
     let mut client = TrainingServiceClient::new(channel.clone());
@@ -921,7 +945,7 @@ async fn path_escapes_are_refused_before_any_file_is_opened() {
     std::fs::write(&victim, "precious").unwrap();
     let roots = tempfile::tempdir().unwrap();
     let repo = Repo::load(&d).unwrap();
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let store = quiver_online::open(&repo).await.unwrap();
     let server = Server::start_with(
         repo,
         store,
@@ -1029,7 +1053,7 @@ async fn a_malformed_parquet_spine_fails_the_job_naming_the_file() {
     bad.extend(b"PAR1");
     std::fs::write(d.join("bad.parquet"), bad).unwrap();
     let repo = Repo::load(&d).unwrap();
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let store = quiver_online::open(&repo).await.unwrap();
     let server = Server::start(repo, store).await;
     let mut client = TrainingServiceClient::new(connect(&server.url).await);
     let job = client
@@ -1117,7 +1141,7 @@ async fn statuses_name_the_client_error() {
     use quiver_grpc::proto::{GetJobRequest, PushRequest};
     let dir = sample_copy();
     let repo = Repo::load(dir.path()).unwrap();
-    let store = Arc::new(quiver_online::SledStore::open(&repo.online_store).unwrap());
+    let store = quiver_online::open(&repo).await.unwrap();
     materialize_at_t(&repo, store.as_ref()).await;
     let server = Server::start(repo, store).await;
     let channel = connect(&server.url).await;

@@ -1,40 +1,44 @@
-//! Quiver's online store: the latest feature values per (feature view, entity), on sled.
+//! Quiver's online stores: the latest feature values per (feature view, entity), behind
+//! [`quiver_core::store::OnlineStore`].
 //!
-//! [`SledStore`] implements [`quiver_core::store::OnlineStore`]: one sled tree per feature
-//! view, whose entries are *buckets*: the entities whose key hashes to the same one of
-//! [`BUCKETS`] buckets, kept sorted by key in one value, so a lookup is one point read and a
-//! binary search. sled's cost is per entry, not per byte, so a million entities written as
-//! sixteen thousand buckets go in several times faster than as a million entries (see
-//! `docs/adr/0002-online-store.md`). A `meta` tree holds the store's format version and each
-//! view's materialization watermark. Writes are atomic (a sled batch, or a transaction when
-//! the watermark moves with them) and flushed before they return, so what was acknowledged
-//! survives a crash.
+//! - [`SledStore`], embedded (the default): one process opens it; see [`sled`](mod@sled).
+//! - [`RedisStore`], shared: a Redis server or a Redis Cluster that any number of `quiver
+//!   serve` replicas and materialization jobs use at once; see [`redis`](mod@redis) and
+//!   `docs/adr/0005-shared-online-store.md`.
+//!
+//! [`open`] picks the one `quiver.yaml` names.
 //!
 //! ```
 //! use quiver_core::store::{encode_entity_key, KeyValue, OnlineStore};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = quiver_online::SledStore::open(dir.path()).unwrap();
 //! let user = encode_entity_key(&[KeyValue::Int(42)]);
-//! store.write("user_profile", &[(user.clone(), b"\x01...".to_vec())], Some(1_000)).unwrap();
-//! assert_eq!(store.get("user_profile", &user).unwrap().as_deref(), Some(&b"\x01..."[..]));
-//! assert_eq!(store.watermark("user_profile").unwrap(), Some(1_000));
+//! store.write("user_profile", &[(user.clone(), b"\x01...".to_vec())], Some(1_000)).await.unwrap();
+//! assert_eq!(store.get("user_profile", &user).await.unwrap().as_deref(), Some(&b"\x01..."[..]));
+//! assert_eq!(store.watermark("user_profile").await.unwrap(), Some(1_000));
+//! # });
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use quiver_core::store::{OnlineStore, ViewRows};
-use sled::Transactional;
+use quiver_core::config::OnlineStoreConfig;
+use quiver_core::store::OnlineStore;
 
-/// The layout version of the store itself (trees, buckets and meta keys), checked on open.
-pub const STORE_FORMAT: u8 = 2;
-/// Buckets per feature view (2¹⁴): about 60 entities per bucket at a million entities.
-pub const BUCKETS: u32 = 1 << 14;
-const FORMAT_KEY: &[u8] = b"format";
+pub mod redis;
+pub mod sled;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use crate::redis::RedisStore;
+pub use crate::sled::{BUCKETS, STORE_FORMAT, SledStore};
 
 /// Result alias with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What can go wrong in the online store, each naming the store's folder.
+/// What can go wrong in an online store, each naming the store (a folder or server
+/// addresses, never a password).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// sled itself failed (I/O, corruption or an aborted transaction).
@@ -43,21 +47,27 @@ pub enum Error {
         /// The store's folder.
         path: PathBuf,
         /// The underlying sled error.
-        source: sled::Error,
+        source: ::sled::Error,
     },
     /// Another process has the store open: sled lets one process at a time hold it.
-    #[error("online store {}: another process holds it open (a running `quiver serve`?); stop that process, or ask the server instead with --addr HOST:PORT", path.display())]
+    #[error("online store {}: another process holds it open (a running `quiver serve`?); stop that process, ask the server instead with --addr HOST:PORT, or share a Redis online store between processes", path.display())]
     Locked {
         /// The store's folder.
         path: PathBuf,
     },
-    /// The folder holds a store of another layout version than [`STORE_FORMAT`].
-    #[error("online store {}: format version {found} is not supported (this build reads {STORE_FORMAT}); delete the folder and materialize again", path.display())]
+    /// The store holds data of another layout version than this build writes.
+    #[error(
+        "online store {store}: format version {found} is not supported (this build reads {expected}); {remedy}"
+    )]
     Format {
-        /// The store's folder.
-        path: PathBuf,
+        /// The store's folder or server.
+        store: String,
         /// The format version recorded in the store.
-        found: u8,
+        found: String,
+        /// The version this build reads.
+        expected: String,
+        /// What the operator can do.
+        remedy: &'static str,
     },
     /// A bucket value could not be decoded, so its entities cannot be read.
     #[error("online store {}: bucket {bucket} of view `{view}` is damaged", path.display())]
@@ -69,325 +79,53 @@ pub enum Error {
         /// The number of the damaged bucket.
         bucket: u32,
     },
+    /// A push was computed against a source's pushes that have changed since.
+    #[error(
+        "online store {store}: another push to source `{pushed_to}` was stored while this one was computed"
+    )]
+    Conflict {
+        /// The store's folder or server.
+        store: String,
+        /// The source pushed to.
+        pushed_to: String,
+    },
+    /// The Redis server (or cluster) cannot be reached now; lookups and writes fail until it
+    /// is back, then recover without a restart.
+    #[error("online store {store}: unavailable: {message}")]
+    Unavailable {
+        /// The server addresses.
+        store: String,
+        /// What failed (connection refused, timed out, cluster down, ...).
+        message: String,
+    },
+    /// Redis answered with an error, or the configuration cannot work.
+    #[error("online store {store}: {message}")]
+    Redis {
+        /// The server addresses.
+        store: String,
+        /// Redis's error, or what is wrong.
+        message: String,
+    },
 }
 
 impl From<Error> for quiver_core::Error {
     fn from(e: Error) -> Self {
-        quiver_core::Error::Store(e.to_string())
-    }
-}
-
-/// How long an open waits for another handle's file lock: long enough for a handle just
-/// dropped by this process or a short-lived one (sled releases it from a background thread),
-/// short enough that a lock held by a running server is reported promptly.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The embedded online store.
-pub struct SledStore {
-    path: PathBuf,
-    db: sled::Db,
-    meta: sled::Tree,
-    /// Writes read, merge and rewrite buckets: one writer at a time.
-    writer: std::sync::Mutex<()>,
-}
-
-/// An (encoded entity key, value) pair.
-type Row = (Vec<u8>, Vec<u8>);
-
-/// The bucket of an encoded entity key (FNV-1a, top bits).
-fn bucket_of(key: &[u8]) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // Mix the low bits up: FNV's top bits are weak for short keys.
-    h ^= h >> 29;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 32;
-    (h >> (64 - BUCKETS.trailing_zeros())) as u32
-}
-
-/// A bucket value: `u32` entry count, then per entry (sorted by key) `u32` key length, `u32`
-/// value length, key, value — all little-endian.
-fn encode_bucket(entries: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
-    let size: usize = entries.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
-    let mut out = Vec::with_capacity(4 + size);
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (k, v) in entries {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(v);
-    }
-    out
-}
-
-/// The entries of a bucket value, in key order; `None` when it is damaged.
-fn decode_bucket(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    let u32_at = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let n = u32_at(0)?;
-    let mut out = Vec::with_capacity(n);
-    let mut at = 4;
-    for _ in 0..n {
-        let (kl, vl) = (u32_at(at)?, u32_at(at + 4)?);
-        let k = bytes.get(at + 8..at + 8 + kl)?;
-        let v = bytes.get(at + 8 + kl..at + 8 + kl + vl)?;
-        out.push((k, v));
-        at += 8 + kl + vl;
-    }
-    (at == bytes.len()).then_some(out)
-}
-
-fn view_tree(view: &str) -> String {
-    format!("fv/{view}")
-}
-
-/// Rows pushed to a source for the online store alone, keyed by arrival (big-endian ids).
-fn pushed_tree(source: &str) -> String {
-    format!("pushed/{source}")
-}
-
-fn watermark_key(view: &str) -> Vec<u8> {
-    format!("watermark/{view}").into_bytes()
-}
-
-impl SledStore {
-    /// Open (or create) the store in a folder.
-    pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
-        let path = path.as_ref().to_path_buf();
-        let err = |source| Error::Sled {
-            path: path.clone(),
-            source,
-        };
-        // sled releases its file lock from a background thread after a handle is dropped;
-        // a reopen right after (or another short-lived process) waits for it, boundedly.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match sled::Config::new().path(&path).open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
-                    if started.elapsed() >= LOCK_WAIT {
-                        return Err(Error::Locked { path });
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(err(e)),
-            }
-        };
-        let meta = db.open_tree("meta").map_err(err)?;
-        match meta.get(FORMAT_KEY).map_err(err)? {
-            None => {
-                meta.insert(FORMAT_KEY, &[STORE_FORMAT]).map_err(err)?;
-                db.flush().map_err(err)?;
-            }
-            Some(v) if v.as_ref() == [STORE_FORMAT] => {}
-            Some(v) => {
-                return Err(Error::Format {
-                    path,
-                    found: v.first().copied().unwrap_or(0),
-                });
-            }
-        }
-        Ok(SledStore {
-            path,
-            db,
-            meta,
-            writer: std::sync::Mutex::new(()),
-        })
-    }
-
-    fn err(&self) -> impl Fn(sled::Error) -> Error + '_ {
-        move |source| Error::Sled {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn tree(&self, view: &str) -> Result<sled::Tree> {
-        self.db.open_tree(view_tree(view)).map_err(self.err())
-    }
-
-    fn damaged(&self, view: &str, bucket: u32) -> Error {
-        Error::Damaged {
-            path: self.path.clone(),
-            view: view.to_string(),
-            bucket,
-        }
-    }
-
-    /// The value of one entity in a bucket read from the tree.
-    fn find(&self, view: &str, tree: &sled::Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let b = bucket_of(key);
-        let Some(bytes) = tree.get(b.to_be_bytes()).map_err(self.err())? else {
-            return Ok(None);
-        };
-        let entries = decode_bucket(&bytes).ok_or_else(|| self.damaged(view, b))?;
-        Ok(entries
-            .binary_search_by(|(k, _)| (*k).cmp(key))
-            .ok()
-            .map(|i| entries[i].1.to_vec()))
-    }
-
-    /// The bucket entries that write `rows` into `tree`: each touched bucket merged with what
-    /// it holds (later rows win). The caller holds the writer lock.
-    fn merged_buckets(
-        &self,
-        view: &str,
-        tree: &sled::Tree,
-        rows: &[Row],
-    ) -> Result<Vec<([u8; 4], Vec<u8>)>> {
-        let mut buckets: std::collections::BTreeMap<u32, Vec<&Row>> = Default::default();
-        for r in rows {
-            buckets.entry(bucket_of(&r.0)).or_default().push(r);
-        }
-        let mut batch = Vec::with_capacity(buckets.len());
-        for (b, new) in buckets {
-            let mut entries: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
-            if let Some(old) = tree.get(b.to_be_bytes()).map_err(self.err())? {
-                for (k, v) in decode_bucket(&old).ok_or_else(|| self.damaged(view, b))? {
-                    entries.insert(k.to_vec(), v.to_vec());
-                }
-            }
-            for (k, v) in new {
-                entries.insert(k.clone(), v.clone());
-            }
-            batch.push((b.to_be_bytes(), encode_bucket(&entries)));
-        }
-        Ok(batch)
-    }
-
-    fn write_rows(&self, view: &str, rows: &[Row], watermark: Option<i64>) -> Result<()> {
-        let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tree = self.tree(view)?;
-        let batch = self.merged_buckets(view, &tree, rows)?;
-        match watermark {
-            None => {
-                let mut b = sled::Batch::default();
-                for (k, v) in &batch {
-                    b.insert(&k[..], v.as_slice());
-                }
-                tree.apply_batch(b).map_err(self.err())?;
-            }
-            Some(w) => {
-                let wk = watermark_key(view);
-                (&tree, &self.meta)
-                    .transaction(|(t, m)| {
-                        for (k, v) in &batch {
-                            t.insert(&k[..], v.as_slice())?;
-                        }
-                        m.insert(wk.as_slice(), &w.to_be_bytes())?;
-                        Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-                    })
-                    .map_err(|e| self.aborted(e))?;
-            }
-        }
-        // Acknowledged means durable.
-        self.db.flush().map_err(self.err())?;
-        Ok(())
-    }
-
-    fn aborted(&self, e: sled::transaction::TransactionError<()>) -> Error {
         match e {
-            sled::transaction::TransactionError::Storage(s) => self.err()(s),
-            sled::transaction::TransactionError::Abort(()) => {
-                self.err()(sled::Error::Unsupported("transaction aborted".into()))
-            }
+            Error::Unavailable { .. } => quiver_core::Error::Unavailable(e.to_string()),
+            Error::Conflict { .. } => quiver_core::Error::Conflict(e.to_string()),
+            e => quiver_core::Error::Store(e.to_string()),
         }
-    }
-
-    fn push_rows(&self, source: &str, pushed: Option<&[u8]>, views: &[ViewRows]) -> Result<()> {
-        let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        // The log first, then one tree per view: all in one transaction.
-        let mut trees = vec![self.db.open_tree(pushed_tree(source)).map_err(self.err())?];
-        let mut writes = Vec::with_capacity(views.len());
-        for (view, rows) in views {
-            let tree = self.tree(view)?;
-            writes.push(self.merged_buckets(view, &tree, rows)?);
-            trees.push(tree);
-        }
-        // Arrival order: ids only grow, across restarts too.
-        let id = self.db.generate_id().map_err(self.err())?.to_be_bytes();
-        trees
-            .as_slice()
-            .transaction(|t| {
-                if let Some(bytes) = pushed {
-                    t[0].insert(&id[..], bytes)?;
-                }
-                for (tree, batch) in t[1..].iter().zip(&writes) {
-                    for (k, v) in batch {
-                        tree.insert(&k[..], v.as_slice())?;
-                    }
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| self.aborted(e))?;
-        self.db.flush().map_err(self.err())?;
-        Ok(())
     }
 }
 
-impl OnlineStore for SledStore {
-    fn write(
-        &self,
-        view: &str,
-        rows: &[(Vec<u8>, Vec<u8>)],
-        watermark: Option<i64>,
-    ) -> quiver_core::Result<()> {
-        Ok(self.write_rows(view, rows, watermark)?)
-    }
-
-    fn get(&self, view: &str, entity: &[u8]) -> quiver_core::Result<Option<Vec<u8>>> {
-        let tree = self.tree(view)?;
-        Ok(self.find(view, &tree, entity)?)
-    }
-
-    fn get_many(
-        &self,
-        view: &str,
-        entities: &[Vec<u8>],
-    ) -> quiver_core::Result<Vec<Option<Vec<u8>>>> {
-        let tree = self.tree(view)?;
-        entities
-            .iter()
-            .map(|e| Ok(self.find(view, &tree, e)?))
-            .collect()
-    }
-
-    fn watermark(&self, view: &str) -> quiver_core::Result<Option<i64>> {
-        let v = self.meta.get(watermark_key(view)).map_err(self.err())?;
-        Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(i64::from_be_bytes))
-    }
-
-    fn pushed(&self, source: &str) -> quiver_core::Result<Vec<Vec<u8>>> {
-        let tree = self.db.open_tree(pushed_tree(source)).map_err(self.err())?;
-        tree.iter()
-            .values()
-            .map(|v| Ok(v.map_err(self.err())?.to_vec()))
-            .collect()
-    }
-
-    fn push(
-        &self,
-        source: &str,
-        batch: Option<&[u8]>,
-        views: &[ViewRows],
-    ) -> quiver_core::Result<()> {
-        Ok(self.push_rows(source, batch, views)?)
-    }
-
-    fn order_for_write(&self, rows: &mut [(Vec<u8>, Vec<u8>)]) {
-        // Consecutive chunks then cover disjoint bucket ranges: each bucket is rewritten once.
-        rows.sort_by_cached_key(|(k, _)| bucket_of(k));
-    }
-
-    fn clear(&self, view: &str) -> quiver_core::Result<()> {
-        self.tree(view)?.clear().map_err(self.err())?;
-        self.meta.remove(watermark_key(view)).map_err(self.err())?;
-        self.db.flush().map_err(self.err())?;
-        Ok(())
-    }
+/// Open the online store `repo`'s `quiver.yaml` names: a sled folder, a Redis server or a
+/// Redis Cluster. A shared store is reached before this returns, so a wrong address fails
+/// here, naming it.
+pub async fn open(repo: &quiver_core::Repo) -> Result<Arc<dyn OnlineStore>> {
+    Ok(match &repo.online_store {
+        OnlineStoreConfig::Sled { path } => Arc::new(SledStore::open(path)?),
+        OnlineStoreConfig::Redis { .. } | OnlineStoreConfig::RedisCluster { .. } => Arc::new(
+            RedisStore::open(&repo.online_store, crate::redis::Layout::of_repo(repo)).await?,
+        ),
+    })
 }

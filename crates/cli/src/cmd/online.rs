@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -42,12 +41,12 @@ impl Materialize {
             (None, true) => Range::Incremental,
             (None, false) => Range::All,
         };
-        let store = quiver_online::SledStore::open(&repo.online_store)?;
+        let store = quiver_online::open(&repo).await?;
         let bar = ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(120));
         let done = online::materialize_range(
             &repo,
-            &store,
+            store.as_ref(),
             &self.views,
             range,
             end,
@@ -92,7 +91,7 @@ impl Push {
         let ctx = quiver_offline::session(&EngineOptions::default())?;
         let (schema, batches) = source::read_table(&ctx, &self.file).await?;
         let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
-        let store = Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
+        let store = quiver_online::open(&repo).await?;
         let serving = Serving::new(repo, store);
         let origin = self.file.display().to_string();
         let p = serving
@@ -124,7 +123,7 @@ impl Serve {
     /// Serve until SIGINT or SIGTERM.
     pub async fn run(self, repo: &Path) -> Result<ExitCode> {
         let repo = Repo::load(repo)?;
-        let store = Arc::new(quiver_online::SledStore::open(&repo.online_store)?);
+        let store = quiver_online::open(&repo).await?;
         let listener = tokio::net::TcpListener::bind(&self.addr)
             .await
             .with_context(|| format!("cannot listen on {}", self.addr))?;
@@ -174,8 +173,8 @@ impl Get {
         let values = match &self.addr {
             Some(addr) => quiver_grpc::client::remote_get(addr, &refs, &ents, at).await?,
             None => {
-                let store = quiver_online::SledStore::open(&repo.online_store)?;
-                online::get(&repo, &store, &refs, &ents, at)?
+                let store = quiver_online::open(&repo).await?;
+                online::get(&repo, store.as_ref(), &refs, &ents, at).await?
             }
         };
         print_values(&refs, &self.entities, &values, self.json);
