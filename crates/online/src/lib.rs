@@ -4,7 +4,7 @@
 //! - [`SledStore`], embedded (the default): one process opens it; see [`sled`](mod@sled).
 //! - [`RedisStore`], shared: a Redis server or a Redis Cluster that any number of `quiver
 //!   serve` replicas and materialization jobs use at once; see [`redis`](mod@redis) and
-//!   `docs/adr/0005-shared-online-store.md`.
+//!   `docs/adr/0007-shared-online-store.md`.
 //!
 //! [`open`] picks the one `quiver.yaml` names.
 //!

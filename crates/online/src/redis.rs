@@ -1,4 +1,4 @@
-//! The shared store, on a Redis server or a Redis Cluster (`docs/adr/0005-shared-online-store.md`).
+//! The shared store, on a Redis server or a Redis Cluster (`docs/adr/0007-shared-online-store.md`).
 //!
 //! Layout, under the key prefix `P` (`quiver:PROJECT` by default) and, per source, a hash tag
 //! `T` (a hash of the source's name, so a Redis Cluster keeps all of a source's keys in one

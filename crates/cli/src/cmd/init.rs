@@ -35,7 +35,7 @@ const SAMPLE_FILES: &[(&str, &[u8])] = &[
 const EMPTY_YAML: &str = r#"project: {project}
 # State locations, relative to this file (defaults shown):
 # offline_store: .quiver/offline
-# online_store: .quiver/online
+# online_store: .quiver/online      # or { type: redis, url: "redis://HOST:6379/0" }
 # registry: .quiver/registry
 
 entities: {}
