@@ -710,7 +710,9 @@ pub async fn get(
             views.push(&r.view);
         }
     }
-    let mut rows: std::collections::HashMap<&str, Vec<Option<FeatureRow>>> = Default::default();
+    // Every view's keys first (a bad entity fails before any read), then the views' reads at
+    // once: a shared store answers each over the network, and they need not wait in turn.
+    let mut keyed = Vec::with_capacity(views.len());
     for view in views {
         let def = repo
             .views
@@ -735,7 +737,13 @@ pub async fn get(
                 Ok(encode_entity_key(&vals))
             })
             .collect::<CoreResult<Vec<_>>>()?;
-        let got = store.get_many(view, &keys).await?;
+        keyed.push((view, keys));
+    }
+    let got =
+        futures::future::try_join_all(keyed.iter().map(|(view, keys)| store.get_many(view, keys)))
+            .await?;
+    let mut rows: std::collections::HashMap<&str, Vec<Option<FeatureRow>>> = Default::default();
+    for ((view, _), got) in keyed.iter().zip(got) {
         let decoded = got
             .into_iter()
             .map(|b| b.map(|b| FeatureRow::decode_at(&b, at)).transpose())

@@ -2264,3 +2264,33 @@ fn a_killed_materialization_leaves_whole_values_on_redis() {
     assert!(as_ofs(&all).iter().all(|&t| t == t1_us));
     assert_eq!(rt.block_on(store.watermark("spend")).unwrap(), Some(t1_us));
 }
+
+/// A Redis that asks for a password gets it from QUIVER_REDIS_PASSWORD; without it, or with a
+/// wrong one, the error says what failed and never shows the password.
+#[test]
+fn the_redis_password_comes_from_the_environment_only() {
+    let redis = quiver_online::testing::RedisServer::start_with(&["--requirepass", "s3cret-Pw"]);
+    let dir = redis_repo(&redis.url());
+    let d = dir.path();
+    let run = |password: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        c.args(["materialize", "--end", "2024-02-09T00:00:00Z", "--repo"])
+            .arg(d)
+            .env_remove("QUIVER_REDIS_PASSWORD");
+        if let Some(p) = password {
+            c.env("QUIVER_REDIS_PASSWORD", p);
+        }
+        c.output().unwrap()
+    };
+    let o = run(None);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains(&redis.url()) && e.contains("NOAUTH"), "{e}");
+    let o = run(Some("wrong-Pw"));
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains(&redis.url()), "{e}");
+    assert!(!e.contains("wrong-Pw") && !e.contains("s3cret-Pw"), "{e}");
+    let out = ok(run(Some("s3cret-Pw")));
+    assert!(out.contains("user_purchases: 3 entity rows"), "{out}");
+}

@@ -149,7 +149,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// Whether a server answers PING on the port (a bounded wait).
+/// Whether a server answers PING on the port (a bounded wait); one that wants a password
+/// answers NOAUTH, which counts.
 fn ping(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(
@@ -163,7 +164,7 @@ fn ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    s.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
 }
 
 /// A Redis Cluster of three masters (no replicas) on loopback.
