@@ -161,3 +161,28 @@ async fn a_join_from_s3_to_s3_is_the_local_join() {
     }
     assert_eq!(outs[0], outs[1]);
 }
+
+/// The reuse catalog's writer lock in a bucket is a conditional put: of two creates of one
+/// object the second is refused, and after a delete the object can be created again.
+#[test]
+fn create_unless_exists_is_a_conditional_put() {
+    let (bucket, local) = SERVER.bucket();
+    quiver_offline::objects::configure(&quiver_core::config::Storage {
+        s3_endpoint: Some(format!("http://{}", SERVER.addr)),
+        s3_region: Some("us-east-1".into()),
+        s3_path_style: Some(true),
+        s3_allow_http: Some(true),
+    });
+    let url = url::Url::parse(&format!("s3://{bucket}/reuse/lock")).unwrap();
+    use quiver_offline::objects::{create, delete, get_opt};
+    assert!(create(&url, "1".into()).unwrap());
+    assert!(
+        !create(&url, "2".into()).unwrap(),
+        "a second create is refused"
+    );
+    assert_eq!(get_opt(&url).unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(std::fs::read(local.join("reuse/lock")).unwrap(), b"1");
+    delete(&url).unwrap();
+    assert_eq!(get_opt(&url).unwrap(), None);
+    assert!(create(&url, "3".into()).unwrap());
+}

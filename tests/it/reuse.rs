@@ -153,6 +153,29 @@ fn mixed_spine(sp: &RecordBatch, rng: &mut SmallRng, span: i64) -> RecordBatch {
     datafusion::arrow::compute::concat_batches(&sp.schema(), &[new, old]).unwrap()
 }
 
+/// Move a repository written by [`write_repo`] onto the test S3 server: its events under
+/// `s3://BUCKET/data` and its offline store — so the reuse catalog, states and scan log — at
+/// `s3://BUCKET/offline`. Returns the folder that backs the bucket (events are written there
+/// and read back as objects).
+fn onto_s3(dir: &Path) -> std::path::PathBuf {
+    let (bucket, local) = crate::s3::SERVER.bucket();
+    let yaml = std::fs::read_to_string(dir.join("quiver.yaml")).unwrap();
+    assert!(yaml.contains("    path: data\n"));
+    let yaml = yaml.replace(
+        "    path: data\n",
+        &format!("    path: s3://{bucket}/data/\n"),
+    );
+    std::fs::write(
+        dir.join("quiver.yaml"),
+        format!(
+            "{yaml}offline_store: s3://{bucket}/offline\n{}",
+            crate::s3::SERVER.storage_yaml()
+        ),
+    )
+    .unwrap();
+    local
+}
+
 fn engine(dir: &Path, reuse: bool, partitions: usize) -> Engine {
     let opts = EngineOptions {
         target_partitions: partitions,
@@ -307,10 +330,25 @@ async fn every_reuse_path_returns_the_cold_column() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_match_reads_no_source_and_new_versions_invalidate() {
+    exact_match(false).await;
+}
+
+/// The same with events and the offline store on S3: the states are stored in the bucket
+/// (none on the local disk) and serve the next join, which reads no source object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_match_on_s3_keeps_states_in_the_bucket() {
+    exact_match(true).await;
+}
+
+async fn exact_match(s3: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = SmallRng::seed_from_u64(7);
     write_repo(dir.path(), &[Some(24), Some(48)], 0, "right", false);
-    write_events(dir.path(), &mut rng, 2000, 24 * 10);
+    let data = match s3 {
+        true => onto_s3(dir.path()),
+        false => dir.path().to_path_buf(),
+    };
+    write_events(&data, &mut rng, 2000, 24 * 10);
     let sp = spine(&mut rng, 100, 24 * 10);
     let e = engine(dir.path(), true, 2);
     // count_distinct is the one feature still computed, so take the others only
@@ -333,9 +371,30 @@ async fn exact_match_reads_no_source_and_new_versions_invalidate() {
         "{:?}",
         again.explain
     );
+    if s3 {
+        let reuse = data.join("offline/reuse");
+        assert!(reuse.join("manifest.json").exists(), "{}", reuse.display());
+        assert!(std::fs::read_dir(reuse.join("entries")).unwrap().count() > 0);
+        assert!(
+            !dir.path().join(".quiver").exists(),
+            "nothing kept on the local disk"
+        );
+        // the scan log is in the bucket too, one object per scan
+        let scans = e.reuse_catalog().unwrap().scans().unwrap();
+        assert!(!scans.is_empty());
+        assert!(std::fs::read_dir(reuse.join("joins")).unwrap().count() >= scans.len());
+        // another machine (a new engine over the same repository) reuses them
+        let other = engine(dir.path(), true, 2);
+        let there = other
+            .join(sp.schema(), vec![sp.clone()], &req)
+            .await
+            .unwrap();
+        assert_eq!(there.bytes_scanned, 0, "{:?}", there.explain);
+        assert_same(&there.batch, &cold.batch, "exact, from another engine");
+    }
 
     // New rows in the source: a new version, so nothing stored before may serve.
-    write_events(dir.path(), &mut rng, 2000, 24 * 10);
+    write_events(&data, &mut rng, 2000, 24 * 10);
     let after = e.join(sp.schema(), vec![sp.clone()], &req).await.unwrap();
     assert_eq!(after.reused, 0);
     let fresh = engine(dir.path(), false, 2)
@@ -485,15 +544,29 @@ fn rows_of(sp: &RecordBatch, from: usize, to: usize) -> RecordBatch {
 /// stored ones in a few runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_refresh_returns_the_cold_column() {
+    incremental_refresh(0..10, false).await;
+}
+
+/// The same refreshes with the states in a bucket (fewer seeds: each store is several puts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_refresh_on_s3_returns_the_cold_column() {
+    incremental_refresh(0..4, true).await;
+}
+
+async fn incremental_refresh(seeds: std::ops::Range<u64>, s3: bool) {
     let reusable = AGGS.len() - 1;
-    for seed in 0..10u64 {
+    for seed in seeds {
         let mut rng = SmallRng::seed_from_u64(100 + seed);
         let dir = tempfile::tempdir().unwrap();
         let span = 24 * 12;
         let w = [Some(5), Some(50), None][seed as usize % 3];
         let closed = ["right", "left", "both", "neither"][rng.random_range(0..4)];
         write_repo(dir.path(), &[w], 0, closed, rng.random_bool(0.5));
-        write_events(dir.path(), &mut rng, 3000, span);
+        let data = match s3 {
+            true => onto_s3(dir.path()),
+            false => dir.path().to_path_buf(),
+        };
+        write_events(&data, &mut rng, 3000, span);
         let warm = engine(dir.path(), true, 1 + seed as usize % 3);
         let cold = engine(dir.path(), false, 2);
         let mut sp = spine(&mut rng, 300, span);

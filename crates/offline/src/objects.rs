@@ -264,6 +264,41 @@ pub fn get(url: &Url) -> Result<Bytes> {
     })
 }
 
+/// The whole object at `url`, or `None` when there is none (the bucket must exist).
+pub fn get_opt(url: &Url) -> Result<Option<Bytes>> {
+    let (store, key, u) = (store(url)?, key(url)?, url.clone());
+    block(async move {
+        match store.get(&key).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|e| object_error(&u, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(object_error(&u, e)),
+        }
+    })
+}
+
+/// Create the object at `url` unless it exists (a conditional put: of two writers, one
+/// creates it); `false` when it existed.
+pub fn create(url: &Url, bytes: Bytes) -> Result<bool> {
+    let (store, key, u) = (store(url)?, key(url)?, url.clone());
+    block(async move {
+        match store
+            .put_opts(
+                &key,
+                PutPayload::from(bytes),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
+            Err(e) => Err(object_error(&u, e)),
+        }
+    })
+}
+
 /// Bytes `range` of the object at `url`.
 pub fn get_range(url: &Url, range: std::ops::Range<u64>) -> Result<Bytes> {
     let (store, key, u) = (store(url)?, key(url)?, url.clone());

@@ -31,6 +31,136 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Where the catalog's files live: a local folder, or a prefix of object storage (an `s3://`
+/// offline store), so every machine that joins over the store shares its states. On a file
+/// system a replace is a write to a temporary name and a rename; an object put is atomic by
+/// itself, and "create unless it exists" is a conditional put.
+mod place {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::io;
+    use crate::Result;
+    use crate::objects;
+
+    /// The file's bytes, `None` when there is none.
+    pub fn read(path: &Path) -> Result<Option<Vec<u8>>> {
+        match objects::url_of(path) {
+            Some(url) => Ok(objects::get_opt(&url)?.map(|b| b.to_vec())),
+            None => match std::fs::read(path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io(path)(e)),
+            },
+        }
+    }
+
+    /// Replace the file with `bytes`, all at once for readers.
+    pub fn write(path: &Path, bytes: Vec<u8>) -> Result<()> {
+        match objects::url_of(path) {
+            Some(url) => objects::put(&url, bytes.into(), false),
+            None => {
+                // A name of this writer's own: two writers may replace the same file.
+                static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tmp = path.with_extension(format!("{}-{seq}.tmp", std::process::id()));
+                std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+                std::fs::rename(&tmp, path).map_err(io(path))
+            }
+        }
+    }
+
+    /// Create the file with `bytes` unless it exists; `false` when it did.
+    pub fn create(path: &Path, bytes: &[u8]) -> Result<bool> {
+        match objects::url_of(path) {
+            Some(url) => objects::create(&url, bytes.to_vec().into()),
+            None => {
+                use std::io::Write;
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                {
+                    Ok(mut f) => {
+                        let _ = f.write_all(bytes);
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(io(path)(e)),
+                }
+            }
+        }
+    }
+
+    /// Remove the file; a missing one is not an error, and a failure leaves a stray that a
+    /// later sweep removes.
+    pub fn remove(path: &Path) {
+        let _ = match objects::url_of(path) {
+            Some(url) => objects::delete(&url),
+            None => std::fs::remove_file(path).map_err(io(path)),
+        };
+    }
+
+    /// Whether the file exists.
+    pub fn exists(path: &Path) -> Result<bool> {
+        match objects::url_of(path) {
+            Some(url) => Ok(objects::head(&url)?.is_some()),
+            None => Ok(path.exists()),
+        }
+    }
+
+    /// How long ago the file was last written, if it exists.
+    pub fn age(path: &Path) -> Option<Duration> {
+        match objects::url_of(path) {
+            Some(url) => {
+                let m = objects::head(&url).ok()??;
+                (chrono::Utc::now() - m.last_modified).to_std().ok()
+            }
+            None => std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok()),
+        }
+    }
+
+    /// The files directly in a folder with their ages (none when it does not exist).
+    pub fn list(dir: &Path) -> Vec<(String, Duration)> {
+        match objects::url_of(dir) {
+            Some(url) => objects::list(&url)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(p, m)| {
+                    let name = p.file_name()?.to_string_lossy().into_owned();
+                    let age = (chrono::Utc::now() - m.last_modified).to_std().ok()?;
+                    Some((name, age))
+                })
+                .collect(),
+            None => std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|f| {
+                    let age = f.metadata().ok()?.modified().ok()?.elapsed().ok()?;
+                    Some((f.file_name().to_string_lossy().into_owned(), age))
+                })
+                .collect(),
+        }
+    }
+
+    /// Make the folder (object storage has none to make).
+    pub fn make_dir(dir: &Path) -> Result<()> {
+        match objects::url_of(dir) {
+            Some(_) => Ok(()),
+            None => std::fs::create_dir_all(dir).map_err(io(dir)),
+        }
+    }
+
+    /// Whether the catalog is in object storage.
+    pub fn remote(dir: &Path) -> bool {
+        objects::url_of(dir).is_some()
+    }
+}
+
 /// Format 2 stores states and spines as parts of files; format 1 (one file per entry and per
 /// spine) is read and rewritten as 2.
 const FORMAT: u32 = 2;
@@ -302,9 +432,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 use quiver_core::time::now_micros;
 
-/// The catalog's writer lock: a file created exclusively, holding its writer's pid, removed on
-/// drop. A lock whose process is gone (a join that exited before its states were stored), or
-/// older than a minute, belongs to a writer that died and is taken over.
+/// The catalog's writer lock: a file created exclusively (in object storage, a conditional
+/// put), holding its writer's pid, removed on drop. A lock whose process is gone (a join that
+/// exited before its states were stored; checked on a local folder), or older than a minute,
+/// belongs to a writer that died and is taken over.
 struct Lock(PathBuf);
 
 impl Lock {
@@ -312,43 +443,30 @@ impl Lock {
         let path = dir.join("lock");
         let start = Instant::now();
         loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    let _ = write!(f, "{}", std::process::id());
-                    return Ok(Lock(path));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let age = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok());
-                    // a pid is written just after the file is made: give it a moment
-                    let dead = age.is_some_and(|a| a > Duration::from_millis(100))
-                        && std::fs::read_to_string(&path)
-                            .ok()
-                            .and_then(|s| s.trim().parse::<u32>().ok())
-                            .is_some_and(|pid| {
-                                Path::new("/proc/self").exists()
-                                    && !Path::new(&format!("/proc/{pid}")).exists()
-                            });
-                    let stale = dead || age.is_some_and(|age| age > Duration::from_secs(60));
-                    if stale {
-                        let _ = std::fs::remove_file(&path);
-                    } else if start.elapsed() > Duration::from_secs(30) {
-                        return Err(Error::Source(format!(
-                            "{}: the reuse catalog is locked by another process",
-                            path.display()
-                        )));
-                    } else {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-                Err(e) => return Err(io(&path)(e)),
+            if place::create(&path, std::process::id().to_string().as_bytes())? {
+                return Ok(Lock(path));
+            }
+            let age = place::age(&path);
+            // a pid is written just after the file is made: give it a moment
+            let dead = !place::remote(dir)
+                && age.is_some_and(|a| a > Duration::from_millis(100))
+                && std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .is_some_and(|pid| {
+                        Path::new("/proc/self").exists()
+                            && !Path::new(&format!("/proc/{pid}")).exists()
+                    });
+            let stale = dead || age.is_some_and(|age| age > Duration::from_secs(60));
+            if stale {
+                place::remove(&path);
+            } else if start.elapsed() > Duration::from_secs(30) {
+                return Err(Error::Source(format!(
+                    "{}: the reuse catalog is locked by another process",
+                    path.display()
+                )));
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
@@ -356,7 +474,7 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        place::remove(&self.0);
     }
 }
 
@@ -370,20 +488,10 @@ impl ReuseCatalog {
         }
     }
 
-    /// The catalog of `repo`: `OFFLINE_STORE/reuse` when the offline store is a folder. When
-    /// it is object storage, the catalog stays on this machine, in the repository's
-    /// `.quiver/cache/reuse-HASH` (HASH of the store's URL): states are a cache, its
-    /// lock and atomic renames need a file system, and a lost cache only costs recomputing.
+    /// The catalog of `repo`: `OFFLINE_STORE/reuse`, a folder or an object-storage prefix
+    /// (an `s3://` offline store keeps its states, and the log of scans, in the bucket, so
+    /// every machine joining over it shares them).
     pub fn of_repo(repo: &quiver_core::Repo, budget: u64) -> ReuseCatalog {
-        if crate::objects::is_remote(&repo.offline_store) {
-            let id = quiver_core::hash::hash_bytes(repo.offline_store.to_string_lossy().as_bytes())
-                .to_string();
-            let dir = repo
-                .dir
-                .join(".quiver/cache")
-                .join(format!("reuse-{}", &id[..16.min(id.len())]));
-            return ReuseCatalog { dir, budget };
-        }
         ReuseCatalog::new(&repo.offline_store, budget)
     }
 
@@ -407,8 +515,8 @@ impl ReuseCatalog {
 
     fn read_manifest(&self) -> Result<Manifest> {
         let p = self.manifest_path();
-        match std::fs::read(&p) {
-            Ok(b) => {
+        match place::read(&p)? {
+            Some(b) => {
                 let m: Manifest = serde_json::from_slice(&b).map_err(|e| {
                     Error::Source(format!("{}: not a reuse manifest: {e}", p.display()))
                 })?;
@@ -425,27 +533,22 @@ impl ReuseCatalog {
                 }
                 Ok(m)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest {
+            None => Ok(Manifest {
                 format: FORMAT,
                 ..Default::default()
             }),
-            Err(e) => Err(io(&p)(e)),
         }
     }
 
     fn write_manifest(&self, m: &Manifest) -> Result<()> {
-        let p = self.manifest_path();
-        // under the writer lock: one writer at a time uses this name
-        let tmp = self.dir.join("manifest.json.tmp");
         let bytes = serde_json::to_vec(m).map_err(|e| Error::Internal(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io(&p))
+        place::write(&self.manifest_path(), bytes)
     }
 
     /// Run `f` on the manifest under the writer lock and save what it leaves, evicting down
     /// to the budget when asked.
     fn update<T>(&self, evict_to_budget: bool, f: impl FnOnce(&mut Manifest) -> T) -> Result<T> {
-        std::fs::create_dir_all(self.dir.join("entries")).map_err(io(&self.dir))?;
+        place::make_dir(&self.dir.join("entries"))?;
         let _lock = Lock::take(&self.dir)?;
         let mut m = self.read_manifest()?;
         let out = f(&mut m);
@@ -483,10 +586,10 @@ impl ReuseCatalog {
         self.write_manifest(&m)?;
         self.sweep_strays(&m);
         for f in gone_states {
-            let _ = std::fs::remove_file(self.entry_path(&f));
+            place::remove(&self.entry_path(&f));
         }
         for f in gone_spines {
-            let _ = std::fs::remove_file(self.spine_path(&f));
+            place::remove(&self.spine_path(&f));
         }
         Ok(out)
     }
@@ -495,23 +598,12 @@ impl ReuseCatalog {
     /// store that was cut short (a process that exited past its bound, a crash). A
     /// concurrent writer's new files are seconds old.
     fn sweep_strays(&self, m: &Manifest) {
-        let old = |f: &std::fs::DirEntry| {
-            f.metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(600))
-        };
         for (dir, named) in [("entries", &m.files), ("spines", &m.spine_files)] {
-            let Ok(files) = std::fs::read_dir(self.dir.join(dir)) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = f.file_name();
-                let name = name.to_string_lossy();
+            let dir = self.dir.join(dir);
+            for (name, age) in place::list(&dir) {
                 let stem = name.strip_suffix(".arrow").unwrap_or(&name);
-                if !named.contains_key(stem) && old(&f) {
-                    let _ = std::fs::remove_file(f.path());
+                if !named.contains_key(stem) && age > Duration::from_secs(600) {
+                    place::remove(&dir.join(&name));
                 }
             }
         }
@@ -676,8 +768,7 @@ impl ReuseCatalog {
             )));
         }
         for d in ["entries", "spines"] {
-            let d = self.dir.join(d);
-            std::fs::create_dir_all(&d).map_err(io(&d))?;
+            place::make_dir(&self.dir.join(d))?;
         }
         // The new rows are written before the lock is taken; what the manifest no longer
         // has by then is written whole under it.
@@ -765,7 +856,7 @@ impl ReuseCatalog {
             Ok(total)
         })?;
         for p in orphans {
-            let _ = std::fs::remove_file(p);
+            place::remove(&p);
         }
         total
     }
@@ -773,7 +864,7 @@ impl ReuseCatalog {
     /// Drop every entry computed from a source (a new version of it makes them stale).
     /// Returns how many went.
     pub fn invalidate(&self, source: &str) -> Result<usize> {
-        if !self.manifest_path().exists() {
+        if !place::exists(&self.manifest_path())? {
             return Ok(0);
         }
         self.update(false, |m| {
@@ -783,12 +874,18 @@ impl ReuseCatalog {
         })
     }
 
-    /// Append a record of a scan to the join log that layout selection reads.
+    /// Append a record of a scan to the join log that layout selection reads: a line of
+    /// `joins.jsonl` in a folder, an object of its own under `joins/` in object storage
+    /// (objects cannot be appended to).
     pub fn log_scan(&self, rec: &ScanRecord) -> Result<()> {
         use std::io::Write;
+        let mut line = serde_json::to_vec(rec).map_err(|e| Error::Internal(e.to_string()))?;
+        if place::remote(&self.dir) {
+            let name = format!("{}-{}.json", now_micros(), fresh_name("scan"));
+            return place::write(&self.dir.join("joins").join(name), line);
+        }
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let p = self.dir.join("joins.jsonl");
-        let mut line = serde_json::to_vec(rec).map_err(|e| Error::Internal(e.to_string()))?;
         line.push(b'\n');
         // One write of a whole line: concurrent appenders interleave lines, not bytes.
         std::fs::OpenOptions::new()
@@ -799,44 +896,74 @@ impl ReuseCatalog {
             .map_err(io(&p))
     }
 
-    /// The logged scans (lines that do not parse are skipped: a torn last line after a crash).
+    /// The logged scans, oldest first (lines that do not parse are skipped: a torn last line
+    /// after a crash).
     pub fn scans(&self) -> Result<Vec<ScanRecord>> {
+        if place::remote(&self.dir) {
+            let dir = self.dir.join("joins");
+            let mut names: Vec<String> = place::list(&dir).into_iter().map(|(n, _)| n).collect();
+            // names start with the time they were logged
+            names.sort_by_key(|n| {
+                n.split('-')
+                    .next()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .unwrap_or(0)
+            });
+            let mut out = Vec::with_capacity(names.len());
+            for n in names {
+                if let Some(b) = place::read(&dir.join(&n))?
+                    && let Ok(r) = serde_json::from_slice(&b)
+                {
+                    out.push(r);
+                }
+            }
+            return Ok(out);
+        }
         let p = self.dir.join("joins.jsonl");
-        match std::fs::read_to_string(&p) {
-            Ok(s) => Ok(s
+        match place::read(&p)? {
+            Some(b) => Ok(String::from_utf8_lossy(&b)
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io(&p)(e)),
+            None => Ok(Vec::new()),
         }
     }
 }
 
-/// Write a batch as an Arrow IPC file: to a temporary name, then renamed into place.
-fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<()> {
-    // A name of this writer's own: two joins may store the same entry at once.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("{}-{seq}.tmp", std::process::id()));
-    {
-        let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        // Uncompressed: a state is read back by every join that reuses it, and decoding LZ4
-        // (arrow's pure-Rust codec) took ~100 ms per 1.8 M-row state, longer than computing
-        // the day a refresh adds; uncompressed files are read at the speed of a copy. They
-        // take ~4x the disk (the budget counts file bytes, so fewer states are kept).
-        let mut w = FileWriter::try_new(std::io::BufWriter::new(f), &batch.schema())?;
+/// Write a batch as an Arrow IPC file, whole for readers; returns its size and rows.
+fn write_file(path: &Path, batch: &RecordBatch) -> Result<FileInfo> {
+    // Uncompressed: a state is read back by every join that reuses it, and decoding LZ4
+    // (arrow's pure-Rust codec) took ~100 ms per 1.8 M-row state, longer than computing the
+    // day a refresh adds; uncompressed files are read at the speed of a copy. They take ~4x
+    // the disk (the budget counts file bytes, so fewer states are kept).
+    let write = |out: &mut dyn std::io::Write| -> Result<()> {
+        let mut w = FileWriter::try_new(out, &batch.schema())?;
         w.write(batch)?;
         w.finish()?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
-/// Write a batch as a new Arrow IPC file; returns its size and rows.
-fn write_file(path: &Path, batch: &RecordBatch) -> Result<FileInfo> {
-    write_ipc(path, batch)?;
+        Ok(())
+    };
+    let bytes = if place::remote(path) {
+        // An object is put whole.
+        let mut out = Vec::new();
+        write(&mut out)?;
+        let n = out.len() as u64;
+        place::write(path, out)?;
+        n
+    } else {
+        // Streamed to a name of this writer's own, then renamed into place.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}-{seq}.tmp", std::process::id()));
+        let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut out = std::io::BufWriter::new(f);
+        write(&mut out)?;
+        std::io::Write::flush(&mut out).map_err(io(&tmp))?;
+        drop(out);
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        std::fs::metadata(path).map_err(io(path))?.len()
+    };
     Ok(FileInfo {
-        bytes: std::fs::metadata(path).map_err(io(path))?.len(),
+        bytes,
         rows: batch.num_rows() as u64,
     })
 }
@@ -847,10 +974,8 @@ fn read_ipc(path: &Path) -> Result<Option<RecordBatch>> {
     // The whole file in one read, its arrays decoded in place (zero copy): a stream reader
     // zero-fills a buffer per message and copies into it, which took a third of an exact
     // repeat's time in page faults and memset.
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(io(path)(err)),
+    let Some(bytes) = place::read(path)? else {
+        return Ok(None);
     };
     let bad = |what: &str| Error::Source(format!("{}: {what}", path.display()));
     let buf = arrow::buffer::Buffer::from_vec(bytes);
