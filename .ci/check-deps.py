@@ -2,7 +2,7 @@
 """The dependency rules of ARCHITECTURE.md, checked in CI.
 
 1. Between crates, dependencies point down only:
-       core <- offline, online, registry, train <- app <- grpc <- cli; offline <- cluster <- app
+       core <- offline, online, registry, train <- app <- grpc, http <- cli; offline <- cluster <- app
    core depends on no Quiver crate; offline, online, registry and train on core only (never on
    each other); app composes them and knows no transport; grpc serves app; cli sits on top.
 2. Inside a crate, its top-level modules do not import each other in a circle: module A
@@ -21,7 +21,8 @@ ALLOWED = {
     "quiver-cluster": {"quiver-core", "quiver-offline"},
     "quiver-app": {"quiver-core", "quiver-offline", "quiver-online", "quiver-registry", "quiver-train", "quiver-cluster"},
     "quiver-grpc": {"quiver-core", "quiver-app", "quiver-offline", "quiver-online", "quiver-registry"},
-    "quiver-cli": {"quiver-core", "quiver-offline", "quiver-online", "quiver-registry", "quiver-train", "quiver-cluster", "quiver-app", "quiver-grpc"},
+    "quiver-http": {"quiver-core", "quiver-app", "quiver-offline", "quiver-online"},
+    "quiver-cli": {"quiver-core", "quiver-offline", "quiver-online", "quiver-registry", "quiver-train", "quiver-cluster", "quiver-app", "quiver-grpc", "quiver-http"},
     "quiver-suite": None,  # integration tests and benchmarks may use anything
 }
 # Engines, servers and stores that must stay out of core; transports that must stay out of app.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use quiver_core::store::{KeyValue, OnlineStore};
+use quiver_core::store::{KeyValue, OnlineStore, Scalar};
 use quiver_core::{FeatureRef, Repo};
 use quiver_offline::EngineOptions;
 
@@ -96,6 +96,58 @@ impl Serving {
             })
     }
 
+    /// Materialize `views` (all when empty) as of `end` into the served store, for the
+    /// entities `range` selects (a transport's materialize call; the CLI's `materialize` runs
+    /// the same [`online::materialize_range`]).
+    pub async fn materialize(
+        &self,
+        views: &[String],
+        range: online::Range,
+        end: i64,
+    ) -> Result<Vec<online::Materialized>> {
+        online::materialize_range(
+            &self.repo,
+            self.store.as_ref(),
+            views,
+            range,
+            end,
+            EngineOptions::default(),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// Append `rows` of `view`'s source to its managed table only (a push to the offline
+    /// store alone), recorded as coming from `origin`.
+    pub async fn append(
+        &self,
+        view: &str,
+        rows: RecordBatch,
+        origin: &str,
+    ) -> Result<quiver_registry::DatasetVersion> {
+        let def = self.repo.views.get(view).ok_or_else(|| {
+            Error::NotFound(format!("feature_view: unknown feature view `{view}`"))
+        })?;
+        self.append_rows(&def.source, &rows, origin).await
+    }
+
+    async fn append_rows(
+        &self,
+        source: &str,
+        rows: &RecordBatch,
+        origin: &str,
+    ) -> Result<quiver_registry::DatasetVersion> {
+        let cat = Catalog::open(self.repo.as_ref().clone(), EngineOptions::default())?;
+        cat.append(
+            source,
+            vec![(origin.to_string(), rows.schema(), vec![rows.clone()])],
+            quiver_registry::Operation::Ingest {
+                files: vec![origin.to_string()],
+            },
+        )
+        .await
+    }
+
     /// The schema a push to `view` must give: its source's columns.
     pub async fn push_schema(&self, view: &str) -> Result<SchemaRef> {
         let def = self.repo.views.get(view).ok_or_else(|| {
@@ -127,19 +179,7 @@ impl Serving {
         let _one_push = self.writer.lock().await;
         let appended = match to_offline {
             false => None,
-            true => {
-                let cat = Catalog::open(repo.clone(), opts.clone())?;
-                Some(
-                    cat.append(
-                        &def.source,
-                        vec![(origin.to_string(), rows.schema(), vec![rows.clone()])],
-                        quiver_registry::Operation::Ingest {
-                            files: vec![origin.to_string()],
-                        },
-                    )
-                    .await?,
-                )
-            }
+            true => Some(self.append_rows(&def.source, &rows, origin).await?),
         };
         let n = rows.num_rows();
         let pushed = online::push(
@@ -158,4 +198,131 @@ impl Serving {
             appended,
         })
     }
+}
+
+/// The pushed columns as a batch of the source's schema: every source column must be given,
+/// with one value per row of the type the column holds.
+pub fn push_batch(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    columns: &std::collections::HashMap<String, Vec<Scalar>>,
+) -> Result<datafusion::arrow::array::RecordBatch> {
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::DataType;
+    for name in columns.keys() {
+        if schema.field_with_name(name).is_err() {
+            return Err(Error::Invalid(format!(
+                "columns.{name}: not a column of the source"
+            )));
+        }
+    }
+    let mut rows: Option<usize> = None;
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for f in schema.fields() {
+        let name = f.name();
+        let values = columns
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("columns.{name}: missing")))?;
+        match rows {
+            None => rows = Some(values.len()),
+            Some(n) if n != values.len() => {
+                return Err(Error::Invalid(format!(
+                    "columns.{name}: {} values, other columns have {n}",
+                    values.len()
+                )));
+            }
+            _ => {}
+        }
+        let bad =
+            |i: usize, want: &str| Error::Invalid(format!("columns.{name}[{i}]: expected {want}"));
+        let dt = f.data_type();
+        let array: ArrayRef = if dt.is_integer() {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Scalar::Null => Ok(None),
+                    Scalar::Int(x) => Ok(Some(*x)),
+                    _ => Err(bad(i, "an integer")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            std::sync::Arc::new(Int64Array::from(v))
+        } else if dt.is_floating() {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Scalar::Null => Ok(None),
+                    Scalar::Float(x) => Ok(Some(*x)),
+                    Scalar::Int(x) => Ok(Some(*x as f64)),
+                    _ => Err(bad(i, "a number")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            std::sync::Arc::new(Float64Array::from(v))
+        } else if matches!(dt, DataType::Boolean) {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Scalar::Null => Ok(None),
+                    Scalar::Bool(x) => Ok(Some(*x)),
+                    _ => Err(bad(i, "a bool")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            std::sync::Arc::new(BooleanArray::from(v))
+        } else if matches!(
+            dt,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Scalar::Null => Ok(None),
+                    Scalar::Str(x) => Ok(Some(x.clone())),
+                    _ => Err(bad(i, "a string")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            std::sync::Arc::new(StringArray::from(v))
+        } else if quiver_core::time::is_typed_time(dt) {
+            let v = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Scalar::Null => Ok(None),
+                    Scalar::Time(x) => Ok(Some(*x)),
+                    Scalar::Str(s) => quiver_core::time::parse_instant(s)
+                        .map(Some)
+                        .ok_or_else(|| bad(i, "an RFC 3339 time")),
+                    _ => Err(bad(i, "a timestamp")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let tz = match dt {
+                DataType::Timestamp(_, tz) => tz.clone(),
+                _ => None,
+            };
+            std::sync::Arc::new(TimestampMicrosecondArray::from(v).with_timezone_opt(tz))
+        } else {
+            return Err(Error::Invalid(format!(
+                "columns.{name}: pushing a column of type {dt} is not supported"
+            )));
+        };
+        let array = if array.data_type() == dt {
+            array
+        } else {
+            datafusion::arrow::compute::cast_with_options(
+                &array,
+                dt,
+                &datafusion::arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| Error::Invalid(format!("columns.{name}: {e}")))?
+        };
+        arrays.push(array);
+    }
+    datafusion::arrow::array::RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(|e| Error::Invalid(format!("columns: {e}")))
 }

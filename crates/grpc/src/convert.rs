@@ -1,8 +1,6 @@
 //! Conversion between the protobuf messages of `quiver.v1` and the app's types and Arrow:
 //! values, entity columns, pushed columns, feature selections and jobs.
 
-use std::sync::Arc;
-
 use quiver_app::jobs::{Job, JobState};
 use quiver_app::online::Status as ValueStatus;
 use quiver_app::serving::Features;
@@ -124,130 +122,15 @@ pub fn entity_rows(
     Ok(rows)
 }
 
-/// The pushed columns as a batch of the source's schema: every source column must be given,
-/// with one value per row of the type the column holds.
+/// The rows of a push as a batch of the source's `schema` (see
+/// [`quiver_app::serving::push_batch`] for the rules and the messages).
 pub fn push_batch(
     schema: &datafusion::arrow::datatypes::SchemaRef,
     columns: &std::collections::HashMap<String, proto::RepeatedValue>,
 ) -> Result<datafusion::arrow::array::RecordBatch> {
-    use datafusion::arrow::array::{
-        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
-    };
-    use datafusion::arrow::datatypes::DataType;
-    for name in columns.keys() {
-        if schema.field_with_name(name).is_err() {
-            return Err(Error::Invalid(format!(
-                "columns.{name}: not a column of the source"
-            )));
-        }
-    }
-    let mut rows: Option<usize> = None;
-    let mut arrays: Vec<ArrayRef> = Vec::new();
-    for f in schema.fields() {
-        let name = f.name();
-        let values = &columns
-            .get(name)
-            .ok_or_else(|| Error::Invalid(format!("columns.{name}: missing")))?
-            .val;
-        match rows {
-            None => rows = Some(values.len()),
-            Some(n) if n != values.len() => {
-                return Err(Error::Invalid(format!(
-                    "columns.{name}: {} values, other columns have {n}",
-                    values.len()
-                )));
-            }
-            _ => {}
-        }
-        let bad =
-            |i: usize, want: &str| Error::Invalid(format!("columns.{name}[{i}]: expected {want}"));
-        let dt = f.data_type();
-        let array: ArrayRef = if dt.is_integer() {
-            let v = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match &v.val {
-                    None => Ok(None),
-                    Some(Val::Int64Val(x)) => Ok(Some(*x)),
-                    _ => Err(bad(i, "an integer")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Arc::new(Int64Array::from(v))
-        } else if dt.is_floating() {
-            let v = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match &v.val {
-                    None => Ok(None),
-                    Some(Val::DoubleVal(x)) => Ok(Some(*x)),
-                    Some(Val::Int64Val(x)) => Ok(Some(*x as f64)),
-                    _ => Err(bad(i, "a number")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Arc::new(Float64Array::from(v))
-        } else if matches!(dt, DataType::Boolean) {
-            let v = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match &v.val {
-                    None => Ok(None),
-                    Some(Val::BoolVal(x)) => Ok(Some(*x)),
-                    _ => Err(bad(i, "a bool")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Arc::new(BooleanArray::from(v))
-        } else if matches!(
-            dt,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        ) {
-            let v = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match &v.val {
-                    None => Ok(None),
-                    Some(Val::StringVal(x)) => Ok(Some(x.clone())),
-                    _ => Err(bad(i, "a string")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Arc::new(StringArray::from(v))
-        } else if quiver_core::time::is_typed_time(dt) {
-            let v = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match &v.val {
-                    None => Ok(None),
-                    Some(Val::UnixTimestampMicrosVal(x)) => Ok(Some(*x)),
-                    Some(Val::StringVal(s)) => quiver_core::time::parse_instant(s)
-                        .map(Some)
-                        .ok_or_else(|| bad(i, "an RFC 3339 time")),
-                    _ => Err(bad(i, "a timestamp")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let tz = match dt {
-                DataType::Timestamp(_, tz) => tz.clone(),
-                _ => None,
-            };
-            Arc::new(TimestampMicrosecondArray::from(v).with_timezone_opt(tz))
-        } else {
-            return Err(Error::Invalid(format!(
-                "columns.{name}: pushing a column of type {dt} is not supported"
-            )));
-        };
-        let array = if array.data_type() == dt {
-            array
-        } else {
-            datafusion::arrow::compute::cast_with_options(
-                &array,
-                dt,
-                &datafusion::arrow::compute::CastOptions {
-                    safe: false,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| Error::Invalid(format!("columns.{name}: {e}")))?
-        };
-        arrays.push(array);
-    }
-    datafusion::arrow::array::RecordBatch::try_new(schema.clone(), arrays)
-        .map_err(|e| Error::Invalid(format!("columns: {e}")))
+    let columns: std::collections::HashMap<String, Vec<Scalar>> = columns
+        .iter()
+        .map(|(k, v)| (k.clone(), v.val.iter().map(scalar_of).collect()))
+        .collect();
+    quiver_app::serving::push_batch(schema, &columns)
 }

@@ -61,9 +61,15 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<TrainingServiceServer<TrainingSvc>>()
         .await;
+    // Reflection in both versions: grpcio's Python reflection client, older grpcurl, Postman
+    // and evans speak v1alpha; newer tools speak v1.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| quiver_app::Error::Internal(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| quiver_app::Error::Internal(e.to_string()))?;
     // The registry is opened by one call at a time, registry calls and training jobs alike.
     let access = RegistryAccess::new(repo.clone());
@@ -79,6 +85,7 @@ pub async fn serve_with(
         .timeout(Duration::from_secs(30))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(online)
         .add_service(registry)
         .add_service(training)

@@ -407,33 +407,53 @@ async fn registry_service_registers_selects_and_traces() {
         .into_inner();
     assert_eq!(all.models.len(), 2);
 
-    // Server reflection lists both services.
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut refl = ServerReflectionClient::new(channel);
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = refl
-        .server_reflection_info(futures::stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let msg = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-        panic!("{msg:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"quiver.v1.RegistryService".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"quiver.v1.OnlineService".to_string()),
-        "{names:?}"
-    );
+    // Server reflection lists the services, in both protocol versions (v1alpha is what
+    // grpcio's Python client, older grpcurl, Postman and evans speak), and describes them.
+    macro_rules! reflect {
+        ($v:ident) => {{
+            use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+            let mut refl = ServerReflectionClient::new(channel.clone());
+            let reqs = vec![
+                tonic_reflection::pb::$v::ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::ListServices(String::new())),
+                },
+                tonic_reflection::pb::$v::ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::FileContainingSymbol(
+                        "quiver.v1.OnlineService".into(),
+                    )),
+                },
+            ];
+            let mut stream = refl
+                .server_reflection_info(futures::stream::iter(reqs))
+                .await
+                .unwrap()
+                .into_inner();
+            let msg = stream.message().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+                panic!("{msg:?}");
+            };
+            let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            let msg = stream.message().await.unwrap().unwrap();
+            let Some(MessageResponse::FileDescriptorResponse(files)) = msg.message_response else {
+                panic!("{msg:?}");
+            };
+            (names, files.file_descriptor_proto.len())
+        }};
+    }
+    for (version, (names, files)) in [("v1", reflect!(v1)), ("v1alpha", reflect!(v1alpha))] {
+        for service in [
+            "quiver.v1.RegistryService",
+            "quiver.v1.OnlineService",
+            "quiver.v1.TrainingService",
+        ] {
+            assert!(names.contains(&service.to_string()), "{version}: {names:?}");
+        }
+        assert!(files > 0, "{version}: the service's file is described");
+    }
 
     server.stop().await;
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -108,11 +109,17 @@ impl Push {
     }
 }
 
-/// Serve online lookups over gRPC (quiver.v1.OnlineService, health, reflection).
+/// Serve online lookups over gRPC (quiver.v1.OnlineService, health, reflection) and, with
+/// --http, over HTTP as Feast's feature server does.
 #[derive(clap::Args)]
 pub struct Serve {
     #[arg(long, default_value = "127.0.0.1:6566")]
     addr: String,
+    /// Also serve HTTP on this address, with the routes and JSON of Feast's feature server
+    /// (POST /get-online-features, /push, /write-to-online-store, /materialize,
+    /// /materialize-incremental; GET /health).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// A folder besides the repository where requests may read spines and write
     /// training sets (repeat for more); requests may use no other path.
     #[arg(long = "data-root", value_name = "DIR")]
@@ -132,10 +139,32 @@ impl Serve {
             repo.project,
             listener.local_addr()?
         );
+        let http = match &self.http {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                eprintln!(
+                    "quiver: serving {} over HTTP (Feast feature server) on {}",
+                    repo.project,
+                    listener.local_addr()?
+                );
+                let serving = Arc::new(Serving::new(repo.clone(), store.clone()));
+                Some(tokio::spawn(quiver_http::server::serve(
+                    serving,
+                    listener,
+                    shutdown_signal(),
+                )))
+            }
+        };
         let options = quiver_grpc::server::ServeOptions {
             data_roots: self.data_roots,
         };
         quiver_grpc::server::serve_with(repo, store, listener, options, shutdown_signal()).await?;
+        if let Some(h) = http {
+            h.await?.context("HTTP server")?;
+        }
         eprintln!("quiver: stopped");
         Ok(ExitCode::SUCCESS)
     }

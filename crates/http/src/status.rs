@@ -1,0 +1,65 @@
+//! The one place where Quiver's errors become HTTP statuses: the app's [`ErrorKind`] picks the
+//! code; internal errors go to the server's log, not to the client. The body is what Feast's
+//! server sends, a JSON string holding `{"module", "class", "message"}`, so Feast's client
+//! raises an exception carrying the message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use quiver_app::{Error, ErrorKind};
+
+/// Longest message a response carries: messages echo parts of the request.
+const MAX_MESSAGE: usize = 2048;
+
+/// The error of this crate's handlers.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// A use case failed.
+    #[error(transparent)]
+    App(#[from] Error),
+    /// The body is not the JSON the route takes; the message names the field.
+    #[error("{0}")]
+    Body(String),
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (code, message) = match self {
+            HttpError::Body(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            HttpError::App(e) => {
+                let message = e.to_string();
+                let code = match e.kind() {
+                    ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                    ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+                    ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+                    ErrorKind::FailedPrecondition | ErrorKind::Aborted => StatusCode::CONFLICT,
+                    ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorKind::Internal => {
+                        eprintln!("quiver serve (http): internal error: {message}");
+                        return error_body(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error; see the server log",
+                        );
+                    }
+                };
+                (code, message)
+            }
+        };
+        error_body(code, &quiver_app::truncated(&message, MAX_MESSAGE))
+    }
+}
+
+fn error_body(code: StatusCode, message: &str) -> Response {
+    let detail = serde_json::json!({
+        "module": "feast.errors",
+        "class": "FeastError",
+        "message": message,
+    })
+    .to_string();
+    let body = serde_json::Value::String(detail).to_string();
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
