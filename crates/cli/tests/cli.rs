@@ -1982,11 +1982,19 @@ fn a_join_on_a_cluster_of_processes_is_the_local_join() {
 /// Start `quiver serve` on a free loopback port and return it with its address, read from the
 /// line it prints once it listens (at most 60 s).
 fn serving(dir: &Path) -> (Child, String) {
+    let (child, mut addrs) = serving_with(dir, &[], 1);
+    (child, addrs.remove(0))
+}
+
+/// `quiver serve` with more arguments; returns the first `n` addresses it says it listens on
+/// (gRPC first, then HTTP), waiting at most 60 s.
+fn serving_with(dir: &Path, extra: &[&str], n: usize) -> (Child, Vec<String>) {
     use std::io::BufRead;
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_quiver"))
             .args(["serve", "--addr", "127.0.0.1:0", "--repo"])
             .arg(dir)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -2002,10 +2010,13 @@ fn serving(dir: &Path) -> (Child, String) {
             }
         }
     });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("quiver serve said where it listens");
-    (child, addr)
+    let addrs = (0..n)
+        .map(|_| {
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("quiver serve said where it listens")
+        })
+        .collect();
+    (child, addrs)
 }
 
 /// The sample repository with its online store on Redis at `url`.
@@ -2293,4 +2304,123 @@ fn the_redis_password_comes_from_the_environment_only() {
     assert!(!e.contains("wrong-Pw") && !e.contains("s3cret-Pw"), "{e}");
     let out = ok(run(Some("s3cret-Pw")));
     assert!(out.contains("user_purchases: 3 entity rows"), "{out}");
+}
+
+/// The python of the virtual environment the tests of other projects' Python clients use
+/// (made once by tests/python/python-env: Feast, grpcio, grpcio-reflection, pinned).
+fn python() -> String {
+    let env = Command::new(root().join("tests/python/python-env"))
+        .output()
+        .expect("tests/python/python-env runs");
+    assert!(env.status.success(), "{}", stderr(&env));
+    String::from_utf8_lossy(&env.stdout).trim().to_string()
+}
+
+/// grpcio's reflection client, which speaks grpc.reflection.v1alpha, lists Quiver's services
+/// and describes them (before, `quiver serve` answered v1 only and such clients got
+/// UNIMPLEMENTED).
+#[test]
+fn grpcios_reflection_client_lists_and_describes_the_services() {
+    let python = python();
+    let dir = sample_repo();
+    let (_server, addr) = serving(dir.path());
+    let o = Command::new(&python)
+        .arg(root().join("tests/python/reflection_client.py"))
+        .arg(&addr)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for service in [
+        "quiver.v1.OnlineService",
+        "quiver.v1.RegistryService",
+        "quiver.v1.TrainingService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            got["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == service),
+            "{service}: {got}"
+        );
+    }
+    assert_eq!(
+        got["methods"],
+        serde_json::json!(["GetOnlineFeatures", "Push"])
+    );
+    assert!(
+        got["request_fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "entities"),
+        "{got}"
+    );
+}
+
+/// Feast's own Python client (feast 0.66.0, in the virtual environment of [`python`]), with `online_store: {type: remote}` pointing at `quiver serve
+/// --http`, reads the values `quiver get` returns — by feature list and by feature service.
+#[test]
+fn feasts_own_client_reads_the_http_feature_server() {
+    let python = python();
+    let dir = sample_repo();
+    let d = dir.path();
+    // Profiles that have not expired by now, so ages are values, not OUTSIDE_MAX_AGE.
+    let yaml = std::fs::read_to_string(d.join("quiver.yaml"))
+        .unwrap()
+        .replace("ttl: 365d", "ttl: 36500d");
+    std::fs::write(d.join("quiver.yaml"), yaml).unwrap();
+    ok(q(d, &["materialize"]));
+    let (_server, addrs) = serving_with(d, &["--http", "127.0.0.1:0"], 2);
+    let out = d.join("feast.json");
+    let o = Command::new(&python)
+        .arg(root().join("tests/python/feast_remote.py"))
+        .arg(format!("http://{}", addrs[1]))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+
+    let users = [1, 2, 3, 7];
+    let want = |features: &str| -> serde_json::Value {
+        // through the gRPC server: it holds the embedded store
+        let mut args = vec!["get", "--json", "--addr", &addrs[0], "--features", features];
+        let ents: Vec<String> = users.iter().map(|u| format!("user_id={u}")).collect();
+        for e in &ents {
+            args.extend(["--entity", e.as_str()]);
+        }
+        serde_json::from_str(&ok(q(d, &args))).unwrap()
+    };
+    let features = "user_purchases:amt_30d,user_purchases:amt_lifetime,user_purchases:clothing_7d,user_purchases:last_category,user_profile:age,user_profile:home_country";
+    let local = want(features);
+    let listed = &got["features"];
+    assert_eq!(listed["user_id"], serde_json::json!(users));
+    let mut present = 0;
+    for reference in features.split(',') {
+        let name = reference.split(':').nth(1).unwrap();
+        for (e, _) in users.iter().enumerate() {
+            let v = &local[e]["features"][reference]["value"];
+            assert_eq!(&listed[name][e], v, "{reference}, entity {e}");
+            present += !v.is_null() as usize;
+        }
+    }
+    assert!(present >= 12, "the comparison covers values: {present}");
+    // The feature service by name: Quiver's churn_v1, full names.
+    let service = &got["service"];
+    let local = want("user_purchases:amt_30d,user_profile:age");
+    for (reference, name) in [
+        ("user_purchases:amt_30d", "user_purchases__amt_30d"),
+        ("user_profile:age", "user_profile__age"),
+    ] {
+        for e in 0..users.len() {
+            assert_eq!(
+                &service[name][e], &local[e]["features"][reference]["value"],
+                "{name}, entity {e}"
+            );
+        }
+    }
 }

@@ -65,10 +65,12 @@ pub async fn serve_with(
     // and evans speak v1alpha; newer tools speak v1.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| quiver_app::Error::Internal(e.to_string()))?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| quiver_app::Error::Internal(e.to_string()))?;
     // The registry is opened by one call at a time, registry calls and training jobs alike.

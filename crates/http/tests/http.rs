@@ -129,7 +129,10 @@ async fn get_online_features_has_feasts_shape_and_the_lookups_values() {
         assert_eq!(results.len(), 5);
         // the join key column first, echoed
         assert_eq!(results[0]["values"], json!([1, 2, 7]));
-        assert_eq!(results[0]["statuses"], json!(["PRESENT", "PRESENT", "PRESENT"]));
+        assert_eq!(
+            results[0]["statuses"],
+            json!(["PRESENT", "PRESENT", "PRESENT"])
+        );
         // the same values `quiver get` computes
         let refs = s.serving.repo().resolve_refs(&features).unwrap();
         let ents: Vec<_> = [1, 2, 7]
