@@ -1,12 +1,13 @@
-//! Online serving load test: materialize N entities × 20 latest-value features, serve them
-//! with `quiver_grpc::server::serve` on 127.0.0.1, and drive it with a bounded tonic load
-//! generator. Reports materialize rows/s and peak memory and, for 1 and 100 entities per
+//! Online serving load test: materialize N entities × 20 latest-value features, serve them on
+//! 127.0.0.1 over gRPC (`quiver_grpc::server::serve`) and over HTTP (`quiver_http`, Feast's
+//! feature server routes), and drive each with a bounded load generator (tonic; hyper).
+//! Reports materialize rows/s and peak memory and, per transport, for 1 and 100 entities per
 //! request at 1 and 16 concurrent clients, p50/p99 latency and requests/s — for each online
 //! store: sled, and Redis (a `redis-server` started on a free loopback port, append-only file
 //! with `appendfsync everysec`, Redis's recommended setting).
 //!
-//! `cargo bench -p quiver-grpc --bench online_load [-- ENTITIES [sled|redis]]` (default
-//! 1 000 000, both stores, each in its own process so peak memory is its own).
+//! `cargo bench --bench online_load [-- ENTITIES [sled|redis]]` (default 1 000 000, both
+//! stores, each in its own process so peak memory is its own).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,6 +117,68 @@ fn redis_memory(port: u16) -> String {
         .to_string()
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Grpc,
+    Http,
+}
+
+/// One load client: a tonic channel, or a pooled keep-alive hyper client.
+enum Client {
+    Grpc(OnlineServiceClient<tonic::transport::Channel>),
+    Http(
+        String,
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+    ),
+}
+
+impl Client {
+    async fn connect(t: Transport, url: String) -> Client {
+        match t {
+            Transport::Grpc => Client::Grpc(OnlineServiceClient::connect(url).await.unwrap()),
+            Transport::Http => Client::Http(
+                url,
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http(),
+            ),
+        }
+    }
+
+    /// One lookup of 20 features for `ids`, checked for its shape.
+    async fn lookup(&mut self, ids: &[i64]) {
+        match self {
+            Client::Grpc(c) => {
+                let resp = c
+                    .get_online_features(request(ids))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(resp.results.len(), FEATURES);
+            }
+            Client::Http(url, c) => {
+                use http_body_util::BodyExt;
+                let features: Vec<String> =
+                    (0..FEATURES).map(|f| format!("profile:f{f}")).collect();
+                let body = serde_json::json!({"features": features, "entities": {"user_id": ids}});
+                let req = hyper::Request::post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        body.to_string(),
+                    )))
+                    .unwrap();
+                let resp = c.request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(v["results"].as_array().unwrap().len(), FEATURES + 1);
+            }
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
@@ -187,9 +250,21 @@ fn main() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
+    let http_listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let http_addr = http_listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = Arc::new(quiver_app::serving::Serving::new(
+        repo.clone(),
+        store.clone(),
+    ));
     let server = server_rt.spawn(quiver_grpc::server::serve(repo, store, listener, async {
         let _ = stopped.await;
+    }));
+    let http_server = server_rt.spawn(quiver_http::server::serve(serving, http_listener, async {
+        let _ = http_stopped.await;
     }));
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
@@ -197,68 +272,72 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("| entities/request | clients | requests | p50 ms | p99 ms | requests/s |");
-    println!("|---|---|---|---|---|---|");
-    for per_request in [1usize, 100] {
-        for clients in [1usize, 16] {
-            // Bounded: a fixed number of requests per client, and a time cap.
-            let per_client = if per_request == 1 {
-                4000 / clients.max(1) * 2
-            } else {
-                800 / clients.max(1) * 2
-            };
-            let url = format!("http://{addr}");
-            let (lat, wall) = client_rt.block_on(async move {
-                let mut tasks = Vec::new();
-                let t0 = Instant::now();
-                for c in 0..clients {
-                    let url = url.clone();
-                    tasks.push(tokio::spawn(async move {
-                        let mut client = OnlineServiceClient::connect(url).await.unwrap();
-                        let mut lat = Vec::with_capacity(per_client);
-                        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ c as u64;
-                        let deadline = Instant::now() + Duration::from_secs(60);
-                        for _ in 0..per_client {
-                            let ids: Vec<i64> = (0..per_request)
-                                .map(|_| {
-                                    x ^= x << 13;
-                                    x ^= x >> 7;
-                                    x ^= x << 17;
-                                    (x % n as u64) as i64
-                                })
-                                .collect();
-                            let t = Instant::now();
-                            let resp = client
-                                .get_online_features(request(&ids))
-                                .await
-                                .unwrap()
-                                .into_inner();
-                            lat.push(t.elapsed());
-                            assert_eq!(resp.results.len(), FEATURES);
-                            if Instant::now() > deadline {
-                                break;
+    println!(
+        "| transport | entities/request | clients | requests | p50 ms | p99 ms | requests/s |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for transport in [Transport::Grpc, Transport::Http] {
+        for per_request in [1usize, 100] {
+            for clients in [1usize, 16] {
+                // Bounded: a fixed number of requests per client, and a time cap.
+                let per_client = if per_request == 1 {
+                    4000 / clients.max(1) * 2
+                } else {
+                    800 / clients.max(1) * 2
+                };
+                let url = match transport {
+                    Transport::Grpc => format!("http://{addr}"),
+                    Transport::Http => format!("http://{http_addr}/get-online-features"),
+                };
+                let (lat, wall) = client_rt.block_on(async move {
+                    let mut tasks = Vec::new();
+                    let t0 = Instant::now();
+                    for c in 0..clients {
+                        let url = url.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let mut client = Client::connect(transport, url).await;
+                            let mut lat = Vec::with_capacity(per_client);
+                            let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ c as u64;
+                            let deadline = Instant::now() + Duration::from_secs(60);
+                            for _ in 0..per_client {
+                                let ids: Vec<i64> = (0..per_request)
+                                    .map(|_| {
+                                        x ^= x << 13;
+                                        x ^= x >> 7;
+                                        x ^= x << 17;
+                                        (x % n as u64) as i64
+                                    })
+                                    .collect();
+                                let t = Instant::now();
+                                client.lookup(&ids).await;
+                                lat.push(t.elapsed());
+                                if Instant::now() > deadline {
+                                    break;
+                                }
                             }
-                        }
-                        lat
-                    }));
-                }
-                let mut all = Vec::new();
-                for t in tasks {
-                    all.extend(t.await.unwrap());
-                }
-                (all, t0.elapsed())
-            });
-            let mut lat = lat;
-            lat.sort();
-            println!(
-                "| {per_request} | {clients} | {} | {:.3} | {:.3} | {:.0} |",
-                lat.len(),
-                percentile(&lat, 0.5),
-                percentile(&lat, 0.99),
-                lat.len() as f64 / wall.as_secs_f64()
-            );
+                            lat
+                        }));
+                    }
+                    let mut all = Vec::new();
+                    for t in tasks {
+                        all.extend(t.await.unwrap());
+                    }
+                    (all, t0.elapsed())
+                });
+                let mut lat = lat;
+                lat.sort();
+                println!(
+                    "| {transport:?} | {per_request} | {clients} | {} | {:.3} | {:.3} | {:.0} |",
+                    lat.len(),
+                    percentile(&lat, 0.5),
+                    percentile(&lat, 0.99),
+                    lat.len() as f64 / wall.as_secs_f64()
+                );
+            }
         }
     }
+    let _ = http_stop.send(());
+    server_rt.block_on(http_server).unwrap().unwrap();
     let _ = stop.send(());
     server_rt.block_on(server).unwrap().unwrap();
 }
