@@ -179,6 +179,39 @@ impl Client {
     }
 }
 
+/// How long the materialization's write scripts held Redis (its SLOWLOG: every command was
+/// logged), as median and longest; lookups wait behind a running script.
+fn script_times(port: u16) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "slowlog", "get", "100000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // redis-cli prints one field per line
+    let lines: Vec<&str> = text.lines().collect();
+    let mut us: Vec<u64> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim().eq_ignore_ascii_case("evalsha") || l.trim().eq_ignore_ascii_case("eval") {
+            // id, time, microseconds, then the command: the duration is the line before it
+            if let Some(d) = lines
+                .get(i.saturating_sub(1))
+                .and_then(|d| d.trim().parse().ok())
+            {
+                us.push(d);
+            }
+        }
+    }
+    us.sort();
+    match us.len() {
+        0 => "write scripts: none logged".into(),
+        n => format!(
+            "write scripts: {n}, median {:.1} ms, longest {:.1} ms (Redis SLOWLOG)",
+            us[n / 2] as f64 / 1e3,
+            us[n - 1] as f64 / 1e3
+        ),
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
@@ -205,8 +238,17 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     write_source(dir.path(), n);
     let mut repo = Repo::load(dir.path()).unwrap();
-    let redis = (backend == "redis")
-        .then(|| quiver_online::testing::RedisServer::start_with(&["--appendfsync", "everysec"]));
+    let redis = (backend == "redis").then(|| {
+        quiver_online::testing::RedisServer::start_with(&[
+            "--appendfsync",
+            "everysec",
+            // every command's time, to report how long a write script holds the server
+            "--slowlog-log-slower-than",
+            "0",
+            "--slowlog-max-len",
+            "100000",
+        ])
+    });
     if let Some(r) = &redis {
         repo.online_store = quiver_core::config::OnlineStoreConfig::Redis {
             url: r.url(),
@@ -245,6 +287,9 @@ fn main() {
             redis_memory(r.port())
         ))
     );
+    if let Some(r) = &redis {
+        println!("{}", script_times(r.port()));
+    }
 
     let listener = server_rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

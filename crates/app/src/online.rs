@@ -20,6 +20,18 @@ use quiver_core::store::{
 use quiver_core::{Feature, FeatureKind, FeatureRef, Repo, Result as CoreResult};
 use quiver_offline::{Engine, EngineOptions, JoinRequest};
 
+/// Chunk writes of a materialization in flight at once.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// Write one chunk of a view's rows; how many.
+async fn write_chunk(
+    store: &dyn OnlineStore,
+    view: &str,
+    chunk: &[(Vec<u8>, Vec<u8>)],
+) -> CoreResult<usize> {
+    store.write(view, chunk, None).await.map(|_| chunk.len())
+}
+
 /// The hidden feature that carries the latest event time of each entity.
 const EVENT_TIME: &str = "__event_time";
 const AS_OF: &str = "__as_of";
@@ -131,10 +143,21 @@ pub async fn materialize_range(
         // last (a crash before it leaves the old watermark, and the next run redoes the work).
         let mut groups = compute_rows(&engine, &view, entities, end).await?;
         while let Some(mut rows) = groups.next().await? {
+            use futures::StreamExt;
             store.order_for_write(&mut rows);
-            for chunk in rows.chunks(store.write_chunk().max(1)) {
-                store.write(&view, chunk, None).await?;
-                written += chunk.len();
+            // A few chunks in flight: a networked store then encodes, sends and applies at
+            // once (each chunk stays one atomic write; chunks hold distinct entities).
+            let mut chunks = rows.chunks(store.write_chunk().max(1));
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            loop {
+                while in_flight.len() < WRITES_IN_FLIGHT {
+                    let Some(chunk) = chunks.next() else { break };
+                    in_flight.push_back(write_chunk(store, &view, chunk));
+                }
+                let Some(n) = in_flight.next().await else {
+                    break;
+                };
+                written += n?;
                 progress(&view, written);
             }
         }
