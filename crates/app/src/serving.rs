@@ -33,6 +33,21 @@ impl Features {
     }
 }
 
+/// The names a lookup's response gives its features: `view__feature` when full names are
+/// asked for, else `quiver join`'s output names (the feature's name, `view__feature` where
+/// two requested features share one).
+pub fn feature_names(refs: &[FeatureRef], full: bool) -> Vec<String> {
+    let pairs: Vec<(&str, &str)> = refs
+        .iter()
+        .map(|r| (r.view.as_str(), r.feature.as_str()))
+        .collect();
+    if full {
+        pairs.iter().map(|(v, f)| format!("{v}__{f}")).collect()
+    } else {
+        quiver_core::semantics::output_names(&pairs, false, &[])
+    }
+}
+
 /// What a push did.
 #[derive(Debug, Clone)]
 pub struct Pushed {

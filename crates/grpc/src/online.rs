@@ -27,15 +27,7 @@ impl OnlineSvc {
         let refs = convert::features_of(req.kind)?.resolve(self.serving.repo())?;
         let entities = convert::entity_rows(&req.entities)?;
         let values = self.serving.lookup(&refs, &entities, req.at_micros).await?;
-        let pairs: Vec<(&str, &str)> = refs
-            .iter()
-            .map(|r| (r.view.as_str(), r.feature.as_str()))
-            .collect();
-        let names = if req.full_feature_names {
-            pairs.iter().map(|(v, f)| format!("{v}__{f}")).collect()
-        } else {
-            quiver_core::semantics::output_names(&pairs, false, &[])
-        };
+        let names = quiver_app::serving::feature_names(&refs, req.full_feature_names);
         let results = (0..refs.len())
             .map(|j| proto::FeatureVector {
                 values: values

@@ -70,15 +70,7 @@ async fn get_online_features(State(serving): S, body: Bytes) -> Result<Response,
     let refs = features.resolve(serving.repo())?;
     let rows = feast::entity_rows(&req.entities)?;
     let values = serving.lookup(&refs, &rows, None).await?;
-    let pairs: Vec<(&str, &str)> = refs
-        .iter()
-        .map(|r| (r.view.as_str(), r.feature.as_str()))
-        .collect();
-    let names = if req.full_feature_names {
-        pairs.iter().map(|(v, f)| format!("{v}__{f}")).collect()
-    } else {
-        quiver_core::semantics::output_names(&pairs, false, &[])
-    };
+    let names = quiver_app::serving::feature_names(&refs, req.full_feature_names);
     Ok(json(&feast::response(&req.entities, names, &values)))
 }
 
