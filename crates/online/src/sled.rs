@@ -398,17 +398,18 @@ impl OnlineStore for SledStore {
 
     async fn pushed(&self, source: &str) -> quiver_core::Result<PushLog> {
         let s = &self.inner;
-        let _one_writer = s.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // The count before the log, without the writer lock (a writer holds it through a
+        // flush, which must not stall a runtime thread): a push that lands in between makes
+        // the log newer than the count, so a push computed from them is refused and computed
+        // again — never stored against a log that misses a batch.
+        let pushes = s.push_count(source)?;
         let tree = s.db.open_tree(pushed_tree(source)).map_err(s.err())?;
         let batches = tree
             .iter()
             .values()
             .map(|v| Ok(v.map_err(s.err())?.to_vec()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(PushLog {
-            batches,
-            pushes: s.push_count(source)?,
-        })
+        Ok(PushLog { batches, pushes })
     }
 
     async fn push(
