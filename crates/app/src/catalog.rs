@@ -49,6 +49,7 @@ pub struct Pins {
 }
 
 /// A table version's rows.
+#[derive(Debug, Clone)]
 pub struct Rows {
     /// The rows' schema.
     pub schema: SchemaRef,
@@ -596,13 +597,7 @@ impl Catalog {
     pub async fn read_file(&self, file: &Path) -> Result<Rows> {
         let ctx = self.ctx()?;
         let (schema, batches) = source::read_table(&ctx, file).await?;
-        let what = file.display().to_string();
-        let schema = delta::to_delta_types(&RecordBatch::new_empty(schema), &what)?.schema();
-        let batches = batches
-            .iter()
-            .map(|b| delta::to_delta_types(b, &what))
-            .collect::<quiver_offline::Result<Vec<_>>>()?;
-        Ok(Rows { schema, batches })
+        recordable(schema, &batches, &file.display().to_string())
     }
 
     /// Record `table`, read from `file` ([`Catalog::read_file`]), as the next version of
@@ -819,9 +814,10 @@ impl Catalog {
                     let t = self.rebuild(&p).await?;
                     self.filter_rows(t, predicate).await
                 }
-                Operation::Ingest { .. } | Operation::Observe { .. } | Operation::Add { .. } => {
-                    self.read(v).await
-                }
+                Operation::Ingest { .. }
+                | Operation::Observe { .. }
+                | Operation::Add { .. }
+                | Operation::Upload { .. } => self.read(v).await,
             }
         })
     }
@@ -1014,6 +1010,17 @@ fn unit(seed: u64, row: u64) -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Rows as they will read once recorded: in the types a dataset's Delta table stores, so a
+/// join on them equals a join on the recorded version. `what` names them in errors.
+pub fn recordable(schema: SchemaRef, batches: &[RecordBatch], what: &str) -> Result<Rows> {
+    let schema = delta::to_delta_types(&RecordBatch::new_empty(schema), what)?.schema();
+    let batches = batches
+        .iter()
+        .map(|b| delta::to_delta_types(b, what))
+        .collect::<quiver_offline::Result<Vec<_>>>()?;
+    Ok(Rows { schema, batches })
 }
 
 /// Split rows into (train, test): a row goes to train when its draw is below `ratio`.

@@ -18,6 +18,14 @@ pub enum Error {
     /// folders); the message names the rule.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The request is valid but comes before what it depends on (a fetch before its
+    /// upload); the message says what to do first.
+    #[error("{0}")]
+    Precondition(String),
+    /// The server holds as much of this as it is allowed to (uploaded rows, queued jobs);
+    /// the message names the limit.
+    #[error("{0}")]
+    Exhausted(String),
     /// A bug or a failing store; its message is for the operator's log, not the caller.
     #[error("{0}")]
     Internal(String),
@@ -63,6 +71,8 @@ pub enum ErrorKind {
     /// Another writer changed what the request was computed from, again and again; the
     /// caller may retry.
     Aborted,
+    /// The server is at a limit; the same request may succeed once others finish.
+    ResourceExhausted,
     /// Not the caller's fault; details belong in the server's log.
     Internal,
 }
@@ -76,6 +86,8 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Invalid(_) => ErrorKind::Invalid,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Error::Exhausted(_) => ErrorKind::ResourceExhausted,
+            Error::Precondition(_) => ErrorKind::FailedPrecondition,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Registry(
                 R::UnknownDataset { .. }

@@ -111,6 +111,7 @@ impl Jobs {
         }
     }
 
+    /// `r` as a build request, its features resolved and its paths judged.
     fn request(&self, r: JobRequest) -> Result<training::Request> {
         let features = r
             .features
@@ -140,7 +141,6 @@ impl Jobs {
             // a server's jobs run where its repository says (`engine.cluster`)
             cluster: None,
         };
-        training::check(&req)?;
         Ok(req)
     }
 
@@ -162,6 +162,7 @@ impl Jobs {
     /// Check `r` and start building it; the job as it starts.
     pub fn start(&self, r: JobRequest) -> Result<Job> {
         let req = self.request(r)?;
+        training::check(&req)?;
         let id = {
             let mut order = self
                 .order
@@ -235,6 +236,44 @@ impl Jobs {
             let _ = tx.send(true);
         });
         Ok(job)
+    }
+
+    /// Build `r` now, in memory, for the caller to stream to its client (Arrow Flight): on
+    /// `uploaded` when the client sent its spine, else on `r.spine` (a dataset, or a file the
+    /// paths allow). Registers when asked, holding the registry as [`Jobs::start`] does. The
+    /// build stops when the returned future is dropped (the client went away).
+    pub async fn stream(
+        &self,
+        r: JobRequest,
+        uploaded: Option<training::Uploaded>,
+    ) -> Result<training::Streamed> {
+        if r.out.is_some() {
+            return Err(Error::Invalid(
+                "out: a streamed training set goes to the client; start a job to write a file"
+                    .into(),
+            ));
+        }
+        if uploaded.is_none() && r.spine.is_empty() {
+            return Err(Error::Invalid(
+                "spine: send the spine's rows first (DoPut on the same command) or name a dataset"
+                    .into(),
+            ));
+        }
+        let req = self.request(r)?;
+        let _held = match training::streamed_recorded(&req, uploaded.is_some()) {
+            true => Some(self.registry_lock.lock().await),
+            false => None,
+        };
+        let repo = self.repo.as_ref().clone();
+        AssertUnwindSafe(training::build_streamed(
+            repo,
+            EngineOptions::default(),
+            &req,
+            uploaded,
+        ))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))))
     }
 
     /// Job `id` now, or once it ends when that comes within `wait`.

@@ -10,6 +10,7 @@ use quiver_offline::{Engine, EngineOptions, JoinRequest, source};
 
 use crate::catalog::{Catalog, Pins, Rows};
 use crate::{Error, Result};
+use quiver_offline::table::Columns;
 
 /// What to build.
 #[derive(Debug, Clone, Default)]
@@ -145,7 +146,7 @@ pub async fn explain(
                 repo.registry.display()
             )));
         }
-        let (batch, plan, _) = versioned(repo, opts, &req).await?;
+        let (batch, plan, _) = versioned(repo, opts, &req, None).await?;
         return Ok((plan, batch.num_rows(), batch.num_columns()));
     }
     let engine = Engine::new(repo, opts)?;
@@ -199,7 +200,7 @@ pub async fn build(
         req.spine
     ));
     if recorded(req) {
-        let (batch, plan, registered) = versioned(repo, opts, req).await?;
+        let (batch, plan, registered) = versioned(repo, opts, req, None).await?;
         if let Some(out) = &req.out {
             progress(format!("writing {}", out.display()));
             write_out(req, out, &batch)?;
@@ -250,6 +251,97 @@ pub async fn build(
     })
 }
 
+/// A spine a client sent with its request (over Arrow Flight) rather than named.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// Its rows, as recorded ([`crate::catalog::recordable`]).
+    pub rows: Rows,
+    /// The spine dataset it is recorded as when the training set is registered.
+    pub name: String,
+    /// Who sent it, recorded with it: the transport and the client's address.
+    pub from: String,
+}
+
+/// A training set built for a client that streams it (Arrow Flight): its columns, gathered
+/// slice by slice as they are sent, and what was done to build it.
+pub struct Streamed {
+    /// The training set: the spine's columns, then the features.
+    pub table: Box<dyn Columns + Send>,
+    /// Its shape, plan and registration.
+    pub built: Built,
+}
+
+/// Whether a streamed build goes through the [`Catalog`]: as [`recorded`], but an uploaded
+/// spine is not a dataset to resolve.
+pub fn streamed_recorded(req: &Request, uploaded: bool) -> bool {
+    req.register.is_some()
+        || !req.pins.is_empty()
+        || req.as_of.is_some()
+        || (!uploaded && !looks_like_path(&req.spine))
+}
+
+/// Build the training set of `req` in memory for a client to stream, on `uploaded` when the
+/// client sent its spine (else on `req.spine`). Writes no file (`out` is not used); registers
+/// when asked, as [`build`] does.
+pub async fn build_streamed(
+    repo: Repo,
+    opts: EngineOptions,
+    req: &Request,
+    uploaded: Option<Uploaded>,
+) -> Result<Streamed> {
+    if req.features.is_empty() {
+        return Err(Error::Invalid("features: none requested".into()));
+    }
+    if uploaded.is_none() {
+        check_spine(req)?;
+    }
+    let opts = on_cluster(&repo, opts, req)?;
+    if streamed_recorded(req, uploaded.is_some()) {
+        let (batch, plan, registered) = versioned(repo, opts, req, uploaded.as_ref()).await?;
+        return Ok(Streamed {
+            built: Built {
+                rows: batch.num_rows(),
+                columns: batch.num_columns(),
+                plan,
+                registered,
+            },
+            table: Box::new(batch),
+        });
+    }
+    let engine = Engine::new(repo, opts)?;
+    let o = match uploaded {
+        Some(u) => {
+            engine
+                .join_table(u.rows.schema, u.rows.batches, &join_request(req))
+                .await?
+        }
+        None => {
+            engine
+                .join_file_table(Path::new(&req.spine), &join_request(req))
+                .await?
+        }
+    };
+    // Dropping the engine waits for the feature states it stores behind the join: off the
+    // async threads, while the client reads.
+    tokio::task::spawn_blocking(move || drop(engine));
+    let mut plan = o.explain;
+    plan.push(format!(
+        "read {} from sources and {} of stored states; {} feature(s) reused",
+        quiver_offline::gate::bytes(o.bytes_scanned as f64),
+        quiver_offline::gate::bytes(o.stored_bytes_read as f64),
+        o.reused
+    ));
+    Ok(Streamed {
+        built: Built {
+            rows: o.batch.num_rows(),
+            columns: o.batch.num_columns(),
+            plan,
+            registered: None,
+        },
+        table: Box::new(o.batch),
+    })
+}
+
 /// How long a join waits, after its output is written, for its feature states to be stored.
 const STORE_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -270,6 +362,7 @@ async fn versioned(
     repo: Repo,
     opts: EngineOptions,
     req: &Request,
+    uploaded: Option<&Uploaded>,
 ) -> Result<(
     datafusion::arrow::array::RecordBatch,
     Vec<String>,
@@ -278,7 +371,7 @@ async fn versioned(
     let cat = Catalog::open(repo, opts)?;
     // All of the join's records (source versions, definitions, spine, training set) or none.
     cat.registry.begin();
-    let done = versioned_in(&cat, req).await;
+    let done = versioned_in(&cat, req, uploaded).await;
     match done {
         Ok(_) => cat.registry.commit(),
         Err(_) => cat.registry.rollback()?,
@@ -289,6 +382,7 @@ async fn versioned(
 async fn versioned_in(
     cat: &Catalog,
     req: &Request,
+    uploaded: Option<&Uploaded>,
 ) -> Result<(
     datafusion::arrow::array::RecordBatch,
     Vec<String>,
@@ -308,9 +402,10 @@ async fn versioned_in(
     let spine = req.spine.as_str();
     // A spine file is recorded (when the training set is registered) only after the join
     // succeeded: a failed operation writes nothing to the registry.
-    let (spine_table, spine_v) = match looks_like_path(spine) {
-        true => (cat.read_file(Path::new(spine)).await?, None),
-        false => {
+    let (spine_table, spine_v) = match (uploaded, looks_like_path(spine)) {
+        (Some(u), _) => (u.rows.clone(), None),
+        (None, true) => (cat.read_file(Path::new(spine)).await?, None),
+        (None, false) => {
             let v = cat.spine_version(spine).await?;
             (cat.read(&v).await?, Some(v))
         }
@@ -336,9 +431,20 @@ async fn versioned_in(
     plan.extend(engine_plan);
     let registered = match &req.register {
         Some(name) => {
-            let sv = match spine_v {
-                Some(v) => v,
-                None => {
+            let sv = match (spine_v, uploaded) {
+                (Some(v), _) => v,
+                (None, Some(u)) => {
+                    cat.write_dataset(
+                        &u.name,
+                        quiver_registry::DatasetKind::Spine,
+                        &spine_table,
+                        quiver_registry::Operation::Upload {
+                            from: u.from.clone(),
+                        },
+                    )
+                    .await?
+                }
+                (None, None) => {
                     let file = Path::new(spine);
                     cat.add_table(file, &crate::catalog::spine_name(file), &spine_table)
                         .await?

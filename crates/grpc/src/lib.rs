@@ -14,6 +14,7 @@
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod flight;
 pub mod online;
 pub mod registry;
 pub mod server;

@@ -12,6 +12,9 @@ use quiver_app::serving::Serving;
 use quiver_core::Repo;
 use quiver_core::store::OnlineStore;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
+
+use crate::flight::FlightSvc;
 use crate::online::OnlineSvc;
 use crate::proto::online_service_server::OnlineServiceServer;
 use crate::proto::registry_service_server::RegistryServiceServer;
@@ -24,6 +27,9 @@ use crate::training::TrainingSvc;
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Largest model registration accepted (256 MiB): it carries the artifact.
 pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
+
+/// Largest Flight message accepted (64 MiB): one record batch of an uploaded spine.
+pub const MAX_FLIGHT_MESSAGE_BYTES: usize = 64 << 20;
 
 /// How a server is set up beyond its repository and store.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +67,9 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<TrainingServiceServer<TrainingSvc>>()
         .await;
+    health_reporter
+        .set_serving::<FlightServiceServer<FlightSvc>>()
+        .await;
     // Reflection in both versions: grpcio's Python reflection client, older grpcurl, Postman
     // and evans speak v1alpha; newer tools speak v1.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -75,7 +84,14 @@ pub async fn serve_with(
         .map_err(|e| quiver_app::Error::Internal(e.to_string()))?;
     // The registry is opened by one call at a time, registry calls and training jobs alike.
     let access = RegistryAccess::new(repo.clone());
-    let jobs = Jobs::new(repo.clone(), access.lock(), paths);
+    let jobs = Arc::new(Jobs::new(repo.clone(), access.lock(), paths));
+    // Flight shares the port: one address serves lookups, the registry and training sets.
+    let flight = FlightServiceServer::new(FlightSvc::new(
+        repo.clone(),
+        Arc::clone(&jobs),
+        access.clone(),
+    ))
+    .max_decoding_message_size(MAX_FLIGHT_MESSAGE_BYTES);
     let registry = RegistryServiceServer::new(RegistrySvc::new(access))
         .max_decoding_message_size(MAX_ARTIFACT_BYTES);
     let training = TrainingServiceServer::new(TrainingSvc::new(jobs));
@@ -91,6 +107,7 @@ pub async fn serve_with(
         .add_service(online)
         .add_service(registry)
         .add_service(training)
+        .add_service(flight)
         .serve_with_incoming_shutdown(
             // Small responses must not wait for Nagle's algorithm (a 40 ms delayed-ACK stall).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

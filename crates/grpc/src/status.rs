@@ -43,6 +43,7 @@ impl From<GrpcError> for tonic::Status {
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Aborted => tonic::Code::Aborted,
+            ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorKind::Internal => {
                 eprintln!("quiver serve: internal error: {message}");
                 return tonic::Status::internal("internal error; see the server log");

@@ -18,12 +18,12 @@ const MAX_WAIT: Duration = Duration::from_secs(25);
 
 /// The service over one repository's jobs.
 pub struct TrainingSvc {
-    jobs: Jobs,
+    jobs: std::sync::Arc<Jobs>,
 }
 
 impl TrainingSvc {
     /// The service over `jobs`.
-    pub fn new(jobs: Jobs) -> Self {
+    pub fn new(jobs: std::sync::Arc<Jobs>) -> Self {
         TrainingSvc { jobs }
     }
 }

@@ -1259,3 +1259,242 @@ async fn statuses_name_the_client_error() {
     assert!(e.message().contains("user_id"), "{e:?}");
     server.stop().await;
 }
+
+// ---- Arrow Flight on the same port (issue 22).
+
+/// A Flight client on `channel`.
+fn flight(channel: tonic::transport::Channel) -> arrow_flight::FlightClient {
+    arrow_flight::FlightClient::new(channel)
+}
+
+/// Upload `batches` as the spine of `command`.
+async fn put_spine(
+    client: &mut arrow_flight::FlightClient,
+    command: &str,
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+) -> Result<serde_json::Value, arrow_flight::error::FlightError> {
+    use futures::StreamExt;
+    let data = arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(arrow_flight::FlightDescriptor::new_cmd(
+            command.to_string(),
+        )))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    let mut results = client.do_put(data).await?;
+    let mut last = serde_json::Value::Null;
+    while let Some(r) = results.next().await {
+        last = serde_json::from_slice(&r?.app_metadata).unwrap();
+    }
+    Ok(last)
+}
+
+/// The batches of a ticket's stream and the `app_metadata` of its last message.
+async fn fetch(
+    client: &mut arrow_flight::FlightClient,
+    ticket: arrow_flight::Ticket,
+) -> Result<
+    (
+        Vec<datafusion::arrow::array::RecordBatch>,
+        Option<serde_json::Value>,
+    ),
+    arrow_flight::error::FlightError,
+> {
+    use arrow_flight::decode::DecodedPayload;
+    use futures::StreamExt;
+    let mut decoded = client.do_get(ticket).await?.into_inner();
+    let (mut batches, mut summary) = (Vec::new(), None);
+    while let Some(d) = decoded.next().await {
+        let d = d?;
+        if !d.inner.app_metadata.is_empty() {
+            summary = Some(serde_json::from_slice(&d.inner.app_metadata).unwrap());
+        }
+        if let DecodedPayload::RecordBatch(b) = d.payload {
+            batches.push(b);
+        }
+    }
+    Ok((batches, summary))
+}
+
+/// The spine file's rows as a client would send them, in two batches.
+async fn spine_batches(file: &Path) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let (schema, batches) = quiver_offline::source::read_table(&ctx, file)
+        .await
+        .unwrap();
+    let all = datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap();
+    let half = all.num_rows() / 2;
+    vec![all.slice(0, half), all.slice(half, all.num_rows() - half)]
+}
+
+fn csv_of(batches: &[datafusion::arrow::array::RecordBatch], dir: &Path, name: &str) -> String {
+    let all = datafusion::arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap();
+    let out = dir.join(name);
+    quiver_offline::source::write_table(&out, &all).unwrap();
+    std::fs::read_to_string(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_streams_training_sets_and_datasets() {
+    let dir = sample_copy();
+    let d = dir.path().to_path_buf();
+    let repo = Repo::load(&d).unwrap();
+    let store = quiver_online::open(&repo).await.unwrap();
+    let server = Server::start(repo, store).await;
+    let mut client = flight(connect(&server.url).await);
+    let golden = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/sample_churn_v1.csv"),
+    )
+    .unwrap();
+    let spine = spine_batches(&d.join("spine.csv")).await;
+
+    // Feast's flow: DoPut the spine on the command, GetFlightInfo, DoGet its ticket
+    let command =
+        r#"{"api":"get_historical_features","feature_service":"churn_v1","command_id":"a"}"#;
+    let put = put_spine(&mut client, command, spine.clone())
+        .await
+        .unwrap();
+    assert_eq!(put["rows"], 4, "{put}");
+    let info = client
+        .get_flight_info(arrow_flight::FlightDescriptor::new_cmd(command))
+        .await
+        .unwrap();
+    assert_eq!(info.total_records, 4);
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let (batches, summary) = fetch(&mut client, ticket.clone()).await.unwrap();
+    assert_eq!(csv_of(&batches, &d, "flight.csv"), golden);
+    let summary = summary.expect("a summary ends the stream");
+    assert_eq!(
+        (summary["rows"].clone(), summary["columns"].clone()),
+        (4.into(), 10.into())
+    );
+    assert!(summary["registered"].is_null(), "{summary}");
+    // an upload is fetched once
+    let e = fetch(&mut client, ticket).await.unwrap_err();
+    assert!(e.to_string().contains("DoPut"), "{e}");
+
+    // registered: the training set and its uploaded spine become dataset versions
+    let command =
+        r#"{"api":"get_historical_features","feature_service":"churn_v1","register":"train"}"#;
+    put_spine(&mut client, command, spine.clone())
+        .await
+        .unwrap();
+    let (batches, summary) = fetch(&mut client, arrow_flight::Ticket::new(command))
+        .await
+        .unwrap();
+    assert_eq!(csv_of(&batches, &d, "registered.csv"), golden);
+    let summary = summary.unwrap();
+    assert!(
+        summary["registered"]
+            .as_str()
+            .unwrap()
+            .starts_with("train@1"),
+        "{summary}"
+    );
+    let dataset = r#"{"api":"get_dataset","name":"train@1"}"#;
+    let info = client
+        .get_flight_info(arrow_flight::FlightDescriptor::new_cmd(dataset))
+        .await
+        .unwrap();
+    let (batches, _) = fetch(&mut client, info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(csv_of(&batches, &d, "dataset.csv"), golden);
+    let listed: Vec<serde_json::Value> = {
+        use futures::TryStreamExt;
+        client
+            .list_flights(Vec::<u8>::new())
+            .await
+            .unwrap()
+            .map_ok(|i| serde_json::from_slice(&i.app_metadata).unwrap())
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    let names: Vec<String> = listed
+        .iter()
+        .map(|v| {
+            format!(
+                "{}@{} {} {}",
+                v["name"], v["version"], v["kind"], v["operation"]
+            )
+        })
+        .collect();
+    assert!(
+        names.contains(&r#""train"@1 "training" "join""#.to_string())
+            && names.contains(&r#""train_spine"@1 "spine" "upload""#.to_string()),
+        "{names:?}"
+    );
+    let code = |e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(s) => (s.code(), s.message().to_string()),
+        other => panic!("not a status: {other}"),
+    };
+    // a recorded spine by name, with no upload, a pinned source version and time travel to
+    // now (the versions the registration read)
+    let by_name = format!(
+        r#"{{"api":"get_historical_features","feature_service":"churn_v1","spine":"train_spine@1","source_versions":["purchases@1"],"as_of":{}}}"#,
+        quiver_core::time::now_micros()
+    );
+    let (batches, _) = fetch(&mut client, arrow_flight::Ticket::new(by_name))
+        .await
+        .unwrap();
+    assert_eq!(csv_of(&batches, &d, "by_name.csv"), golden);
+    let (c, m) = code(
+        fetch(
+            &mut client,
+            arrow_flight::Ticket::new(
+                r#"{"api":"get_historical_features","feature_service":"churn_v1","spine":"train_spine@1","as_of":"2000-01-01T00:00:00Z"}"#,
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(c, tonic::Code::NotFound, "{m}");
+    assert!(m.contains("2000-01-01"), "{m}");
+
+    // errors are statuses naming what is wrong, never a dropped stream
+    let (c, m) = code(
+        put_spine(
+            &mut client,
+            r#"{"api":"get_historical_features","features":["user_purchases:nope"]}"#,
+            spine.clone(),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(c, tonic::Code::NotFound, "{m}");
+    assert!(m.contains("nope"), "{m}");
+    let (c, m) = code(
+        client
+            .get_flight_info(arrow_flight::FlightDescriptor::new_cmd(
+                r#"{"api":"get_historical_features","feature_service":"churn_v1","spine_tmestamp":"t"}"#,
+            ))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, tonic::Code::InvalidArgument, "{m}");
+    assert!(m.contains("spine_tmestamp"), "{m}");
+    let bad_ts = r#"{"api":"get_historical_features","feature_service":"churn_v1","spine_timestamp":"when"}"#;
+    put_spine(&mut client, bad_ts, spine.clone()).await.unwrap();
+    let (c, m) = code(
+        fetch(&mut client, arrow_flight::Ticket::new(bad_ts))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, tonic::Code::InvalidArgument, "{m}");
+    assert!(m.contains("when"), "{m}");
+    let (c, m) = code(
+        fetch(
+            &mut client,
+            arrow_flight::Ticket::new(r#"{"api":"get_dataset","name":"nope@3"}"#),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(c, tonic::Code::NotFound, "{m}");
+    assert!(m.contains("nope"), "{m}");
+    // the server still answers
+    let (batches, _) = fetch(&mut client, arrow_flight::Ticket::new(dataset))
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+    server.stop().await;
+}

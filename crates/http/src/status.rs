@@ -33,6 +33,7 @@ impl IntoResponse for HttpError {
                     ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
                     ErrorKind::FailedPrecondition | ErrorKind::Aborted => StatusCode::CONFLICT,
                     ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
                     ErrorKind::Internal => {
                         eprintln!("quiver serve (http): internal error: {message}");
                         return error_body(

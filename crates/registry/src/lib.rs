@@ -316,6 +316,11 @@ pub enum Operation {
         /// The file whose rows were stored, as an absolute path.
         file: String,
     },
+    /// A table a client sent over the network (a spine streamed over Arrow Flight).
+    Upload {
+        /// The transport and the client's address, e.g. `flight 127.0.0.1:50123`.
+        from: String,
+    },
     /// A point-in-time join of a spine with feature views: a training set.
     Join(JoinRecord),
     /// One side of a seeded random split of a parent version.
@@ -345,6 +350,7 @@ impl Operation {
             Operation::Ingest { .. } => "ingest",
             Operation::Observe { .. } => "observe",
             Operation::Add { .. } => "add",
+            Operation::Upload { .. } => "upload",
             Operation::Join(_) => "join",
             Operation::Split { .. } => "split",
             Operation::Filter { .. } => "filter",
@@ -354,9 +360,10 @@ impl Operation {
     /// The artifacts this operation read.
     pub fn inputs(&self) -> Vec<Artifact> {
         match self {
-            Operation::Ingest { .. } | Operation::Observe { .. } | Operation::Add { .. } => {
-                vec![]
-            }
+            Operation::Ingest { .. }
+            | Operation::Observe { .. }
+            | Operation::Add { .. }
+            | Operation::Upload { .. } => vec![],
             Operation::Join(j) => {
                 let mut v = vec![Artifact::Dataset(j.spine.clone())];
                 v.extend(j.sources.iter().cloned().map(Artifact::Dataset));

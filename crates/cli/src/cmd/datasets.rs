@@ -90,6 +90,7 @@ fn op_text(op: &Operation) -> String {
             format!("observed {}", path.split('#').next().unwrap_or(path))
         }
         Operation::Add { file } => format!("add {file}"),
+        Operation::Upload { from } => format!("uploaded by {from}"),
         Operation::Join(j) => format!(
             "join spine {} with {} ({}; quiver {})",
             j.spine,
