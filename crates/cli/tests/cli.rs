@@ -2424,3 +2424,34 @@ fn feasts_own_client_reads_the_http_feature_server() {
         }
     }
 }
+
+/// The Python client package (`python/`, installed as a user installs it) and its pytest
+/// suite against real `quiver serve` processes: training sets over Arrow Flight equal
+/// `quiver join`'s, a scikit-learn model registered from Python shows its lineage, online
+/// lookups equal `quiver get`, errors are exceptions carrying the server's message.
+#[test]
+fn the_python_client_passes_its_suite() {
+    let python = python();
+    let o = Command::new(&python)
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "python/tests",
+        ])
+        .current_dir(root())
+        .env("QUIVER_BIN", env!("CARGO_BIN_EXE_quiver"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains(" passed"), "{said}");
+    assert!(!said.contains("skipped"), "every test ran: {said}");
+}
