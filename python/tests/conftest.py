@@ -168,8 +168,3 @@ def client(server):
 @pytest.fixture
 def labels(repo: Path) -> pa.Table:
     return pq.read_table(repo / "labels.parquet")
-
-
-
-    shutil.copytree(ROOT / "sample-data", d)
-    return d
