@@ -4,7 +4,9 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The manifest folder of this build, read when the script runs: a script binary reused
+    // from a build of another checkout (same target folder) must not read that one's protos.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         root.join("quiver/v1/online.proto"),
         root.join("quiver/v1/registry.proto"),

@@ -33,6 +33,16 @@ impl RegistryAccess {
         Arc::clone(&self.lock)
     }
 
+    /// The tokens recorded in the registry (for a server's [`crate::auth::Tokens`]); opens
+    /// the registry alone, not a catalog.
+    pub async fn tokens(&self) -> Result<Vec<quiver_registry::TokenRecord>> {
+        let _held = self.lock.lock().await;
+        let path = self.repo.registry.clone();
+        tokio::task::spawn_blocking(move || Ok(quiver_registry::Registry::open(&path)?.tokens()?))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
     /// Run `f` with the registry open, holding the lock.
     pub async fn with<T>(&self, f: impl AsyncFnOnce(&Catalog) -> Result<T>) -> Result<T> {
         let _held = self.lock.lock().await;

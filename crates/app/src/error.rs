@@ -18,6 +18,9 @@ pub enum Error {
     /// folders); the message names the rule.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller did not say who it is, or its token is unknown or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The request is valid but comes before what it depends on (a fetch before its
     /// upload); the message says what to do first.
     #[error("{0}")]
@@ -60,8 +63,10 @@ pub enum ErrorKind {
     NotFound,
     /// The request itself is wrong and the caller can fix it.
     Invalid,
-    /// The request is well formed but the server's rules forbid it.
+    /// The request is well formed but the server's rules forbid it (or the caller's role).
     PermissionDenied,
+    /// The caller is not known (no token, an unknown or revoked one).
+    Unauthenticated,
     /// The request is valid, but the data it acts on refuses it (an integer sum that leaves
     /// Int64).
     FailedPrecondition,
@@ -87,6 +92,7 @@ impl Error {
             Error::Invalid(_) => ErrorKind::Invalid,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::Exhausted(_) => ErrorKind::ResourceExhausted,
+            Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Error::Precondition(_) => ErrorKind::FailedPrecondition,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Registry(
@@ -99,6 +105,8 @@ impl Error {
                 | R::UnknownAlias { .. },
             ) => ErrorKind::NotFound,
             Error::Registry(R::BadRef { .. }) => ErrorKind::Invalid,
+            Error::Registry(R::UnknownToken { .. }) => ErrorKind::NotFound,
+            Error::Registry(R::TokenExists { .. }) => ErrorKind::FailedPrecondition,
             Error::Registry(_) => ErrorKind::Internal,
             Error::Core(c) | Error::Offline(O::Core(c)) => core_kind(c),
             // What the request got wrong (columns, types, unknown names) is the caller's to fix.

@@ -5,13 +5,16 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use quiver_core::Repo;
 use quiver_offline::EngineOptions;
+use tokio::sync::OwnedSemaphorePermit;
 
+use crate::metrics::Metrics;
 use crate::paths::Confinement;
 use crate::serving::Features;
 use crate::training;
@@ -87,6 +90,55 @@ struct Entry {
     done: tokio::sync::watch::Receiver<bool>,
 }
 
+/// How many training-set builds a server runs at once, and how many more wait for a slot;
+/// beyond both a request is refused (RESOURCE_EXHAUSTED) rather than queued without bound.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Builds running at once.
+    pub running: usize,
+    /// Builds waiting for a slot.
+    pub queued: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            running: 2,
+            queued: 16,
+        }
+    }
+}
+
+/// A build admitted past the limits: its place in the queue, then its slot.
+struct Admitted {
+    admitted: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    queued: bool,
+}
+
+impl Admitted {
+    async fn run(
+        mut self,
+        slots: Arc<tokio::sync::Semaphore>,
+    ) -> (Self, Option<OwnedSemaphorePermit>) {
+        let permit = slots.acquire_owned().await.ok();
+        self.metrics.builds_queued.dec();
+        self.metrics.builds_running.inc();
+        self.queued = false;
+        (self, permit)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.admitted.fetch_sub(1, Ordering::SeqCst);
+        match self.queued {
+            true => self.metrics.builds_queued.dec(),
+            false => self.metrics.builds_running.dec(),
+        }
+    }
+}
+
 /// The jobs of one repository.
 pub struct Jobs {
     repo: Arc<Repo>,
@@ -97,6 +149,11 @@ pub struct Jobs {
     order: Mutex<Vec<String>>,
     /// Where requests may read spines and write outputs.
     paths: Confinement,
+    limits: JobLimits,
+    /// Builds admitted (running or waiting).
+    admitted: Arc<AtomicUsize>,
+    slots: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Jobs {
@@ -108,7 +165,47 @@ impl Jobs {
             jobs: Default::default(),
             order: Default::default(),
             paths,
+            limits: JobLimits::default(),
+            admitted: Default::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(JobLimits::default().running)),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// These jobs with `limits`, counting builds in `metrics`.
+    pub fn limited(mut self, limits: JobLimits, metrics: Arc<Metrics>) -> Self {
+        self.slots = Arc::new(tokio::sync::Semaphore::new(limits.running.max(1)));
+        self.limits = limits;
+        self.metrics = metrics;
+        self
+    }
+
+    /// A place for one more build, or RESOURCE_EXHAUSTED naming the limits.
+    fn admit(&self) -> Result<Admitted> {
+        let max = self.limits.running.max(1) + self.limits.queued;
+        let before = self.admitted.fetch_add(1, Ordering::SeqCst);
+        if before >= max {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Exhausted(format!(
+                "training sets: {} building and {} waiting, the server's limit \
+                 (quiver serve --max-builds, --max-queued-builds); retry later",
+                self.limits.running.max(1),
+                self.limits.queued
+            )));
+        }
+        self.metrics.builds_queued.inc();
+        Ok(Admitted {
+            admitted: Arc::clone(&self.admitted),
+            metrics: Arc::clone(&self.metrics),
+            queued: true,
+        })
+    }
+
+    fn ended<T>(&self, r: &Result<T>) {
+        self.metrics
+            .builds
+            .with_label_values(&[if r.is_ok() { "succeeded" } else { "failed" }])
+            .inc();
     }
 
     /// `r` as a build request, its features resolved and its paths judged.
@@ -163,6 +260,7 @@ impl Jobs {
     pub fn start(&self, r: JobRequest) -> Result<Job> {
         let req = self.request(r)?;
         training::check(&req)?;
+        let admitted = self.admit()?;
         let id = {
             let mut order = self
                 .order
@@ -196,12 +294,15 @@ impl Jobs {
                     done: rx,
                 },
             );
-        let (repo, jobs, lock) = (
+        let (repo, jobs, lock, slots, metrics) = (
             self.repo.as_ref().clone(),
             Arc::clone(&self.jobs),
             Arc::clone(&self.registry_lock),
+            Arc::clone(&self.slots),
+            Arc::clone(&self.metrics),
         );
         tokio::spawn(async move {
+            let _slot = admitted.run(slots).await;
             let _held = match training::recorded(&req) {
                 true => Some(lock.lock_owned().await),
                 false => None,
@@ -215,6 +316,10 @@ impl Jobs {
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
+            metrics
+                .builds
+                .with_label_values(&[if built.is_ok() { "succeeded" } else { "failed" }])
+                .inc();
             if let Ok(mut jobs) = jobs.lock()
                 && let Some(e) = jobs.get_mut(&id)
             {
@@ -260,12 +365,13 @@ impl Jobs {
             ));
         }
         let req = self.request(r)?;
+        let _slot = self.admit()?.run(Arc::clone(&self.slots)).await;
         let _held = match training::streamed_recorded(&req, uploaded.is_some()) {
             true => Some(self.registry_lock.lock().await),
             false => None,
         };
         let repo = self.repo.as_ref().clone();
-        AssertUnwindSafe(training::build_streamed(
+        let built = AssertUnwindSafe(training::build_streamed(
             repo,
             EngineOptions::default(),
             &req,
@@ -273,7 +379,9 @@ impl Jobs {
         ))
         .catch_unwind()
         .await
-        .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))))
+        .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
+        self.ended(&built);
+        built
     }
 
     /// Job `id` now, or once it ends when that comes within `wait`.

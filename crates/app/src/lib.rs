@@ -9,15 +9,19 @@
 //!   (pushes one at a time);
 //! - [`models`], [`lineage`], [`sql`]: models, lineage and impact, SQL over the registry;
 //! - [`access`]: the registry opened per call by a server; [`paths`]: where requests over
-//!   the network may read and write.
+//!   the network may read and write; [`auth`]: tokens and roles; [`audit`]: the log of
+//!   writes.
 //!
 //! Errors are [`Error`], classified by [`ErrorKind`] for the transports to map.
 
 pub mod access;
+pub mod audit;
+pub mod auth;
 pub mod catalog;
 mod error;
 pub mod jobs;
 pub mod lineage;
+pub mod metrics;
 pub mod models;
 pub mod online;
 pub mod paths;

@@ -10,7 +10,9 @@ use quiver_core::store::{KeyValue, OnlineStore, Scalar};
 use quiver_core::{FeatureRef, Repo};
 use quiver_offline::EngineOptions;
 
+use crate::audit::Auditor;
 use crate::catalog::Catalog;
+use crate::metrics::Metrics;
 use crate::online::{self, Value};
 use crate::{Error, Result};
 
@@ -67,7 +69,14 @@ pub struct Serving {
     /// computes and writes; two at once would each write values without the other's rows.
     /// (Pushes from other processes sharing the store are caught by the store's push count.)
     writer: tokio::sync::Mutex<()>,
+    /// The most entities one lookup may ask for.
+    max_entities: usize,
+    metrics: Arc<Metrics>,
+    auditor: Auditor,
 }
+
+/// The most entities one lookup asks for unless the server says otherwise.
+pub const MAX_ENTITIES: usize = 1000;
 
 impl Serving {
     /// Serve `repo` from `store`.
@@ -77,6 +86,39 @@ impl Serving {
             repo: Arc::new(repo),
             store,
             writer: tokio::sync::Mutex::new(()),
+            max_entities: MAX_ENTITIES,
+            metrics: Arc::new(Metrics::new()),
+            auditor: Auditor::default(),
+        }
+    }
+
+    /// This serving with a bound on entities per lookup, its metrics and its audit log.
+    pub fn with(mut self, max_entities: usize, metrics: Arc<Metrics>, auditor: Auditor) -> Self {
+        self.max_entities = max_entities.max(1);
+        self.metrics = metrics;
+        self.auditor = auditor;
+        self
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The server's audit log.
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
+    /// Each view's online watermark into the metrics (read from the store when scraped).
+    pub async fn observe_watermarks(&self) {
+        for view in self.repo.views.keys() {
+            if let Ok(Some(w)) = self.store.watermark(view).await {
+                self.metrics
+                    .watermark
+                    .with_label_values(&[view.as_str()])
+                    .set(w.div_euclid(1_000_000));
+            }
         }
     }
 
@@ -93,6 +135,15 @@ impl Serving {
         entities: &[Vec<(String, KeyValue)>],
         at: Option<i64>,
     ) -> Result<Vec<Vec<Value>>> {
+        if entities.len() > self.max_entities {
+            return Err(Error::Exhausted(format!(
+                "entities: {} in one lookup, the server's limit is {} (quiver serve \
+                 --max-entities); split the request",
+                entities.len(),
+                self.max_entities
+            )));
+        }
+        self.metrics.entities.observe(entities.len() as f64);
         let at = at.unwrap_or_else(quiver_core::time::now_micros);
         online::get(&self.repo, self.store.as_ref(), refs, entities, at)
             .await
@@ -120,7 +171,7 @@ impl Serving {
         range: online::Range,
         end: i64,
     ) -> Result<Vec<online::Materialized>> {
-        online::materialize_range(
+        let done = online::materialize_range(
             &self.repo,
             self.store.as_ref(),
             views,
@@ -129,7 +180,14 @@ impl Serving {
             EngineOptions::default(),
             |_, _| {},
         )
-        .await
+        .await?;
+        for m in &done {
+            self.metrics
+                .materialized_rows
+                .with_label_values(&[m.view.as_str()])
+                .inc_by(m.rows as u64);
+        }
+        Ok(done)
     }
 
     /// Append `rows` of `view`'s source to its managed table only (a push to the offline
@@ -207,6 +265,10 @@ impl Serving {
             opts,
         )
         .await?;
+        self.metrics
+            .pushed_rows
+            .with_label_values(&[view])
+            .inc_by(n as u64);
         Ok(Pushed {
             rows: n,
             entities: pushed.entities,

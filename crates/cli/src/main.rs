@@ -17,7 +17,9 @@ mod alloc;
 mod cmd;
 mod table;
 
-use cmd::{cluster, datasets, init, join, lineage, models, online, optimize, sql, validate};
+use cmd::{
+    cluster, datasets, init, join, lineage, models, online, optimize, sql, tokens, validate,
+};
 
 #[global_allocator]
 static GLOBAL: alloc::HugePageAlloc = alloc::HugePageAlloc;
@@ -97,6 +99,36 @@ enum Command {
     Scheduler(cluster::Scheduler),
     /// Start a Ballista executor of a scheduler's joins.
     Executor(cluster::Executor),
+    /// Bearer tokens a server accepts, each with a role: create (printed once), list, revoke.
+    #[command(subcommand)]
+    Tokens(tokens::Tokens),
+}
+
+/// What the audit log says a command did, for commands that write: (method, target).
+fn audited(cmd: &Command) -> Option<(&'static str, String)> {
+    use datasets::Datasets as D;
+    use models::Models as M;
+    // The command line as typed (it carries no secret: tokens are printed, never taken).
+    let typed = || std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let method = match cmd {
+        Command::Tokens(t) => return t.audited(),
+        Command::Materialize(_) => "materialize",
+        Command::Push(_) => "push",
+        Command::Ingest(_) => "ingest",
+        Command::Apply(_) => "apply",
+        Command::Train(_) => "train",
+        Command::Optimize(_) => "optimize",
+        Command::Join(j) if j.registers() => "join --register",
+        Command::Models(M::Register { .. }) => "models register",
+        Command::Models(M::Alias { .. }) => "models alias",
+        Command::Models(M::Tag { .. }) => "models tag",
+        Command::Models(M::Evaluate { .. }) => "models evaluate",
+        Command::Datasets(D::Add { .. }) => "datasets add",
+        Command::Datasets(D::Split { .. }) => "datasets split",
+        Command::Datasets(D::Filter { .. }) => "datasets filter",
+        _ => return None,
+    };
+    Some((method, typed()))
 }
 
 fn main() -> ExitCode {
@@ -122,6 +154,30 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let repo = cli.repo.clone();
+    let audit = audited(&cli.command);
+    let done = dispatch(cli).await;
+    // A write is logged in the repository's audit log, as the server logs its own.
+    if let Some((method, target)) = audit
+        && repo.join("quiver.yaml").is_file()
+        && let Ok(log) = quiver_app::audit::Audit::open(&repo.join(".quiver/audit.log"))
+    {
+        let who = format!("cli:{}", std::env::var("USER").unwrap_or_default());
+        let e = quiver_app::audit::Entry {
+            who: &who,
+            transport: "cli",
+            method,
+            target: &target,
+        };
+        match &done {
+            Ok(_) => log.record::<()>(&e, &Ok(())),
+            Err(err) => log.record_failure(&e, "error", &format!("{err:#}")),
+        }
+    }
+    done
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let repo = cli.repo.as_path();
     match cli.command {
         Command::Init(c) => c.run(),
@@ -147,5 +203,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reproduce(c) => c.run(repo).await,
         Command::Scheduler(c) => c.run(repo).await,
         Command::Executor(c) => c.run(repo).await,
+        Command::Tokens(c) => c.run(repo),
     }
 }

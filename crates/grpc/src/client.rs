@@ -9,20 +9,87 @@ use crate::proto::online_service_client::OnlineServiceClient;
 use crate::proto::{self, get_online_features_request::Kind, value::Val};
 use crate::status::GrpcError;
 
+/// How to reach a server: a bearer token, TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Sent as `authorization: Bearer …`.
+    pub token: Option<String>,
+    /// Speak TLS, trusting this CA (PEM file) for the server's certificate.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// The client's certificate and key (PEM files), for mutual TLS.
+    pub tls_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, GrpcError> {
+    std::fs::read(path).map_err(|e| {
+        GrpcError::App(quiver_app::Error::Invalid(format!(
+            "{what} {}: {e}",
+            path.display()
+        )))
+    })
+}
+
+/// A channel to a server (`host:port` or a URL), with TLS when `options` says so.
+pub async fn channel(
+    addr: &str,
+    options: &ClientOptions,
+) -> Result<tonic::transport::Channel, GrpcError> {
+    let tls = options.tls_ca.is_some() || options.tls_identity.is_some();
+    let url = match (addr.contains("://"), tls) {
+        (true, _) => addr.to_string(),
+        (false, true) => format!("https://{addr}"),
+        (false, false) => format!("http://{addr}"),
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| GrpcError::App(quiver_app::Error::Invalid(format!("--addr {addr}: {e}"))))?;
+    if tls {
+        crate::use_ring_for_tls();
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &options.tls_ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(
+                ca, "--tls-ca",
+            )?));
+        }
+        if let Some((cert, key)) = &options.tls_identity {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert, "--tls-cert")?,
+                read(key, "--tls-key")?,
+            ));
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
 /// Ask a running server (`host:port` or a URL) for features: the same values a local lookup
 /// returns.
 pub async fn remote_get(
     addr: &str,
+    options: &ClientOptions,
     refs: &[FeatureRef],
     entities: &[Vec<(String, KeyValue)>],
     at: i64,
 ) -> Result<Vec<Vec<Value>>, GrpcError> {
-    let url = if addr.starts_with("http") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    let channel = channel(addr, options).await?;
+    let token = match &options.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse::<tonic::metadata::MetadataValue<_>>()
+                .map_err(|_| {
+                    GrpcError::App(quiver_app::Error::Invalid(
+                        "--token: not a valid header value".into(),
+                    ))
+                })?,
+        ),
+        None => None,
     };
-    let mut client = OnlineServiceClient::connect(url).await?;
+    let mut client =
+        OnlineServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(t) = &token {
+                req.metadata_mut().insert("authorization", t.clone());
+            }
+            Ok(req)
+        });
     let mut columns: std::collections::HashMap<String, proto::RepeatedValue> = Default::default();
     for row in entities {
         for (k, v) in row {

@@ -15,6 +15,7 @@ pub mod client;
 pub mod codec;
 pub mod convert;
 pub mod flight;
+pub mod guard;
 pub mod online;
 pub mod registry;
 pub mod server;
@@ -22,6 +23,14 @@ pub mod status;
 pub mod training;
 
 pub use status::GrpcError;
+
+/// Make ring rustls' process-wide crypto provider, which tonic's TLS uses: when more than
+/// one provider is compiled into the process (the graph brings aws-lc-rs as well), rustls
+/// cannot choose and would panic at the first handshake.
+pub fn use_ring_for_tls() {
+    // Fails only when a provider is already installed, which is as good.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
 
 /// The generated protobuf and gRPC code of `proto/quiver/v1`.
 #[allow(clippy::all, missing_docs)]

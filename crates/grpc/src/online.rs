@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::GrpcError;
 use crate::convert;
+use crate::guard::{audited, caller};
 use crate::proto::{self, online_service_server::OnlineService};
 
 /// The service over a served repository.
@@ -86,6 +87,18 @@ impl OnlineService for OnlineSvc {
         &self,
         request: Request<proto::PushRequest>,
     ) -> Result<Response<proto::PushResponse>, Status> {
-        Ok(Response::new(self.push_rows(request.into_inner()).await?))
+        let who = caller(&request);
+        let req = request.into_inner();
+        let view = req.feature_view.clone();
+        let pushed = self.push_rows(req).await.map_err(Status::from);
+        audited(
+            self.serving.auditor(),
+            &who,
+            "grpc",
+            "OnlineService/Push",
+            &view,
+            &pushed,
+        );
+        Ok(Response::new(pushed?))
     }
 }

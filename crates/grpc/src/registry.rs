@@ -3,6 +3,7 @@
 //! through [`RegistryAccess`].
 
 use quiver_app::access::RegistryAccess;
+use quiver_app::audit::Auditor;
 use quiver_app::models::Registration;
 use quiver_app::{Error, Result};
 use quiver_registry::ModelVersion;
@@ -10,6 +11,7 @@ use quiver_registry::select::{Best, Limit};
 use tonic::{Request, Response, Status};
 
 use crate::GrpcError;
+use crate::guard::{audited, caller};
 
 use crate::proto::registry_service_server::RegistryService;
 use crate::proto::{self, MetricValue, ModelVersionInfo};
@@ -17,12 +19,14 @@ use crate::proto::{self, MetricValue, ModelVersionInfo};
 /// The service over one repository's registry.
 pub struct RegistrySvc {
     access: RegistryAccess,
+    auditor: Auditor,
 }
 
 impl RegistrySvc {
-    /// The service over `access` (shared with the training jobs).
-    pub fn new(access: RegistryAccess) -> Self {
-        RegistrySvc { access }
+    /// The service over `access` (shared with the training jobs), logging registrations to
+    /// `auditor`.
+    pub fn new(access: RegistryAccess, auditor: Auditor) -> Self {
+        RegistrySvc { access, auditor }
     }
 }
 
@@ -64,8 +68,10 @@ impl RegistryService for RegistrySvc {
         &self,
         request: Request<proto::RegisterModelRequest>,
     ) -> std::result::Result<Response<ModelVersionInfo>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
-        self.access
+        let registered = self
+            .access
             .with(async |cat| {
                 required("name", &r.name)?;
                 required("dataset", &r.dataset)?;
@@ -111,8 +117,20 @@ impl RegistryService for RegistrySvc {
                 Ok(info(&cat.register_bytes(&reg, &r.artifact, &name).await?))
             })
             .await
-            .map(Response::new)
-            .map_err(|e| Status::from(GrpcError::from(e)))
+            .map_err(|e| Status::from(GrpcError::from(e)));
+        let target = match &registered {
+            Ok(m) => format!("{}@{}", m.name, m.version),
+            Err(_) => r.name.clone(),
+        };
+        audited(
+            &self.auditor,
+            &who,
+            "grpc",
+            "RegistryService/RegisterModel",
+            &target,
+            &registered,
+        );
+        registered.map(Response::new)
     }
 
     async fn list_models(

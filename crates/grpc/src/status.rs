@@ -40,6 +40,7 @@ impl From<GrpcError> for tonic::Status {
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::Invalid => tonic::Code::InvalidArgument,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Aborted => tonic::Code::Aborted,

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use quiver_app::audit::Auditor;
 use quiver_app::jobs::{JobRequest, Jobs};
 use quiver_app::serving::Features;
 use tonic::{Request, Response, Status};
 
+use crate::guard::{audited, caller};
 use crate::proto::training_service_server::TrainingService;
 use crate::proto::training_set_request::Kind;
 use crate::proto::{self, Job};
@@ -19,12 +21,13 @@ const MAX_WAIT: Duration = Duration::from_secs(25);
 /// The service over one repository's jobs.
 pub struct TrainingSvc {
     jobs: std::sync::Arc<Jobs>,
+    auditor: Auditor,
 }
 
 impl TrainingSvc {
     /// The service over `jobs`.
-    pub fn new(jobs: std::sync::Arc<Jobs>) -> Self {
-        TrainingSvc { jobs }
+    pub fn new(jobs: std::sync::Arc<Jobs>, auditor: Auditor) -> Self {
+        TrainingSvc { jobs, auditor }
     }
 }
 
@@ -53,11 +56,26 @@ impl TrainingService for TrainingSvc {
         &self,
         request: Request<proto::TrainingSetRequest>,
     ) -> Result<Response<Job>, Status> {
-        let job = self
+        let who = caller(&request);
+        let r = request.into_inner();
+        let target = match (r.register.is_empty(), r.out.is_empty()) {
+            (false, _) => r.register.clone(),
+            (true, false) => r.out.clone(),
+            (true, true) => "-".into(),
+        };
+        let started = self
             .jobs
-            .start(job_request(request.into_inner()))
-            .map_err(GrpcError::from)?;
-        Ok(Response::new(convert::job(job)))
+            .start(job_request(r))
+            .map_err(|e| Status::from(GrpcError::from(e)));
+        audited(
+            &self.auditor,
+            &who,
+            "grpc",
+            "TrainingService/StartTrainingSet",
+            &target,
+            &started,
+        );
+        Ok(Response::new(convert::job(started?)))
     }
 
     async fn get_job(

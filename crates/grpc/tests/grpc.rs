@@ -971,6 +971,7 @@ async fn path_escapes_are_refused_before_any_file_is_opened() {
         store,
         quiver_grpc::server::ServeOptions {
             data_roots: vec![roots.path().to_path_buf()],
+            ..Default::default()
         },
     )
     .await;
@@ -991,7 +992,12 @@ async fn path_escapes_are_refused_before_any_file_is_opened() {
         victim.display().to_string(),
         "/etc/quiver-hostile-test.parquet".to_string(),
         "../../quiver-hostile-test.parquet".to_string(),
-        format!("{}/../x.parquet", d.display()),
+        // beside the repository's folder, named after it: no other run made it
+        format!(
+            "{}/../{}-x.parquet",
+            d.display(),
+            d.file_name().unwrap().to_string_lossy()
+        ),
     ] {
         let e = refused(req(&spine, &out)).await;
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{out}: {e:?}");
@@ -1000,7 +1006,13 @@ async fn path_escapes_are_refused_before_any_file_is_opened() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     assert!(!Path::new("/etc/quiver-hostile-test.parquet").exists());
     assert!(!d.join("../../quiver-hostile-test.parquet").exists());
-    assert!(!d.join("../x.parquet").exists());
+    assert!(
+        !d.join(format!(
+            "../{}-x.parquet",
+            d.file_name().unwrap().to_string_lossy()
+        ))
+        .exists()
+    );
     // reads outside: the spine's first line is never echoed
     for s in [
         secret.display().to_string(),
@@ -1491,10 +1503,584 @@ async fn flight_streams_training_sets_and_datasets() {
     );
     assert_eq!(c, tonic::Code::NotFound, "{m}");
     assert!(m.contains("nope"), "{m}");
+    // a spine named by path is confined to the repository and the data roots, as for jobs
+    for spine in ["../../../../etc/passwd", "/etc/passwd"] {
+        let cmd = format!(
+            r#"{{"api":"get_historical_features","feature_service":"churn_v1","spine":"{spine}"}}"#
+        );
+        let (c, m) = code(
+            fetch(&mut client, arrow_flight::Ticket::new(cmd))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(c, tonic::Code::PermissionDenied, "{spine}: {m}");
+        assert!(m.contains("--data-root") && !m.contains("root:"), "{m}");
+    }
     // the server still answers
     let (batches, _) = fetch(&mut client, arrow_flight::Ticket::new(dataset))
         .await
         .unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+    server.stop().await;
+}
+
+// ---- Serving safely (issue 23): tokens and roles, audit, TLS, limits, fuzzing, load.
+
+/// A token of each role in `repo`'s registry, and the server's view of them.
+fn tokens(
+    repo: &Repo,
+) -> (
+    std::sync::Arc<quiver_app::auth::Tokens>,
+    [(String, &'static str); 3],
+) {
+    use quiver_app::auth::{Role, Tokens, create};
+    let reg = quiver_registry::Registry::open(&repo.registry).unwrap();
+    let made = [
+        (
+            create(&reg, "svc-reader", Role::Reader).unwrap().0,
+            "svc-reader",
+        ),
+        (
+            create(&reg, "svc-writer", Role::Writer).unwrap().0,
+            "svc-writer",
+        ),
+        (
+            create(&reg, "svc-admin", Role::Admin).unwrap().0,
+            "svc-admin",
+        ),
+    ];
+    let t = Tokens::load(repo.registry.clone(), reg.tokens().unwrap());
+    (t, made)
+}
+
+/// `req` carrying `token` as a bearer token (none when empty).
+fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if !token.is_empty() {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    r
+}
+
+fn a_push(user: i64, amt: i64) -> quiver_grpc::proto::PushRequest {
+    quiver_grpc::proto::PushRequest {
+        feature_view: "user_purchases".into(),
+        columns: [
+            ("user_id", ints(&[user])),
+            ("purchase_date", strs(&["2024-02-08T00:00:00Z"])),
+            ("ingested_at", strs(&["2024-02-08T00:00:00Z"])),
+            ("purchase_amt", ints(&[amt])),
+            ("category", strs(&["clothing"])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        to_offline: false,
+        at_micros: Some(T),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles_guard_every_method_and_writes_are_audited() {
+    use quiver_grpc::proto::registry_service_client::RegistryServiceClient;
+    use quiver_grpc::proto::training_service_client::TrainingServiceClient;
+    use quiver_grpc::proto::{ListModelsRequest, RegisterModelRequest, TrainingSetRequest};
+    let dir = sample_copy();
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = quiver_online::open(&repo).await.unwrap();
+    materialize_at_t(&repo, store.as_ref()).await;
+    let (tokens, [(reader, _), (writer, _), (admin, _)]) = tokens(&repo);
+    let log = dir.path().join("audit.log");
+    let options = quiver_grpc::server::ServeOptions {
+        tokens: Some(tokens),
+        auditor: quiver_app::audit::Auditor::to(std::sync::Arc::new(
+            quiver_app::audit::Audit::open(&log).unwrap(),
+        )),
+        ..Default::default()
+    };
+    let server = Server::start_with(repo.clone(), store.clone(), options).await;
+    let channel = connect(&server.url).await;
+    let mut online = OnlineServiceClient::new(channel.clone());
+    let mut registry = RegistryServiceClient::new(channel.clone());
+    let mut training = TrainingServiceClient::new(channel.clone());
+    let lookup = || request(&["user_profile:age"], vec![("user_id", ints(&[1]))]);
+
+    // health is open to anyone
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    // no token, a forged one, a malformed header: UNAUTHENTICATED, for every kind of method
+    let forged = format!("{}0", &reader[..reader.len() - 1]);
+    for token in ["", forged.as_str(), "nonsense"] {
+        let e = online
+            .get_online_features(bearer(token, lookup()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{token}: {e:?}");
+        let e = online.push(bearer(token, a_push(1, 5))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        let e = registry
+            .list_models(bearer(token, ListModelsRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    }
+    // a reader looks up, and is refused writes naming the role needed
+    online
+        .get_online_features(bearer(&reader, lookup()))
+        .await
+        .unwrap();
+    let e = online
+        .push(bearer(&reader, a_push(1, 5)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("writer"), "{e:?}");
+    let register = || RegisterModelRequest {
+        name: "m".into(),
+        artifact: b"weights".to_vec(),
+        dataset: "train@1".into(),
+        ..Default::default()
+    };
+    for token in [&reader, &writer] {
+        let e = registry
+            .register_model(bearer(token, register()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("admin"), "{e:?}");
+    }
+    let e = training
+        .start_training_set(bearer(
+            &reader,
+            TrainingSetRequest {
+                spine: "spine.csv".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // Flight: a reader lists datasets but may not upload or build a training set
+    let mut fl = arrow_flight::FlightClient::new(channel.clone());
+    fl.add_header("authorization", &format!("Bearer {reader}"))
+        .unwrap();
+    {
+        use futures::TryStreamExt;
+        let listed: Vec<arrow_flight::FlightInfo> = fl
+            .list_flights(Vec::<u8>::new())
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "no dataset is recorded yet");
+    }
+    let spine = spine_batches(&dir.path().join("spine.csv")).await;
+    let cmd = r#"{"api":"get_historical_features","feature_service":"churn_v1"}"#;
+    let e = put_spine(&mut fl, cmd, spine.clone()).await.unwrap_err();
+    assert!(
+        e.to_string().contains("PermissionDenied") || e.to_string().contains("writer"),
+        "{e}"
+    );
+    let e = fetch(
+        &mut fl,
+        arrow_flight::Ticket::new(
+            r#"{"api":"get_historical_features","feature_service":"churn_v1","spine":"spine.csv"}"#,
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("writer"), "{e}");
+    // nothing the refused calls asked for was written
+    assert_eq!(store.pushed("purchases").await.unwrap().pushes, 0);
+    assert!(
+        quiver_registry::Registry::open(&repo.registry)
+            .unwrap()
+            .all_model_versions()
+            .unwrap()
+            .is_empty()
+    );
+    // a writer pushes; an admin may do what a writer may
+    online.push(bearer(&writer, a_push(1, 5))).await.unwrap();
+    online.push(bearer(&admin, a_push(2, 7))).await.unwrap();
+    let e = online
+        .push(bearer(&writer, a_push(1, i64::MAX)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    let mut wfl = arrow_flight::FlightClient::new(channel.clone());
+    wfl.add_header("authorization", &format!("Bearer {writer}"))
+        .unwrap();
+    put_spine(&mut wfl, cmd, spine).await.unwrap();
+    let (batches, _) = fetch(&mut wfl, arrow_flight::Ticket::new(cmd))
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+
+    // a revoked token stops working without a restart (reloaded within a second or two)
+    quiver_registry::Registry::open(&repo.registry)
+        .unwrap()
+        .revoke_token("svc-writer", quiver_core::time::now_micros())
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..50 {
+        match online.get_online_features(bearer(&writer, lookup())).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(
+        refused.expect("revoked within 5 s").code(),
+        tonic::Code::Unauthenticated
+    );
+    server.stop().await;
+
+    // the audit log: one line per write, with the token's name (never the token) and outcome
+    let text = std::fs::read_to_string(&log).unwrap();
+    for t in [&reader, &writer, &admin] {
+        assert!(
+            !text.contains(t.as_str()),
+            "a token leaked into the audit log"
+        );
+    }
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(String, String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["token"].as_str().unwrap().to_string(),
+                l["method"].as_str().unwrap().to_string(),
+                l["target"].as_str().unwrap().to_string(),
+                l["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str, d: &str| {
+        (a.to_string(), b.to_string(), c.to_string(), d.to_string())
+    };
+    assert_eq!(
+        summary,
+        [
+            s("svc-writer", "OnlineService/Push", "user_purchases", "ok"),
+            s("svc-admin", "OnlineService/Push", "user_purchases", "ok"),
+            s(
+                "svc-writer",
+                "OnlineService/Push",
+                "user_purchases",
+                "error"
+            ),
+            s("svc-writer", "get_historical_features", "-", "ok"),
+        ]
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["time"].as_str().unwrap().starts_with("20"))
+    );
+}
+
+/// A CA, and a certificate it signs for `names` (PEM: cert, key).
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn sign(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mutual_tls_with_a_throwaway_ca() {
+    use quiver_grpc::client::{ClientOptions, remote_get};
+    let dir = sample_copy();
+    let d = dir.path();
+    let repo = Repo::load(d).unwrap();
+    let store = quiver_online::open(&repo).await.unwrap();
+    materialize_at_t(&repo, store.as_ref()).await;
+    let ca = Ca::new("quiver test CA");
+    let other = Ca::new("another CA");
+    let (cert, key) = ca.sign(&["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = ca.sign(&["svc-a"]);
+    let (stranger_cert, stranger_key) = other.sign(&["svc-b"]);
+    for (name, text) in [
+        ("ca.pem", &ca.pem),
+        ("other.pem", &other.pem),
+        ("server.pem", &cert),
+        ("server.key", &key),
+        ("client.pem", &client_cert),
+        ("client.key", &client_key),
+        ("stranger.pem", &stranger_cert),
+        ("stranger.key", &stranger_key),
+    ] {
+        std::fs::write(d.join(name), text).unwrap();
+    }
+    let refs = repo
+        .resolve_refs(&["user_profile:age".to_string()])
+        .unwrap();
+    let ents = vec![vec![(
+        "user_id".to_string(),
+        quiver_core::store::KeyValue::Int(1),
+    )]];
+    let get = |addr: String, o: ClientOptions| {
+        let (refs, ents) = (refs.clone(), ents.clone());
+        async move { remote_get(&addr, &o, &refs, &ents, T).await }
+    };
+    let opts = |ca: &str, id: Option<(&str, &str)>| ClientOptions {
+        token: None,
+        tls_ca: Some(d.join(ca)),
+        tls_identity: id.map(|(c, k)| (d.join(c), d.join(k))),
+    };
+
+    // server TLS: a client trusting the CA looks up; one trusting another CA cannot connect
+    let tls = quiver_grpc::server::TlsFiles {
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+        client_ca: None,
+    };
+    let server = Server::start_with(
+        repo.clone(),
+        store.clone(),
+        quiver_grpc::server::ServeOptions {
+            tls: Some(tls.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = server.url.replace("http://", "");
+    // the server is up once a trusting client gets through (a bounded number of tries)
+    let mut values = None;
+    for _ in 0..100 {
+        if let Ok(v) = get(addr.clone(), opts("ca.pem", None)).await {
+            values = Some(v);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let values = values.expect("a TLS lookup");
+    assert_eq!(values[0][0].value, quiver_core::store::Scalar::Int(35));
+    assert!(get(addr.clone(), opts("other.pem", None)).await.is_err());
+    // a plaintext client gets nothing either
+    assert!(get(addr.clone(), ClientOptions::default()).await.is_err());
+    server.stop().await;
+
+    // mutual TLS: no client certificate, or one from another CA, is refused
+    let server = Server::start_with(
+        repo,
+        store,
+        quiver_grpc::server::ServeOptions {
+            tls: Some(quiver_grpc::server::TlsFiles {
+                client_ca: Some(d.join("ca.pem")),
+                ..tls
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = server.url.replace("http://", "");
+    let mut ok = false;
+    for _ in 0..100 {
+        if get(
+            addr.clone(),
+            opts("ca.pem", Some(("client.pem", "client.key"))),
+        )
+        .await
+        .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "a client with a certificate from the CA looks up");
+    assert!(get(addr.clone(), opts("ca.pem", None)).await.is_err());
+    assert!(
+        get(
+            addr.clone(),
+            opts("ca.pem", Some(("stranger.pem", "stranger.key")))
+        )
+        .await
+        .is_err()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_with_resource_exhausted_and_expired_deadlines() {
+    let dir = sample_copy();
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = quiver_online::open(&repo).await.unwrap();
+    materialize_at_t(&repo, store.as_ref()).await;
+    let server = Server::start_with(
+        repo,
+        store,
+        quiver_grpc::server::ServeOptions {
+            max_entities: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = OnlineServiceClient::new(connect(&server.url).await);
+    client
+        .get_online_features(request(
+            &["user_profile:age"],
+            vec![("user_id", ints(&[1, 2, 3]))],
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .get_online_features(request(
+            &["user_profile:age"],
+            vec![("user_id", ints(&[1, 2, 3, 4]))],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("--max-entities"), "{e:?}");
+    // a deadline that passed before the request arrived: not computed
+    let mut late = tonic::Request::new(request(
+        &["user_profile:age"],
+        vec![("user_id", ints(&[1]))],
+    ));
+    late.metadata_mut()
+        .insert("grpc-timeout", "0n".parse().unwrap());
+    let e = client.get_online_features(late).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    server.stop().await;
+}
+
+/// Random and truncated protobuf bytes, huge repeated fields and absurd values to every
+/// method: statuses, never a panic or a dropped server; health and a valid lookup still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzing_the_grpc_surface_leaves_the_server_answering() {
+    use prost::Message;
+    use rand::{Rng, SeedableRng};
+    let dir = sample_copy();
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = quiver_online::open(&repo).await.unwrap();
+    materialize_at_t(&repo, store.as_ref()).await;
+    let server = Server::start(repo, store).await;
+    let channel = connect(&server.url).await;
+    let valid = request(&["user_profile:age"], vec![("user_id", ints(&[1]))]).encode_to_vec();
+    let huge = request(
+        &["user_profile:age"],
+        vec![("user_id", ints(&(0..200_000).collect::<Vec<_>>()))],
+    )
+    .encode_to_vec();
+    let absurd = quiver_grpc::proto::TrainingSetRequest {
+        spine: "\u{0}../../".repeat(1000),
+        register: "x".repeat(100_000),
+        as_of_micros: Some(i64::MIN),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let methods = [
+        "/quiver.v1.OnlineService/GetOnlineFeatures",
+        "/quiver.v1.OnlineService/Push",
+        "/quiver.v1.RegistryService/RegisterModel",
+        "/quiver.v1.RegistryService/ListModels",
+        "/quiver.v1.RegistryService/GetModel",
+        "/quiver.v1.RegistryService/SelectBest",
+        "/quiver.v1.RegistryService/Lineage",
+        "/quiver.v1.TrainingService/StartTrainingSet",
+        "/quiver.v1.TrainingService/GetJob",
+        "/quiver.v1.TrainingService/ListJobs",
+        "/arrow.flight.protocol.FlightService/GetFlightInfo",
+        "/arrow.flight.protocol.FlightService/PollFlightInfo",
+        "/arrow.flight.protocol.FlightService/GetSchema",
+        "/arrow.flight.protocol.FlightService/DoAction",
+    ];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    'outer: for round in 0..40 {
+        for m in methods {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                break 'outer;
+            }
+            let body: Vec<u8> = match round % 5 {
+                0 => (0..rng.random_range(0..256))
+                    .map(|_| rng.random())
+                    .collect(),
+                1 => valid[..rng.random_range(0..valid.len())].to_vec(),
+                2 => huge.clone(),
+                3 => absurd.clone(),
+                _ => {
+                    let mut v = valid.clone();
+                    for _ in 0..4 {
+                        let i = rng.random_range(0..v.len());
+                        v[i] = rng.random();
+                    }
+                    v
+                }
+            };
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let answered = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                grpc.unary(
+                    tonic::Request::new(body),
+                    http::uri::PathAndQuery::from_static(m),
+                    Raw,
+                ),
+            )
+            .await
+            .expect("an answer within 10 s");
+            if let Err(e) = answered {
+                assert_ne!(e.code(), tonic::Code::Unknown, "{m}: {e:?}");
+                assert_ne!(
+                    e.code(),
+                    tonic::Code::Unavailable,
+                    "{m}: the server went away: {e:?}"
+                );
+            }
+            sent += 1;
+        }
+    }
+    assert!(sent >= methods.len() * 5, "{sent}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    let got = OnlineServiceClient::new(channel)
+        .get_online_features(request(
+            &["user_profile:age"],
+            vec![("user_id", ints(&[1]))],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.results[0].values[0].val, Some(Val::Int64Val(35)));
     server.stop().await;
 }

@@ -13,6 +13,11 @@
 //!   `POST /materialize-incremental` (`end_ts`, `feature_views`);
 //! - `GET /health`.
 //!
+//! Behind a guard ([`server::router_with`]): bearer tokens and roles (`reader` looks up,
+//! `writer` pushes and materializes; health is open), a bound on requests in flight, request
+//! metrics, and the audit log of every write; TLS when asked ([`tls`]). `serve_metrics`
+//! serves Prometheus text on its own address.
+//!
 //! Bodies are read as JSON whatever their content type (older Feast clients send none) and
 //! unknown fields are ignored, as Feast's server does. Errors become statuses in one place
 //! ([`status`]).
@@ -20,5 +25,6 @@
 pub mod feast;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 pub use status::HttpError;

@@ -31,6 +31,7 @@ impl IntoResponse for HttpError {
                     ErrorKind::NotFound => StatusCode::NOT_FOUND,
                     ErrorKind::Invalid => StatusCode::BAD_REQUEST,
                     ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+                    ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
                     ErrorKind::FailedPrecondition | ErrorKind::Aborted => StatusCode::CONFLICT,
                     ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                     ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,

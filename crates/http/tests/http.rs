@@ -36,6 +36,11 @@ struct Server {
 
 /// The sample repository, materialized now, served on a free loopback port.
 async fn start() -> Server {
+    start_with(quiver_http::server::HttpOptions::default(), None).await
+}
+
+/// [`start`] with options, and an audit log.
+async fn start_with(options: quiver_http::server::HttpOptions, audit: Option<&Path>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data"),
@@ -53,13 +58,24 @@ async fn start() -> Server {
     )
     .await
     .unwrap();
-    let serving = Arc::new(Serving::new(repo, store));
+    let auditor = match audit {
+        Some(p) => {
+            quiver_app::audit::Auditor::to(Arc::new(quiver_app::audit::Audit::open(p).unwrap()))
+        }
+        None => Default::default(),
+    };
+    let serving = Arc::new(Serving::new(repo, store).with(
+        quiver_app::serving::MAX_ENTITIES,
+        Arc::new(quiver_app::metrics::Metrics::new()),
+        auditor,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(quiver_http::server::serve(
+    tokio::spawn(quiver_http::server::serve_with(
         serving.clone(),
         listener,
+        options,
         async {
             let _ = stopped.await;
         },
@@ -82,10 +98,27 @@ impl Drop for Server {
 
 /// POST `body` to `path` (with or without a JSON content type); the status and the body.
 async fn post(url: &str, path: &str, body: &str, content_type: bool) -> (u16, String) {
+    let headers: &[(&str, &str)] = match content_type {
+        true => &[("content-type", "application/json")],
+        false => &[],
+    };
+    send("POST", url, path, body, headers).await
+}
+
+/// A request with `headers`; the status and the body.
+async fn send(
+    method: &str,
+    url: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = hyper::Request::post(format!("{url}{path}"));
-    if content_type {
-        req = req.header("content-type", "application/json");
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let resp = tokio::time::timeout(std::time::Duration::from_secs(60), client.request(req))
@@ -316,4 +349,223 @@ async fn push_write_and_materialize_change_what_lookups_return() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+// ---- Serving safely (issue 23): tokens and roles, the audit log, metrics, TLS, paths.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_audit_and_metrics_over_http() {
+    use quiver_app::auth::{Role, Tokens, create};
+    let dir = tempfile::tempdir().unwrap();
+    let registry_dir = dir.path().join("registry");
+    let reg = quiver_registry::Registry::open(&registry_dir).unwrap();
+    let (reader, _) = create(&reg, "dash", Role::Reader).unwrap();
+    let (writer, _) = create(&reg, "ingest-job", Role::Writer).unwrap();
+    let tokens = Tokens::load(registry_dir.clone(), reg.tokens().unwrap());
+    drop(reg);
+    let log = dir.path().join("audit.log");
+    let server = start_with(
+        quiver_http::server::HttpOptions {
+            tokens: Some(tokens),
+            ..Default::default()
+        },
+        Some(&log),
+    )
+    .await;
+    let lookup = r#"{"features": ["user_profile:age"], "entities": {"user_id": [1]}}"#;
+    let push = r#"{"push_source_name": "purchases", "df": {"user_id": [9], "purchase_date": ["2024-02-08T00:00:00Z"], "ingested_at": ["2024-02-08T00:00:00Z"], "purchase_amt": [5], "category": ["toys"]}, "to": "online"}"#;
+    let auth = |t: &str| format!("Bearer {t}");
+    // health is open; everything else wants a token
+    assert_eq!(send("GET", &server.url, "/health", "", &[]).await.0, 200);
+    let (code, body) = send("POST", &server.url, "/get-online-features", lookup, &[]).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(message(&body).contains("token"), "{body}");
+    let (code, _) = send(
+        "POST",
+        &server.url,
+        "/get-online-features",
+        lookup,
+        &[("authorization", "Bearer qvt_00_11")],
+    )
+    .await;
+    assert_eq!(code, 401);
+    // a reader reads and may not push
+    let r = auth(&reader);
+    let (code, body) = send(
+        "POST",
+        &server.url,
+        "/get-online-features",
+        lookup,
+        &[("authorization", &r)],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = send("POST", &server.url, "/push", push, &[("authorization", &r)]).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(message(&body).contains("writer"), "{body}");
+    let (code, _) = send(
+        "POST",
+        &server.url,
+        "/materialize",
+        "{}",
+        &[("authorization", &r)],
+    )
+    .await;
+    assert_eq!(code, 403);
+    // a writer pushes; the log has it, with the token's name only
+    let w = auth(&writer);
+    let (code, body) = send("POST", &server.url, "/push", push, &[("authorization", &w)]).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = send(
+        "POST",
+        &server.url,
+        "/push",
+        r#"{"push_source_name": "nope", "df": {}}"#,
+        &[("authorization", &w)],
+    )
+    .await;
+    assert_eq!(code, 404);
+    // an unknown route, or a path climbing out, is refused like any other: no file is served
+    for path in [
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%2f..%2fetc%2fpasswd",
+    ] {
+        let (code, body) = send("GET", &server.url, path, "", &[("authorization", &r)]).await;
+        assert!(code == 404 || code == 400, "{path}: {code}");
+        assert!(!body.contains("root:"), "{path}: {body}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&writer) && !text.contains(&reader));
+    let lines: Vec<Json> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(String, String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["token"].as_str().unwrap().into(),
+                l["method"].as_str().unwrap().into(),
+                l["target"].as_str().unwrap().into(),
+                l["outcome"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str, d: &str| {
+        (a.to_string(), b.to_string(), c.to_string(), d.to_string())
+    };
+    assert_eq!(
+        got,
+        [
+            s("ingest-job", "/push", "purchases", "ok"),
+            s("ingest-job", "/push", "nope", "error"),
+        ]
+    );
+
+    // metrics: requests by route and status, lookups' entities, pushed rows
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let murl = format!("http://{}", metrics.local_addr().unwrap());
+    tokio::spawn(quiver_http::server::serve_metrics(
+        server.serving.clone(),
+        metrics,
+        std::future::pending(),
+    ));
+    let (code, text) = send("GET", &murl, "/metrics", "", &[]).await;
+    assert_eq!(code, 200);
+    for want in [
+        r#"quiver_requests_total{code="401",method="/get-online-features",transport="http"} 2"#,
+        r#"quiver_requests_total{code="200",method="/push",transport="http"} 1"#,
+        r#"quiver_requests_total{code="403",method="/push",transport="http"} 1"#,
+        r#"quiver_pushed_rows_total{view="user_purchases"} 1"#,
+        "quiver_lookup_entities_count 1",
+        r#"quiver_online_watermark_seconds{view="user_profile"}"#,
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_throwaway_ca() {
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let make_ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert, rcgen::Issuer::new(params, key))
+    };
+    let (ca, issuer) = make_ca("quiver test CA");
+    let (other, _) = make_ca("another CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(d.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(d.join("server.key"), key.serialize_pem()).unwrap();
+    let server = start_with(
+        quiver_http::server::HttpOptions {
+            tls: Some((d.join("server.pem"), d.join("server.key"), None)),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let addr = server.url.replace("http://", "");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let get_health = |trusted: rcgen::Certificate| {
+        let addr = addr.clone();
+        let provider = provider.clone();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(trusted.der().clone()).unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            let resp = sender
+                .send_request(
+                    hyper::Request::get("/health")
+                        .header("host", "localhost")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<u16, std::io::Error>(resp.status().as_u16())
+        }
+    };
+    assert_eq!(get_health(ca).await.unwrap(), 200);
+    assert!(
+        get_health(other).await.is_err(),
+        "a client trusting another CA"
+    );
+    // plain HTTP to the TLS port gets no answer
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let plain = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        client.request(
+            hyper::Request::get(format!("{}/health", server.url))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await;
+    assert!(!matches!(plain, Ok(Ok(r)) if r.status().is_success()));
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 mod models;
 pub mod select;
+mod tokens;
 
 pub use models::{
     ArtifactFile, Change, CodeVersion, Environment, Metric, ModelSel, ModelVersion, parse_model_ref,
@@ -42,6 +43,7 @@ pub use models::{
 use quiver_core::hash::{ContentHash, HashState};
 use quiver_core::{FeatureView, Source};
 use serde::{Deserialize, Serialize};
+pub use tokens::{TOKENS_STAMP, TokenRecord};
 
 /// The layout version of the registry's records, checked on open.
 pub const FORMAT: u32 = 1;
@@ -150,6 +152,18 @@ pub enum Error {
         alias: String,
         /// The aliases the model has.
         known: Vec<String>,
+    },
+    /// A token of this name is in use.
+    #[error("a token named `{name}` is in use; revoke it first or choose another name")]
+    TokenExists {
+        /// The name asked for.
+        name: String,
+    },
+    /// No token in use has this name.
+    #[error("no token in use is named `{name}`")]
+    UnknownToken {
+        /// The name asked for.
+        name: String,
     },
     /// A reference (`NAME@VERSION`, an alias) that cannot be read.
     #[error("bad reference {text:?}: {message}")]
@@ -518,6 +532,7 @@ pub struct Registry {
     views: sled::Tree,
     models: sled::Tree,
     aliases: sled::Tree,
+    tokens: sled::Tree,
     /// While an operation runs between [`Registry::begin`] and its end, the dataset and
     /// view versions it recorded, so that a failure takes them back.
     journal: std::sync::Mutex<Option<Journal>>,
@@ -589,6 +604,7 @@ impl Registry {
             views: db.open_tree("feature_views").map_err(err)?,
             models: db.open_tree("models").map_err(err)?,
             aliases: db.open_tree("aliases").map_err(err)?,
+            tokens: db.open_tree("tokens").map_err(err)?,
             path,
             db,
             journal: Default::default(),

@@ -141,21 +141,46 @@ class Client:
     >>> train = client.get_historical_features(labels, service="churn_v1")  # doctest: +SKIP
 
     ``timeout`` bounds each gRPC call in seconds (a training set's stream is not bounded).
+    ``token`` (from ``quiver tokens create``) is sent with every call; ``tls_ca`` (a PEM file)
+    makes the client speak TLS and trust that CA, and ``tls_cert``/``tls_key`` present a
+    client certificate to a server that requires one.
     """
 
-    def __init__(self, address: str = "127.0.0.1:6566", *, timeout: Optional[float] = 30.0):
+    def __init__(
+        self,
+        address: str = "127.0.0.1:6566",
+        *,
+        timeout: Optional[float] = 30.0,
+        token: Optional[str] = None,
+        tls_ca: Optional[Union[str, Path]] = None,
+        tls_cert: Optional[Union[str, Path]] = None,
+        tls_key: Optional[Union[str, Path]] = None,
+    ):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ]
+        self._metadata = [("authorization", f"Bearer {token}")] if token else None
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        self._call_options = flight.FlightCallOptions(headers=headers)
+        read = lambda p: Path(p).read_bytes() if p is not None else None  # noqa: E731
+        if tls_ca is not None or tls_cert is not None:
+            ca, cert, key = read(tls_ca), read(tls_cert), read(tls_key)
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+            kwargs: Dict[str, Any] = {}
+            if ca is not None:
+                kwargs["tls_root_certs"] = ca
+            if cert is not None:
+                kwargs["cert_chain"], kwargs["private_key"] = cert, key
+            self._flight = flight.FlightClient(f"grpc+tls://{address}", **kwargs)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+            self._flight = flight.FlightClient(f"grpc://{address}")
         self._online = online_pb2_grpc.OnlineServiceStub(self._channel)
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
-        self._flight = flight.FlightClient(f"grpc://{address}")
         #: What the last training set's build reported: rows, columns, ``registered``
         #: (``NAME@VERSION (hash …)`` when registered) and the plan.
         self.last_build: Dict[str, Any] = {}
@@ -173,7 +198,7 @@ class Client:
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise errors.from_grpc(e) from None
 
@@ -233,7 +258,7 @@ class Client:
             body = json.dumps(command).encode()
             self._upload(body, table)
         try:
-            info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(body))
+            info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(body), self._call_options)
             table, summary = self._read(info.endpoints[0].ticket)
         except (pa.ArrowException, flight.FlightError) as e:
             raise errors.from_flight(e) from None
@@ -243,7 +268,7 @@ class Client:
     def _upload(self, command: bytes, table: pa.Table) -> None:
         descriptor = flight.FlightDescriptor.for_command(command)
         try:
-            writer, reader = self._flight.do_put(descriptor, table.schema)
+            writer, reader = self._flight.do_put(descriptor, table.schema, self._call_options)
             with writer:
                 writer.write_table(table, max_chunksize=_UPLOAD_ROWS)
                 writer.done_writing()
@@ -252,7 +277,7 @@ class Client:
             raise errors.from_flight(e) from None
 
     def _read(self, ticket: flight.Ticket) -> Tuple[pa.Table, Optional[Dict[str, Any]]]:
-        reader = self._flight.do_get(ticket)
+        reader = self._flight.do_get(ticket, self._call_options)
         batches: List[pa.RecordBatch] = []
         summary = None
         while True:
@@ -270,7 +295,7 @@ class Client:
         """Every recorded dataset version (sources, spines, training sets): name, version,
         kind, content hash, when it was made, the operation that made it and its columns."""
         try:
-            infos = list(self._flight.list_flights())
+            infos = list(self._flight.list_flights(b"", self._call_options))
         except (pa.ArrowException, flight.FlightError) as e:
             raise errors.from_flight(e) from None
         out = []

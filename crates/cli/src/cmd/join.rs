@@ -42,6 +42,13 @@ pub struct Join {
 }
 
 impl Join {
+    /// Whether it records a dataset version (an audited write).
+    pub fn registers(&self) -> bool {
+        self.register.is_some()
+    }
+}
+
+impl Join {
     /// Build it, with a progress spinner, and say where it went.
     pub async fn run(self, repo: &Path) -> Result<ExitCode> {
         let started = Instant::now();

@@ -11,6 +11,7 @@ pub mod models;
 pub mod online;
 pub mod optimize;
 pub mod sql;
+pub mod tokens;
 pub mod validate;
 
 use std::path::Path;

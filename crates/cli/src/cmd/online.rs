@@ -124,6 +124,50 @@ pub struct Serve {
     /// training sets (repeat for more); requests may use no other path.
     #[arg(long = "data-root", value_name = "DIR")]
     data_roots: Vec<PathBuf>,
+    /// Require a token (`authorization: Bearer …`, from `quiver tokens create`) even on a
+    /// loopback address. Off a loopback address tokens are always required, unless
+    /// --insecure-no-auth.
+    #[arg(long)]
+    auth: bool,
+    /// Serve a non-loopback address without tokens: anyone who reaches it may read, push,
+    /// materialize and register.
+    #[arg(long, conflicts_with = "auth")]
+    insecure_no_auth: bool,
+    /// Where every write is logged, one JSON line each (default REPO/.quiver/audit.log).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Requests answered at once, per protocol; more are refused (RESOURCE_EXHAUSTED, 429).
+    #[arg(long, default_value_t = quiver_grpc::server::MAX_IN_FLIGHT)]
+    max_in_flight: usize,
+    /// Entities one lookup may ask for.
+    #[arg(long, default_value_t = quiver_app::serving::MAX_ENTITIES)]
+    max_entities: usize,
+    /// Training-set builds (jobs and Flight) running at once.
+    #[arg(long, default_value_t = 2)]
+    max_builds: usize,
+    /// Training-set builds waiting for a slot; more are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 16)]
+    max_queued_builds: usize,
+    /// Seconds requests in flight have to finish after SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+    /// The server's TLS certificate chain (PEM): gRPC, Flight and HTTP then speak TLS.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The server's TLS private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// Whether `addr` (host:port) is a loopback address, where a server may run without tokens.
+fn loopback(addr: &std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback()
 }
 
 impl Serve {
@@ -134,36 +178,122 @@ impl Serve {
         let listener = tokio::net::TcpListener::bind(&self.addr)
             .await
             .with_context(|| format!("cannot listen on {}", self.addr))?;
+        let http_listener = match &self.http {
+            None => None,
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+        };
+        let open_to_network = !loopback(&listener.local_addr()?)
+            || match &http_listener {
+                Some(l) => !loopback(&l.local_addr()?),
+                None => false,
+            };
+        let tokens = if self.auth || (open_to_network && !self.insecure_no_auth) {
+            let registry = quiver_registry::Registry::open(&repo.registry)?;
+            let records = registry.tokens()?;
+            drop(registry);
+            let t = quiver_app::auth::Tokens::load(repo.registry.clone(), records);
+            if t.is_empty() {
+                eprintln!(
+                    "quiver: tokens are required and none exists yet: every call but health is refused until `quiver tokens create`"
+                );
+            }
+            Some(t)
+        } else {
+            if open_to_network {
+                eprintln!(
+                    "quiver: WARNING: --insecure-no-auth: anyone who reaches this server may read, push, materialize and register"
+                );
+            }
+            None
+        };
+        let audit_path = self
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| repo.dir.join(".quiver/audit.log"));
+        let auditor =
+            quiver_app::audit::Auditor::to(Arc::new(quiver_app::audit::Audit::open(&audit_path)?));
+        let metrics = Arc::new(quiver_app::metrics::Metrics::new());
+        let serving = Arc::new(Serving::new(repo.clone(), store.clone()).with(
+            self.max_entities,
+            Arc::clone(&metrics),
+            auditor.clone(),
+        ));
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(quiver_grpc::server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { " (TLS)" } else { "" };
+        let auth = if tokens.is_some() {
+            ", tokens required"
+        } else {
+            ""
+        };
         eprintln!(
-            "quiver: serving {} on {}",
+            "quiver: serving {}{scheme}{auth} on {}",
             repo.project,
             listener.local_addr()?
         );
-        let http = match &self.http {
-            None => None,
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                eprintln!(
-                    "quiver: serving {} over HTTP (Feast feature server) on {}",
-                    repo.project,
-                    listener.local_addr()?
-                );
-                let serving = Arc::new(Serving::new(repo.clone(), store.clone()));
-                Some(tokio::spawn(quiver_http::server::serve(
-                    serving,
-                    listener,
-                    shutdown_signal(),
-                )))
-            }
-        };
+        let mut side = Vec::new();
+        if let Some(l) = http_listener {
+            eprintln!(
+                "quiver: serving {} over HTTP (Feast feature server){scheme} on {}",
+                repo.project,
+                l.local_addr()?
+            );
+            let options = quiver_http::server::HttpOptions {
+                tokens: tokens.clone(),
+                max_in_flight: self.max_in_flight,
+                tls: tls
+                    .as_ref()
+                    .map(|t| (t.cert.clone(), t.key.clone(), t.client_ca.clone())),
+            };
+            side.push(tokio::spawn(quiver_http::server::serve_with(
+                Arc::clone(&serving),
+                l,
+                options,
+                shutdown_signal(),
+            )));
+        }
+        if let Some(addr) = &self.metrics_addr {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            eprintln!("quiver: serving metrics on {}", l.local_addr()?);
+            side.push(tokio::spawn(quiver_http::server::serve_metrics(
+                Arc::clone(&serving),
+                l,
+                shutdown_signal(),
+            )));
+        }
         let options = quiver_grpc::server::ServeOptions {
             data_roots: self.data_roots,
+            tokens,
+            auditor,
+            metrics,
+            max_in_flight: self.max_in_flight,
+            max_entities: self.max_entities,
+            jobs: quiver_app::jobs::JobLimits {
+                running: self.max_builds,
+                queued: self.max_queued_builds,
+            },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            tls,
         };
-        quiver_grpc::server::serve_with(repo, store, listener, options, shutdown_signal()).await?;
-        if let Some(h) = http {
-            h.await?.context("HTTP server")?;
+        quiver_grpc::server::serve_on(serving, listener, options, shutdown_signal()).await?;
+        for h in side {
+            // The side servers drain with the same signal, within the same grace.
+            match tokio::time::timeout(Duration::from_secs(self.shutdown_grace), h).await {
+                Ok(r) => r?.context("HTTP server")?,
+                Err(_) => eprintln!("quiver: HTTP requests still in flight; stopping anyway"),
+            }
         }
         eprintln!("quiver: stopped");
         Ok(ExitCode::SUCCESS)
@@ -186,6 +316,35 @@ pub struct Get {
     at: Option<String>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// How a client reaches a server: its token and TLS.
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    /// The bearer token to send (default $QUIVER_TOKEN).
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Speak TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// The client's certificate (PEM), for a server that requires one.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The client's private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn options(&self) -> quiver_grpc::client::ClientOptions {
+        quiver_grpc::client::ClientOptions {
+            token: self.token.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        }
+    }
 }
 
 impl Get {
@@ -200,7 +359,10 @@ impl Get {
             .map(|e| online::parse_entity(e))
             .collect::<Result<Vec<_>, _>>()?;
         let values = match &self.addr {
-            Some(addr) => quiver_grpc::client::remote_get(addr, &refs, &ents, at).await?,
+            Some(addr) => {
+                quiver_grpc::client::remote_get(addr, &self.client.options(), &refs, &ents, at)
+                    .await?
+            }
             None => {
                 let store = quiver_online::open(&repo).await?;
                 online::get(&repo, store.as_ref(), &refs, &ents, at).await?
