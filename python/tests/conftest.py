@@ -107,9 +107,9 @@ def make_repo(d: Path, seed: int = 7) -> None:
 class Server:
     """`quiver serve` of a repository on 127.0.0.1:0; `address` is where it listens."""
 
-    def __init__(self, repo: Path):
+    def __init__(self, repo: Path, *extra: str):
         self.proc = subprocess.Popen(
-            [quiver_bin(), "serve", "--addr", "127.0.0.1:0", "--repo", str(repo)],
+            [quiver_bin(), "serve", "--addr", "127.0.0.1:0", "--repo", str(repo), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -198,3 +198,36 @@ def test_an_unreachable_server_is_unavailable(tmp_path):
     with quiver.Client(f"127.0.0.1:{port}", timeout=2) as c:
         with pytest.raises(quiver.UnavailableError):
             c.get_online_features({"user_id": [1]}, ["spend:amount_7d"])
+
+
+def test_tokens_and_roles_from_python(repo, labels):
+    from conftest import Server
+
+    run(repo, "materialize", "--end", "2025-05-01T00:00:00Z")
+    reader = run(repo, "tokens", "create", "--name", "notebook", "--role", "reader").strip()
+    writer = run(repo, "tokens", "create", "--name", "trainer", "--role", "writer").strip()
+    server = Server(repo, "--auth")
+    try:
+        with quiver.Client(server.address) as anonymous:
+            with pytest.raises(quiver.UnauthenticatedError):
+                anonymous.get_online_features({"user_id": [1]}, ["spend:amount_7d"])
+            with pytest.raises(quiver.UnauthenticatedError):
+                anonymous.get_historical_features(labels, service="churn")
+        with quiver.Client(server.address, token=reader) as c:
+            assert c.get_online_features({"user_id": [1]}, ["spend:amount_7d"])["user_id"] == [1]
+            assert c.datasets() == []
+            with pytest.raises(quiver.PermissionDeniedError, match="writer"):
+                c.get_historical_features(labels, service="churn")
+            with pytest.raises(quiver.PermissionDeniedError, match="writer"):
+                c.push("spend", {"user_id": [1], "ts": [dt.datetime(2025, 5, 1)], "amount": [1.0], "channel": ["web"]})
+        with quiver.Client(server.address, token=writer) as c:
+            assert c.get_historical_features(labels, service="churn").num_rows == labels.num_rows
+    finally:
+        server.stop()
+    audit = (repo / ".quiver" / "audit.log").read_text()
+    assert reader not in audit and writer not in audit
+    lines = [json.loads(line) for line in audit.splitlines()]
+    assert any(
+        (l["token"], l["transport"], l["method"], l["outcome"]) == ("trainer", "flight", "get_historical_features", "ok")
+        for l in lines
+    ), lines

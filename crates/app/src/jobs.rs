@@ -420,3 +420,34 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into());
     format!("the build failed unexpectedly (a bug): {said}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_beyond_the_running_and_queued_limits_are_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample-data");
+        let repo = Repo::load(&dir).unwrap();
+        let paths = Confinement::new(&repo.dir, &[]).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let jobs = Jobs::new(repo, Default::default(), paths).limited(
+            JobLimits {
+                running: 1,
+                queued: 1,
+            },
+            Arc::clone(&metrics),
+        );
+        let a = jobs.admit().unwrap();
+        let b = jobs.admit().unwrap();
+        assert_eq!(metrics.builds_queued.get(), 2);
+        let e = jobs.admit().err().unwrap();
+        assert_eq!(e.kind(), crate::ErrorKind::ResourceExhausted);
+        assert!(e.to_string().contains("--max-queued-builds"), "{e}");
+        drop(a);
+        let c = jobs.admit().unwrap();
+        drop((b, c));
+        assert_eq!(metrics.builds_queued.get(), 0);
+        assert_eq!(jobs.admitted.load(Ordering::SeqCst), 0);
+    }
+}

@@ -2455,3 +2455,162 @@ fn the_python_client_passes_its_suite() {
     assert!(said.contains(" passed"), "{said}");
     assert!(!said.contains("skipped"), "every test ran: {said}");
 }
+
+/// `quiver tokens` and a server that requires them: a token printed once and never stored,
+/// `get --addr` refused without it and answered with it (flag or QUIVER_TOKEN), revocation
+/// taking effect in the running server, token changes in the audit log, metrics on their own
+/// address, and a graceful exit on SIGTERM.
+#[test]
+fn tokens_guard_a_server_end_to_end() {
+    let dir = sample_repo();
+    let d = dir.path();
+    ok(q(d, &["materialize"]));
+    let made = q(
+        d,
+        &["tokens", "create", "--name", "svc-a", "--role", "reader"],
+    );
+    let token = ok(made.clone()).trim().to_string();
+    assert!(token.starts_with("qvt_"), "{token}");
+    assert!(stderr(&made).contains("shown once"), "{}", stderr(&made));
+    let e = q(
+        d,
+        &["tokens", "create", "--name", "svc-a", "--role", "reader"],
+    );
+    assert!(!e.status.success() && stderr(&e).contains("svc-a"));
+    let e = q(
+        d,
+        &["tokens", "create", "--name", "svc-b", "--role", "root"],
+    );
+    assert!(!e.status.success() && stderr(&e).contains("reader, writer or admin"));
+    let listed = ok(q(d, &["tokens", "list", "--json"]));
+    assert!(
+        listed.contains("svc-a") && listed.contains("reader"),
+        "{listed}"
+    );
+    let secret = token.rsplit('_').next().unwrap();
+    assert!(!listed.contains(secret));
+    // the secret is in no file of the repository
+    fn grep(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                hits.extend(grep(&p, needle));
+            } else if std::fs::read(&p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+            {
+                hits.push(p);
+            }
+        }
+        hits
+    }
+    assert_eq!(grep(d, secret.as_bytes()), Vec::<PathBuf>::new());
+
+    let (server, addrs) = serving_with(d, &["--auth", "--metrics-addr", "127.0.0.1:0"], 2);
+    assert_eq!(addrs.len(), 2);
+    let get = |extra: &[&str], env: Option<&str>| {
+        let mut args = vec![
+            "get",
+            "--addr",
+            addrs[0].as_str(),
+            "--entity",
+            "user_id=1",
+            "--features",
+            "user_purchases:amt_lifetime",
+        ];
+        args.extend_from_slice(extra);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        c.args(&args).args(["--repo", d.to_str().unwrap()]);
+        c.env_remove("QUIVER_TOKEN");
+        if let Some(t) = env {
+            c.env("QUIVER_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    let refused = get(&[], None);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("token"), "{}", stderr(&refused));
+    assert!(ok(get(&["--token", &token], None)).contains("800"));
+    assert!(ok(get(&[], Some(&token))).contains("800"));
+    ok(q(d, &["tokens", "revoke", "svc-a"]));
+    let mut revoked = false;
+    for _ in 0..50 {
+        if !get(&["--token", &token], None).status.success() {
+            revoked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        revoked,
+        "the server stops accepting a revoked token within 5 s"
+    );
+
+    // metrics: requests by outcome, in Prometheus text
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addrs[1]).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: quiver\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for want in [
+        r#"quiver_requests_total{code="UNAUTHENTICATED",method="OnlineService/GetOnlineFeatures",transport="grpc"}"#,
+        r#"quiver_requests_total{code="OK",method="OnlineService/GetOnlineFeatures",transport="grpc"}"#,
+        "quiver_request_seconds_bucket",
+        r#"quiver_online_watermark_seconds{view="user_purchases"}"#,
+    ] {
+        assert!(metrics.contains(want), "{want} not in {metrics}");
+    }
+
+    // SIGTERM: the server finishes and exits by itself
+    let mut server = server;
+    let child = &mut server.0;
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "quiver serve did not stop within 15 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+
+    // the token changes are in the audit log, by the command line, without the token
+    let audit = std::fs::read_to_string(d.join(".quiver/audit.log")).unwrap();
+    assert!(!audit.contains(secret));
+    let methods: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            format!(
+                "{} {} {} {}",
+                v["transport"], v["method"], v["target"], v["outcome"]
+            )
+        })
+        .collect();
+    for want in [
+        r#""cli" "materialize""#,
+        r#""cli" "tokens create" "svc-a" "ok""#,
+        r#""cli" "tokens create" "svc-a" "error""#,
+        r#""cli" "tokens revoke" "svc-a" "ok""#,
+    ] {
+        assert!(
+            methods.iter().any(|m| m.starts_with(want)),
+            "{want} not in {methods:?}"
+        );
+    }
+}

@@ -2084,3 +2084,103 @@ async fn fuzzing_the_grpc_surface_leaves_the_server_answering() {
     assert_eq!(got.results[0].values[0].val, Some(Val::Int64Val(35)));
     server.stop().await;
 }
+
+/// 16 clients look up for 30 s while pushes and materializations run: no error but the
+/// expected, the p99 reported, one audit line per push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_under_load_with_pushes_and_materializations() {
+    let dir = sample_copy();
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = quiver_online::open(&repo).await.unwrap();
+    materialize_at_t(&repo, store.as_ref()).await;
+    let (tokens, [(reader, _), (writer, _), _]) = tokens(&repo);
+    let log = dir.path().join("audit.log");
+    let options = quiver_grpc::server::ServeOptions {
+        tokens: Some(tokens),
+        auditor: quiver_app::audit::Auditor::to(std::sync::Arc::new(
+            quiver_app::audit::Audit::open(&log).unwrap(),
+        )),
+        ..Default::default()
+    };
+    let server = Server::start_with(repo.clone(), store.clone(), options).await;
+    let channel = connect(&server.url).await;
+    let run_for = std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..16i64 {
+        let mut client = OnlineServiceClient::new(channel.clone());
+        let reader = reader.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), Vec::new());
+            while started.elapsed() < run_for && latencies.len() < 1_000_000 {
+                let t = std::time::Instant::now();
+                let req = request(
+                    &["user_purchases:amt_30d", "user_profile:age"],
+                    vec![("user_id", ints(&[1 + c % 3]))],
+                );
+                match client.get_online_features(bearer(&reader, req)).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(e) => errors.push(e),
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let pushes = {
+        let mut client = OnlineServiceClient::new(channel.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while started.elapsed() < run_for && n < 10_000 {
+                client
+                    .push(bearer(&writer, a_push(100 + n, 5)))
+                    .await
+                    .unwrap();
+                n += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            n
+        })
+    };
+    let mut materializations = 0;
+    while started.elapsed() < run_for && materializations < 1000 {
+        materialize_at_t(&repo, store.as_ref()).await;
+        materializations += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let pushed = pushes.await.unwrap();
+    let mut all = Vec::new();
+    for c in clients {
+        let (l, e) = c.await.unwrap();
+        assert!(
+            e.is_empty(),
+            "lookup errors under load: {:?}",
+            &e[..e.len().min(3)]
+        );
+        all.extend(l);
+    }
+    all.sort();
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    eprintln!(
+        "load: {} lookups by 16 clients in {:.1} s ({:.0}/s), p50 {:?}, p99 {:?}; {} pushes, {} materializations",
+        all.len(),
+        started.elapsed().as_secs_f64(),
+        all.len() as f64 / started.elapsed().as_secs_f64(),
+        q(0.5),
+        q(0.99),
+        pushed,
+        materializations
+    );
+    assert!(all.len() > 1000 && pushed > 10 && materializations > 2);
+    server.stop().await;
+    let audit = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as i64, pushed, "one audit line per push");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["outcome"] == "ok" && l["token"] == "svc-writer")
+    );
+}
