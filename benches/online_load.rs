@@ -123,26 +123,34 @@ enum Transport {
     Http,
 }
 
-/// One load client: a tonic channel, or a pooled keep-alive hyper client.
+/// One load client: a tonic channel, or a pooled keep-alive hyper client; with the bearer
+/// token it sends, if any.
 enum Client {
-    Grpc(OnlineServiceClient<tonic::transport::Channel>),
+    Grpc(
+        OnlineServiceClient<tonic::transport::Channel>,
+        Option<String>,
+    ),
     Http(
         String,
         hyper_util::client::legacy::Client<
             hyper_util::client::legacy::connect::HttpConnector,
             http_body_util::Full<bytes::Bytes>,
         >,
+        Option<String>,
     ),
 }
 
 impl Client {
-    async fn connect(t: Transport, url: String) -> Client {
+    async fn connect(t: Transport, url: String, token: Option<String>) -> Client {
         match t {
-            Transport::Grpc => Client::Grpc(OnlineServiceClient::connect(url).await.unwrap()),
+            Transport::Grpc => {
+                Client::Grpc(OnlineServiceClient::connect(url).await.unwrap(), token)
+            }
             Transport::Http => Client::Http(
                 url,
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .build_http(),
+                token,
             ),
         }
     }
@@ -150,20 +158,25 @@ impl Client {
     /// One lookup of 20 features for `ids`, checked for its shape.
     async fn lookup(&mut self, ids: &[i64]) {
         match self {
-            Client::Grpc(c) => {
-                let resp = c
-                    .get_online_features(request(ids))
-                    .await
-                    .unwrap()
-                    .into_inner();
+            Client::Grpc(c, token) => {
+                let mut req = tonic::Request::new(request(ids));
+                if let Some(t) = token {
+                    req.metadata_mut()
+                        .insert("authorization", t.parse().unwrap());
+                }
+                let resp = c.get_online_features(req).await.unwrap().into_inner();
                 assert_eq!(resp.results.len(), FEATURES);
             }
-            Client::Http(url, c) => {
+            Client::Http(url, c, token) => {
                 use http_body_util::BodyExt;
                 let features: Vec<String> =
                     (0..FEATURES).map(|f| format!("profile:f{f}")).collect();
                 let body = serde_json::json!({"features": features, "entities": {"user_id": ids}});
-                let req = hyper::Request::post(url.as_str())
+                let mut req = hyper::Request::post(url.as_str());
+                if let Some(t) = token {
+                    req = req.header("authorization", t.as_str());
+                }
+                let req = req
                     .header("content-type", "application/json")
                     .body(http_body_util::Full::new(bytes::Bytes::from(
                         body.to_string(),
@@ -223,18 +236,27 @@ fn main() {
         .iter()
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    // `auth`: servers require a token and clients send one (the guard's full path).
+    let auth = args.iter().any(|a| a == "auth");
     let Some(backend) = args.iter().find(|a| *a == "sled" || *a == "redis") else {
         // Each store in a process of its own: peak memory is then the store's.
         for backend in ["sled", "redis"] {
+            let mut child = vec![n.to_string(), backend.to_string(), "--bench".into()];
+            if auth {
+                child.push("auth".into());
+            }
             let status = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([n.to_string(), backend.to_string(), "--bench".into()])
+                .args(child)
                 .status()
                 .unwrap();
             assert!(status.success(), "{backend} run failed");
         }
         return;
     };
-    println!("\n## online store: {backend}, {n} entities\n");
+    println!(
+        "\n## online store: {backend}, {n} entities{}\n",
+        if auth { ", tokens required" } else { "" }
+    );
     let dir = tempfile::tempdir().unwrap();
     write_source(dir.path(), n);
     let mut repo = Repo::load(dir.path()).unwrap();
@@ -301,16 +323,45 @@ fn main() {
     let http_addr = http_listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (tokens, token) = match auth {
+        false => (None, None),
+        true => {
+            let reg = quiver_registry::Registry::open(&repo.registry).unwrap();
+            let (token, _) =
+                quiver_app::auth::create(&reg, "load", quiver_app::auth::Role::Reader).unwrap();
+            let t = quiver_app::auth::Tokens::load(repo.registry.clone(), reg.tokens().unwrap());
+            (Some(t), Some(format!("Bearer {token}")))
+        }
+    };
     let serving = Arc::new(quiver_app::serving::Serving::new(
         repo.clone(),
         store.clone(),
     ));
-    let server = server_rt.spawn(quiver_grpc::server::serve(repo, store, listener, async {
-        let _ = stopped.await;
-    }));
-    let http_server = server_rt.spawn(quiver_http::server::serve(serving, http_listener, async {
-        let _ = http_stopped.await;
-    }));
+    let options = quiver_grpc::server::ServeOptions {
+        tokens: tokens.clone(),
+        ..Default::default()
+    };
+    let server = server_rt.spawn(quiver_grpc::server::serve_with(
+        repo,
+        store,
+        listener,
+        options,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http_options = quiver_http::server::HttpOptions {
+        tokens,
+        ..Default::default()
+    };
+    let http_server = server_rt.spawn(quiver_http::server::serve_with(
+        serving,
+        http_listener,
+        http_options,
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -334,13 +385,15 @@ fn main() {
                     Transport::Grpc => format!("http://{addr}"),
                     Transport::Http => format!("http://{http_addr}/get-online-features"),
                 };
+                let token = token.clone();
                 let (lat, wall) = client_rt.block_on(async move {
                     let mut tasks = Vec::new();
                     let t0 = Instant::now();
                     for c in 0..clients {
                         let url = url.clone();
+                        let token = token.clone();
                         tasks.push(tokio::spawn(async move {
-                            let mut client = Client::connect(transport, url).await;
+                            let mut client = Client::connect(transport, url, token).await;
                             let mut lat = Vec::with_capacity(per_client);
                             let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ c as u64;
                             let deadline = Instant::now() + Duration::from_secs(60);

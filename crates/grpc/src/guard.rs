@@ -255,11 +255,24 @@ where
                     guard.max_in_flight
                 )))));
             };
+            // A span per request: its method and caller (the token's name), for the logs.
+            let span =
+                tracing::debug_span!("request", transport = "grpc", method, caller = %who.name);
             req.extensions_mut().insert(who);
             guard.metrics.in_flight.inc();
-            let resp = inner.call(req).await;
+            let resp = tracing::Instrument::instrument(inner.call(req), span.clone()).await;
             guard.metrics.in_flight.dec();
-            resp.map(done)
+            resp.map(|r| {
+                let r = done(r);
+                span.in_scope(|| {
+                    tracing::debug!(
+                        code = code_of(&r),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "answered"
+                    )
+                });
+                r
+            })
         })
     }
 }

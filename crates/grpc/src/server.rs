@@ -227,8 +227,6 @@ pub async fn serve_on(
         // Caps a request's time when the client sets no deadline; client deadlines
         // (grpc-timeout) are honoured as well.
         .timeout(Duration::from_secs(30))
-        // Uploads (Flight spines, model artifacts) need more than HTTP/2's 64 KiB window.
-        .http2_adaptive_window(Some(true))
         .layer(guard)
         .add_service(health)
         .add_service(reflection)

@@ -31,7 +31,7 @@ impl From<GrpcError> for tonic::Status {
             GrpcError::App(e) => e,
             GrpcError::Status(s) => return s,
             GrpcError::Transport(t) => {
-                eprintln!("quiver serve: transport error: {t}");
+                tracing::error!(error = %t, "transport error");
                 return tonic::Status::unavailable("transport error");
             }
         };
@@ -46,7 +46,7 @@ impl From<GrpcError> for tonic::Status {
             ErrorKind::Aborted => tonic::Code::Aborted,
             ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorKind::Internal => {
-                eprintln!("quiver serve: internal error: {message}");
+                tracing::error!(error = %message, "internal error");
                 return tonic::Status::internal("internal error; see the server log");
             }
         };

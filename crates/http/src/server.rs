@@ -188,11 +188,21 @@ async fn guarded(
             .into_response(),
         );
     };
+    let span =
+        tracing::debug_span!("request", transport = "http", method = route, caller = %who.name);
     req.extensions_mut().insert(who);
     guard.metrics.in_flight.inc();
-    let resp = next.run(req).await;
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     guard.metrics.in_flight.dec();
-    done(resp)
+    let resp = done(resp);
+    span.in_scope(|| {
+        tracing::debug!(
+            code = resp.status().as_u16(),
+            seconds = started.elapsed().as_secs_f64(),
+            "answered"
+        )
+    });
+    resp
 }
 
 /// Record a write in the audit log with the outcome the client gets.

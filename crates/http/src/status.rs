@@ -36,7 +36,7 @@ impl IntoResponse for HttpError {
                     ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                     ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
                     ErrorKind::Internal => {
-                        eprintln!("quiver serve (http): internal error: {message}");
+                        tracing::error!(error = %message, transport = "http", "internal error");
                         return error_body(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "internal error; see the server log",

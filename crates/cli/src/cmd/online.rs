@@ -163,6 +163,24 @@ pub struct Serve {
     /// Require client certificates signed by this CA (mutual TLS).
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     tls_client_ca: Option<PathBuf>,
+    /// Logs on stderr as `text` or as `json` (one object per line).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// The most detailed logs: error, warn, info, debug (a line per request) or trace.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+/// Logs on stderr, as text or JSON lines, up to `level`.
+fn init_logs(format: &str, level: tracing::Level) {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level);
+    // Fails only when a subscriber is already set, which then stays.
+    let _ = match format {
+        "json" => logs.json().try_init(),
+        _ => logs.try_init(),
+    };
 }
 
 /// Whether `addr` (host:port) is a loopback address, where a server may run without tokens.
@@ -173,6 +191,7 @@ fn loopback(addr: &std::net::SocketAddr) -> bool {
 impl Serve {
     /// Serve until SIGINT or SIGTERM.
     pub async fn run(self, repo: &Path) -> Result<ExitCode> {
+        init_logs(&self.log_format, self.log_level);
         let repo = Repo::load(repo)?;
         let store = quiver_online::open(&repo).await?;
         let listener = tokio::net::TcpListener::bind(&self.addr)
