@@ -219,13 +219,9 @@ pub async fn build(
     let o = engine
         .join_file_table(Path::new(&req.spine), &join_request(req))
         .await?;
+    let read = reads(&o);
     let mut plan = o.explain;
-    plan.push(format!(
-        "read {} from sources and {} of stored states; {} feature(s) reused",
-        quiver_offline::gate::bytes(o.bytes_scanned as f64),
-        quiver_offline::gate::bytes(o.stored_bytes_read as f64),
-        o.reused
-    ));
+    plan.push(read);
     if let Some(out) = &req.out {
         progress(format!("writing {}", out.display()));
         let started = std::time::Instant::now();
@@ -324,13 +320,9 @@ pub async fn build_streamed(
     // Dropping the engine waits for the feature states it stores behind the join: off the
     // async threads, while the client reads.
     tokio::task::spawn_blocking(move || drop(engine));
+    let read = reads(&o);
     let mut plan = o.explain;
-    plan.push(format!(
-        "read {} from sources and {} of stored states; {} feature(s) reused",
-        quiver_offline::gate::bytes(o.bytes_scanned as f64),
-        quiver_offline::gate::bytes(o.stored_bytes_read as f64),
-        o.reused
-    ));
+    plan.push(read);
     Ok(Streamed {
         built: Built {
             rows: o.batch.num_rows(),
@@ -340,6 +332,16 @@ pub async fn build_streamed(
         },
         table: Box::new(o.batch),
     })
+}
+
+/// The plan's last line: what the join read and reused.
+fn reads<T>(o: &quiver_offline::JoinOutput<T>) -> String {
+    format!(
+        "read {} from sources and {} of stored states; {} feature(s) reused",
+        quiver_offline::gate::bytes(o.bytes_scanned as f64),
+        quiver_offline::gate::bytes(o.stored_bytes_read as f64),
+        o.reused
+    )
 }
 
 /// How long a join waits, after its output is written, for its feature states to be stored.

@@ -55,6 +55,11 @@ impl Registry {
                 name: t.name.clone(),
             });
         }
+        self.put_token(t)
+    }
+
+    /// Store `t` under its id, durably, and tell servers the tokens changed.
+    fn put_token(&self, t: &TokenRecord) -> Result<()> {
         let v = serde_json::to_vec(t).map_err(|e| Error::Corrupt {
             path: self.path.clone(),
             key: t.id.clone(),
@@ -86,14 +91,7 @@ impl Registry {
                 name: name.to_string(),
             })?;
         t.revoked_micros = Some(at);
-        let v = serde_json::to_vec(&t).map_err(|e| Error::Corrupt {
-            path: self.path.clone(),
-            key: t.id.clone(),
-            message: e.to_string(),
-        })?;
-        self.tokens.insert(t.id.as_bytes(), v).map_err(self.err())?;
-        self.flush()?;
-        self.stamp_tokens()?;
+        self.put_token(&t)?;
         Ok(t)
     }
 }
