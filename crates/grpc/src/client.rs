@@ -20,15 +20,6 @@ pub struct ClientOptions {
     pub tls_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, GrpcError> {
-    std::fs::read(path).map_err(|e| {
-        GrpcError::App(quiver_app::Error::Invalid(format!(
-            "{what} {}: {e}",
-            path.display()
-        )))
-    })
-}
-
 /// A channel to a server (`host:port` or a URL), with TLS when `options` says so.
 pub async fn channel(
     addr: &str,
@@ -46,14 +37,14 @@ pub async fn channel(
         crate::use_ring_for_tls();
         let mut config = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &options.tls_ca {
-            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(
-                ca, "--tls-ca",
-            )?));
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(
+                crate::read_pem(ca, "--tls-ca")?,
+            ));
         }
         if let Some((cert, key)) = &options.tls_identity {
             config = config.identity(tonic::transport::Identity::from_pem(
-                read(cert, "--tls-cert")?,
-                read(key, "--tls-key")?,
+                crate::read_pem(cert, "--tls-cert")?,
+                crate::read_pem(key, "--tls-key")?,
             ));
         }
         endpoint = endpoint.tls_config(config)?;

@@ -41,3 +41,13 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/quiver_descriptor.bin"));
 }
+
+/// A PEM file for TLS (server or client), naming the flag and file when it cannot be read.
+pub(crate) fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, GrpcError> {
+    std::fs::read(path).map_err(|e| {
+        GrpcError::App(quiver_app::Error::Invalid(format!(
+            "{what} {}: {e}",
+            path.display()
+        )))
+    })
+}

@@ -116,16 +116,6 @@ pub async fn serve_with(
     serve_on(serving, listener, options, shutdown).await
 }
 
-/// Read a PEM file for TLS, naming it when it cannot be read.
-fn pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, GrpcError> {
-    std::fs::read(path).map_err(|e| {
-        GrpcError::App(quiver_app::Error::Invalid(format!(
-            "{what} {}: {e}",
-            path.display()
-        )))
-    })
-}
-
 /// [`serve_with`] over a [`Serving`] shared with other transports (HTTP) of the process.
 pub async fn serve_on(
     serving: Arc<Serving>,
@@ -205,15 +195,14 @@ pub async fn serve_on(
         crate::use_ring_for_tls();
         let mut config = tonic::transport::ServerTlsConfig::new().identity(
             tonic::transport::Identity::from_pem(
-                pem(&tls.cert, "--tls-cert")?,
-                pem(&tls.key, "--tls-key")?,
+                crate::read_pem(&tls.cert, "--tls-cert")?,
+                crate::read_pem(&tls.key, "--tls-key")?,
             ),
         );
         if let Some(ca) = &tls.client_ca {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(pem(
-                ca,
-                "--tls-client-ca",
-            )?));
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(
+                crate::read_pem(ca, "--tls-client-ca")?,
+            ));
         }
         builder = builder.tls_config(config)?;
     }
