@@ -1,7 +1,7 @@
 //! A server's metrics, in Prometheus' text format: requests by transport, method and outcome,
 //! their latency, entities per lookup, requests in flight and refused for load, pushes and
 //! materialized rows by view, each view's online watermark, training-set builds by outcome
-//! and the jobs running. Transports count requests; use cases count what they did.
+//! and the jobs running, the online store's size and a materialization's progress. Transports count requests; use cases count what they did.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -25,6 +25,14 @@ pub struct Metrics {
     pub materialized_rows: IntCounterVec,
     /// Each view's online watermark, seconds since the epoch (read from the store).
     pub watermark: IntGaugeVec,
+    /// The online store's size in bytes, where the backend tells (read when scraped).
+    pub store_bytes: IntGauge,
+    /// Entities stored per view, where the backend counts them cheaply (read when scraped).
+    pub stored_entities: IntGaugeVec,
+    /// Materializations through this server running now.
+    pub materializing: IntGauge,
+    /// Entity rows written so far by the running (or last) materialization of each view.
+    pub materialize_progress: IntGaugeVec,
     /// Training-set builds (jobs and Flight streams) ended, by outcome.
     pub builds: IntCounterVec,
     /// Training-set builds running now.
@@ -78,6 +86,25 @@ impl Metrics {
             ),
             &["view"],
         ));
+        let store_bytes = must(IntGauge::new(
+            "online_store_bytes",
+            "The online store's size in bytes",
+        ));
+        let stored_entities = must(IntGaugeVec::new(
+            Opts::new("online_entities", "Entities stored in the online store"),
+            &["view"],
+        ));
+        let materializing = must(IntGauge::new(
+            "materializations_running",
+            "Materializations running",
+        ));
+        let materialize_progress = must(IntGaugeVec::new(
+            Opts::new(
+                "materialize_progress_rows",
+                "Entity rows written by the running or last materialization",
+            ),
+            &["view"],
+        ));
         let builds = must(IntCounterVec::new(
             Opts::new("training_builds_total", "Training-set builds ended"),
             &["outcome"],
@@ -98,6 +125,10 @@ impl Metrics {
             Box::new(pushed_rows.clone()),
             Box::new(materialized_rows.clone()),
             Box::new(watermark.clone()),
+            Box::new(store_bytes.clone()),
+            Box::new(stored_entities.clone()),
+            Box::new(materializing.clone()),
+            Box::new(materialize_progress.clone()),
             Box::new(builds.clone()),
             Box::new(builds_running.clone()),
             Box::new(builds_queued.clone()),
@@ -113,6 +144,10 @@ impl Metrics {
             pushed_rows,
             materialized_rows,
             watermark,
+            store_bytes,
+            stored_entities,
+            materializing,
+            materialize_progress,
             builds,
             builds_running,
             builds_queued,

@@ -110,8 +110,9 @@ impl Serving {
         &self.auditor
     }
 
-    /// Each view's online watermark into the metrics (read from the store when scraped).
-    pub async fn observe_watermarks(&self) {
+    /// What the store holds into the metrics: each view's online watermark and entities, and
+    /// the store's size (read from the store when scraped).
+    pub async fn observe_store(&self) {
         for view in self.repo.views.keys() {
             if let Ok(Some(w)) = self.store.watermark(view).await {
                 self.metrics
@@ -119,6 +120,17 @@ impl Serving {
                     .with_label_values(&[view.as_str()])
                     .set(w.div_euclid(1_000_000));
             }
+            if let Ok(Some(n)) = self.store.entities(view).await {
+                self.metrics
+                    .stored_entities
+                    .with_label_values(&[view.as_str()])
+                    .set(n.try_into().unwrap_or(i64::MAX));
+            }
+        }
+        if let Ok(Some(n)) = self.store.size_bytes().await {
+            self.metrics
+                .store_bytes
+                .set(n.try_into().unwrap_or(i64::MAX));
         }
     }
 
@@ -171,6 +183,19 @@ impl Serving {
         range: online::Range,
         end: i64,
     ) -> Result<Vec<online::Materialized>> {
+        let metrics = &self.metrics;
+        metrics.materializing.inc();
+        for view in self.repo.views.keys() {
+            if views.is_empty() || views.contains(view) {
+                metrics
+                    .materialize_progress
+                    .with_label_values(&[view.as_str()])
+                    .set(0);
+            }
+        }
+        // Progress as it happens: rows are counted per written chunk, so a scrape during a
+        // long run sees how far each view has got.
+        let mut last: (String, usize) = (String::new(), 0);
         let done = online::materialize_range(
             &self.repo,
             self.store.as_ref(),
@@ -178,16 +203,25 @@ impl Serving {
             range,
             end,
             EngineOptions::default(),
-            |_, _| {},
+            |view, written| {
+                if last.0 != view {
+                    last = (view.to_string(), 0);
+                }
+                let labels = [view];
+                metrics
+                    .materialized_rows
+                    .with_label_values(&labels)
+                    .inc_by(written.saturating_sub(last.1) as u64);
+                metrics
+                    .materialize_progress
+                    .with_label_values(&labels)
+                    .set(written.try_into().unwrap_or(i64::MAX));
+                last.1 = written;
+            },
         )
-        .await?;
-        for m in &done {
-            self.metrics
-                .materialized_rows
-                .with_label_values(&[m.view.as_str()])
-                .inc_by(m.rows as u64);
-        }
-        Ok(done)
+        .await;
+        metrics.materializing.dec();
+        done
     }
 
     /// Append `rows` of `view`'s source to its managed table only (a push to the offline

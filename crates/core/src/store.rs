@@ -143,6 +143,18 @@ pub trait OnlineStore: Send + Sync {
     fn write_chunk(&self) -> usize {
         20_000
     }
+
+    /// The store's size in bytes (on disk, or in a server's memory), for metrics; `None`
+    /// where the backend cannot tell cheaply.
+    async fn size_bytes(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// How many entities of `view` are stored, for metrics; `None` where counting would
+    /// mean reading them all.
+    async fn entities(&self, _view: &str) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

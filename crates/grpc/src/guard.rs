@@ -25,6 +25,8 @@ pub struct Guard {
     pub max_in_flight: usize,
     /// Where requests are counted.
     pub metrics: Arc<Metrics>,
+    /// The bound on lookup, push and job messages (for the refusal's message).
+    pub max_message_bytes: usize,
 }
 
 /// The role a gRPC method needs, and its name for metrics and messages; `None`: open to
@@ -175,6 +177,25 @@ fn refuse(status: tonic::Status) -> http::Response<Body> {
     status.into_http()
 }
 
+/// tonic refuses a message over its size bound with OUT_OF_RANGE; gRPC's own servers (and
+/// what clients in other languages expect) say RESOURCE_EXHAUSTED, so it is said that way,
+/// naming the flag that sets the bound.
+fn too_large(resp: http::Response<Body>, limit: usize) -> http::Response<Body> {
+    let is = |name: &str, f: &dyn Fn(&str) -> bool| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(f)
+    };
+    if is("grpc-status", &|v| v == "11") && is("grpc-message", &|v| v.contains("too%20large")) {
+        return refuse(tonic::Status::resource_exhausted(format!(
+            "the request is larger than {limit} bytes, the server's limit \
+             (quiver serve --max-message-bytes)"
+        )));
+    }
+    resp
+}
+
 fn code_of(resp: &http::Response<Body>) -> &'static str {
     // Errors come as trailers-only responses, their status in the headers; a success's status
     // follows in the trailers.
@@ -263,7 +284,7 @@ where
             let resp = tracing::Instrument::instrument(inner.call(req), span.clone()).await;
             guard.metrics.in_flight.dec();
             resp.map(|r| {
-                let r = done(r);
+                let r = done(too_large(r, guard.max_message_bytes));
                 span.in_scope(|| {
                     tracing::debug!(
                         code = code_of(&r),

@@ -27,8 +27,9 @@ use crate::registry::RegistrySvc;
 use crate::status::GrpcError;
 use crate::training::TrainingSvc;
 
-/// Largest request accepted (4 MiB): a lookup is a few hundred entities, not a bulk load.
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest lookup, push or job request accepted by default (16 MiB): a lookup is a few
+/// hundred entities, a push some thousands of rows, neither a bulk load.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// Largest model registration accepted (256 MiB): it carries the artifact.
 pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
 
@@ -51,6 +52,10 @@ pub struct ServeOptions {
     pub max_in_flight: usize,
     /// Entities one lookup may ask for.
     pub max_entities: usize,
+    /// Largest lookup, push or job request message; larger ones are refused
+    /// (RESOURCE_EXHAUSTED) before they are decoded. Model registrations and Flight uploads
+    /// have their own bounds ([`MAX_ARTIFACT_BYTES`], [`MAX_FLIGHT_MESSAGE_BYTES`]).
+    pub max_message_bytes: usize,
     /// Training-set builds at once and waiting.
     pub jobs: JobLimits,
     /// How long requests in flight may take to finish once shutdown is asked for.
@@ -83,6 +88,7 @@ impl Default for ServeOptions {
             metrics: Arc::new(Metrics::new()),
             max_in_flight: MAX_IN_FLIGHT,
             max_entities: quiver_app::serving::MAX_ENTITIES,
+            max_message_bytes: MAX_REQUEST_BYTES,
             jobs: JobLimits::default(),
             shutdown_grace: Duration::from_secs(10),
             tls: None,
@@ -167,9 +173,11 @@ pub async fn serve_on(
     .max_decoding_message_size(MAX_FLIGHT_MESSAGE_BYTES);
     let registry = RegistryServiceServer::new(RegistrySvc::new(access.clone(), auditor.clone()))
         .max_decoding_message_size(MAX_ARTIFACT_BYTES);
-    let training = TrainingServiceServer::new(TrainingSvc::new(jobs, auditor));
-    let online = OnlineServiceServer::new(OnlineSvc::new(serving))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let max_message = options.max_message_bytes.max(1);
+    let training = TrainingServiceServer::new(TrainingSvc::new(jobs, auditor))
+        .max_decoding_message_size(max_message);
+    let online =
+        OnlineServiceServer::new(OnlineSvc::new(serving)).max_decoding_message_size(max_message);
     // Tokens made or revoked by `quiver tokens` take effect without a restart.
     let reload = options.tokens.clone().map(|tokens| {
         let access = access.clone();
@@ -189,6 +197,7 @@ pub async fn serve_on(
         permits: Arc::new(tokio::sync::Semaphore::new(options.max_in_flight.max(1))),
         max_in_flight: options.max_in_flight.max(1),
         metrics: Arc::clone(&options.metrics),
+        max_message_bytes: options.max_message_bytes,
     }));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &options.tls {

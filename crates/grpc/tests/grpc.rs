@@ -1946,6 +1946,7 @@ async fn limits_refuse_with_resource_exhausted_and_expired_deadlines() {
         store,
         quiver_grpc::server::ServeOptions {
             max_entities: 3,
+            max_message_bytes: 4096,
             ..Default::default()
         },
     )
@@ -1967,6 +1968,17 @@ async fn limits_refuse_with_resource_exhausted_and_expired_deadlines() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("--max-entities"), "{e:?}");
+    // a message over the size bound: refused before it is decoded, as gRPC's own servers say
+    let long = "x".repeat(5000);
+    let e = client
+        .get_online_features(request(
+            &["user_profile:age"],
+            vec![(long.as_str(), ints(&[1]))],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("--max-message-bytes"), "{e:?}");
     // a deadline that passed before the request arrived: not computed
     let mut late = tonic::Request::new(request(
         &["user_profile:age"],

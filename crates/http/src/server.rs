@@ -17,8 +17,8 @@ use quiver_app::serving::{Features, Serving};
 use crate::HttpError;
 use crate::feast::{self, parse};
 
-/// Largest body taken (16 MiB): lookups are small; pushes carry rows.
-const MAX_BODY: usize = 16 << 20;
+/// Largest body taken by default (16 MiB): lookups are small; pushes carry rows.
+pub const MAX_BODY: usize = 16 << 20;
 
 /// Who may call, how many at once, over what: the HTTP server's side of DESIGN §12.
 #[derive(Clone, Default)]
@@ -27,6 +27,8 @@ pub struct HttpOptions {
     pub tokens: Option<Arc<Tokens>>,
     /// Requests answered at once (0: the default, 512); more get 429.
     pub max_in_flight: usize,
+    /// Largest request body (0: the default, [`MAX_BODY`]); larger ones get 413.
+    pub max_body_bytes: usize,
     /// The server's certificate and key (PEM files), and the CA of client certificates when
     /// clients must present one.
     pub tls: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
@@ -57,7 +59,10 @@ pub fn router_with(serving: Arc<Serving>, options: &HttpOptions) -> Router {
         .route("/write-to-online-store", post(write_to_online_store))
         .route("/materialize", post(materialize))
         .route("/materialize-incremental", post(materialize_incremental))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(match options.max_body_bytes {
+            0 => MAX_BODY,
+            n => n,
+        }))
         .layer(axum::middleware::from_fn_with_state(guard, guarded))
         .with_state(serving)
 }
@@ -111,7 +116,7 @@ pub async fn serve_metrics(
 }
 
 async fn metrics(State(serving): S) -> Response {
-    serving.observe_watermarks().await;
+    serving.observe_store().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -30,6 +30,8 @@ fn copy_dir(from: &Path, to: &Path) {
 struct Server {
     url: String,
     serving: Arc<Serving>,
+    /// Entity rows each view's materialization at start wrote.
+    materialized: std::collections::HashMap<String, usize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -48,7 +50,7 @@ async fn start_with(options: quiver_http::server::HttpOptions, audit: Option<&Pa
     );
     let repo = Repo::load(dir.path()).unwrap();
     let store = quiver_online::open(&repo).await.unwrap();
-    quiver_app::online::materialize(
+    let materialized = quiver_app::online::materialize(
         &repo,
         store.as_ref(),
         &[],
@@ -57,7 +59,10 @@ async fn start_with(options: quiver_http::server::HttpOptions, audit: Option<&Pa
         |_, _| {},
     )
     .await
-    .unwrap();
+    .unwrap()
+    .into_iter()
+    .map(|m| (m.view, m.rows))
+    .collect();
     let auditor = match audit {
         Some(p) => {
             quiver_app::audit::Auditor::to(Arc::new(quiver_app::audit::Audit::open(p).unwrap()))
@@ -83,6 +88,7 @@ async fn start_with(options: quiver_http::server::HttpOptions, audit: Option<&Pa
     Server {
         url,
         serving,
+        materialized,
         stop: Some(stop),
         _dir: dir,
     }
@@ -367,6 +373,7 @@ async fn tokens_roles_audit_and_metrics_over_http() {
     let server = start_with(
         quiver_http::server::HttpOptions {
             tokens: Some(tokens),
+            max_body_bytes: 4096,
             ..Default::default()
         },
         Some(&log),
@@ -463,7 +470,33 @@ async fn tokens_roles_audit_and_metrics_over_http() {
         ]
     );
 
-    // metrics: requests by route and status, lookups' entities, pushed rows
+    // a body over --max-message-bytes is refused before it is parsed
+    let big = format!(
+        r#"{{"features": ["user_profile:age"], "pad": "{}"}}"#,
+        "x".repeat(5000)
+    );
+    let (code, _) = send(
+        "POST",
+        &server.url,
+        "/get-online-features",
+        &big,
+        &[("authorization", &r)],
+    )
+    .await;
+    assert_eq!(code, 413);
+    // a materialization through the server: its progress is in the metrics
+    let (code, body) = send(
+        "POST",
+        &server.url,
+        "/materialize",
+        r#"{"feature_views": ["user_profile"]}"#,
+        &[("authorization", &w)],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    // metrics: requests by route and status, lookups' entities, pushed rows, the store's
+    // size, a materialization's progress
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let murl = format!("http://{}", metrics.local_addr().unwrap());
     tokio::spawn(quiver_http::server::serve_metrics(
@@ -480,9 +513,27 @@ async fn tokens_roles_audit_and_metrics_over_http() {
         r#"quiver_pushed_rows_total{view="user_purchases"} 1"#,
         "quiver_lookup_entities_count 1",
         r#"quiver_online_watermark_seconds{view="user_profile"}"#,
+        "quiver_materializations_running 0",
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    };
+    // the same rows as the materialization at start (same data, a later end)
+    let users = server.materialized["user_profile"];
+    assert!(users > 0);
+    assert_eq!(
+        value(r#"quiver_materialize_progress_rows{view="user_profile"}"#),
+        users as f64
+    );
+    assert_eq!(
+        value(r#"quiver_materialized_rows_total{view="user_profile"}"#),
+        users as f64
+    );
+    assert!(value("quiver_online_store_bytes") > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

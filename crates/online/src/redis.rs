@@ -434,6 +434,27 @@ impl OnlineStore for RedisStore {
         Ok(())
     }
 
+    async fn size_bytes(&self) -> quiver_core::Result<Option<u64>> {
+        // A cluster's memory is spread over its masters; `INFO` answers for one node.
+        if matches!(self.conn, Conn::Cluster(_)) {
+            return Ok(None);
+        }
+        let info: String = self
+            .run(redis::cmd("INFO").arg("memory"), READ_TIMEOUT)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
+    async fn entities(&self, view: &str) -> quiver_core::Result<Option<u64>> {
+        let n: u64 = self
+            .run(redis::cmd("HLEN").arg(self.view_key(view)), READ_TIMEOUT)
+            .await?;
+        Ok(Some(n))
+    }
+
     async fn pushed(&self, source: &str) -> quiver_core::Result<PushLog> {
         let mut inv = self.scripts.pushed.prepare_invoke();
         inv.key(self.group_key(source, "pushes"))

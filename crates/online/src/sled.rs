@@ -437,4 +437,10 @@ impl OnlineStore for SledStore {
         let view = view.to_string();
         self.blocking(move |s| s.clear(&view)).await
     }
+
+    async fn size_bytes(&self) -> quiver_core::Result<Option<u64>> {
+        // sled sums its files' lengths: a directory listing, off the runtime's threads.
+        self.blocking(|s| Ok(Some(s.db.size_on_disk().map_err(s.err())?)))
+            .await
+    }
 }

@@ -88,6 +88,11 @@ async fn random_operations(backend: &Backend, seed: u64) {
                     "{}",
                     at(step)
                 );
+                // The metrics' count of a view's entities, where the backend keeps one.
+                if let Some(n) = store.entities(&view).await.unwrap() {
+                    let want = model.keys().filter(|(v, _)| *v == view).count();
+                    assert_eq!(n as usize, want, "{}", at(step));
+                }
             }
             8 => {
                 if rng.random_bool(0.2) {
@@ -171,6 +176,17 @@ async fn random_operations(backend: &Backend, seed: u64) {
     }
     for (source, log) in &logs {
         assert_eq!(&store.pushed(source).await.unwrap().batches, log);
+    }
+    // Every backend but a cluster tells its size; one that holds rows is not empty.
+    let size = store.size_bytes().await.unwrap();
+    assert_eq!(
+        size.is_none(),
+        backend.name().contains("cluster"),
+        "{}",
+        backend.name()
+    );
+    if !model.is_empty() {
+        assert!(size.is_none_or(|b| b > 0), "{}", backend.name());
     }
 }
 

@@ -145,6 +145,10 @@ pub struct Serve {
     /// Entities one lookup may ask for.
     #[arg(long, default_value_t = quiver_app::serving::MAX_ENTITIES)]
     max_entities: usize,
+    /// Largest lookup, push or job request, in bytes (a gRPC message or an HTTP body);
+    /// larger ones are refused (RESOURCE_EXHAUSTED, 413).
+    #[arg(long, default_value_t = quiver_grpc::server::MAX_REQUEST_BYTES)]
+    max_message_bytes: usize,
     /// Training-set builds (jobs and Flight) running at once.
     #[arg(long, default_value_t = 2)]
     max_builds: usize,
@@ -270,6 +274,7 @@ impl Serve {
             let options = quiver_http::server::HttpOptions {
                 tokens: tokens.clone(),
                 max_in_flight: self.max_in_flight,
+                max_body_bytes: self.max_message_bytes,
                 tls: tls
                     .as_ref()
                     .map(|t| (t.cert.clone(), t.key.clone(), t.client_ca.clone())),
@@ -299,6 +304,7 @@ impl Serve {
             metrics,
             max_in_flight: self.max_in_flight,
             max_entities: self.max_entities,
+            max_message_bytes: self.max_message_bytes,
             jobs: quiver_app::jobs::JobLimits {
                 running: self.max_builds,
                 queued: self.max_queued_builds,
