@@ -6,8 +6,9 @@
 //! store: sled, and Redis (a `redis-server` started on a free loopback port, append-only file
 //! with `appendfsync everysec`, Redis's recommended setting).
 //!
-//! `cargo bench --bench online_load [-- ENTITIES [sled|redis]]` (default 1 000 000, both
-//! stores, each in its own process so peak memory is its own).
+//! `cargo bench --bench online_load [-- ENTITIES [sled|redis] [auth] [materialize]]` (default
+//! 1 000 000, both stores, each in its own process so peak memory is its own; `auth`: tokens
+//! required; `materialize`: stop after the materialization and its CPU and write times).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +104,31 @@ fn peak_rss_mib() -> f64 {
     u.ru_maxrss as f64 / 1024.0
 }
 
+/// CPU seconds (user and system) this process has used.
+fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as in peak_rss_mib.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// CPU seconds (user and system) process `pid` has used, from /proc.
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // the fields after the command's closing parenthesis; utime and stime are 14th and 15th
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.iter().sum::<f64>() / ticks
+}
+
 /// Redis's own peak memory, as `INFO memory` reports it.
 fn redis_memory(port: u16) -> String {
     let out = std::process::Command::new("redis-cli")
@@ -194,7 +220,9 @@ impl Client {
 
 /// How long the materialization's write scripts held Redis (its SLOWLOG: every command was
 /// logged), as median and longest; lookups wait behind a running script.
-fn script_times(port: u16) -> String {
+/// How long Redis ran the materialization's writes (scripts or `HSET`s of many rows), from
+/// its SLOWLOG: how many, median and longest (a lookup waits behind one), and their sum.
+fn write_times(port: u16) -> String {
     let out = std::process::Command::new("redis-cli")
         .args(["-p", &port.to_string(), "slowlog", "get", "100000"])
         .output()
@@ -204,7 +232,9 @@ fn script_times(port: u16) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let mut us: Vec<u64> = Vec::new();
     for (i, l) in lines.iter().enumerate() {
-        if l.trim().eq_ignore_ascii_case("evalsha") || l.trim().eq_ignore_ascii_case("eval") {
+        let command = l.trim().to_ascii_lowercase();
+        // the writes: scripts, or HSETs of rows (and the one of the watermark)
+        if ["evalsha", "eval", "hset"].contains(&command.as_str()) {
             // id, time, microseconds, then the command: the duration is the line before it
             if let Some(d) = lines
                 .get(i.saturating_sub(1))
@@ -216,11 +246,12 @@ fn script_times(port: u16) -> String {
     }
     us.sort();
     match us.len() {
-        0 => "write scripts: none logged".into(),
+        0 => "writes: none logged".into(),
         n => format!(
-            "write scripts: {n}, median {:.1} ms, longest {:.1} ms (Redis SLOWLOG)",
+            "writes: {n}, median {:.1} ms, longest {:.1} ms, {:.2} s in all (Redis SLOWLOG)",
             us[n / 2] as f64 / 1e3,
-            us[n - 1] as f64 / 1e3
+            us[n - 1] as f64 / 1e3,
+            us.iter().sum::<u64>() as f64 / 1e6
         ),
     }
 }
@@ -242,8 +273,10 @@ fn main() {
         // Each store in a process of its own: peak memory is then the store's.
         for backend in ["sled", "redis"] {
             let mut child = vec![n.to_string(), backend.to_string(), "--bench".into()];
-            if auth {
-                child.push("auth".into());
+            for flag in ["auth", "materialize"] {
+                if args.iter().any(|a| a == flag) {
+                    child.push(flag.into());
+                }
             }
             let status = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(child)
@@ -284,6 +317,8 @@ fn main() {
         .build()
         .unwrap();
     let store = server_rt.block_on(quiver_online::open(&repo)).unwrap();
+    let redis_cpu = || redis.as_ref().and_then(|r| r.pid()).map(cpu_seconds_of);
+    let (cpu0, redis_cpu0) = (cpu_seconds(), redis_cpu());
     let started = Instant::now();
     let done = server_rt
         .block_on(quiver_app::online::materialize(
@@ -309,8 +344,21 @@ fn main() {
             redis_memory(r.port())
         ))
     );
+    // Where the time went: the CPU of this process (computing, encoding, sending) and of
+    // Redis (reading, parsing, applying, the append-only file), on the same 2 cores.
+    println!(
+        "CPU during materialize: quiver {:.2} s{}",
+        cpu_seconds() - cpu0,
+        match (redis_cpu(), redis_cpu0) {
+            (Some(b), Some(a)) => format!(", redis-server {:.2} s", b - a),
+            _ => String::new(),
+        }
+    );
     if let Some(r) = &redis {
-        println!("{}", script_times(r.port()));
+        println!("{}", write_times(r.port()));
+    }
+    if args.iter().any(|a| a == "materialize") {
+        return;
     }
 
     let listener = server_rt

@@ -10,9 +10,11 @@
 //! - `P:{T}:pushes` — how many pushes the source has taken (the version pushes check);
 //! - `P:format` — the layout version.
 //!
-//! Every write is one Lua script over keys of one slot, which Redis runs atomically: a
+//! Every write is one command (`HSET` of a view's rows, or of a watermark) or one Lua script
+//! over keys of one slot (a push; rows with their watermark), which Redis runs atomically: a
 //! reader (one `HMGET`) sees all of a write or none of it, and a client killed mid-call
-//! leaves the write either applied or not. A lookup is one `HMGET` per view.
+//! leaves the write either applied or not (a command Redis has not read whole is never run).
+//! A lookup is one `HMGET` per view.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,11 +34,12 @@ pub const REDIS_FORMAT: &str = "1";
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a write script may take (a materialization chunk of thousands of rows).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Rows per write call a materialization uses: Redis runs one script at a time, so a chunk
-/// delays concurrent lookups by the time it takes — about 3 ms per thousand rows of 20
-/// features (SLOWLOG of the load benchmark: 10 000-row scripts took 30 ms, at most 56 ms).
-/// Larger chunks materialize faster (10 000: 139–154 k rows/s, 2 000: 114–128 k rows/s on 2
-/// cores) but stall lookups longer; serving comes first.
+/// Rows per write call a materialization uses: Redis runs one command at a time, so a chunk
+/// delays concurrent lookups by the time it takes — about 1 ms per thousand rows of 20
+/// features as one `HSET` (SLOWLOG of the load benchmark: 2 000-row writes median 2 ms,
+/// longest 10 ms; 5 000-row ones median 4–5 ms, longest 26–32 ms). Larger chunks materialize
+/// a little faster (5 000: 252–278 k rows/s, 2 000: 238–255 k rows/s on 2 cores) but stall
+/// lookups longer; serving comes first.
 const WRITE_CHUNK: usize = 2_000;
 /// Password and user of the Redis server, from the environment only.
 const PASSWORD_ENV: &str = "QUIVER_REDIS_PASSWORD";
@@ -98,8 +101,8 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Write rows of one view and maybe its watermark. KEYS: view hash, watermarks hash.
-/// ARGV: view, watermark or "", then key, value, key, value, ...
+/// Write rows of one view and its watermark. KEYS: view hash, watermarks hash.
+/// ARGV: view, watermark, then key, value, key, value, ...
 const WRITE: &str = r"
 local n = #ARGV
 local i = 3
@@ -372,14 +375,44 @@ impl OnlineStore for RedisStore {
         rows: &[(Vec<u8>, Vec<u8>)],
         watermark: Option<i64>,
     ) -> quiver_core::Result<()> {
-        let mut inv = self.scripts.write.prepare_invoke();
-        inv.key(self.view_key(view))
-            .key(self.watermarks_key(view))
-            .arg(view)
-            .arg(watermark.map(|w| w.to_string()).unwrap_or_default());
-        pairs(&mut inv, rows);
-        let _: i64 = self.invoke(inv, WRITE_TIMEOUT).await?;
-        Ok(())
+        match (rows.is_empty(), watermark) {
+            (true, None) => Ok(()),
+            // One command is atomic by itself, and a native `HSET` costs Redis about half
+            // what the script's copies into and out of Lua do (benches/README.md): rows
+            // alone, a materialization's chunks, go this way.
+            (false, None) => {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(self.view_key(view));
+                for (k, v) in rows {
+                    cmd.arg(k.as_slice()).arg(v.as_slice());
+                }
+                let _: i64 = self.run(&cmd, WRITE_TIMEOUT).await?;
+                Ok(())
+            }
+            (true, Some(w)) => {
+                let _: i64 = self
+                    .run(
+                        redis::cmd("HSET")
+                            .arg(self.watermarks_key(view))
+                            .arg(view)
+                            .arg(w.to_string()),
+                        WRITE_TIMEOUT,
+                    )
+                    .await?;
+                Ok(())
+            }
+            // Rows and the watermark together: two keys, one script.
+            (false, Some(w)) => {
+                let mut inv = self.scripts.write.prepare_invoke();
+                inv.key(self.view_key(view))
+                    .key(self.watermarks_key(view))
+                    .arg(view)
+                    .arg(w.to_string());
+                pairs(&mut inv, rows);
+                let _: i64 = self.invoke(inv, WRITE_TIMEOUT).await?;
+                Ok(())
+            }
+        }
     }
 
     async fn get(&self, view: &str, entity: &[u8]) -> quiver_core::Result<Option<Vec<u8>>> {
