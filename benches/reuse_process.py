@@ -11,6 +11,11 @@ max 90d of `amount`:
 - rolling: the labels of the last 30 days, sorted by time, shifted by one day;
 - exact repeat of yesterday's spine.
 
+`--dense` runs the dense workload instead (issue 24): 20 M events over the 90 days before
+2026-01-01 for 2 000 users (~110 events per user-day), sorted by time into 1 M-row row
+groups, and the widening 30d -> 40d over two December spines: 100 k rows at random instants,
+and daily snapshots (every user at every midnight of December, 62 k rows).
+
 Each timed run starts from a catalog holding what yesterday's run stored (copied into place,
 not timed), and its output is checked identical to the cold output before its time is
 counted. Usage:
@@ -18,7 +23,8 @@ counted. Usage:
     python3 -m venv /tmp/benchenv && /tmp/benchenv/bin/pip install duckdb polars pyarrow numpy
     /tmp/benchenv/bin/python benches/reuse_process.py [DIR] [--runs N] [--quiver PATH]
 
-DIR (default /tmp/w1t) is filled from W1 (../shared/bench/gen.py into /tmp/w1) when empty.
+DIR (default /tmp/w1t, or /tmp/dense with --dense) is filled from W1 (../shared/bench/gen.py
+into /tmp/w1) or generated (--dense) when empty.
 """
 import argparse, datetime as dt, os, shutil, statistics, subprocess, sys, time
 
@@ -77,6 +83,37 @@ def prepare(d):
     pq.write_table(dec.slice(0, 100_000), os.path.join(d, "december.parquet"))
 
 
+def prepare_dense(d):
+    if os.path.exists(os.path.join(d, "snapshots.parquet")):
+        return
+    import numpy as np
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(24)
+    n, users = 20_000_000, 2_000
+    end = int(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    day = 86_400 * 1_000_000
+    ts = np.sort(rng.integers(end - 90 * day, end, n))
+    ev = pa.table({
+        "user_id": pa.array(rng.integers(0, users, n)),
+        "event_ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        "amount": pa.array(np.round(rng.gamma(2.0, 20.0, n), 2)),
+    })
+    pq.write_table(ev, os.path.join(d, "events.parquet"), row_group_size=1_000_000)
+    dec = end - 31 * day
+    m = 100_000
+    spine = pa.table({
+        "user_id": pa.array(rng.integers(0, users, m)),
+        "ts": pa.array(np.sort(rng.integers(dec, end, m)), pa.timestamp("us", tz="UTC")),
+    })
+    pq.write_table(spine, os.path.join(d, "december.parquet"))
+    days = np.arange(dec + day, end + 1, day)
+    snap = pa.table({
+        "user_id": pa.array(np.tile(np.arange(users), len(days))),
+        "ts": pa.array(np.repeat(days, users), pa.timestamp("us", tz="UTC")),
+    })
+    pq.write_table(snap, os.path.join(d, "snapshots.parquet"))
+
+
 def join(q, d, spine, out, reuse=True, explain=False, service="daily", force=False):
     cmd = [q, "join", "--repo", d, "--spine", os.path.join(d, spine), "--spine-timestamp", "ts",
            "--service", service, "--out", out]
@@ -101,12 +138,13 @@ def same(a, b):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("dir", nargs="?", default="/tmp/w1t")
+    ap.add_argument("dir", nargs="?")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dense", action="store_true")
     ap.add_argument("--quiver", default=os.path.join(ROOT, "target", "release", "quiver"))
     a = ap.parse_args()
-    d = a.dir
-    prepare(d)
+    d = a.dir or ("/tmp/dense" if a.dense else "/tmp/w1t")
+    (prepare_dense if a.dense else prepare)(d)
     with open(os.path.join(d, "quiver.yaml"), "w") as f:
         f.write(YAML)
     reuse_dir = os.path.join(d, ".quiver", "offline", "reuse")
@@ -120,6 +158,13 @@ def main():
         ("widening 30d -> 40d, 100k rows", "w30", "december.parquet", "w40", "december.parquet"),
         ("exact repeat", "daily", "yesterday.parquet", "daily", "yesterday.parquet"),
     ]
+    if a.dense:
+        scenarios = [
+            ("dense: widening 30d -> 40d, 100k rows at random instants", "w30",
+             "december.parquet", "w40", "december.parquet"),
+            ("dense: widening 30d -> 40d, daily snapshots (62k rows at midnight)", "w30",
+             "snapshots.parquet", "w40", "snapshots.parquet"),
+        ]
     print(f"quiver: {a.quiver}; {a.runs} runs each, medians (min-max); outputs checked identical")
     print("| scenario | cold (`--no-reuse`) | reuse, the gate's choice | reuse forced | chosen / cold |")
     print("|---|---|---|---|---|")
