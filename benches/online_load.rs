@@ -218,8 +218,6 @@ impl Client {
     }
 }
 
-/// How long the materialization's write scripts held Redis (its SLOWLOG: every command was
-/// logged), as median and longest; lookups wait behind a running script.
 /// How long Redis ran the materialization's writes (scripts or `HSET`s of many rows), from
 /// its SLOWLOG: how many, median and longest (a lookup waits behind one), and their sum.
 fn write_times(port: u16) -> String {

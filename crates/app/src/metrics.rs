@@ -1,7 +1,8 @@
 //! A server's metrics, in Prometheus' text format: requests by transport, method and outcome,
 //! their latency, entities per lookup, requests in flight and refused for load, pushes and
 //! materialized rows by view, each view's online watermark, training-set builds by outcome
-//! and the jobs running, the online store's size and a materialization's progress. Transports count requests; use cases count what they did.
+//! and the jobs running, the online store's size and whether it answered, and a
+//! materialization's progress. Transports count requests; use cases count what they did.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -25,8 +26,12 @@ pub struct Metrics {
     pub materialized_rows: IntCounterVec,
     /// Each view's online watermark, seconds since the epoch (read from the store).
     pub watermark: IntGaugeVec,
-    /// The online store's size in bytes, where the backend tells (read when scraped).
+    /// The online store's size in bytes, where the backend tells (read when scraped): sled's
+    /// files, or a Redis server's used memory (every key on it, not only this project's).
     pub store_bytes: IntGauge,
+    /// 1 if the online store answered the last scrape's reads in time, else 0 (and the
+    /// gauges read from it are dropped rather than left stale).
+    pub store_up: IntGauge,
     /// Entities stored per view, where the backend counts them cheaply (read when scraped).
     pub stored_entities: IntGaugeVec,
     /// Materializations through this server running now.
@@ -90,6 +95,10 @@ impl Metrics {
             "online_store_bytes",
             "The online store's size in bytes",
         ));
+        let store_up = must(IntGauge::new(
+            "online_store_up",
+            "Whether the online store answered the last scrape in time",
+        ));
         let stored_entities = must(IntGaugeVec::new(
             Opts::new("online_entities", "Entities stored in the online store"),
             &["view"],
@@ -126,6 +135,7 @@ impl Metrics {
             Box::new(materialized_rows.clone()),
             Box::new(watermark.clone()),
             Box::new(store_bytes.clone()),
+            Box::new(store_up.clone()),
             Box::new(stored_entities.clone()),
             Box::new(materializing.clone()),
             Box::new(materialize_progress.clone()),
@@ -145,6 +155,7 @@ impl Metrics {
             materialized_rows,
             watermark,
             store_bytes,
+            store_up,
             stored_entities,
             materializing,
             materialize_progress,
@@ -170,6 +181,24 @@ impl Metrics {
         // Encoding into a Vec fails only on a malformed metric, which the fixed names rule out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A gauge raised while this lives: lowered when dropped, also when the work it counts is
+/// cancelled (a client that goes away drops its request's future mid-await).
+pub struct Raised(IntGauge);
+
+impl Raised {
+    /// Raise `gauge` until the result is dropped.
+    pub fn new(gauge: &IntGauge) -> Raised {
+        gauge.inc();
+        Raised(gauge.clone())
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

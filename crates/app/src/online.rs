@@ -104,7 +104,9 @@ pub async fn materialize_range(
     let names: Vec<String> = if views.is_empty() {
         repo.views.keys().cloned().collect()
     } else {
-        views.to_vec()
+        // A view named twice is materialized once.
+        let mut seen = std::collections::HashSet::new();
+        views.iter().filter(|v| seen.insert(*v)).cloned().collect()
     };
     for v in &names {
         if !repo.views.contains_key(v) {

@@ -16,6 +16,10 @@ use crate::metrics::Metrics;
 use crate::online::{self, Value};
 use crate::{Error, Result};
 
+/// How long a metrics scrape waits for the online store's reads, all of them together:
+/// Prometheus gives up on a scrape after 10 s by default.
+pub const OBSERVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Which features a request asks for.
 #[derive(Debug, Clone)]
 pub enum Features {
@@ -111,26 +115,47 @@ impl Serving {
     }
 
     /// What the store holds into the metrics: each view's online watermark and entities, and
-    /// the store's size (read from the store when scraped).
+    /// the store's size (read from the store when scraped). The reads run at once under one
+    /// bound, so a store that does not answer costs a scrape [`OBSERVE_WITHIN`], not a
+    /// timeout per read; then `online_store_up` is 0 and the gauges read from the store are
+    /// dropped rather than left showing old values as current.
     pub async fn observe_store(&self) {
-        for view in self.repo.views.keys() {
-            if let Ok(Some(w)) = self.store.watermark(view).await {
-                self.metrics
-                    .watermark
-                    .with_label_values(&[view.as_str()])
-                    .set(w.div_euclid(1_000_000));
+        let store = self.store.as_ref();
+        let views: Vec<&String> = self.repo.views.keys().collect();
+        let reads = async {
+            let per_view = futures::future::try_join_all(views.iter().map(|v| async move {
+                let (w, n) = futures::try_join!(store.watermark(v), store.entities(v))?;
+                Ok::<_, quiver_core::Error>((*v, w, n))
+            }));
+            futures::try_join!(per_view, store.size_bytes())
+        };
+        let m = &self.metrics;
+        match tokio::time::timeout(OBSERVE_WITHIN, reads).await {
+            Ok(Ok((per_view, bytes))) => {
+                m.store_up.set(1);
+                let int = |n: u64| n.try_into().unwrap_or(i64::MAX);
+                for (view, w, n) in per_view {
+                    let labels = [view.as_str()];
+                    match w {
+                        Some(w) => m
+                            .watermark
+                            .with_label_values(&labels)
+                            .set(w.div_euclid(1_000_000)),
+                        None => drop(m.watermark.remove_label_values(&labels)),
+                    }
+                    match n {
+                        Some(n) => m.stored_entities.with_label_values(&labels).set(int(n)),
+                        None => drop(m.stored_entities.remove_label_values(&labels)),
+                    }
+                }
+                m.store_bytes.set(bytes.map_or(0, int));
             }
-            if let Ok(Some(n)) = self.store.entities(view).await {
-                self.metrics
-                    .stored_entities
-                    .with_label_values(&[view.as_str()])
-                    .set(n.try_into().unwrap_or(i64::MAX));
+            _ => {
+                m.store_up.set(0);
+                m.watermark.reset();
+                m.stored_entities.reset();
+                m.store_bytes.set(0);
             }
-        }
-        if let Ok(Some(n)) = self.store.size_bytes().await {
-            self.metrics
-                .store_bytes
-                .set(n.try_into().unwrap_or(i64::MAX));
         }
     }
 
@@ -184,19 +209,13 @@ impl Serving {
         end: i64,
     ) -> Result<Vec<online::Materialized>> {
         let metrics = &self.metrics;
-        metrics.materializing.inc();
-        for view in self.repo.views.keys() {
-            if views.is_empty() || views.contains(view) {
-                metrics
-                    .materialize_progress
-                    .with_label_values(&[view.as_str()])
-                    .set(0);
-            }
-        }
+        // Lowered however this ends, also when the request that runs it is dropped.
+        let _running = crate::metrics::Raised::new(&metrics.materializing);
         // Progress as it happens: rows are counted per written chunk, so a scrape during a
-        // long run sees how far each view has got.
-        let mut last: (String, usize) = (String::new(), 0);
-        let done = online::materialize_range(
+        // long run sees how far each view has got. The callback gives a view's rows so far;
+        // the counter takes what is new since its last call for that view.
+        let mut last: std::collections::HashMap<String, usize> = Default::default();
+        online::materialize_range(
             &self.repo,
             self.store.as_ref(),
             views,
@@ -204,24 +223,19 @@ impl Serving {
             end,
             EngineOptions::default(),
             |view, written| {
-                if last.0 != view {
-                    last = (view.to_string(), 0);
-                }
+                let before = last.insert(view.to_string(), written).unwrap_or(0);
                 let labels = [view];
                 metrics
                     .materialized_rows
                     .with_label_values(&labels)
-                    .inc_by(written.saturating_sub(last.1) as u64);
+                    .inc_by(written.saturating_sub(before) as u64);
                 metrics
                     .materialize_progress
                     .with_label_values(&labels)
                     .set(written.try_into().unwrap_or(i64::MAX));
-                last.1 = written;
             },
         )
-        .await;
-        metrics.materializing.dec();
-        done
+        .await
     }
 
     /// Append `rows` of `view`'s source to its managed table only (a push to the offline

@@ -179,8 +179,9 @@ fn refuse(status: tonic::Status) -> http::Response<Body> {
 
 /// tonic refuses a message over its size bound with OUT_OF_RANGE; gRPC's own servers (and
 /// what clients in other languages expect) say RESOURCE_EXHAUSTED, so it is said that way,
-/// naming the flag that sets the bound.
-fn too_large(resp: http::Response<Body>, limit: usize) -> http::Response<Body> {
+/// naming the bound of `method`'s service: the flag's for lookups, pushes and jobs, fixed
+/// ones for model registrations and Flight messages.
+fn too_large(resp: http::Response<Body>, method: &str, flag: usize) -> http::Response<Body> {
     let is = |name: &str, f: &dyn Fn(&str) -> bool| {
         resp.headers()
             .get(name)
@@ -188,9 +189,21 @@ fn too_large(resp: http::Response<Body>, limit: usize) -> http::Response<Body> {
             .is_some_and(f)
     };
     if is("grpc-status", &|v| v == "11") && is("grpc-message", &|v| v.contains("too%20large")) {
+        let bound = if method.starts_with("RegistryService/") {
+            format!(
+                "{} bytes, the limit of a model registration",
+                crate::server::MAX_ARTIFACT_BYTES
+            )
+        } else if method.starts_with("FlightService/") {
+            format!(
+                "{} bytes, the limit of one Flight message",
+                crate::server::MAX_FLIGHT_MESSAGE_BYTES
+            )
+        } else {
+            format!("{flag} bytes, the server's limit (quiver serve --max-message-bytes)")
+        };
         return refuse(tonic::Status::resource_exhausted(format!(
-            "the request is larger than {limit} bytes, the server's limit \
-             (quiver serve --max-message-bytes)"
+            "the request is larger than {bound}"
         )));
     }
     resp
@@ -280,11 +293,11 @@ where
             let span =
                 tracing::debug_span!("request", transport = "grpc", method, caller = %who.name);
             req.extensions_mut().insert(who);
-            guard.metrics.in_flight.inc();
+            let in_flight = quiver_app::metrics::Raised::new(&guard.metrics.in_flight);
             let resp = tracing::Instrument::instrument(inner.call(req), span.clone()).await;
-            guard.metrics.in_flight.dec();
+            drop(in_flight);
             resp.map(|r| {
-                let r = done(too_large(r, guard.max_message_bytes));
+                let r = done(too_large(r, method, guard.max_message_bytes));
                 span.in_scope(|| {
                     tracing::debug!(
                         code = code_of(&r),
@@ -331,6 +344,51 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::{Layer, ServiceExt};
+
+    /// A request whose deadline passed, or too many at once, never reaches the service.
+    #[tokio::test]
+    async fn refused_requests_are_not_computed() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let service = tower::service_fn(move |_req: http::Request<Body>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, std::convert::Infallible>(http::Response::new(Body::default())) }
+        });
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let guarded = GuardLayer(Arc::new(Guard {
+            tokens: None,
+            permits: Arc::clone(&permits),
+            max_in_flight: 1,
+            metrics: Arc::new(Metrics::new()),
+            max_message_bytes: 1 << 20,
+        }))
+        .layer(service);
+        let request = |timeout: &'static str| {
+            http::Request::builder()
+                .uri("/quiver.v1.OnlineService/GetOnlineFeatures")
+                .header("grpc-timeout", timeout)
+                .body(Body::default())
+                .unwrap()
+        };
+        let status = |r: &http::Response<Body>| {
+            r.headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let late = guarded.clone().oneshot(request("0n")).await.unwrap();
+        assert_eq!(status(&late).as_deref(), Some("4"), "DEADLINE_EXCEEDED");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // every permit taken: RESOURCE_EXHAUSTED, not computed
+        let held = permits.clone().try_acquire_owned().unwrap();
+        let busy = guarded.clone().oneshot(request("1S")).await.unwrap();
+        assert_eq!(status(&busy).as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(held);
+        let ok = guarded.oneshot(request("1S")).await.unwrap();
+        assert_eq!(status(&ok), None);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn every_quiver_method_has_a_role_and_health_is_open() {

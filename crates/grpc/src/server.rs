@@ -52,9 +52,9 @@ pub struct ServeOptions {
     pub max_in_flight: usize,
     /// Entities one lookup may ask for.
     pub max_entities: usize,
-    /// Largest lookup, push or job request message; larger ones are refused
-    /// (RESOURCE_EXHAUSTED) before they are decoded. Model registrations and Flight uploads
-    /// have their own bounds ([`MAX_ARTIFACT_BYTES`], [`MAX_FLIGHT_MESSAGE_BYTES`]).
+    /// Largest lookup, push or job request message (0: [`MAX_REQUEST_BYTES`]); larger ones are
+    /// refused (RESOURCE_EXHAUSTED) before they are decoded. Model registrations and Flight
+    /// uploads have their own bounds ([`MAX_ARTIFACT_BYTES`], [`MAX_FLIGHT_MESSAGE_BYTES`]).
     pub max_message_bytes: usize,
     /// Training-set builds at once and waiting.
     pub jobs: JobLimits,
@@ -173,7 +173,10 @@ pub async fn serve_on(
     .max_decoding_message_size(MAX_FLIGHT_MESSAGE_BYTES);
     let registry = RegistryServiceServer::new(RegistrySvc::new(access.clone(), auditor.clone()))
         .max_decoding_message_size(MAX_ARTIFACT_BYTES);
-    let max_message = options.max_message_bytes.max(1);
+    let max_message = match options.max_message_bytes {
+        0 => MAX_REQUEST_BYTES,
+        n => n,
+    };
     let training = TrainingServiceServer::new(TrainingSvc::new(jobs, auditor))
         .max_decoding_message_size(max_message);
     let online =
@@ -197,7 +200,7 @@ pub async fn serve_on(
         permits: Arc::new(tokio::sync::Semaphore::new(options.max_in_flight.max(1))),
         max_in_flight: options.max_in_flight.max(1),
         metrics: Arc::clone(&options.metrics),
-        max_message_bytes: options.max_message_bytes,
+        max_message_bytes: max_message,
     }));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &options.tls {

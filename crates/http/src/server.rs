@@ -46,7 +46,12 @@ pub fn router_with(serving: Arc<Serving>, options: &HttpOptions) -> Router {
         0 => 512,
         n => n,
     };
+    let max_body = match options.max_body_bytes {
+        0 => MAX_BODY,
+        n => n,
+    };
     let guard = Arc::new(Guard {
+        max_body,
         tokens: options.tokens.clone(),
         metrics: Arc::clone(serving.metrics()),
         permits: Arc::new(tokio::sync::Semaphore::new(max)),
@@ -59,10 +64,7 @@ pub fn router_with(serving: Arc<Serving>, options: &HttpOptions) -> Router {
         .route("/write-to-online-store", post(write_to_online_store))
         .route("/materialize", post(materialize))
         .route("/materialize-incremental", post(materialize_incremental))
-        .layer(DefaultBodyLimit::max(match options.max_body_bytes {
-            0 => MAX_BODY,
-            n => n,
-        }))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(guard, guarded))
         .with_state(serving)
 }
@@ -132,6 +134,8 @@ struct Guard {
     metrics: Arc<quiver_app::metrics::Metrics>,
     permits: Arc<tokio::sync::Semaphore>,
     max_in_flight: usize,
+    /// The longest body taken, for the refusal's message.
+    max_body: usize,
 }
 
 /// The role a route needs (`None`: open) and its name for metrics and messages.
@@ -196,9 +200,17 @@ async fn guarded(
     let span =
         tracing::debug_span!("request", transport = "http", method = route, caller = %who.name);
     req.extensions_mut().insert(who);
-    guard.metrics.in_flight.inc();
+    let in_flight = quiver_app::metrics::Raised::new(&guard.metrics.in_flight);
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    guard.metrics.in_flight.dec();
+    drop(in_flight);
+    // axum's own refusal of a long body is plain text; say it as every other error is said,
+    // naming the flag.
+    let resp = match resp.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            HttpError::TooLarge(guard.max_body).into_response()
+        }
+        _ => resp,
+    };
     let resp = done(resp);
     span.in_scope(|| {
         tracing::debug!(
@@ -232,6 +244,11 @@ fn audited<T>(
                 .record_failure(&e, &format!("{:?}", err.kind()), &err.to_string())
         }
         Err(HttpError::Body(m)) => serving.auditor().record_failure(&e, "Invalid", m),
+        Err(too_large @ HttpError::TooLarge(_)) => {
+            serving
+                .auditor()
+                .record_failure(&e, "ResourceExhausted", &too_large.to_string())
+        }
     }
 }
 

@@ -19,12 +19,18 @@ pub enum HttpError {
     /// The body is not the JSON the route takes; the message names the field.
     #[error("{0}")]
     Body(String),
+    /// The body is longer than the server takes (its limit in bytes).
+    #[error(
+        "the request body is larger than {0} bytes, the server's limit (quiver serve --max-message-bytes)"
+    )]
+    TooLarge(usize),
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let (code, message) = match self {
             HttpError::Body(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            e @ HttpError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             HttpError::App(e) => {
                 let message = e.to_string();
                 let code = match e.kind() {

@@ -475,7 +475,7 @@ async fn tokens_roles_audit_and_metrics_over_http() {
         r#"{{"features": ["user_profile:age"], "pad": "{}"}}"#,
         "x".repeat(5000)
     );
-    let (code, _) = send(
+    let (code, body) = send(
         "POST",
         &server.url,
         "/get-online-features",
@@ -484,6 +484,7 @@ async fn tokens_roles_audit_and_metrics_over_http() {
     )
     .await;
     assert_eq!(code, 413);
+    assert!(message(&body).contains("--max-message-bytes"), "{body}");
     // a materialization through the server: its progress is in the metrics
     let (code, body) = send(
         "POST",
@@ -514,6 +515,7 @@ async fn tokens_roles_audit_and_metrics_over_http() {
         "quiver_lookup_entities_count 1",
         r#"quiver_online_watermark_seconds{view="user_profile"}"#,
         "quiver_materializations_running 0",
+        "quiver_online_store_up 1",
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }

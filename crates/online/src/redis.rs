@@ -32,14 +32,14 @@ pub const REDIS_FORMAT: &str = "1";
 /// How long a read may take before it counts as the server being unavailable: lookups must
 /// fail promptly while Redis is down, not hang.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a write script may take (a materialization chunk of thousands of rows).
+/// How long a write may take (a materialization chunk of thousands of rows).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rows per write call a materialization uses: Redis runs one command at a time, so a chunk
 /// delays concurrent lookups by the time it takes — about 1 ms per thousand rows of 20
 /// features as one `HSET` (SLOWLOG of the load benchmark: 2 000-row writes median 2 ms,
 /// longest 10 ms; 5 000-row ones median 4–5 ms, longest 26–32 ms). Larger chunks materialize
-/// a little faster (5 000: 252–278 k rows/s, 2 000: 238–255 k rows/s on 2 cores) but stall
-/// lookups longer; serving comes first.
+/// a little faster (5 000: 252–278 k rows/s in 2 runs, 2 000: 200–255 k, median 238 k, in 5
+/// runs on 2 cores) but stall lookups longer; serving comes first.
 const WRITE_CHUNK: usize = 2_000;
 /// Password and user of the Redis server, from the environment only.
 const PASSWORD_ENV: &str = "QUIVER_REDIS_PASSWORD";

@@ -147,8 +147,9 @@ pub struct Serve {
     max_entities: usize,
     /// Largest lookup, push or job request, in bytes (a gRPC message or an HTTP body);
     /// larger ones are refused (RESOURCE_EXHAUSTED, 413).
-    #[arg(long, default_value_t = quiver_grpc::server::MAX_REQUEST_BYTES)]
-    max_message_bytes: usize,
+    #[arg(long, default_value_t = quiver_grpc::server::MAX_REQUEST_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_message_bytes: u64,
     /// Training-set builds (jobs and Flight) running at once.
     #[arg(long, default_value_t = 2)]
     max_builds: usize,
@@ -274,7 +275,7 @@ impl Serve {
             let options = quiver_http::server::HttpOptions {
                 tokens: tokens.clone(),
                 max_in_flight: self.max_in_flight,
-                max_body_bytes: self.max_message_bytes,
+                max_body_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
                 tls: tls
                     .as_ref()
                     .map(|t| (t.cert.clone(), t.key.clone(), t.client_ca.clone())),
@@ -304,7 +305,7 @@ impl Serve {
             metrics,
             max_in_flight: self.max_in_flight,
             max_entities: self.max_entities,
-            max_message_bytes: self.max_message_bytes,
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
             jobs: quiver_app::jobs::JobLimits {
                 running: self.max_builds,
                 queued: self.max_queued_builds,
