@@ -192,12 +192,12 @@ fn too_large(resp: http::Response<Body>, method: &str, flag: usize) -> http::Res
         let bound = if method.starts_with("RegistryService/") {
             format!(
                 "{} bytes, the limit of a model registration",
-                crate::server::MAX_ARTIFACT_BYTES
+                crate::limits::MAX_ARTIFACT_BYTES
             )
         } else if method.starts_with("FlightService/") {
             format!(
                 "{} bytes, the limit of one Flight message",
-                crate::server::MAX_FLIGHT_MESSAGE_BYTES
+                crate::limits::MAX_FLIGHT_MESSAGE_BYTES
             )
         } else {
             format!("{flag} bytes, the server's limit (quiver serve --max-message-bytes)")

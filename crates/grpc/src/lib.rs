@@ -16,6 +16,7 @@ pub mod codec;
 pub mod convert;
 pub mod flight;
 pub mod guard;
+pub mod limits;
 pub mod online;
 pub mod registry;
 pub mod server;

@@ -27,14 +27,9 @@ use crate::registry::RegistrySvc;
 use crate::status::GrpcError;
 use crate::training::TrainingSvc;
 
-/// Largest lookup, push or job request accepted by default (16 MiB): a lookup is a few
-/// hundred entities, a push some thousands of rows, neither a bulk load.
-pub const MAX_REQUEST_BYTES: usize = 16 << 20;
-/// Largest model registration accepted (256 MiB): it carries the artifact.
-pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
-
-/// Largest Flight message accepted (64 MiB): one record batch of an uploaded spine.
-pub const MAX_FLIGHT_MESSAGE_BYTES: usize = 64 << 20;
+pub use crate::limits::{
+    MAX_ARTIFACT_BYTES, MAX_FLIGHT_MESSAGE_BYTES, MAX_IN_FLIGHT, MAX_REQUEST_BYTES,
+};
 
 /// How a server is set up beyond its repository and store.
 #[derive(Clone)]
@@ -75,9 +70,6 @@ pub struct TlsFiles {
     /// The CA that signs client certificates (mutual TLS), if clients must present one.
     pub client_ca: Option<std::path::PathBuf>,
 }
-
-/// Most requests answered at once by default.
-pub const MAX_IN_FLIGHT: usize = 512;
 
 impl Default for ServeOptions {
     fn default() -> Self {
