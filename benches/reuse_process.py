@@ -14,7 +14,9 @@ max 90d of `amount`:
 `--dense` runs the dense workload instead (issue 24): 20 M events over the 90 days before
 2026-01-01 for 2 000 users (~110 events per user-day), sorted by time into 1 M-row row
 groups, and the widening 30d -> 40d over two December spines: 100 k rows at random instants,
-and daily snapshots (every user at every midnight of December, 62 k rows).
+and daily snapshots (every user at every midnight of December, 62 k rows); the snapshots
+rolled by a day (yesterday's 30d join was a day earlier); and the snapshots' 30d join with
+nothing stored, where the gate may compute through day tiles to keep them (what that costs).
 
 Each timed run starts from a catalog holding what yesterday's run stored (copied into place,
 not timed), and its output is checked identical to the cold output before its time is
@@ -56,8 +58,23 @@ feature_services:
 
 
 def prepare(d):
-    if os.path.exists(os.path.join(d, "roll-today.parquet")):
-        return
+    if not os.path.exists(os.path.join(d, "roll-today.parquet")):
+        prepare_w1(d)
+    if not os.path.exists(os.path.join(d, "snapshots.parquet")):
+        # every W1 user at every midnight of 2025-12-02..2026-01-01 (sparse: ~1.4 events per
+        # user-day), where day tiles would need more tiles than rows
+        import numpy as np
+        users = np.arange(1, 20_001)
+        end = int(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+        day = 86_400 * 1_000_000
+        days = np.arange(end - 30 * day, end + 1, day)
+        pq.write_table(pa.table({
+            "user_id": pa.array(np.tile(users, len(days))),
+            "ts": pa.array(np.repeat(days, len(users)), pa.timestamp("us", tz="UTC")),
+        }), os.path.join(d, "snapshots.parquet"))
+
+
+def prepare_w1(d):
     w1 = "/tmp/w1"
     if not os.path.exists(os.path.join(w1, "events.parquet")):
         subprocess.run([sys.executable, os.path.join(ROOT, "..", "shared", "bench", "gen.py"), w1,
@@ -84,7 +101,7 @@ def prepare(d):
 
 
 def prepare_dense(d):
-    if os.path.exists(os.path.join(d, "snapshots.parquet")):
+    if os.path.exists(os.path.join(d, "snap-yesterday.parquet")):
         return
     import numpy as np
     os.makedirs(d, exist_ok=True)
@@ -112,6 +129,12 @@ def prepare_dense(d):
         "ts": pa.array(np.repeat(days, users), pa.timestamp("us", tz="UTC")),
     })
     pq.write_table(snap, os.path.join(d, "snapshots.parquet"))
+    # the same snapshots a day earlier: every user at the midnights of 2025-12-01..12-31
+    before = pa.table({
+        "user_id": pa.array(np.tile(np.arange(users), len(days))),
+        "ts": pa.array(np.repeat(days - day, users), pa.timestamp("us", tz="UTC")),
+    })
+    pq.write_table(before, os.path.join(d, "snap-yesterday.parquet"))
 
 
 def join(q, d, spine, out, reuse=True, explain=False, service="daily", force=False):
@@ -157,6 +180,8 @@ def main():
         ("rolling 30 days", "daily", "roll-yesterday.parquet", "daily", "roll-today.parquet"),
         ("widening 30d -> 40d, 100k rows", "w30", "december.parquet", "w40", "december.parquet"),
         ("exact repeat", "daily", "yesterday.parquet", "daily", "yesterday.parquet"),
+        ("W1 December snapshots (620k rows at midnight), widening 30d -> 40d", "w30",
+         "snapshots.parquet", "w40", "snapshots.parquet"),
     ]
     if a.dense:
         scenarios = [
@@ -164,6 +189,10 @@ def main():
              "december.parquet", "w40", "december.parquet"),
             ("dense: widening 30d -> 40d, daily snapshots (62k rows at midnight)", "w30",
              "snapshots.parquet", "w40", "snapshots.parquet"),
+            ("dense: daily snapshots rolled by a day (30d)", "w30", "snap-yesterday.parquet",
+             "w30", "snapshots.parquet"),
+            ("dense: daily snapshots, nothing stored (30d; tiles kept for later)", "w40",
+             "december.parquet", "w30", "snapshots.parquet"),
         ]
     print(f"quiver: {a.quiver}; {a.runs} runs each, medians (min-max); outputs checked identical")
     print("| scenario | cold (`--no-reuse`) | reuse, the gate's choice | reuse forced | chosen / cold |")
@@ -200,7 +229,8 @@ def main():
         print(f"| {name} | {cell('cold')} | {cell('auto')} | {cell('forced')} | "
               f"{100 * med['auto'] / med['cold']:.0f} % |")
         for line in explain.splitlines():
-            if "cost gate" in line or "other spine" in line or "bytes scanned" in line:
+            if ("cost gate" in line or "other spine" in line or "bytes scanned" in line
+                    or "day tiles" in line):
                 print("    " + line.strip())
     shutil.rmtree(saved, ignore_errors=True)
 

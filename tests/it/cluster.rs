@@ -81,6 +81,14 @@ async fn a_late_spine_reads_only_late_row_groups_on_a_cluster() {
     }
 }
 
+/// Day tiles on a cluster: the grid's pass is a spine like any other, staged for the
+/// executors; the tiled columns equal the local cold ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_tiles_return_the_cold_column_on_a_cluster() {
+    let staging = tempfile::tempdir().unwrap();
+    crate::reuse::day_tiles(0..3, Some(on_cluster(staging.path(), Storage::default()))).await;
+}
+
 /// PitJoinExec needs the spine rows and the events of a key in the same partition. Ballista
 /// cuts the plan at both hash repartitions and each side crosses a shuffle on its own; were
 /// the two sides' partitions not the same hash ranges after it, a spine row would meet none

@@ -623,3 +623,160 @@ async fn incremental_refresh(seeds: std::ops::Range<u64>, s3: bool) {
 fn concat(parts: &[RecordBatch]) -> RecordBatch {
     datafusion::arrow::compute::concat_batches(&parts[0].schema(), parts).unwrap()
 }
+
+/// A spine whose times all fall at `phase` past midnight, on days `first..last`, with keys
+/// drawn from `keys` (nulls among them).
+fn day_spine(
+    rng: &mut SmallRng,
+    rows: usize,
+    (first, last): (i64, i64),
+    phase: i64,
+) -> RecordBatch {
+    let uid: Vec<Option<i64>> = (0..rows)
+        .map(|_| (!rng.random_bool(0.05)).then(|| rng.random_range(0..8)))
+        .collect();
+    let t: Vec<Option<i64>> = (0..rows)
+        .map(|_| Some(rng.random_range(first..last) * DAY + phase))
+        .collect();
+    batch(vec![
+        ("uid", Arc::new(Int64Array::from(uid)) as ArrayRef),
+        ("event_timestamp", ts_col(t)),
+    ])
+}
+
+/// Day tiles (ADR 0006): a spine whose times share a time of day computes whole-day windows
+/// as one-day states over a grid of (key, day) rows, merged; later joins — a wider window,
+/// other days, another spine of the same days — take the stored tiles and compute only the
+/// days no join tiled. Every such column equals the cold one, bit for bit, over random
+/// events, windows, closures, offsets and filters; windows that do not split into days
+/// (an hour's offset, both or neither edge included) are computed as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_tiles_return_the_cold_column() {
+    day_tiles(0..12, None).await;
+}
+
+/// [`day_tiles_return_the_cold_column`], the tiled joins' plans (the grid's pass included) run
+/// by `runner` (a cluster) when given.
+pub async fn day_tiles(
+    seeds: std::ops::Range<u64>,
+    runner: Option<Arc<dyn quiver_offline::runner::PlanRunner>>,
+) {
+    let reusable = AGGS.len() - 1;
+    for seed in seeds {
+        let mut rng = SmallRng::seed_from_u64(200 + seed);
+        let dir = tempfile::tempdir().unwrap();
+        let span = 24 * 14;
+        let days = [2, 3, 4, 7];
+        let a = days[rng.random_range(0..days.len())];
+        let mut b = days[rng.random_range(0..days.len())];
+        while b == a {
+            b = days[rng.random_range(0..days.len())];
+        }
+        let closed = ["right", "left", "right", "left", "both", "neither"][rng.random_range(0..6)];
+        let offset = [0, DAY, 2 * DAY, H][rng.random_range(0..4)];
+        let filter = rng.random_bool(0.5);
+        let tiled = matches!(closed, "right" | "left") && offset % DAY == 0;
+        write_repo(
+            dir.path(),
+            &[Some(24 * a), Some(24 * b)],
+            offset,
+            closed,
+            filter,
+        );
+        write_events(dir.path(), &mut rng, 3000, span);
+        let phase = [0, 7 * H, 23 * H + 15 * 60_000_000][rng.random_range(0..3)];
+        let what = format!(
+            "seed {seed}: {a}d then {b}d, {closed}, offset {offset}us, filter {filter}, phase {phase}us"
+        );
+        let warm = Engine::new(
+            Repo::load(dir.path()).unwrap(),
+            EngineOptions {
+                target_partitions: 1 + seed as usize % 3,
+                batch_size: 64,
+                reuse_budget: Some(1 << 30),
+                reuse_always: true,
+                runner: runner.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cold = engine(dir.path(), false, 2);
+        let merged = |o: &JoinOutput| {
+            o.explain
+                .iter()
+                .filter(|l| l.contains("day tiles each"))
+                .count()
+        };
+
+        // computed from tiles (none stored yet), which are kept
+        let sp = day_spine(&mut rng, 300, (3, 10), phase);
+        let first = run(&warm, &sp, 0).await;
+        assert_same(&first.batch, &run(&cold, &sp, 0).await.batch, &what);
+        assert_eq!(first.reused, 0, "{what}");
+        assert_eq!(merged(&first), if tiled { reusable } else { 0 }, "{what}");
+
+        // another window over the same rows: the stored tiles, and the days they lack
+        let second = run(&warm, &sp, 1).await;
+        assert_same(
+            &second.batch,
+            &run(&cold, &sp, 1).await.batch,
+            &format!("{what} (other window)"),
+        );
+        if tiled {
+            assert_eq!(merged(&second), reusable, "{what}: {:#?}", second.explain);
+            assert_eq!(
+                second.reused, reusable,
+                "{what}: features from stored tiles"
+            );
+        }
+
+        // another spine over overlapping days, and a spine off its time of day
+        let other = day_spine(&mut rng, 200, (6, 13), phase);
+        let o = run(&warm, &other, 1).await;
+        assert_same(
+            &o.batch,
+            &run(&cold, &other, 1).await.batch,
+            &format!("{what} (other days)"),
+        );
+        if tiled {
+            assert_eq!(o.reused, reusable, "{what}: other days");
+        }
+        let mut off = day_spine(&mut rng, 100, (3, 10), phase);
+        let t = off
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let mut moved: Vec<Option<i64>> = t.iter().collect();
+        moved[0] = moved[0].map(|v| v + H);
+        off = batch(vec![
+            ("uid", off.column(0).clone()),
+            ("event_timestamp", ts_col(moved)),
+        ]);
+        let o = run(&warm, &off, 1).await;
+        assert_eq!(merged(&o), 0, "{what}: a row off the time of day");
+        assert_same(
+            &o.batch,
+            &run(&cold, &off, 1).await.batch,
+            &format!("{what} (off the time of day)"),
+        );
+
+        // exact repeats read the stored states, not the tiles
+        let again = run(&warm, &sp, 1).await;
+        assert_same(&again.batch, &second.batch, &format!("{what} (exact)"));
+        assert_eq!(again.reused, reusable, "{what}");
+        assert_eq!(merged(&again), 0, "{what}: exact matches merge no tile");
+
+        // both windows in one join share one grid (a sum and a mean share their tiles)
+        let fresh = day_spine(&mut rng, 150, (2, 12), phase);
+        let both = run_windows(&warm, &fresh, &[0, 1]).await;
+        assert_same(
+            &both.batch,
+            &run_windows(&cold, &fresh, &[0, 1]).await.batch,
+            &format!("{what} (both windows)"),
+        );
+        if tiled {
+            assert_eq!(merged(&both), 2 * reusable, "{what}: both windows");
+        }
+    }
+}

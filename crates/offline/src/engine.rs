@@ -28,6 +28,7 @@ use reuse_plan::ReusePlan;
 
 mod cross;
 mod reuse_plan;
+mod tiles;
 use crate::reuse::{self, ReuseCatalog};
 use crate::runner::PlanRunner;
 use crate::state::{self, StateKind};
@@ -851,8 +852,10 @@ impl Engine {
         // runs (decompressing them took about as long as merging them).
         let prefetch = match (reuse, self.plan_only) {
             (Some((cat, _)), false) => {
-                let scans = !plan.work.is_empty() || !plan.sub_work.is_empty();
-                prefetch_states(cat, &plan.features, scans)
+                let scans = !plan.work.is_empty()
+                    || !plan.sub_work.is_empty()
+                    || plan.tiles.as_ref().is_some_and(|t| !t.unmatched.is_empty());
+                prefetch_states(cat, &plan.features, plan.tiles.as_ref(), scans)
             }
             _ => None,
         };
@@ -862,31 +865,48 @@ impl Engine {
             .then(|| ranges(&mut plan.work.iter().map(|f| f.kind)))
             .flatten();
         if !plan.work.is_empty() {
-            passes.push((range, None));
+            passes.push((range, Pass::Main));
         }
-        let unmatched = &plan.unmatched;
-        if !plan.sub_work.is_empty() && !unmatched.is_empty() {
-            let (u0, u1) = cross::time_span(t, unmatched.iter().copied());
-            let r = typed
+        // what a pass over some rows of the spine (or the grid, `times`) reads for `feats`
+        let rows_range = |feats: &[FeatureSpec], times: &Int64Array, rows: &[u32]| {
+            let (lo, hi) = cross::time_span(times, rows.iter().copied());
+            typed
                 .then(|| {
                     gate::hull(
-                        plan.sub_work
+                        feats
                             .iter()
-                            .map(|f| gate::needed(&f.kind, view.ttl, u0, u1)),
+                            .map(|f| gate::needed(&f.kind, view.ttl, lo, hi)),
                     )
                 })
-                .flatten();
-            passes.push((r, Some(unmatched.clone())));
+                .flatten()
+        };
+        let unmatched = &plan.unmatched;
+        if !plan.sub_work.is_empty() && !unmatched.is_empty() {
+            passes.push((rows_range(&plan.sub_work, t, unmatched), Pass::Rest));
+        }
+        if let Some(tp) = &plan.tiles
+            && !tp.unmatched.is_empty()
+        {
+            passes.push((rows_range(&tp.work, tp.ends(), &tp.unmatched), Pass::Grid));
         }
         if passes.is_empty() {
             explain.push("  no scan: every feature is stored".into());
         }
-        let (mut cols, mut sub_cols) = (Vec::new(), Vec::new());
+        let (mut cols, mut sub_cols, mut grid_cols) = (Vec::new(), Vec::new(), Vec::new());
         let (mut spills, mut scanned) = (0, 0);
-        for (range, rows) in passes {
-            let (batch, feats) = match &rows {
-                None => (sbatch.clone(), &plan.work),
-                Some(rows) => (sub_spine(&sbatch, rows)?, &plan.sub_work),
+        for (range, pass) in passes {
+            let (batch, feats) = match (&pass, &plan.tiles) {
+                (Pass::Main, _) => (sbatch.clone(), &plan.work),
+                (Pass::Rest, _) => (sub_spine(&sbatch, unmatched)?, &plan.sub_work),
+                (Pass::Grid, Some(tp)) => {
+                    explain.push(format!(
+                        "  day tiles: {} of the grid's {} (key, day) rows computed",
+                        tp.unmatched.len(),
+                        tp.grid.rows()
+                    ));
+                    (sub_spine(&tp.grid.sbatch, &tp.unmatched)?, &tp.work)
+                }
+                (Pass::Grid, None) => return Err(Error::Internal("a grid without tiles".into())),
             };
             let swept = self
                 .sweep_view(p, feats, &batch, &key_types, range, &time_type)
@@ -902,9 +922,10 @@ impl Engine {
             explain.push(format!("  bytes scanned: {}", swept.bytes_scanned));
             spills += swept.spills;
             scanned += swept.bytes_scanned;
-            match rows {
-                None => cols = swept.columns,
-                Some(_) => sub_cols = swept.columns,
+            match pass {
+                Pass::Main => cols = swept.columns,
+                Pass::Rest => sub_cols = swept.columns,
+                Pass::Grid => grid_cols = swept.columns,
             }
             if let Err(e) = self.log_scan(p, range, swept.distinct_keys, swept.bytes_scanned) {
                 explain.push(format!("  join log not written: {e}"));
@@ -931,6 +952,10 @@ impl Engine {
         let swept = Swept {
             cols: states_gathered(cols, &plan.work)?,
             sub_cols: states_gathered(sub_cols, &plan.sub_work)?,
+            grid_cols: match &plan.tiles {
+                Some(tp) => states_gathered(grid_cols, &tp.work)?,
+                None => Vec::new(),
+            },
             compute_micros,
         };
         let prefetched = match prefetch {
@@ -991,7 +1016,7 @@ impl Engine {
         p: &ViewParts<'_>,
         plan: &ReusePlan<'_>,
         swept: Swept,
-        mut prefetched: Prefetched,
+        prefetched: Prefetched,
         sbatch: &RecordBatch,
         explain: &mut Vec<String>,
     ) -> Result<Finished> {
@@ -999,24 +1024,27 @@ impl Engine {
         let Swept {
             cols,
             sub_cols,
+            grid_cols,
             compute_micros,
         } = swept;
-        // where each spine row sits in the cross-spine pass
-        let mut in_sub = vec![u32::MAX; sbatch.num_rows()];
-        for (j, &r) in plan.unmatched.iter().enumerate() {
-            in_sub[r as usize] = j as u32;
-        }
         let mut states: Vec<(String, quiver_core::semantics::Window, StateFrom)> = Vec::new();
         let mut to_store = Vec::new();
         let mut finish: Vec<FinishJob> = Vec::with_capacity(p.features.len());
-        let mut touched = Vec::new();
-        let mut stored_read = 0u64;
         let mut reused = 0usize;
-        let mut loaded: HashMap<String, ArrayRef> = HashMap::new();
+        let mut loader = reuse.as_ref().map(|(cat, _)| Loader::new(cat, prefetched));
         // the spine as pieces of stored spines and the rows computed here, when a feature
         // took rows of other spines in a few runs
         let mut spine_pieces: Option<Vec<reuse::Piece>> = None;
-        let per_feature = compute_micros / (plan.work.len() + plan.sub_work.len()).max(1) as u64;
+        let per_feature = compute_micros
+            / (plan.work.len()
+                + plan.sub_work.len()
+                + plan.tiles.as_ref().map_or(0, |t| t.work.len()))
+            .max(1) as u64;
+        let tiles = match (&plan.tiles, &mut loader) {
+            (Some(tp), Some(loader)) => Some(tile_states(tp, grid_cols, loader)?),
+            (Some(_), None) => return Err(Error::Internal("tiles without a catalog".into())),
+            (None, _) => None,
+        };
         for (fp, f) in plan.features.iter().zip(&p.features) {
             // (a cross-spine feature whose rows other spines all hold has no second pass)
             let computed = fp.slot.and_then(|j| {
@@ -1038,10 +1066,15 @@ impl Engine {
                 Kind::Latest => Agg::Last,
             };
             let want = gate::window_of(&f.kind);
-            let (Some((cat, version)), Some(def)) = (reuse, &fp.def) else {
+            let (Some((_, version)), Some(def), Some(loader)) = (reuse, &fp.def, &mut loader)
+            else {
                 return Err(Error::Internal("state without a catalog".into()));
             };
-            if fp.reused() {
+            let from_tiles = match (fp.tiles, &plan.tiles) {
+                (Some((slot, _)), Some(tp)) => tp.cross[slot].is_some(),
+                _ => false,
+            };
+            if fp.reused() || from_tiles {
                 reused += 1;
             }
             let finish_job = |state| FinishJob::State {
@@ -1055,78 +1088,40 @@ impl Engine {
                 continue;
             }
             let computed = computed.map(|c| c.array()).transpose()?;
-            let mut load = |e: &reuse::Entry| -> Result<ArrayRef> {
-                if let Some(a) = loaded.get(&e.id) {
-                    return Ok(Arc::clone(a));
-                }
-                stored_read += e.bytes;
-                touched.push(e.id.clone());
-                let a = match prefetched.remove(&e.id) {
-                    Some(a) => a,
-                    None => cat.load(e)?,
-                };
-                let a = a.ok_or_else(|| {
-                    Error::Source(format!(
-                        "reuse entry {} was evicted while in use; run the join again",
-                        e.id
-                    ))
-                })?;
-                loaded.insert(e.id.clone(), Arc::clone(&a));
-                Ok(a)
-            };
             let mut pieces = None;
-            let from = match (&fp.choice, &fp.cross, computed) {
-                (_, Some(c), rest) => {
-                    let mut arrays = c
+            let from = match (&fp.choice, &fp.cross, computed, fp.tiles, &tiles) {
+                (_, _, _, Some((slot, w)), Some((grid, done))) => {
+                    StateFrom::Tiles(kind, Arc::clone(grid), Arc::clone(&done.states[slot]), w)
+                }
+                (_, Some(c), rest, _, _) => {
+                    let arrays = c
                         .entries
                         .iter()
-                        .map(&mut load)
+                        .map(|e| loader.load(e))
                         .collect::<Result<Vec<_>>>()?;
                     let rest = match (rest, arrays.first()) {
                         (Some(r), _) => r,
                         (None, Some(a)) if c.matched == c.rows.len() => a.slice(0, 0),
                         _ => return Err(Error::Internal("rows left without a pass".into())),
                     };
-                    match cross_runs(c, &in_sub) {
-                        // a few runs: slices of the stored states and of the rows computed
-                        // here, finished as they are and stored as pieces
-                        Some(runs) => {
-                            let slices = runs
-                                .iter()
-                                .map(|&(src, start, len)| match src {
-                                    NEW_ROWS => rest.slice(start as usize, len as usize),
-                                    e => arrays[e as usize].slice(start as usize, len as usize),
-                                })
-                                .collect();
-                            if spine_pieces.is_none() {
-                                spine_pieces = Some(run_pieces(&runs, |e| &c.entries[e].spine));
-                            }
-                            pieces = Some((run_pieces(&runs, |e| &c.entries[e].id), rest));
-                            StateFrom::Runs(slices)
+                    let (from, runs) = cross_state(c, arrays, &rest, &plan.unmatched);
+                    // a few runs: slices of the stored states and of the rows computed here,
+                    // finished as they are and stored as pieces
+                    if let Some(runs) = runs {
+                        if spine_pieces.is_none() {
+                            spine_pieces = Some(run_pieces(&runs, |e| &c.entries[e].spine));
                         }
-                        None => {
-                            arrays.push(rest);
-                            let last = arrays.len() - 1;
-                            let idx = c
-                                .rows
-                                .iter()
-                                .enumerate()
-                                .map(|(r, m)| match m {
-                                    Some((e, q)) => (*e as usize, *q as usize),
-                                    None => (last, in_sub[r] as usize),
-                                })
-                                .collect();
-                            StateFrom::Rows(arrays, idx)
-                        }
+                        pieces = Some((run_pieces(&runs, |e| &c.entries[e].id), rest));
                     }
+                    from
                 }
-                (gate::Choice::Cold, None, Some(c)) => StateFrom::Ready(c),
-                (gate::Choice::Exact(e), None, _) => StateFrom::Ready(load(e)?),
-                (gate::Choice::Widen(e, _), None, Some(b)) => {
-                    StateFrom::Merge(kind, load(e)?, b, false)
+                (gate::Choice::Cold, None, Some(c), _, _) => StateFrom::Ready(c),
+                (gate::Choice::Exact(e), None, _, _, _) => StateFrom::Ready(loader.load(e)?),
+                (gate::Choice::Widen(e, _), None, Some(b), _, _) => {
+                    StateFrom::Merge(kind, loader.load(e)?, b, false)
                 }
-                (gate::Choice::Narrow(e, _), None, Some(b)) => {
-                    StateFrom::Merge(kind, load(e)?, b, true)
+                (gate::Choice::Narrow(e, _), None, Some(b), _, _) => {
+                    StateFrom::Merge(kind, loader.load(e)?, b, true)
                 }
                 _ => return Err(Error::Internal("reuse plan without its inputs".into())),
             };
@@ -1176,10 +1171,55 @@ impl Engine {
             })
             .collect();
         crate::profile::stage(format_args!("view {}: finished", p.view.name));
-        if let Some((cat, _)) = reuse {
-            // Write-behind: the states are compressed and written on a thread of their own
-            // while the caller uses the result; the next lookup (or dropping the engine)
-            // waits for it.
+        // the tiles computed here, stored as their grid's states (beside stored grids' rows)
+        let tiles_to_store = match (&plan.tiles, tiles, reuse) {
+            (Some(tp), Some((_, done)), Some((_, version))) if !tp.unmatched.is_empty() => {
+                let label = plan
+                    .features
+                    .iter()
+                    .zip(&p.features)
+                    .find(|(fp, _)| fp.tiles.is_some())
+                    .map_or(String::new(), |(_, f)| format!("{} (day tiles)", f.label));
+                let items = done
+                    .to_store
+                    .into_iter()
+                    .enumerate()
+                    .map(|(s, store)| {
+                        let entry = reuse::Entry {
+                            id: String::new(),
+                            source: src.name.clone(),
+                            source_version: version.id.clone(),
+                            def: tp.defs[s].clone(),
+                            spine: tp.key.clone(),
+                            window: gate::window_of(&tp.work[s].kind),
+                            feature: label.clone(),
+                            rows: tp.grid.rows() as u64,
+                            bytes: 0,
+                            cost_micros: per_feature,
+                            priority: 0.0,
+                            used_micros: 0,
+                            parts: Vec::new(),
+                        };
+                        (entry, store)
+                    })
+                    .collect::<Vec<_>>();
+                let spine = reuse::ToStore {
+                    whole: gate::spine_batch(&tp.grid.sbatch)?,
+                    pieces: match done.spine_pieces {
+                        Some(p) => Some((
+                            p,
+                            gate::spine_batch(&sub_spine(&tp.grid.sbatch, &tp.unmatched)?)?,
+                        )),
+                        None => None,
+                    },
+                };
+                Some((tp.key.clone(), spine, items))
+            }
+            _ => None,
+        };
+        if let (Some((cat, _)), Some(loader)) = (reuse, loader) {
+            // Write-behind: the states are written on a thread of their own while the
+            // caller uses the result; the next lookup (or dropping the engine) waits for it.
             let spine_cols = reuse::ToStore {
                 whole: gate::spine_batch(sbatch)?,
                 pieces: match spine_pieces {
@@ -1187,13 +1227,20 @@ impl Engine {
                     None => None,
                 },
             };
-            let (cat, count) = ((*cat).clone(), to_store.len());
+            let count = to_store.len() + tiles_to_store.as_ref().map_or(0, |t| t.2.len());
+            let cat = (*cat).clone();
             let spine_key = plan.spine_key.clone();
             let failed = Arc::clone(&self.store_error);
+            let touched = loader.touched;
             let handle = std::thread::spawn(move || {
-                let kept = cat.touch(&touched).and_then(|_| match to_store.is_empty() {
-                    true => Ok(0),
-                    false => cat.store((&spine_key, spine_cols), to_store),
+                let kept = cat.touch(&touched).and_then(|_| {
+                    if !to_store.is_empty() {
+                        cat.store((&spine_key, spine_cols), to_store)?;
+                    }
+                    match tiles_to_store {
+                        Some((key, spine, items)) => cat.store((&key, spine), items),
+                        None => Ok(0),
+                    }
                 });
                 if let Err(e) = kept
                     && let Ok(mut f) = failed.lock()
@@ -1209,10 +1256,15 @@ impl Engine {
                     "  {count} feature state(s) stored in the background for reuse"
                 ));
             }
+            return Ok(Finished {
+                columns: out,
+                stored_bytes_read: loader.stored_read,
+                reused,
+            });
         }
         Ok(Finished {
             columns: out,
-            stored_bytes_read: stored_read,
+            stored_bytes_read: 0,
             reused,
         })
     }
@@ -1482,12 +1534,21 @@ impl Engine {
     }
 }
 
-/// The sweep's columns of a view: over every spine row, and over the rows other spines did
-/// not give; and the time the sweep took.
+/// The sweep's columns of a view: over every spine row, over the rows other spines did not
+/// give, and over the day tiles' grid rows no stored grid holds; and the time the sweep took.
 struct Swept {
     cols: Vec<OutColumn>,
     sub_cols: Vec<OutColumn>,
+    grid_cols: Vec<OutColumn>,
     compute_micros: u64,
+}
+
+/// A scan and sweep of one view: over every spine row, the rows other spines lack, or the
+/// day tiles' grid rows.
+enum Pass {
+    Main,
+    Rest,
+    Grid,
 }
 
 /// A view's finished columns, with what reuse read.
@@ -1550,15 +1611,22 @@ type Prefetched = HashMap<String, Option<ArrayRef>>;
 fn prefetch_states(
     cat: &ReuseCatalog,
     features: &[reuse_plan::FeaturePlan],
+    tiles: Option<&reuse_plan::TilePlan>,
     scans: bool,
 ) -> Option<std::thread::JoinHandle<Result<Prefetched>>> {
     let mut entries: Vec<reuse::Entry> = Vec::new();
-    let named = features.iter().flat_map(|f| {
-        f.choice
-            .entry()
-            .into_iter()
-            .chain(f.cross.iter().flat_map(|c| c.entries.iter()))
-    });
+    let stored_tiles = tiles
+        .into_iter()
+        .flat_map(|t| t.cross.iter().flatten().flat_map(|c| c.entries.iter()));
+    let named = features
+        .iter()
+        .flat_map(|f| {
+            f.choice
+                .entry()
+                .into_iter()
+                .chain(f.cross.iter().flat_map(|c| c.entries.iter()))
+        })
+        .chain(stored_tiles);
     for e in named {
         if !entries.iter().any(|x| x.id == e.id) {
             entries.push(e.clone());
@@ -1592,6 +1660,8 @@ enum StateFrom {
     /// Slices of stored states and of the scan's, in row order (a spine that lines up with
     /// stored ones in a few runs): kept as chunks, each finished as it is.
     Runs(Vec<ArrayRef>),
+    /// Merged from day tiles: the grid, its tiles' states, and how the window splits.
+    Tiles(StateKind, Arc<tiles::Grid>, ArrayRef, tiles::Tiling),
 }
 
 impl StateFrom {
@@ -1605,6 +1675,7 @@ impl StateFrom {
             StateFrom::Rows(arrays, idx) => {
                 Ok(vec![OutColumn::from_positions(arrays, idx).array()?])
             }
+            StateFrom::Tiles(kind, grid, tiles, w) => Ok(vec![grid.compose(kind, &tiles, w)?]),
         }
     }
 }
@@ -1650,13 +1721,17 @@ impl FinishJob {
 /// The source of a run of rows computed here (not taken from a stored entry).
 const NEW_ROWS: u32 = u32::MAX;
 
+/// A run of consecutive rows of one source: (entry index or [`NEW_ROWS`], first row there,
+/// rows).
+type Run = (u32, u32, u32);
+
 /// A cross-spine state as runs (entry index or [`NEW_ROWS`], first row there, rows): runs of
 /// consecutive rows of one stored entry, and of the rows computed here (`in_sub`: each spine
 /// row's place among them). `None` when there are more runs than a stored entry may have
 /// parts (rows of many spines, or new rows scattered through the spine): the state is then
 /// gathered row by row and stored whole.
-fn cross_runs(c: &cross::Cross, in_sub: &[u32]) -> Option<Vec<(u32, u32, u32)>> {
-    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+fn cross_runs(c: &cross::Cross, in_sub: &[u32]) -> Option<Vec<Run>> {
+    let mut runs: Vec<Run> = Vec::new();
     for (r, m) in c.rows.iter().enumerate() {
         let (src, q) = match m {
             Some((e, q)) => (*e, *q),
@@ -1675,9 +1750,156 @@ fn cross_runs(c: &cross::Cross, in_sub: &[u32]) -> Option<Vec<(u32, u32, u32)>> 
     (!runs.is_empty()).then_some(runs)
 }
 
+/// A cross-spine state from rows of stored states (`arrays`, one per entry of `c`) and of
+/// the rows computed here (`rest`; `unmatched`: the rows it holds, ascending): slices of
+/// them when they line up in a few runs (returned, so the state can be stored as pieces),
+/// else gathered row by row.
+fn cross_state(
+    c: &cross::Cross,
+    mut arrays: Vec<ArrayRef>,
+    rest: &ArrayRef,
+    unmatched: &[u32],
+) -> (StateFrom, Option<Vec<Run>>) {
+    // where each row sits among the rows computed here
+    let mut in_sub = vec![u32::MAX; c.rows.len()];
+    for (j, &r) in unmatched.iter().enumerate() {
+        in_sub[r as usize] = j as u32;
+    }
+    match cross_runs(c, &in_sub) {
+        Some(runs) => {
+            let slices = runs
+                .iter()
+                .map(|&(src, start, len)| match src {
+                    NEW_ROWS => rest.slice(start as usize, len as usize),
+                    e => arrays[e as usize].slice(start as usize, len as usize),
+                })
+                .collect();
+            (StateFrom::Runs(slices), Some(runs))
+        }
+        None => {
+            arrays.push(Arc::clone(rest));
+            let last = arrays.len() - 1;
+            let idx = c
+                .rows
+                .iter()
+                .enumerate()
+                .map(|(r, m)| match m {
+                    Some((e, q)) => (*e as usize, *q as usize),
+                    None => (last, in_sub[r] as usize),
+                })
+                .collect();
+            (StateFrom::Rows(arrays, idx), None)
+        }
+    }
+}
+
+/// The day tiles' states, one array per grid state, and what of them to store.
+struct TileStates {
+    states: Vec<ArrayRef>,
+    /// Per grid state: the whole, or pieces of stored grids' states and the rows computed.
+    to_store: Vec<reuse::ToStore<Vec<ArrayRef>, ArrayRef>>,
+    /// The grid as pieces of stored grids and its computed rows, when a state is in pieces.
+    spine_pieces: Option<Vec<reuse::Piece>>,
+}
+
+/// Each grid state's tiles: the rows stored grids hold and the rows the grid pass computed
+/// (`computed`, one column per state over the plan's unmatched grid rows).
+fn tile_states(
+    tp: &reuse_plan::TilePlan,
+    computed: Vec<OutColumn>,
+    loader: &mut Loader<'_>,
+) -> Result<(Arc<tiles::Grid>, TileStates)> {
+    let mut done = TileStates {
+        states: Vec::with_capacity(tp.work.len()),
+        to_store: Vec::with_capacity(tp.work.len()),
+        spine_pieces: None,
+    };
+    for (slot, c) in tp.cross.iter().enumerate() {
+        let rest = computed.get(slot).map(|c| c.array()).transpose()?;
+        let (chunks, pieces) = match (c, rest) {
+            (None, Some(rest)) => (vec![rest], None),
+            (Some(c), rest) => {
+                let arrays = c
+                    .entries
+                    .iter()
+                    .map(|e| loader.load(e))
+                    .collect::<Result<Vec<_>>>()?;
+                let rest = match (rest, arrays.first()) {
+                    (Some(r), _) => r,
+                    (None, Some(a)) => a.slice(0, 0),
+                    (None, None) => return Err(Error::Internal("tiles without rows".into())),
+                };
+                let (from, runs) = cross_state(c, arrays, &rest, &tp.unmatched);
+                let pieces = runs.map(|runs| {
+                    if done.spine_pieces.is_none() {
+                        done.spine_pieces = Some(run_pieces(&runs, |e| &c.entries[e].spine));
+                    }
+                    (run_pieces(&runs, |e| &c.entries[e].id), rest)
+                });
+                (from.state()?, pieces)
+            }
+            (None, None) => return Err(Error::Internal("tiles not computed".into())),
+        };
+        done.states.push(match chunks.as_slice() {
+            [one] => Arc::clone(one),
+            _ => {
+                let refs: Vec<&dyn Array> = chunks.iter().map(|a| a.as_ref()).collect();
+                datafusion::arrow::compute::concat(&refs)?
+            }
+        });
+        done.to_store.push(reuse::ToStore {
+            whole: chunks,
+            pieces,
+        });
+    }
+    Ok((Arc::clone(&tp.grid), done))
+}
+
+/// Reads stored states for one view, each once (from what was prefetched when it can),
+/// counting the bytes read and the entries used.
+struct Loader<'c> {
+    cat: &'c ReuseCatalog,
+    prefetched: Prefetched,
+    loaded: HashMap<String, ArrayRef>,
+    touched: Vec<String>,
+    stored_read: u64,
+}
+
+impl<'c> Loader<'c> {
+    fn new(cat: &'c ReuseCatalog, prefetched: Prefetched) -> Loader<'c> {
+        Loader {
+            cat,
+            prefetched,
+            loaded: HashMap::new(),
+            touched: Vec::new(),
+            stored_read: 0,
+        }
+    }
+
+    fn load(&mut self, e: &reuse::Entry) -> Result<ArrayRef> {
+        if let Some(a) = self.loaded.get(&e.id) {
+            return Ok(Arc::clone(a));
+        }
+        self.stored_read += e.bytes;
+        self.touched.push(e.id.clone());
+        let a = match self.prefetched.remove(&e.id) {
+            Some(a) => a,
+            None => self.cat.load(e)?,
+        };
+        let a = a.ok_or_else(|| {
+            Error::Source(format!(
+                "reuse entry {} was evicted while in use; run the join again",
+                e.id
+            ))
+        })?;
+        self.loaded.insert(e.id.clone(), Arc::clone(&a));
+        Ok(a)
+    }
+}
+
 /// Runs as catalog pieces, a stored run naming what `of` gives for its entry (its id, or its
 /// spine's key).
-fn run_pieces<'a>(runs: &[(u32, u32, u32)], of: impl Fn(usize) -> &'a String) -> Vec<reuse::Piece> {
+fn run_pieces<'a>(runs: &[Run], of: impl Fn(usize) -> &'a String) -> Vec<reuse::Piece> {
     runs.iter()
         .map(|&(src, start, rows)| match src {
             NEW_ROWS => reuse::Piece::New {

@@ -215,6 +215,29 @@ pub fn build(kind: StateKind, value: &DataType, cols: Vec<ArrayRef>) -> Result<A
     Ok(Arc::new(StructArray::try_new(fields, cols, None)?))
 }
 
+/// `len` states of a window holding no event, of the state type `like`: merged with any
+/// state, it leaves it as it was.
+pub fn empty(like: &DataType, len: usize) -> Result<ArrayRef> {
+    let DataType::Struct(fields) = like else {
+        return Err(Error::Internal("not a state type".into()));
+    };
+    let cols = fields
+        .iter()
+        .map(|f| -> Result<ArrayRef> {
+            Ok(match f.data_type() {
+                _ if f.is_nullable() => arrow::array::new_null_array(f.data_type(), len),
+                DataType::Int64 => Arc::new(Int64Array::from(vec![0; len])),
+                DataType::Float64 => Arc::new(Float64Array::from(vec![0.0; len])),
+                DataType::Decimal128(p, s) => {
+                    Arc::new(Decimal128Array::from(vec![0; len]).with_precision_and_scale(*p, *s)?)
+                }
+                other => return Err(Error::Internal(format!("state field of type {other}"))),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(StructArray::try_new(fields.clone(), cols, None)?))
+}
+
 /// The state of a `count`, or the `n` and value of min/max/first/last.
 pub fn with_value(kind: StateKind, n: Vec<i64>, value: Option<ArrayRef>) -> Result<ArrayRef> {
     let n: ArrayRef = Arc::new(Int64Array::from(n));
@@ -481,6 +504,174 @@ pub fn combine(
             with_value(kind, n, Some(v))
         }
     }
+}
+
+/// Windows of `m` consecutive day tiles merged without [`combine`], for the kinds that have
+/// a cheaper way: counts and sums by prefix sums over each key's days (exact for counts and
+/// integer sums; double-double for floats, as the sweep's own prefix sums), min and max of
+/// 64-bit values by van Herk's blocks over plain values. `cells[d * keys + k]` is the row of
+/// `tiles` holding key `k`'s tile of day `d` (`u32::MAX`: none, an empty tile); each of
+/// `rows` is (key, first day) of one window. `None` for the other kinds, which the caller
+/// merges with [`combine`].
+pub fn tile_windows(
+    kind: StateKind,
+    tiles: &ArrayRef,
+    (cells, keys): (&[u32], usize),
+    m: usize,
+    rows: &[(u32, usize)],
+) -> Result<Option<ArrayRef>> {
+    let v = View::new(tiles)?;
+    let tn = v.i64s("n")?;
+    let n = windows(
+        &prefix(cells, keys, 0, |t| tn[t], |a, b| a + b),
+        keys,
+        m,
+        rows,
+        |a, b| a - b,
+    );
+    Ok(Some(match kind {
+        StateKind::Count => with_value(kind, n, None)?,
+        StateKind::IntSum => {
+            let ts = v.sums()?;
+            let p = prefix(cells, keys, 0i128, |t| ts[t], |a, b| a + b);
+            int_sum(n, windows(&p, keys, m, rows, |a, b| a - b))?
+        }
+        StateKind::Float { moments: false } => {
+            let (h, l) = v.dd("s1h", "s1l")?;
+            let p = prefix(
+                cells,
+                keys,
+                Dd::ZERO,
+                |t| Dd::from_parts(h[t], l[t]),
+                Dd::add,
+            );
+            let sp = v.special()?;
+            let q = prefix(
+                cells,
+                keys,
+                [0i64; 3],
+                |t| [sp[0][t], sp[1][t], sp[2][t]],
+                |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2]],
+            );
+            let special = windows(&q, keys, m, rows, |a, b| {
+                [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+            });
+            FloatParts {
+                n,
+                s1: windows(&p, keys, m, rows, Dd::sub),
+                c: Vec::new(),
+                s2: Vec::new(),
+                special,
+            }
+            .build(false)?
+        }
+        StateKind::Extreme { max } => {
+            let col = v.col("v")?;
+            // a tile with values but no value cannot be: leave it to the general merge
+            if (0..col.len()).any(|t| tn[t] > 0 && col.is_null(t)) {
+                return Ok(None);
+            }
+            let have = |t: usize| tn[t] > 0;
+            let value: ArrayRef = match col.data_type() {
+                DataType::Float64 => {
+                    let x = col.as_primitive::<Float64Type>().values();
+                    let better = |b: f64, a: f64| match max {
+                        true => b.total_cmp(&a).is_gt(),
+                        false => b.total_cmp(&a).is_lt(),
+                    };
+                    let w = extremes((cells, keys), m, rows, |t| have(t).then(|| x[t]), better);
+                    Arc::new(Float64Array::from(w))
+                }
+                DataType::Int64 => {
+                    let x = col.as_primitive::<Int64Type>().values();
+                    let better = |b: i64, a: i64| if max { b > a } else { b < a };
+                    let w = extremes((cells, keys), m, rows, |t| have(t).then(|| x[t]), better);
+                    Arc::new(Int64Array::from(w))
+                }
+                _ => return Ok(None),
+            };
+            with_value(kind, n, Some(value))?
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Running sums over each key's days: entry `(d + 1) * keys + k` holds key `k`'s tiles of
+/// days up to `d` (entry `k`: none).
+fn prefix<T: Copy>(
+    cells: &[u32],
+    keys: usize,
+    zero: T,
+    of: impl Fn(usize) -> T,
+    add: impl Fn(T, T) -> T,
+) -> Vec<T> {
+    let mut p = Vec::with_capacity(cells.len() + keys);
+    p.resize(keys, zero);
+    for (c, &t) in cells.iter().enumerate() {
+        let x = if t == u32::MAX { zero } else { of(t as usize) };
+        p.push(add(p[c], x));
+    }
+    p
+}
+
+/// Each window's running sums at its end less those before its start.
+fn windows<T: Copy>(
+    p: &[T],
+    keys: usize,
+    m: usize,
+    rows: &[(u32, usize)],
+    sub: impl Fn(T, T) -> T,
+) -> Vec<T> {
+    rows.iter()
+        .map(|&(k, a)| sub(p[(a + m) * keys + k as usize], p[a * keys + k as usize]))
+        .collect()
+}
+
+/// The best value of each window (`better(b, a)`: b beats a; ties keep the later value, as
+/// [`combine`] does), by blocks of `m` days: each block's running best from its start and
+/// from its end, a window being the end of one block and the start of the next.
+fn extremes<T: Copy>(
+    (cells, keys): (&[u32], usize),
+    m: usize,
+    rows: &[(u32, usize)],
+    value: impl Fn(usize) -> Option<T>,
+    better: impl Fn(T, T) -> bool,
+) -> Vec<Option<T>> {
+    let days = cells.len() / keys;
+    let tile = |c: usize| match cells[c] {
+        u32::MAX => None,
+        t => value(t as usize),
+    };
+    let pick = |later: Option<T>, earlier: Option<T>| match (later, earlier) {
+        (Some(a), Some(b)) if better(b, a) => Some(b),
+        (None, b) => b,
+        (a, _) => a,
+    };
+    let mut pre: Vec<Option<T>> = Vec::with_capacity(cells.len());
+    for c in 0..cells.len() {
+        let d = c / keys;
+        pre.push(match d % m {
+            0 => tile(c),
+            _ => pick(tile(c), pre[c - keys]),
+        });
+    }
+    let mut suf: Vec<Option<T>> = vec![None; cells.len()];
+    for c in (0..cells.len()).rev() {
+        let d = c / keys;
+        suf[c] = match d % m == m - 1 || d + 1 == days {
+            true => tile(c),
+            false => pick(suf[c + keys], tile(c)),
+        };
+    }
+    rows.iter()
+        .map(|&(k, a)| {
+            let (first, last) = (a * keys + k as usize, (a + m - 1) * keys + k as usize);
+            match a % m {
+                0 => suf[first],
+                _ => pick(pre[last], suf[first]),
+            }
+        })
+        .collect()
 }
 
 /// Floats compare by IEEE total order, as the sweep's min/max do (arrow's comparator also

@@ -5,14 +5,16 @@
 //! through its `Display` (as DataFusion's `DisplayAs` does for physical plans).
 
 use std::fmt;
+use std::sync::Arc;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use quiver_core::semantics::Window;
 use quiver_core::time::is_typed_time;
 
 use super::SourceVersion;
 use super::cross::{Cross, CrossFinder, time_span, unmatched_rows};
+use super::tiles::{self, Grid, Tiling};
 use super::{Engine, ViewParts, kinds_equal, read_columns};
 use crate::gate::{self, Choice, Cost};
 use crate::reuse::{self, ReuseCatalog};
@@ -41,6 +43,8 @@ pub(super) struct ReusePlan<'c> {
     pub sub_work: Vec<FeatureSpec>,
     /// Spine rows some cross-spine feature still computes, ascending.
     pub unmatched: Vec<u32>,
+    /// Features merged from day tiles, when the gate chose them.
+    pub tiles: Option<TilePlan>,
     /// Why reuse is off or limited, found before the cost gate.
     notes: Vec<String>,
     /// The cost gate's estimates and choice, when it had a choice to make.
@@ -67,6 +71,41 @@ pub(super) struct FeaturePlan {
     pub cross: Option<Cross>,
     /// Its column in `work` (or `sub_work` when `cross`); `None` when nothing is swept.
     pub slot: Option<usize>,
+    /// Merged from day tiles: its tiles' column in the tile plan's `work`, and how its
+    /// window splits.
+    pub tiles: Option<(usize, Tiling)>,
+}
+
+/// Features computed from day tiles ([`tiles`]): the grid of (key, tile end) rows, the
+/// one-day states swept over the rows no stored grid holds, and the stored tiles.
+pub(super) struct TilePlan {
+    pub grid: Arc<Grid>,
+    /// The grid's identity in the catalog (as any spine's).
+    pub key: String,
+    /// One-day states, one per distinct state (a sum and a mean of a column share one).
+    pub work: Vec<FeatureSpec>,
+    /// Per state in `work`: its definition key.
+    pub defs: Vec<String>,
+    /// Per state in `work`: the grid rows stored grids hold.
+    pub cross: Vec<Option<Cross>>,
+    /// Grid rows some state still computes, ascending.
+    pub unmatched: Vec<u32>,
+}
+
+impl TilePlan {
+    /// Whether some tile comes from the catalog.
+    pub fn stored(&self) -> bool {
+        self.cross.iter().any(|c| c.is_some())
+    }
+
+    /// The grid's tile ends.
+    pub fn ends(&self) -> &Int64Array {
+        let b = &self.grid.sbatch;
+        b.column(b.num_columns() - 1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("grid times are i64")
+    }
 }
 
 impl FeaturePlan {
@@ -84,39 +123,70 @@ struct GateReport {
     warm_range: Range,
     /// The second pass's range, for the rows other spines did not give.
     rest_range: Range,
-    /// Chosen: (partial windows, rows of other spines), and its cost.
-    chosen: ((bool, bool), Cost),
+    /// The day tiles' pass's range, for the grid rows no stored grid holds.
+    tile_range: Range,
+    /// Chosen: which of partial windows, rows of other spines and day tiles, and its cost.
+    chosen: (Uses, Cost),
     forced: bool,
 }
+
+/// Which kinds of reuse a plan takes where they were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Uses {
+    partial: bool,
+    cross: bool,
+    tiles: bool,
+}
+
+/// Computing from day tiles when none are stored yet costs a little more than computing
+/// directly (the grid's states are merged, and stored); it is chosen when it costs at most
+/// this share more, for the joins after it that find the tiles.
+const TILE_INVESTMENT: f64 = 0.04;
+
+/// Tiles are not considered when their grid would hold more than this many tiles per spine
+/// row (sparse keys: each row needs tiles no other row shares).
+const MAX_GRID_RATIO: usize = 8;
 
 impl fmt::Display for GateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (cold, best) = (&self.cold, &self.chosen.1);
+        let saves = cold.seconds(&gate::TIME_MODEL) - best.seconds(&gate::TIME_MODEL);
         let what = match self.chosen.0 {
-            (false, false) => "recompute (reuse would not be faster)".to_string(),
+            u if u == Uses::default() => "recompute (reuse would not be faster)".to_string(),
             _ if self.forced => "reuse (forced)".to_string(),
-            (pa, cr) => format!(
-                "reuse{}{} (saves ≈ {:.3} s, {} and {} rows)",
-                if pa { ", partial windows" } else { "" },
-                if cr { ", rows of other spines" } else { "" },
-                cold.seconds(&gate::TIME_MODEL) - best.seconds(&gate::TIME_MODEL),
+            Uses {
+                partial: false,
+                cross: false,
+                tiles: true,
+            } if saves <= 0.0 => format!(
+                "compute from day tiles, kept for later joins (≈ {:.3} s more now)",
+                -saves
+            ),
+            u => format!(
+                "reuse{}{}{} (saves ≈ {saves:.3} s, {} and {} rows)",
+                if u.partial { ", partial windows" } else { "" },
+                if u.cross {
+                    ", rows of other spines"
+                } else {
+                    ""
+                },
+                if u.tiles { ", day tiles" } else { "" },
                 gate::bytes(cold.bytes().saturating_sub(best.bytes()) as f64),
                 cold.rows().saturating_sub(best.rows())
             ),
         };
+        let and = |r: Range, what: &str| match r {
+            Some(_) => format!(" and {} {what}", gate::range_text(r)),
+            None => String::new(),
+        };
         write!(
             f,
-            "  cost gate: recompute reads {} {}; reuse reads {}{} {} -> {what}",
+            "  cost gate: recompute reads {} {}; reuse reads {}{}{} {} -> {what}",
             gate::range_text(self.cold_range),
             cold.text(),
             gate::range_text(self.warm_range),
-            match self.rest_range {
-                Some(_) => format!(
-                    " and {} for the rows left",
-                    gate::range_text(self.rest_range)
-                ),
-                None => String::new(),
-            },
+            and(self.rest_range, "for the rows left"),
+            and(self.tile_range, "for the day tiles"),
             self.warm.text(),
         )
     }
@@ -143,15 +213,25 @@ impl fmt::Display for ReusePlan<'_> {
             write!(f, "\n{a}")?;
         }
         for fp in self.features.iter().filter(|fp| fp.kind.is_some()) {
-            let how = match &fp.cross {
-                Some(c) => format!(
+            let how = match (&fp.cross, fp.tiles, &self.tiles) {
+                (_, Some((slot, w)), Some(tp)) => {
+                    let stored = tp.cross[slot].as_ref().map_or(0, |c| c.matched);
+                    format!(
+                        "{}: merged from {} day tiles each (a grid of {} tiles, {stored} stored, \
+                         the rest computed)",
+                        fp.want,
+                        w.days,
+                        tp.grid.rows()
+                    )
+                }
+                (Some(c), _, _) => format!(
                     "{}: {} of {} rows from {} other spine(s), the rest computed",
                     fp.want,
                     c.matched,
                     c.rows.len(),
                     c.entries.len()
                 ),
-                None => fp.choice.describe(&fp.want),
+                (None, _, _) => fp.choice.describe(&fp.want),
             };
             write!(f, "\n  `{}` {how}", fp.label)?;
         }
@@ -195,11 +275,13 @@ impl Engine {
                     choice: Choice::Cold,
                     cross: None,
                     slot: None,
+                    tiles: None,
                 })
                 .collect(),
             work: Vec::new(),
             sub_work: Vec::new(),
             unmatched: Vec::new(),
+            tiles: None,
             notes: Vec::new(),
             gate: None,
             admission: None,
@@ -224,6 +306,8 @@ impl Engine {
         let stored_all = self.stored_states(p, spine, &mut plan, &mut stats)?;
         profile::stage(format_args!("view {}: reuse lookups", view.name));
         self.cross_spine(p, spine, &mut plan, &stored_all, &mut stats)?;
+        self.tile_plan(p, spine, &mut plan, &stored_all, &mut stats)?;
+        profile::stage(format_args!("view {}: tiles planned", view.name));
         self.cost_gate(p, spine, &mut plan, &mut stats)?;
         profile::stage(format_args!("view {}: gate", view.name));
         admit(&mut plan, spine.sbatch.num_rows() as u64);
@@ -323,14 +407,9 @@ impl Engine {
             let (Choice::Cold, Some(def)) = (&fp.choice, &fp.def) else {
                 continue;
             };
-            let mut others: Vec<reuse::Entry> = stored_all
-                .iter()
-                .filter(|e| &e.def == def && e.window == fp.want && e.spine != plan.spine_key)
-                .cloned()
-                .collect();
-            // the most recently used first; a handful is enough
-            others.sort_by_key(|e| std::cmp::Reverse(e.used_micros));
-            others.truncate(4);
+            let others = recent(stored_all, |e| {
+                &e.def == def && e.window == fp.want && e.spine != plan.spine_key
+            });
             if !others.is_empty() {
                 candidates.push((i, others));
             }
@@ -369,6 +448,133 @@ impl Engine {
         Ok(())
     }
 
+    /// Day tiles: features whose windows are whole days, for a spine whose times share a
+    /// time of day, can be merged from one-day states over a grid of (key, tile end) rows;
+    /// the grid's rows that stored grids hold are found here, as a spine's rows are in other
+    /// spines. Whether the tiles are used is the cost gate's choice.
+    fn tile_plan(
+        &self,
+        p: &ViewParts<'_>,
+        spine: &SpineFacts<'_>,
+        plan: &mut ReusePlan<'_>,
+        stored_all: &[reuse::Entry],
+        stats: &mut Stats,
+    ) -> Result<()> {
+        let Some((cat, version)) = plan.reuse.clone() else {
+            return Ok(());
+        };
+        if !typed(p, spine) || tiles::phase(spine.t).is_none() {
+            return Ok(());
+        }
+        let candidates: Vec<(usize, Tiling)> = plan
+            .features
+            .iter()
+            .zip(&p.features)
+            .enumerate()
+            .filter_map(|(i, (fp, f))| match (f.kind, fp.kind, &fp.choice) {
+                (_, _, Choice::Exact(_)) | (_, Some(StateKind::Latest) | None, _) => None,
+                (Kind::Agg(_, w), Some(_), _) => tiles::split(&w).map(|t| (i, t)),
+                _ => None,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let n = spine.t.len();
+        // With no tile stored, tiles can only be an investment, and one that merges at least
+        // once per row and state: when even that passes the investment bound, the grid (a
+        // sort of the spine's keys and an index of days × keys) is not built.
+        let stored_any = candidates.iter().any(|&(i, _)| {
+            let (def, w) = (&plan.features[i].def, plan.features[i].want);
+            stored_all
+                .iter()
+                .any(|e| Some(&e.def) == def.as_ref() && e.window == tiles::tile_window(w.closed))
+        });
+        if !stored_any && !self.reuse_always {
+            stats.load(p, &version)?;
+            let (tmin, tmax) = spine.span;
+            let kinds = candidates.iter().map(|&(i, _)| &p.features[i].kind);
+            let mut cold = Cost::of(
+                stats.get(),
+                gate::hull(kinds.map(|k| gate::needed(k, p.view.ttl, tmin, tmax))),
+                &[],
+            );
+            cold.swept = (candidates.len() * n) as u64;
+            let least = (candidates.len() * n) as f64 * gate::TIME_MODEL.merged_row;
+            if least > cold.seconds(&gate::TIME_MODEL) * TILE_INVESTMENT {
+                plan.notes.push(format!(
+                    "  day tiles: not kept (merging them would cost over {:.0} % of computing \
+                     the features, ≈ {least:.3} s or more)",
+                    TILE_INVESTMENT * 100.0
+                ));
+                return Ok(());
+            }
+        }
+        let tilings: Vec<Tiling> = candidates.iter().map(|(_, t)| *t).collect();
+        let Some(grid) = Grid::build(spine.sbatch, &tilings, n.saturating_mul(MAX_GRID_RATIO))?
+        else {
+            plan.notes.push(format!(
+                "  day tiles: not used (their grid would hold over {MAX_GRID_RATIO} tiles per spine row)"
+            ));
+            return Ok(());
+        };
+        profile::stage(format_args!(
+            "view {}: tile grid of {} rows",
+            p.view.name,
+            grid.rows()
+        ));
+        let (mut work, mut defs): (Vec<FeatureSpec>, Vec<String>) = (Vec::new(), Vec::new());
+        for &(i, tiling) in &candidates {
+            let (fp, f) = (&plan.features[i], &p.features[i]);
+            let (Kind::Agg(agg, w), Some(kind), Some(def)) = (f.kind, fp.kind, &fp.def) else {
+                continue;
+            };
+            let spec = FeatureSpec {
+                kind: Kind::Agg(agg, tiles::tile_window(w.closed)),
+                state: true,
+                output_type: kind.data_type(&f.output_type),
+                ..f.clone()
+            };
+            let slot = match work.iter().position(|w| same_state(w, &spec)) {
+                Some(j) => j,
+                None => {
+                    work.push(FeatureSpec {
+                        name: format!("__d{}", work.len()),
+                        ..spec
+                    });
+                    defs.push(def.clone());
+                    work.len() - 1
+                }
+            };
+            plan.features[i].tiles = Some((slot, tiling));
+        }
+        let mut finder = CrossFinder::new(cat, &grid.sbatch)?;
+        let mut cross = Vec::with_capacity(work.len());
+        for (w, def) in work.iter().zip(&defs) {
+            let window = gate::window_of(&w.kind);
+            let stored = recent(stored_all, |e| &e.def == def && e.window == window);
+            cross.push(match stored.is_empty() {
+                true => None,
+                false => finder.find(stored)?,
+            });
+        }
+        profile::stage(format_args!("view {}: stored tiles found", p.view.name));
+        let unmatched = if cross.iter().any(|c| c.is_none()) {
+            (0..grid.rows() as u32).collect()
+        } else {
+            unmatched_rows(&cross)
+        };
+        plan.tiles = Some(TilePlan {
+            key: gate::spine_key(&gate::spine_columns(&grid.sbatch))?,
+            grid: Arc::new(grid),
+            work,
+            defs,
+            cross,
+            unmatched,
+        });
+        Ok(())
+    }
+
     /// Exact matches are always taken: no scan, sort or sweep for them. The cost gate weighs
     /// the rest: recompute every other feature over all spine rows and its whole window, or
     /// start widened and narrowed features from their stored states (scanning only the bands)
@@ -383,8 +589,9 @@ impl Engine {
     ) -> Result<()> {
         let has_partial = plan.features.iter().any(|f| partial(&f.choice));
         let has_cross = plan.features.iter().any(|f| f.cross.is_some());
-        let (mut use_partial, mut use_cross) = (false, false);
-        if has_partial || has_cross {
+        let has_tiles = plan.tiles.is_some();
+        let mut chosen = Uses::default();
+        if has_partial || has_cross || has_tiles {
             if let Some((_, version)) = &plan.reuse {
                 stats.load(p, version)?;
             }
@@ -392,45 +599,90 @@ impl Engine {
             let unmatched = unmatched_rows(plan.features.iter().map(|f| &f.cross));
             let span = time_span(spine.t, unmatched.iter().copied());
             let rest = (unmatched.len(), span);
-            let cost = |pa: bool, cr: bool| plan_cost(p, spine, plan, stats.get(), (pa, cr), rest);
-            let cold = cost(false, false);
-            let mut best = ((false, false), cold.cost);
-            for (pa, cr) in [(true, false), (false, true), (true, true)] {
-                if (pa && !has_partial) || (cr && !has_cross) {
-                    continue;
+            let cost = |u: Uses| plan_cost(p, spine, plan, stats.get(), u, rest);
+            let secs = |c: &Cost| c.seconds(&gate::TIME_MODEL);
+            let cold = cost(Uses::default());
+            let all = Uses {
+                partial: has_partial,
+                cross: has_cross,
+                tiles: has_tiles,
+            };
+            // every plan the found reuse allows, each kind on or off
+            let plans: Vec<(Uses, Cost)> = (0..8u8)
+                .map(|b| Uses {
+                    partial: b & 1 != 0,
+                    cross: b & 2 != 0,
+                    tiles: b & 4 != 0,
+                })
+                .filter(|u| (!u.partial || has_partial) && (!u.cross || has_cross))
+                .filter(|u| !u.tiles || has_tiles)
+                .map(|u| (u, cost(u).cost))
+                .collect();
+            let fastest = |tiles: bool| {
+                plans
+                    .iter()
+                    .filter(|(u, _)| u.tiles == tiles)
+                    .min_by(|a, b| secs(&a.1).total_cmp(&secs(&b.1)))
+                    .copied()
+            };
+            let best = if self.reuse_always {
+                plans.iter().find(|(u, _)| *u == all).copied()
+            } else {
+                match (fastest(false), fastest(true)) {
+                    // with no tile stored yet, tiles are an investment in later joins
+                    (Some(plain), Some(tiled))
+                        if secs(&tiled.1) < secs(&plain.1)
+                            || (!plan.tiles.as_ref().is_some_and(|t| t.stored())
+                                && secs(&tiled.1) <= secs(&plain.1) * (1.0 + TILE_INVESTMENT)) =>
+                    {
+                        Some(tiled)
+                    }
+                    (plain, _) => plain,
                 }
-                let c = cost(pa, cr).cost;
-                let forced = self.reuse_always && pa == has_partial && cr == has_cross;
-                let (secs, best_secs) = (
-                    c.seconds(&gate::TIME_MODEL),
-                    best.1.seconds(&gate::TIME_MODEL),
-                );
-                if forced || (!self.reuse_always && secs < best_secs) {
-                    best = ((pa, cr), c);
-                }
-            }
-            (use_partial, use_cross) = best.0;
-            let warm = cost(has_partial, has_cross);
+            };
+            let best = best.unwrap_or((Uses::default(), cold.cost));
+            chosen = best.0;
+            let warm = cost(all);
             plan.gate = Some(GateReport {
                 cold: cold.cost,
                 cold_range: cold.main,
                 warm: warm.cost,
                 warm_range: warm.main,
                 rest_range: warm.rest,
+                tile_range: warm.tiles,
                 chosen: best,
                 forced: self.reuse_always,
             });
         }
+        if !chosen.tiles {
+            plan.tiles = None;
+        }
         for fp in &mut plan.features {
-            if !use_partial && partial(&fp.choice) {
+            if !chosen.tiles {
+                fp.tiles = None;
+            }
+            if fp.tiles.is_some() {
+                // merged from tiles: nothing else is read for it
+                fp.choice = Choice::Cold;
+                fp.cross = None;
+            }
+            if !chosen.partial && partial(&fp.choice) {
                 fp.choice = Choice::Cold;
             }
-            if !use_cross {
+            if !chosen.cross {
                 fp.cross = None;
             }
         }
         Ok(())
     }
+}
+
+/// The stored entries `keep` accepts, the most recently used first; a handful is enough.
+fn recent(stored_all: &[reuse::Entry], keep: impl Fn(&reuse::Entry) -> bool) -> Vec<reuse::Entry> {
+    let mut found: Vec<reuse::Entry> = stored_all.iter().filter(|e| keep(e)).cloned().collect();
+    found.sort_by_key(|e| std::cmp::Reverse(e.used_micros));
+    found.truncate(4);
+    found
 }
 
 /// Whether a choice starts from a stored state for another window.
@@ -470,11 +722,12 @@ impl Stats {
     }
 }
 
-/// What a plan reads: its cost, the main pass's range and the second pass's.
+/// What a plan reads: its cost, the main pass's range, the second pass's and the tiles'.
 struct Estimate {
     cost: Cost,
     main: Range,
     rest: Range,
+    tiles: Range,
 }
 
 /// The cost of a plan that takes partial windows (`partial_on`) and rows of other spines
@@ -485,17 +738,22 @@ fn plan_cost(
     spine: &SpineFacts<'_>,
     plan: &ReusePlan<'_>,
     stats: Option<&ScanStats>,
-    (partial_on, cross_on): (bool, bool),
+    uses: Uses,
     (unmatched, (ut0, ut1)): (usize, (i64, i64)),
 ) -> Estimate {
+    let (partial_on, cross_on) = (uses.partial, uses.cross);
+    let tiles = plan.tiles.as_ref().filter(|_| uses.tiles);
     let (tmin, tmax) = spine.span;
     let ttl = p.view.ttl;
     let mut main = Vec::new();
     let mut sub = Vec::new();
     let mut stored: Vec<&reuse::Entry> = Vec::new();
+    // the states merged from tiles, each distinct state and window once
+    let mut merges: Vec<(usize, Tiling)> = Vec::new();
     for (fp, f) in plan.features.iter().zip(&p.features) {
         match (&fp.choice, f.kind) {
             (Choice::Exact(_), _) => {}
+            _ if fp.tiles.is_some() && tiles.is_some() => merges.extend(fp.tiles),
             (o, Kind::Agg(a, _)) if partial(o) && partial_on => {
                 main.push(Kind::Agg(a, o.band().expect("band")));
                 stored.extend(o.entry());
@@ -516,9 +774,6 @@ fn plan_cost(
     } else {
         gate::hull(sub.iter().map(|k| gate::needed(k, ttl, ut0, ut1)))
     };
-    // features sharing a state (sum and mean of a column) read it once
-    stored.sort_by(|a, b| a.id.cmp(&b.id));
-    stored.dedup_by(|a, b| a.id == b.id);
     let typed = typed(p, spine);
     let whole = |r: Range| {
         if typed {
@@ -527,18 +782,43 @@ fn plan_cost(
             r.map(|_| (None, i64::MAX))
         }
     };
-    let mut c = Cost::of(stats, whole(main_range), &stored);
-    let s = Cost::of(stats, whole(sub_range), &[]);
-    c.scan = c.scan + s.scan;
     let n = spine.t.len() as u64;
+    // the grid's rows no stored grid holds are swept over their own range
+    let (mut tile_range, mut tile_stored) = (None, Vec::new());
+    if let Some(tp) = tiles {
+        let (g0, g1) = time_span(tp.ends(), tp.unmatched.iter().copied());
+        if !tp.unmatched.is_empty() {
+            tile_range = gate::hull(tp.work.iter().map(|w| gate::needed(&w.kind, ttl, g0, g1)));
+        }
+        tile_stored.extend(tp.cross.iter().flatten().flat_map(|c| c.entries.iter()));
+    }
+    stored.extend(tile_stored.iter().copied());
+    // features sharing a state (sum and mean of a column) read it once
+    stored.sort_by(|a, b| a.id.cmp(&b.id));
+    stored.dedup_by(|a, b| a.id == b.id);
+    let mut c = Cost::of(stats, whole(main_range), &stored);
+    for r in [sub_range, tile_range] {
+        c.scan = c.scan + Cost::of(stats, whole(r), &[]).scan;
+    }
     c.swept = main.len() as u64 * n + sub.len() as u64 * unmatched as u64;
     if cross_on && plan.features.iter().any(|f| f.cross.is_some()) {
         c.matched = n;
+    }
+    if let Some(tp) = tiles {
+        c.swept += tp.work.len() as u64 * tp.unmatched.len() as u64;
+        if tp.stored() {
+            c.matched += tp.grid.rows() as u64;
+        }
+        merges.sort_by_key(|(s, w)| (*s, w.days, w.shift));
+        merges.dedup();
+        // merged by blocks: about two merges per grid cell, and one per spine row
+        c.merged = merges.len() as u64 * (2 * tp.grid.cells() as u64 + n);
     }
     Estimate {
         cost: c,
         main: main_range,
         rest: sub_range,
+        tiles: tile_range,
     }
 }
 
@@ -553,13 +833,27 @@ fn admit(plan: &mut ReusePlan<'_>, rows: u64) {
         .filter(|f| cold(f))
         .filter_map(|f| f.kind.map(|k| rows * k.row_bytes()))
         .sum();
+    // and the tiles computed, about as large per row as the states they merge into
+    let tiles: u64 = plan.tiles.as_ref().map_or(0, |tp| {
+        let per_row: u64 = plan
+            .features
+            .iter()
+            .filter(|f| f.tiles.is_some())
+            .filter_map(|f| f.kind.map(|k| k.row_bytes()))
+            .max()
+            .unwrap_or(0);
+        tp.unmatched.len() as u64 * tp.work.len() as u64 * per_row
+    });
+    let est = est + tiles;
     if est > cat.budget() / 2 {
         plan.admission = Some(format!(
             "  states not kept: about {} for {rows} rows is over half the reuse budget",
             gate::bytes(est as f64)
         ));
+        plan.tiles = None;
         for f in plan.features.iter_mut().filter(|f| cold(f)) {
             f.kind = None;
+            f.tiles = None;
         }
     }
 }
@@ -571,6 +865,7 @@ fn work_lists(p: &ViewParts<'_>, plan: &mut ReusePlan<'_>) {
     let (work, sub_work) = (&mut plan.work, &mut plan.sub_work);
     for (fp, f) in plan.features.iter_mut().zip(&p.features) {
         let spec = match (&fp.choice, f.kind) {
+            _ if fp.tiles.is_some() => None,
             (Choice::Exact(_), _) => None,
             (Choice::Cold, _) => Some(FeatureSpec {
                 state: fp.kind.is_some(),
@@ -592,15 +887,7 @@ fn work_lists(p: &ViewParts<'_>, plan: &mut ReusePlan<'_>) {
             if s.state {
                 s.output_type = fp.kind.expect("state kind").data_type(&s.output_type);
             }
-            let same = |w: &FeatureSpec| {
-                w.state
-                    && s.state
-                    && kinds_equal(w, &s)
-                    && w.column == s.column
-                    && w.filter == s.filter
-                    && w.output_type == s.output_type
-            };
-            if let Some(j) = target.iter().position(same) {
+            if let Some(j) = target.iter().position(|w| same_state(w, &s)) {
                 return j;
             }
             s.name = format!("__w{}", target.len());
@@ -608,4 +895,15 @@ fn work_lists(p: &ViewParts<'_>, plan: &mut ReusePlan<'_>) {
             target.len() - 1
         });
     }
+}
+
+/// Whether two swept states are one: the same state kind over the same window, column and
+/// filter (a sum and a mean of a column).
+fn same_state(a: &FeatureSpec, b: &FeatureSpec) -> bool {
+    a.state
+        && b.state
+        && kinds_equal(a, b)
+        && a.column == b.column
+        && a.filter == b.filter
+        && a.output_type == b.output_type
 }
