@@ -199,8 +199,8 @@ pub struct Cost {
     pub swept: u64,
     /// Spine rows matched against other spines' rows (once per spine, whatever the features).
     pub matched: u64,
-    /// States merged from day tiles (about two per grid cell and one per spine row, for each
-    /// state merged).
+    /// States merged: a stored state with its band (one per spine row and feature), and day
+    /// tiles (about two per grid cell and one per spine row, for each state merged).
     pub merged: u64,
 }
 
@@ -227,7 +227,7 @@ pub struct TimeModel {
     /// Per spine row matched against a stored spine (aligning, or hashing when it does not
     /// line up).
     pub matched_row: f64,
-    /// Per state merged from day tiles (two states in, one out).
+    /// Per state merged (two states in, one out): widening, narrowing, day tiles.
     pub merged_row: f64,
 }
 

@@ -750,6 +750,8 @@ fn plan_cost(
     let mut stored: Vec<&reuse::Entry> = Vec::new();
     // the states merged from tiles, each distinct state and window once
     let mut merges: Vec<(usize, Tiling)> = Vec::new();
+    // features merging a stored state with a band, once per spine row
+    let mut partial_merges = 0u64;
     for (fp, f) in plan.features.iter().zip(&p.features) {
         match (&fp.choice, f.kind) {
             (Choice::Exact(_), _) => {}
@@ -757,6 +759,7 @@ fn plan_cost(
             (o, Kind::Agg(a, _)) if partial(o) && partial_on => {
                 main.push(Kind::Agg(a, o.band().expect("band")));
                 stored.extend(o.entry());
+                partial_merges += 1;
             }
             _ => match (&fp.cross, cross_on) {
                 (Some(c), true) => {
@@ -804,6 +807,7 @@ fn plan_cost(
     if cross_on && plan.features.iter().any(|f| f.cross.is_some()) {
         c.matched = n;
     }
+    c.merged = partial_merges * n;
     if let Some(tp) = tiles {
         c.swept += tp.work.len() as u64 * tp.unmatched.len() as u64;
         if tp.stored() {
@@ -812,7 +816,7 @@ fn plan_cost(
         merges.sort_by_key(|(s, w)| (*s, w.days, w.shift));
         merges.dedup();
         // merged by blocks: about two merges per grid cell, and one per spine row
-        c.merged = merges.len() as u64 * (2 * tp.grid.cells() as u64 + n);
+        c.merged += merges.len() as u64 * (2 * tp.grid.cells() as u64 + n);
     }
     Estimate {
         cost: c,
