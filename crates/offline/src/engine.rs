@@ -1094,16 +1094,7 @@ impl Engine {
                     StateFrom::Tiles(kind, Arc::clone(grid), Arc::clone(&done.states[slot]), w)
                 }
                 (_, Some(c), rest, _, _) => {
-                    let arrays = c
-                        .entries
-                        .iter()
-                        .map(|e| loader.load(e))
-                        .collect::<Result<Vec<_>>>()?;
-                    let rest = match (rest, arrays.first()) {
-                        (Some(r), _) => r,
-                        (None, Some(a)) if c.matched == c.rows.len() => a.slice(0, 0),
-                        _ => return Err(Error::Internal("rows left without a pass".into())),
-                    };
+                    let (arrays, rest) = loader.cross_inputs(c, rest)?;
                     let (from, runs) = cross_state(c, arrays, &rest, &plan.unmatched);
                     // a few runs: slices of the stored states and of the rows computed here,
                     // finished as they are and stored as pieces
@@ -1819,16 +1810,7 @@ fn tile_states(
         let (chunks, pieces) = match (c, rest) {
             (None, Some(rest)) => (vec![rest], None),
             (Some(c), rest) => {
-                let arrays = c
-                    .entries
-                    .iter()
-                    .map(|e| loader.load(e))
-                    .collect::<Result<Vec<_>>>()?;
-                let rest = match (rest, arrays.first()) {
-                    (Some(r), _) => r,
-                    (None, Some(a)) => a.slice(0, 0),
-                    (None, None) => return Err(Error::Internal("tiles without rows".into())),
-                };
+                let (arrays, rest) = loader.cross_inputs(c, rest)?;
                 let (from, runs) = cross_state(c, arrays, &rest, &tp.unmatched);
                 let pieces = runs.map(|runs| {
                     if done.spine_pieces.is_none() {
@@ -1874,6 +1856,26 @@ impl<'c> Loader<'c> {
             touched: Vec::new(),
             stored_read: 0,
         }
+    }
+
+    /// The stored states a cross-spine state takes rows of, and the rows computed here
+    /// (`rest`; none computed when the stored spines hold every row).
+    fn cross_inputs(
+        &mut self,
+        c: &cross::Cross,
+        rest: Option<ArrayRef>,
+    ) -> Result<(Vec<ArrayRef>, ArrayRef)> {
+        let arrays = c
+            .entries
+            .iter()
+            .map(|e| self.load(e))
+            .collect::<Result<Vec<_>>>()?;
+        let rest = match (rest, arrays.first()) {
+            (Some(r), _) => r,
+            (None, Some(a)) if c.matched == c.rows.len() => a.slice(0, 0),
+            _ => return Err(Error::Internal("rows left without a pass".into())),
+        };
+        Ok((arrays, rest))
     }
 
     fn load(&mut self, e: &reuse::Entry) -> Result<ArrayRef> {
