@@ -294,11 +294,10 @@ impl Grid {
         }
         let all = concat(&parts)?;
         let none_at = at_end - 1;
-        let n = self.row_key.len();
+        let n = firsts.len();
         let (mut later, mut earlier) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for (&k, &d) in self.row_key.iter().zip(&self.row_day) {
-            let e = (d - w.shift - self.first_day) as usize;
-            let a = e + 1 - m;
+        for &(k, a) in &firsts {
+            let e = a + m - 1;
             let (qa, ia) = (a / m, a % m);
             let row = |block: usize| (block * keys) as u32 + k;
             if ia == 0 {
