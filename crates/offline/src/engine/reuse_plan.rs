@@ -148,7 +148,7 @@ const TILE_INVESTMENT: f64 = 0.04;
 /// model's error: the W1 widening predicted 14 % faster (the same row groups scanned, a
 /// shorter band swept) measured 94-114 % of recompute over two sessions. Recomputing stores
 /// the same states for later joins.
-pub(crate) const MIN_SAVING: f64 = 0.15;
+const MIN_SAVING: f64 = 0.15;
 
 /// Tiles are not considered when their grid would hold more than this many tiles per spine
 /// row (sparse keys: each row needs tiles no other row shares).
