@@ -1702,8 +1702,7 @@ impl FinishJob {
                 if done.len() == 1 {
                     return Ok(OutColumn::Ready(done.remove(0)));
                 }
-                let refs: Vec<&dyn Array> = done.iter().map(|a| a.as_ref()).collect();
-                Ok(OutColumn::Ready(datafusion::arrow::compute::concat(&refs)?))
+                Ok(OutColumn::Chunks(Arc::new(done)))
             }
         }
     }
@@ -1717,27 +1716,26 @@ const NEW_ROWS: u32 = u32::MAX;
 type Run = (u32, u32, u32);
 
 /// A cross-spine state as runs (entry index or [`NEW_ROWS`], first row there, rows): runs of
-/// consecutive rows of one stored entry, and of the rows computed here (`in_sub`: each spine
-/// row's place among them). `None` when there are more runs than a stored entry may have
-/// parts (rows of many spines, or new rows scattered through the spine): the state is then
-/// gathered row by row and stored whole.
-fn cross_runs(c: &cross::Cross, in_sub: &[u32]) -> Option<Vec<Run>> {
-    let mut runs: Vec<Run> = Vec::new();
-    for (r, m) in c.rows.iter().enumerate() {
-        let (src, q) = match m {
-            Some((e, q)) => (*e, *q),
-            None => (NEW_ROWS, in_sub[r]),
-        };
-        match runs.last_mut() {
-            Some((s, start, len)) if *s == src && *start + *len == q => *len += 1,
-            _ => {
-                if runs.len() == reuse::MAX_PARTS {
-                    return None;
-                }
-                runs.push((src, q, 1));
-            }
-        }
+/// consecutive rows of one stored entry, and of the rows computed here (`unmatched`: the
+/// spine rows computed, ascending, so a span's first row's place among them is where its
+/// rows start). `None` when there are more runs than a stored entry may have parts (rows of
+/// many spines, or new rows scattered through the spine): the state is then gathered row by
+/// row and stored whole.
+fn cross_runs(c: &cross::Cross, unmatched: &[u32]) -> Option<Vec<Run>> {
+    if c.spans.len() > reuse::MAX_PARTS {
+        return None;
     }
+    let runs: Vec<Run> = c
+        .starts()
+        .map(|(at, s)| match s.from {
+            Some((e, q)) => (e, q, s.rows),
+            None => (
+                NEW_ROWS,
+                unmatched.partition_point(|&r| r < at) as u32,
+                s.rows,
+            ),
+        })
+        .collect();
     (!runs.is_empty()).then_some(runs)
 }
 
@@ -1751,12 +1749,7 @@ fn cross_state(
     rest: &ArrayRef,
     unmatched: &[u32],
 ) -> (StateFrom, Option<Vec<Run>>) {
-    // where each row sits among the rows computed here
-    let mut in_sub = vec![u32::MAX; c.rows.len()];
-    for (j, &r) in unmatched.iter().enumerate() {
-        in_sub[r as usize] = j as u32;
-    }
-    match cross_runs(c, &in_sub) {
+    match cross_runs(c, unmatched) {
         Some(runs) => {
             let slices = runs
                 .iter()
@@ -1770,15 +1763,16 @@ fn cross_state(
         None => {
             arrays.push(Arc::clone(rest));
             let last = arrays.len() - 1;
-            let idx = c
-                .rows
-                .iter()
-                .enumerate()
-                .map(|(r, m)| match m {
-                    Some((e, q)) => (*e as usize, *q as usize),
-                    None => (last, in_sub[r] as usize),
-                })
-                .collect();
+            let mut idx = Vec::with_capacity(c.len);
+            for (at, s) in c.starts() {
+                match s.from {
+                    Some((e, q)) => idx.extend((q..q + s.rows).map(|q| (e as usize, q as usize))),
+                    None => {
+                        let first = unmatched.partition_point(|&r| r < at);
+                        idx.extend((first..first + s.rows as usize).map(|j| (last, j)));
+                    }
+                }
+            }
             (StateFrom::Rows(arrays, idx), None)
         }
     }
@@ -1872,7 +1866,7 @@ impl<'c> Loader<'c> {
             .collect::<Result<Vec<_>>>()?;
         let rest = match (rest, arrays.first()) {
             (Some(r), _) => r,
-            (None, Some(a)) if c.matched == c.rows.len() => a.slice(0, 0),
+            (None, Some(a)) if c.matched == c.len => a.slice(0, 0),
             _ => return Err(Error::Internal("rows left without a pass".into())),
         };
         Ok((arrays, rest))

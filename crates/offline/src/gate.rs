@@ -350,8 +350,7 @@ pub fn spine_key(columns: &[ArrayRef]) -> crate::Result<String> {
     h.update(&(columns.first().map_or(0, |c| c.len()) as u64).to_le_bytes());
     for c in columns {
         h.update(c.data_type().to_string().as_bytes());
-        let valid: Vec<u8> = (0..c.len()).map(|i| c.is_valid(i) as u8).collect();
-        h.update(&valid);
+        hash_validity(&mut h, c.as_ref());
         match c.data_type() {
             DataType::Int64 | DataType::UInt64 | DataType::Float64 => {
                 let d = c.to_data();
@@ -385,6 +384,26 @@ pub fn spine_key(columns: &[ArrayRef]) -> crate::Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// Feeds a column's validity to a spine key's hash as one byte per row (1 valid, 0 null), a
+/// block at a time: a byte vector of the whole column asked row by row through `dyn Array`
+/// was half of a 1.8 M-row spine's key.
+fn hash_validity(h: &mut blake3::Hasher, c: &dyn Array) {
+    const BLOCK: usize = 1 << 16;
+    let mut bytes = [1u8; BLOCK];
+    let nulls = c.nulls();
+    let mut at = 0;
+    while at < c.len() {
+        let k = BLOCK.min(c.len() - at);
+        if let Some(n) = nulls {
+            for (b, v) in bytes[..k].iter_mut().zip(n.inner().slice(at, k).iter()) {
+                *b = v as u8;
+            }
+        }
+        h.update(&bytes[..k]);
+        at += k;
+    }
+}
+
 /// The spine's key and time columns of a spine input batch (`__rid` first).
 pub fn spine_columns(sbatch: &RecordBatch) -> Vec<ArrayRef> {
     sbatch.columns()[1..].to_vec()
@@ -400,6 +419,30 @@ pub fn spine_batch(sbatch: &RecordBatch) -> crate::Result<RecordBatch> {
 mod tests {
     use super::*;
     use quiver_core::semantics::Agg;
+
+    /// The validity fed block by block, against one byte per row asked row by row (how
+    /// keys of stored spines were made): sliced columns, with and without nulls, longer
+    /// than a block.
+    #[test]
+    fn validity_hashes_as_one_byte_per_row() {
+        use arrow::array::Int64Array;
+        let n = 150_000;
+        let with: ArrayRef = std::sync::Arc::new(Int64Array::from_iter(
+            (0..n as i64).map(|i| (i % 7 != 3).then_some(i)),
+        ));
+        let without: ArrayRef = std::sync::Arc::new(Int64Array::from_iter_values(0..n as i64));
+        for c in [with.clone(), with.slice(5, n - 9), without.slice(3, n - 3)] {
+            let mut fast = blake3::Hasher::new();
+            hash_validity(&mut fast, c.as_ref());
+            let mut slow = blake3::Hasher::new();
+            slow.update(
+                &(0..c.len())
+                    .map(|i| c.is_valid(i) as u8)
+                    .collect::<Vec<_>>(),
+            );
+            assert_eq!(fast.finalize(), slow.finalize());
+        }
+    }
 
     fn w(days: Option<i64>, off: i64, closed: Closed) -> Window {
         Window {

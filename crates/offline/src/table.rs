@@ -95,10 +95,14 @@ impl Order {
     }
 }
 
-/// One output column: whole, or pieces and the order to read them in.
+/// One output column: whole, in chunks, or pieces and the order to read them in.
 #[derive(Clone)]
 pub(crate) enum Column {
     Ready(ArrayRef),
+    /// Arrays of one type whose rows follow each other (a refresh's stored rows, then its
+    /// new ones, each finished as it is): joined only a slice at a time, as they are written,
+    /// so the whole column is never copied into new memory.
+    Chunks(Arc<Vec<ArrayRef>>),
     Scattered {
         pieces: Arc<Vec<ArrayRef>>,
         order: Arc<Order>,
@@ -117,6 +121,7 @@ impl Column {
     pub(crate) fn len(&self) -> usize {
         match self {
             Column::Ready(a) => a.len(),
+            Column::Chunks(chunks) => chunks.iter().map(|c| c.len()).sum(),
             Column::Scattered { order, .. } => order.len(),
         }
     }
@@ -124,7 +129,7 @@ impl Column {
     pub(crate) fn data_type(&self) -> &DataType {
         match self {
             Column::Ready(a) => a.data_type(),
-            Column::Scattered { pieces, .. } => {
+            Column::Chunks(pieces) | Column::Scattered { pieces, .. } => {
                 pieces.first().map_or(&DataType::Null, |p| p.data_type())
             }
         }
@@ -134,6 +139,25 @@ impl Column {
     pub(crate) fn slice(&self, off: usize, len: usize) -> Result<ArrayRef> {
         match self {
             Column::Ready(a) => Ok(a.slice(off, len)),
+            Column::Chunks(chunks) => {
+                let (mut at, end) = (0, off + len);
+                let mut parts = Vec::new();
+                for c in chunks.iter() {
+                    let (from, to) = (off.max(at), end.min(at + c.len()));
+                    if from < to {
+                        parts.push(c.slice(from - at, to - from));
+                    }
+                    at += c.len();
+                }
+                match parts.as_slice() {
+                    [one] => Ok(Arc::clone(one)),
+                    [] => Ok(new_empty_array(self.data_type())),
+                    _ => {
+                        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                        Ok(datafusion::arrow::compute::concat(&refs)?)
+                    }
+                }
+            }
             Column::Scattered { pieces, order } => {
                 let parts: Vec<&dyn Array> = pieces.iter().map(|a| a.as_ref()).collect();
                 gather(&parts, order, off, len)
@@ -585,5 +609,34 @@ mod tests {
             all.column(1).as_primitive::<Int64Type>(),
             &Int64Array::from(vec![4, 1, 2, 3])
         );
+    }
+
+    /// A column in chunks, sliced anywhere (within a chunk, across several, empty), against
+    /// the chunks joined.
+    #[test]
+    fn chunks_slice_as_the_joined_column() {
+        let chunks: Vec<ArrayRef> = vec![
+            Arc::new(Float64Array::from(vec![Some(1.0), None, Some(3.0)])),
+            Arc::new(Float64Array::from(Vec::<f64>::new())),
+            Arc::new(Float64Array::from(vec![Some(4.0)])),
+            Arc::new(Float64Array::from(vec![None, Some(6.0), Some(7.0), None])),
+        ];
+        let refs: Vec<&dyn Array> = chunks.iter().map(|a| a.as_ref()).collect();
+        let whole = datafusion::arrow::compute::concat(&refs).unwrap();
+        let col = Column::Chunks(Arc::new(chunks));
+        assert_eq!(col.len(), 8);
+        assert_eq!(col.data_type(), &DataType::Float64);
+        for off in 0..=8 {
+            for len in 0..=8 - off {
+                assert_eq!(
+                    col.slice(off, len).unwrap().as_ref(),
+                    whole.slice(off, len).as_ref(),
+                    "rows {off}..{}",
+                    off + len
+                );
+            }
+        }
+        let all = gather_all(vec![col]).unwrap();
+        assert_eq!(all[0].as_ref(), whole.as_ref());
     }
 }

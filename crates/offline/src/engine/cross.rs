@@ -12,9 +12,96 @@ use crate::{Result, gate};
 #[derive(Debug, Clone)]
 pub(super) struct Cross {
     pub entries: Vec<reuse::Entry>,
-    /// Per spine row: (index into `entries`, row of that entry), or `None` to compute.
-    pub rows: Vec<Option<(u32, u32)>>,
+    /// This spine's rows in order, in stretches. A refresh's 1.8 M rows are two of them (the
+    /// stored rows, then the new day): a pair per row took 22 MB per feature, each page of
+    /// it new memory to fault in.
+    pub spans: Vec<Span>,
     pub matched: usize,
+    /// This spine's rows.
+    pub len: usize,
+}
+
+/// Consecutive spine rows: found at consecutive rows of one stored entry (`from`: index into
+/// [`Cross::entries`] and the first row there), or (`None`) computed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span {
+    pub rows: u32,
+    pub from: Option<(u32, u32)>,
+}
+
+impl Cross {
+    /// Per spine row: (index into `entries`, row of that entry), or `None` to compute.
+    #[cfg(test)]
+    fn rows(&self) -> impl Iterator<Item = Option<(u32, u32)>> + '_ {
+        self.spans
+            .iter()
+            .flat_map(|s| (0..s.rows).map(move |k| s.from.map(|(e, q)| (e, q + k))))
+    }
+
+    /// The first spine row of each span, with the span.
+    pub(super) fn starts(&self) -> impl Iterator<Item = (u32, &Span)> + '_ {
+        self.spans.iter().scan(0u32, |at, s| {
+            let start = *at;
+            *at += s.rows;
+            Some((start, s))
+        })
+    }
+}
+
+/// Appends a stretch of rows to spans, extending the last one when it continues it.
+fn push_span(spans: &mut Vec<Span>, rows: u32, from: Option<(u32, u32)>) {
+    if rows == 0 {
+        return;
+    }
+    if let Some(last) = spans.last_mut() {
+        let continues = match (last.from, from) {
+            (None, None) => true,
+            (Some((e, q)), Some((f, r))) => e == f && q + last.rows == r,
+            _ => false,
+        };
+        if continues {
+            last.rows += rows;
+            return;
+        }
+    }
+    spans.push(Span { rows, from });
+}
+
+/// Per-row matches (each row's row in a stored spine) as spans of entry 0.
+fn spans_of(rows: impl Iterator<Item = Option<u32>>) -> Vec<Span> {
+    let mut spans = Vec::new();
+    for q in rows {
+        push_span(&mut spans, 1, q.map(|q| (0, q)));
+    }
+    spans
+}
+
+/// `have` with its rows to compute filled from `there` (spans of entry 0 over the same
+/// rows), as entry `j`; whether any row was filled.
+fn fill(have: &[Span], there: &[Span], j: u32) -> (Vec<Span>, bool) {
+    let mut out = Vec::with_capacity(have.len() + there.len());
+    let mut hit = false;
+    let (mut a, mut b) = (have.iter().copied(), there.iter().copied());
+    let (mut x, mut y) = (a.next(), b.next());
+    while let (Some(h), Some(t)) = (x, y) {
+        let n = h.rows.min(t.rows);
+        let from = match (h.from, t.from) {
+            (Some(f), _) => Some(f),
+            (None, Some((_, q))) => {
+                hit = true;
+                Some((j, q))
+            }
+            (None, None) => None,
+        };
+        push_span(&mut out, n, from);
+        let rest = |s: Span| Span {
+            rows: s.rows - n,
+            from: s.from.map(|(e, q)| (e, q + n)),
+        };
+        x = if h.rows > n { Some(rest(h)) } else { a.next() };
+        y = if t.rows > n { Some(rest(t)) } else { b.next() };
+    }
+    (out, hit)
 }
 
 /// Looks up this spine's rows (keys and time) in the stored spines of other entries. The
@@ -30,8 +117,8 @@ pub(super) struct CrossFinder<'a> {
         Vec<u64>,
     )>,
     hasher: ahash::RandomState,
-    /// Per stored spine (when it could be read): for each row of this spine, its row there.
-    matches: HashMap<String, Option<Vec<Option<u32>>>>,
+    /// Per stored spine (when it could be read): this spine's rows as spans of rows there.
+    matches: HashMap<String, Option<Vec<Span>>>,
 }
 
 /// A row's hash for cross-spine lookups (equal bytes are then checked).
@@ -60,7 +147,7 @@ impl<'a> CrossFinder<'a> {
     /// lines up in a few runs compared column by column, with no row encoded or hashed. When
     /// that finds less than half of this spine (a shuffled or re-sorted spine), every row is
     /// hashed instead.
-    fn match_spine(&mut self, key: &str, rows: u64) -> Result<Option<Vec<Option<u32>>>> {
+    fn match_spine(&mut self, key: &str, rows: u64) -> Result<Option<Vec<Span>>> {
         use datafusion::arrow::row::{RowConverter, SortField};
         let n = self.cols.first().map_or(0, |c| c.len());
         if rows as usize <= n && rows > 0 {
@@ -71,11 +158,10 @@ impl<'a> CrossFinder<'a> {
                 .collect();
             if gate::spine_key(&prefix)? == key {
                 crate::profile::stage(format_args!("stored spine is this one's first {rows} rows"));
-                return Ok(Some(
-                    (0..n)
-                        .map(|r| (r < rows as usize).then_some(r as u32))
-                        .collect(),
-                ));
+                let mut spans = Vec::new();
+                push_span(&mut spans, rows as u32, Some((0, 0)));
+                push_span(&mut spans, (n - rows as usize) as u32, None);
+                return Ok(Some(spans));
             }
         }
         let Some(stored) = self.cat.load_spine(key)? else {
@@ -98,8 +184,9 @@ impl<'a> CrossFinder<'a> {
         crate::profile::stage(format_args!("spines aligned"));
         let found = aligned.iter().filter(|m| m.is_some()).count();
         if found * 2 >= aligned.len() || found == stored.num_rows() {
-            return Ok(Some(aligned));
+            return Ok(Some(spans_of(aligned.into_iter())));
         }
+        drop(aligned);
         if self.mine.is_none() {
             let conv = RowConverter::new(
                 self.cols
@@ -122,31 +209,36 @@ impl<'a> CrossFinder<'a> {
         for (q, row) in stored.iter().enumerate() {
             first.entry(row_hash(&self.hasher, row)).or_insert(q as u32);
         }
-        Ok(Some(
-            hashes
-                .iter()
-                .enumerate()
-                .map(|(r, h)| {
-                    first
-                        .get(h)
-                        .copied()
-                        .filter(|&q| stored.row(q as usize) == mine.row(r))
-                })
-                .collect(),
-        ))
+        Ok(Some(spans_of(hashes.iter().enumerate().map(|(r, h)| {
+            first
+                .get(h)
+                .copied()
+                .filter(|&q| stored.row(q as usize) == mine.row(r))
+        }))))
     }
 
     /// Match this spine's rows against the stored spines of `others` (in order).
     pub(super) fn find(&mut self, others: Vec<reuse::Entry>) -> Result<Option<Cross>> {
         let n = self.cols.first().map_or(0, |c| c.len());
-        let mut rows: Vec<Option<(u32, u32)>> = vec![None; n];
+        if n > u32::MAX as usize {
+            return Ok(None);
+        }
+        let mut spans = Vec::new();
+        push_span(&mut spans, n as u32, None);
         let mut entries = Vec::new();
         let mut matched = 0;
         for e in others {
-            // rows matched up to `prefix` and none after it (new rows appended): a spine of
+            // rows matched up to a point and none after it (new rows appended): a spine of
             // no more rows than that — the day before of a refresh — has nothing to add
-            let prefix = rows.iter().take_while(|r| r.is_some()).count();
-            if matched == prefix && matched > 0 && e.rows as usize <= prefix {
+            if let [
+                Span {
+                    rows: prefix,
+                    from: Some(_),
+                },
+                Span { from: None, .. },
+            ] = spans[..]
+                && e.rows <= prefix as u64
+            {
                 continue;
             }
             if !self.matches.contains_key(&e.spine) {
@@ -156,19 +248,15 @@ impl<'a> CrossFinder<'a> {
             let Some(Some(there)) = self.matches.get(&e.spine) else {
                 continue;
             };
-            let j = entries.len() as u32;
-            let mut hit = false;
-            for (slot, q) in rows.iter_mut().zip(there) {
-                if slot.is_none()
-                    && let Some(q) = q
-                {
-                    *slot = Some((j, *q));
-                    matched += 1;
-                    hit = true;
-                }
-            }
+            let (filled, hit) = fill(&spans, there, entries.len() as u32);
             if hit {
+                spans = filled;
                 entries.push(e);
+                matched = spans
+                    .iter()
+                    .filter(|s| s.from.is_some())
+                    .map(|s| s.rows as usize)
+                    .sum();
             }
             if matched == n {
                 break;
@@ -176,28 +264,29 @@ impl<'a> CrossFinder<'a> {
         }
         Ok((matched > 0).then_some(Cross {
             entries,
-            rows,
+            spans,
             matched,
+            len: n,
         }))
     }
 }
 
 /// Spine rows that some cross-spine feature still has to compute, ascending.
 pub(super) fn unmatched_rows<'c>(cross: impl IntoIterator<Item = &'c Option<Cross>>) -> Vec<u32> {
-    let mut need: Vec<bool> = Vec::new();
-    for c in cross.into_iter().flatten() {
-        need.resize(c.rows.len(), false);
-        for (r, m) in c.rows.iter().enumerate() {
-            if m.is_none() {
-                need[r] = true;
-            }
-        }
+    let mut ranges: Vec<(u32, u32)> = cross
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c.starts().filter(|(_, s)| s.from.is_none()))
+        .map(|(at, s)| (at, at + s.rows))
+        .collect();
+    ranges.sort_unstable();
+    let mut rows = Vec::new();
+    let mut upto = 0u32;
+    for (a, b) in ranges {
+        rows.extend(a.max(upto)..b);
+        upto = upto.max(b);
     }
-    need.iter()
-        .enumerate()
-        .filter(|(_, n)| **n)
-        .map(|(r, _)| r as u32)
-        .collect()
+    rows
 }
 
 /// The smallest and largest valid time among some spine rows.
@@ -331,7 +420,7 @@ mod tests {
 
     use datafusion::arrow::array::{ArrayRef, Int64Array};
 
-    use super::align;
+    use super::{Cross, align, fill, spans_of, unmatched_rows};
 
     /// Key and time columns: keys with nulls, times with ties.
     fn cols(rows: &[(Option<i64>, Option<i64>)]) -> Vec<ArrayRef> {
@@ -396,5 +485,95 @@ mod tests {
             }
         }
         assert!(got.iter().filter(|m| m.is_some()).count() < mine.len() / 2);
+    }
+
+    /// Spans filled from several stored spines, against the same rows filled one by one: a
+    /// row takes the first stored spine that holds it.
+    #[test]
+    fn spans_fill_as_rows_do() {
+        let n = 3000usize;
+        let mut x = 11u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // per stored spine: each row's row there, in long stretches with gaps and jumps
+        let theres: Vec<Vec<Option<u32>>> = (0..4)
+            .map(|_| {
+                let mut rows = Vec::with_capacity(n);
+                while rows.len() < n {
+                    let len = (1 + next() % 300) as usize;
+                    let start = (next() % 10_000) as u32;
+                    let found = next() % 3 != 0;
+                    for k in 0..len.min(n - rows.len()) {
+                        rows.push(found.then_some(start + k as u32));
+                    }
+                }
+                rows
+            })
+            .collect();
+        let mut want: Vec<Option<(u32, u32)>> = vec![None; n];
+        let mut spans = spans_of(std::iter::repeat_n(None, n));
+        let mut entries = 0u32;
+        for there in &theres {
+            let mut hit = false;
+            for (slot, q) in want.iter_mut().zip(there) {
+                if slot.is_none() && q.is_some() {
+                    *slot = q.map(|q| (entries, q));
+                    hit = true;
+                }
+            }
+            let (filled, got_hit) = fill(&spans, &spans_of(there.iter().copied()), entries);
+            assert_eq!(got_hit, hit);
+            if hit {
+                spans = filled;
+                entries += 1;
+            }
+        }
+        let matched = want.iter().filter(|r| r.is_some()).count();
+        let c = Cross {
+            entries: Vec::new(),
+            spans: spans.clone(),
+            matched,
+            len: n,
+        };
+        assert_eq!(c.rows().collect::<Vec<_>>(), want);
+        // every span is maximal: no two neighbours continue each other
+        for w in spans.windows(2) {
+            let continues = match (w[0].from, w[1].from) {
+                (None, None) => true,
+                (Some((e, q)), Some((f, r))) => e == f && q + w[0].rows == r,
+                _ => false,
+            };
+            assert!(!continues, "{w:?}");
+        }
+        let unmatched: Vec<u32> = (0..n as u32)
+            .filter(|&r| want[r as usize].is_none())
+            .collect();
+        assert_eq!(unmatched_rows(&[Some(c.clone()), None]), unmatched);
+        // a second feature that lacks other rows: the union of both
+        let mut other = c;
+        other.spans = spans_of((0..n).map(|r| (r % 5 != 0).then_some(r as u32)));
+        let union: Vec<u32> = (0..n as u32)
+            .filter(|&r| want[r as usize].is_none() || r % 5 == 0)
+            .collect();
+        assert_eq!(unmatched_rows(&[Some(other)]).len(), n / 5);
+        let both = [
+            Some(Cross {
+                entries: Vec::new(),
+                spans,
+                matched,
+                len: n,
+            }),
+            Some(Cross {
+                entries: Vec::new(),
+                spans: spans_of((0..n).map(|r| (r % 5 != 0).then_some(r as u32))),
+                matched: n - n / 5,
+                len: n,
+            }),
+        ];
+        assert_eq!(unmatched_rows(&both), union);
     }
 }

@@ -238,7 +238,7 @@ impl fmt::Display for ReusePlan<'_> {
                     "{}: {} of {} rows from {} other spine(s), the rest computed",
                     fp.want,
                     c.matched,
-                    c.rows.len(),
+                    c.len,
                     c.entries.len()
                 ),
                 (None, _, _) => fp.choice.describe(&fp.want),
