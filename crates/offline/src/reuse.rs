@@ -1097,14 +1097,22 @@ fn write_file(path: &Path, batch: &RecordBatch) -> Result<FileInfo> {
 
 /// Read the one batch of an Arrow IPC file; `None` when there is no file.
 fn read_ipc(path: &Path) -> Result<Option<RecordBatch>> {
-    use arrow::ipc::reader::{FileDecoder, read_footer_length};
     // The whole file mapped (or one get), its arrays decoded in place (zero copy): a stream
     // reader zero-fills a buffer per message and copies into it, which took a third of an
     // exact repeat's time in page faults and memset.
     let Some(buf) = place::map(path)? else {
         return Ok(None);
     };
-    let bad = |what: &str| Error::Source(format!("{}: {what}", path.display()));
+    // Whatever is wrong with the file (cut short, overwritten), the error names it.
+    decode_ipc(&buf)
+        .map(Some)
+        .map_err(|e| Error::Source(format!("{}: {e}", path.display())))
+}
+
+/// The one batch of an Arrow IPC file's bytes, its arrays pointing into them.
+fn decode_ipc(buf: &arrow::buffer::Buffer) -> Result<RecordBatch> {
+    use arrow::ipc::reader::{FileDecoder, read_footer_length};
+    let bad = |what: &str| Error::Source(what.to_string());
     let trailer = buf
         .len()
         .checked_sub(10)
@@ -1136,10 +1144,9 @@ fn read_ipc(path: &Path) -> Result<Option<RecordBatch>> {
         .recordBatches()
         .and_then(|bs| bs.iter().next())
         .ok_or_else(|| bad("empty reuse file"))?;
-    let batch = decoder
+    decoder
         .read_record_batch(block, &block_data(block)?)?
-        .ok_or_else(|| bad("empty reuse file"))?;
-    Ok(Some(batch))
+        .ok_or_else(|| bad("empty reuse file"))
 }
 
 /// One scan of a source by a join: what layout selection optimizes for.
@@ -1411,6 +1418,25 @@ mod tests {
         std::fs::write(&p, b"not arrow").unwrap();
         assert!(read_ipc(&p).is_err());
         assert!(read_ipc(&dir.path().join("none.arrow")).unwrap().is_none());
+    }
+
+    /// A mapped file that is empty or cut short is an error naming it, never a crash; one
+    /// unlinked while its arrays are in use (evicted by another writer) still reads.
+    #[test]
+    fn mapped_files_cut_short_or_unlinked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.arrow");
+        let batch = RecordBatch::try_from_iter([("state", col())]).unwrap();
+        write_file(&p, &batch).unwrap();
+        let whole = std::fs::read(&p).unwrap();
+        let loaded = read_ipc(&p).unwrap().unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(loaded, batch);
+        for len in [0, 6, whole.len() / 2, whole.len() - 1] {
+            std::fs::write(&p, &whole[..len]).unwrap();
+            let err = read_ipc(&p).expect_err("a file cut short").to_string();
+            assert!(err.contains("s.arrow"), "{len} bytes: {err}");
+        }
     }
 
     #[test]
