@@ -1285,7 +1285,7 @@ fn reuse_explain_and_optimize() {
     assert!(wide.contains("cost gate: recompute reads"), "{wide}");
     // one row group: the band reads as much as the whole window, so the gate declines
     assert!(
-        wide.contains("-> recompute (reuse would not be 15 % faster)"),
+        wide.contains("-> recompute (reuse would not be 5 % faster)"),
         "{wide}"
     );
     join("user_purchases:amt_40d", "d.csv", &["--no-reuse"]);
