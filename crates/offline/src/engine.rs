@@ -1725,18 +1725,20 @@ fn cross_runs(c: &cross::Cross, unmatched: &[u32]) -> Option<Vec<Run>> {
     if c.spans.len() > reuse::MAX_PARTS {
         return None;
     }
-    let runs: Vec<Run> = c
-        .starts()
-        .map(|(at, s)| match s.from {
-            Some((e, q)) => (e, q, s.rows),
-            None => (
-                NEW_ROWS,
-                unmatched.partition_point(|&r| r < at) as u32,
-                s.rows,
-            ),
-        })
-        .collect();
+    let runs: Vec<Run> = span_runs(c, unmatched).collect();
     (!runs.is_empty()).then_some(runs)
+}
+
+/// Each span of `c` as a run (see [`cross_runs`]), without a bound on their number.
+fn span_runs<'a>(c: &'a cross::Cross, unmatched: &'a [u32]) -> impl Iterator<Item = Run> + 'a {
+    c.starts().map(|(at, s)| match s.from {
+        Some((e, q)) => (e, q, s.rows),
+        None => (
+            NEW_ROWS,
+            unmatched.partition_point(|&r| r < at) as u32,
+            s.rows,
+        ),
+    })
 }
 
 /// A cross-spine state from rows of stored states (`arrays`, one per entry of `c`) and of
@@ -1764,14 +1766,9 @@ fn cross_state(
             arrays.push(Arc::clone(rest));
             let last = arrays.len() - 1;
             let mut idx = Vec::with_capacity(c.len);
-            for (at, s) in c.starts() {
-                match s.from {
-                    Some((e, q)) => idx.extend((q..q + s.rows).map(|q| (e as usize, q as usize))),
-                    None => {
-                        let first = unmatched.partition_point(|&r| r < at);
-                        idx.extend((first..first + s.rows as usize).map(|j| (last, j)));
-                    }
-                }
+            for (src, start, len) in span_runs(c, unmatched) {
+                let src = if src == NEW_ROWS { last } else { src as usize };
+                idx.extend((start..start + len).map(|q| (src, q as usize)));
             }
             (StateFrom::Rows(arrays, idx), None)
         }
